@@ -1,0 +1,162 @@
+"""``ResNetV2Backbone``: keras-cv 0.9.0's API and weights layout, any depth.
+
+The backbone is a functional ``keras.Model`` subclass whose ``get_config``
+lists exactly its constructor arguments (the keras-hub pattern), registered
+as ``resnet_builder>ResNetV2Backbone`` so ``keras.models.load_model`` needs no
+``custom_objects``. Its graph is made from a ``Plan`` (``backbone_plan``),
+which can also be inspected without building anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from .architecture import backbone_plan
+from .depth import normalize_block_type
+from .plan import Op, Plan
+from .presets import PRESETS
+
+KERAS_LAYERS = {
+    "conv": keras.layers.Conv2D,
+    "bn": keras.layers.BatchNormalization,
+    "relu": keras.layers.Activation,
+    "max_pool": keras.layers.MaxPooling2D,
+    "add": keras.layers.Add,
+    "rescaling": keras.layers.Rescaling,
+}
+
+
+def make_layer(op: Op) -> keras.layers.Layer:
+    """The Keras layer for one planned op."""
+    return KERAS_LAYERS[op.kind](name=op.name, **op.args)
+
+
+def apply_plan(plan: Plan, inputs: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
+    """Call a layer for each op in order; returns every op's output tensor by name."""
+    tensors = {plan.input_name: inputs}
+    for op in plan.ops:
+        args = [tensors[name] for name in op.inputs]
+        tensors[op.name] = make_layer(op)(args if op.kind == "add" else args[0])
+    return tensors
+
+
+@keras.saving.register_keras_serializable(package="resnet_builder")
+class ResNetV2Backbone(keras.Model):
+    """Pre-activation ResNet (He et al. 2016) feature extractor, keras-cv compatible.
+
+    Arguments as keras-cv 0.9.0's ``ResNetV2Backbone`` (``block_type`` also
+    takes ``basic``/``bottleneck``), plus three of our own, whose defaults give
+    keras-cv's network: ``stem`` ("imagenet" 7x7/2 conv + 3x3/2 max-pool, or
+    "cifar" 3x3/1 conv), ``stem_filters`` (64) and ``stride_position``
+    ("last" unit of a stack strides, as keras-cv; "first", as He et al.).
+    """
+
+    def __init__(
+        self,
+        *,
+        stackwise_filters: Sequence[int],
+        stackwise_blocks: Sequence[int],
+        stackwise_strides: Sequence[int],
+        include_rescaling: bool,
+        stackwise_dilations: Sequence[int] | None = None,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        input_tensor: keras.KerasTensor | None = None,
+        block_type: str = "block",
+        stem: str = "imagenet",
+        stem_filters: int = 64,
+        stride_position: str = "last",
+        **kwargs,
+    ) -> None:
+        arch = {
+            "stackwise_filters": list(stackwise_filters),
+            "stackwise_blocks": list(stackwise_blocks),
+            "stackwise_strides": list(stackwise_strides),
+            "include_rescaling": bool(include_rescaling),
+            "stackwise_dilations": None if stackwise_dilations is None
+            else list(stackwise_dilations),
+            "block_type": block_type,
+            "stem": stem,
+            "stem_filters": stem_filters,
+            "stride_position": stride_position,
+        }
+        if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
+            input_tensor = keras.Input(tensor=input_tensor, shape=tuple(input_shape))
+        if input_tensor is not None:
+            input_shape = tuple(input_tensor.shape[1:])
+        plan, pyramid = backbone_plan(input_shape=input_shape, **arch)
+        inputs = input_tensor if input_tensor is not None else keras.Input(shape=plan.input_shape)
+        tensors = apply_plan(plan, inputs)
+        super().__init__(inputs=inputs, outputs=tensors[plan.output], **kwargs)
+
+        self.plan = plan
+        self.pyramid_level_inputs = pyramid
+        self.stackwise_filters = arch["stackwise_filters"]
+        self.stackwise_blocks = arch["stackwise_blocks"]
+        self.stackwise_strides = arch["stackwise_strides"]
+        self.include_rescaling = arch["include_rescaling"]
+        self.stackwise_dilations = arch["stackwise_dilations"]
+        self.block_type = normalize_block_type(block_type)
+        self.stem = stem
+        self.stem_filters = stem_filters
+        self.stride_position = stride_position
+        self.input_tensor = input_tensor
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "stackwise_filters": self.stackwise_filters,
+            "stackwise_blocks": self.stackwise_blocks,
+            "stackwise_strides": self.stackwise_strides,
+            "include_rescaling": self.include_rescaling,
+            "stackwise_dilations": self.stackwise_dilations,
+            "input_shape": list(self.plan.input_shape),
+            "input_tensor": None,
+            "block_type": self.block_type,
+            "stem": self.stem,
+            "stem_filters": self.stem_filters,
+            "stride_position": self.stride_position,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> ResNetV2Backbone:
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset: str, load_weights: bool | None = None,
+                    **kwargs) -> ResNetV2Backbone:
+        """A preset's network, with its weights when it has them (see presets.py)."""
+        from .presets import backbone_from_preset
+
+        return backbone_from_preset(preset, load_weights=load_weights, **kwargs)
+
+    presets = PRESETS  # name -> {"config", "params", "description", ["weights"]}
+
+    def pyramid_model(self) -> keras.Model:
+        """A model mapping images to the P-level feature maps, for detection/segmentation."""
+        outputs = {level: self.get_layer(name).output
+                   for level, name in self.pyramid_level_inputs.items()}
+        return keras.Model(self.inputs, outputs, name=f"{self.name}_pyramid")
+
+
+def _alias(preset: str, layers: int) -> type:
+    """keras-cv's ``ResNet{N}V2Backbone``: the preset's backbone, same defaults."""
+
+    def __new__(cls, include_rescaling: bool = True, input_shape=(None, None, 3),
+                input_tensor=None, **kwargs):
+        return ResNetV2Backbone.from_preset(preset, include_rescaling=include_rescaling,
+                                            input_shape=input_shape, input_tensor=input_tensor,
+                                            **kwargs)
+
+    doc = f"ResNetV2Backbone with {layers} layers (preset {preset!r}), as keras-cv's alias."
+    return type(f"ResNet{layers}V2Backbone", (ResNetV2Backbone,),
+                {"__new__": __new__, "__doc__": doc, "__module__": __name__})
+
+
+ResNet18V2Backbone = _alias("resnet18_v2", 18)
+ResNet34V2Backbone = _alias("resnet34_v2", 34)
+ResNet50V2Backbone = _alias("resnet50_v2", 50)
+ResNet101V2Backbone = _alias("resnet101_v2", 101)
+ResNet152V2Backbone = _alias("resnet152_v2", 152)

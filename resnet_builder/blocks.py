@@ -1,0 +1,102 @@
+"""The pre-activation units, stacks and stems, written once into a ``Plan``.
+
+Layer names and placement follow keras-cv 0.9.0's ResNetV2 (``v2_stack_{i}``,
+``_block{j}``, ``_use_preactivation_bn`` ...), so weights and ``summary()``
+match it. Two additions keep the paper's CIFAR networks in the same code:
+``stride_position="first"`` (He et al. and timm stride the first unit of a
+stage; keras-cv strides the last) and a ``"cifar"`` stem (3x3 conv, no pool).
+"""
+
+from __future__ import annotations
+
+from .depth import BASIC, BOTTLENECK
+from .plan import Plan
+
+STEMS = {
+    # name: (kernel, stride, max-pool after it, pyramid level of its output)
+    "imagenet": (7, 2, True, 2),
+    "cifar": (3, 1, False, 0),
+}
+STRIDE_POSITIONS = ("last", "first")
+
+
+def stem(plan: Plan, x: str, kind: str, filters: int) -> str:
+    """keras-cv's 7x7/2 conv + 3x3/2 max-pool, or the CIFAR 3x3/1 conv."""
+    kernel, stride, pool, _ = STEMS[kind]
+    x = plan.conv(x, filters, kernel, strides=stride, padding="same", name="conv1_conv")
+    if pool:
+        x = plan.max_pool(x, 3, strides=2, padding="same", name="pool1_pool")
+    return x
+
+
+def _preactivate(plan: Plan, x: str, name: str) -> str:
+    x = plan.bn(x, name=f"{name}_use_preactivation_bn")
+    return plan.relu(x, name=f"{name}_use_preactivation_relu")
+
+
+def _shortcut(plan: Plan, x: str, pre: str, out_filters: int, stride: int, dilation: int,
+              conv_shortcut: bool, name: str) -> str:
+    """Projection from the pre-activated tensor, else identity or a 1x1 strided pool."""
+    s = stride if dilation == 1 else 1
+    if conv_shortcut:
+        return plan.conv(pre, out_filters, 1, strides=s, name=f"{name}_0_conv")
+    if s > 1:
+        return plan.max_pool(x, 1, strides=stride, name=f"{name}_0_max_pooling")
+    return x
+
+
+def basic_unit(plan: Plan, x: str, filters: int, *, stride: int = 1, dilation: int = 1,
+               conv_shortcut: bool = False, name: str, kernel: int = 3) -> str:
+    """BN-ReLU, then two 3x3 convs; the stride sits on the second (as in keras-cv)."""
+    pre = _preactivate(plan, x, name)
+    shortcut = _shortcut(plan, x, pre, filters, stride, dilation, conv_shortcut, name)
+    s = stride if dilation == 1 else 1
+    y = plan.conv(pre, filters, kernel, padding="same", use_bias=False, name=f"{name}_1_conv")
+    y = plan.relu(plan.bn(y, name=f"{name}_1_bn"), name=f"{name}_1_relu")
+    y = plan.conv(y, filters, kernel, strides=s, padding="same", dilation=dilation,
+                  use_bias=False, name=f"{name}_2_conv")
+    return plan.add(shortcut, y, name=f"{name}_out")
+
+
+def bottleneck_unit(plan: Plan, x: str, filters: int, *, stride: int = 1, dilation: int = 1,
+                    conv_shortcut: bool = False, name: str, kernel: int = 3) -> str:
+    """BN-ReLU, then 1x1 -> 3x3 (strided) -> 1x1 with 4x the filters."""
+    pre = _preactivate(plan, x, name)
+    shortcut = _shortcut(plan, x, pre, 4 * filters, stride, dilation, conv_shortcut, name)
+    s = stride if dilation == 1 else 1
+    y = plan.conv(pre, filters, 1, use_bias=False, name=f"{name}_1_conv")
+    y = plan.relu(plan.bn(y, name=f"{name}_1_bn"), name=f"{name}_1_relu")
+    y = plan.conv(y, filters, kernel, strides=s, padding="same", dilation=dilation,
+                  use_bias=False, name=f"{name}_2_conv")
+    y = plan.relu(plan.bn(y, name=f"{name}_2_bn"), name=f"{name}_2_relu")
+    y = plan.conv(y, 4 * filters, 1, name=f"{name}_3_conv")
+    return plan.add(shortcut, y, name=f"{name}_out")
+
+
+UNITS = {BASIC: basic_unit, BOTTLENECK: bottleneck_unit}
+EXPANSION = {BASIC: 1, BOTTLENECK: 4}
+
+
+def stack(plan: Plan, x: str, filters: int, blocks: int, *, stride: int, dilation: int,
+          block_type: str, stack_index: int, stride_position: str = "last") -> str:
+    """``blocks`` units; only one unit strides, the first one may project.
+
+    keras-cv's rule for the projection (bottleneck stacks, and every stack but
+    the first) is kept, and widened to any unit whose input width differs, so
+    a custom stem width never breaks the addition.
+    """
+    unit = UNITS[block_type]
+    name = f"v2_stack_{stack_index}"
+    in_channels = plan.shape(x)[2]
+    first_shortcut = (block_type == BOTTLENECK or stack_index > 0
+                      or in_channels != filters * EXPANSION[block_type])
+    strided = 1 if stride_position == "first" else blocks
+    for j in range(1, blocks + 1):
+        x = unit(
+            plan, x, filters,
+            stride=stride if j == strided else 1,
+            dilation=1 if j == 1 else dilation,
+            conv_shortcut=first_shortcut and j == 1,
+            name=f"{name}_block{j}",
+        )
+    return x

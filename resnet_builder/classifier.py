@@ -1,0 +1,177 @@
+"""``ResNetV2Classifier`` and ``build_model``: a backbone, a head and its own preprocessing.
+
+The classifier keeps what a saved model needs to be used alone: per-channel
+normalisation statistics (so ``predict`` applies exactly the training
+preprocessing) and the class names, both in ``get_config``. It outputs class
+probabilities in float32, also under mixed precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from .architecture import Architecture, resolve_architecture
+from .backbone import ResNetV2Backbone
+
+HEADS = ("gap", "tutorial")
+
+
+@keras.saving.register_keras_serializable(package="resnet_builder")
+class Normalize(keras.layers.Layer):
+    """``(x - mean) / std`` per channel, with the statistics kept in the config."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"Normalize needs one positive std per mean. Received: "
+                             f"mean={list(mean)!r}, std={list(std)!r}")
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        mean = keras.ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        scale = keras.ops.convert_to_tensor([1.0 / s for s in self.std], dtype=self.compute_dtype)
+        return (x - mean) * scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+@keras.saving.register_keras_serializable(package="resnet_builder")
+class ResNetV2Classifier(keras.Model):
+    """Images (raw pixel values) -> class probabilities.
+
+    ``head="gap"``: global average pooling, optional dropout, Dense.
+    ``head="tutorial"``: the tutorial's head after the backbone's own BN-ReLU:
+    pooling, Dense(512, relu), BN, Dropout (``dropout`` or 0.5), Dense.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetV2Backbone,
+        num_classes: int,
+        *,
+        head: str = "gap",
+        dropout: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be a positive integer. "
+                             f"Received: num_classes={num_classes!r}")
+        if head not in HEADS:
+            raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"`class_names` must have num_classes={num_classes} names. "
+                             f"Received {len(class_names)}: {list(class_names)!r}")
+        inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+        x = inputs
+        if mean is not None or std is not None:
+            x = Normalize(mean, std, name="normalize")(x)
+        x = backbone(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if head == "tutorial":
+            x = keras.layers.Dense(512, activation="relu", name="fc1")(x)
+            x = keras.layers.BatchNormalization(name="fc1_bn")(x)
+            x = keras.layers.Dropout(dropout or 0.5, name="dropout")(x)
+        elif dropout:
+            x = keras.layers.Dropout(dropout, name="dropout")(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                     name="predictions")(x)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.head = head
+        self.dropout = float(dropout)
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "head": self.head,
+            "dropout": self.dropout,
+            "mean": self.mean,
+            "std": self.std,
+            "class_names": self.class_names,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> ResNetV2Classifier:
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+    @property
+    def image_shape(self) -> tuple:
+        """(height, width, channels) the model expects; ``predict`` resizes to it."""
+        return tuple(self.backbone.input_shape[1:])
+
+    def labels(self) -> list[str]:
+        return self.class_names or [str(i) for i in range(self.num_classes)]
+
+
+def build_backbone(arch: Architecture) -> ResNetV2Backbone:
+    return ResNetV2Backbone(input_shape=arch.input_shape, **arch.backbone)
+
+
+def build_model(
+    depth: int | None = None,
+    preset: str | None = None,
+    block_type: str | None = None,
+    *,
+    num_classes: int = 10,
+    input_shape: Sequence[int | None] | None = None,
+    stackwise_filters: Sequence[int] | None = None,
+    stackwise_blocks: Sequence[int] | None = None,
+    stackwise_strides: Sequence[int] | None = None,
+    stackwise_dilations: Sequence[int] | None = None,
+    stem_filters: int | None = None,
+    include_rescaling: bool | None = None,
+    head: str = "gap",
+    dropout: float = 0.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+    load_weights: bool = False,
+    weights_file: str | None = None,
+    name: str | None = None,
+) -> ResNetV2Classifier:
+    """A classifier from a depth, a preset or stackwise lists (exactly one of them).
+
+    ``load_weights=True`` loads a preset's pretrained backbone weights
+    (``weights_file`` points at a local copy). See ``resolve_architecture``.
+    """
+    arch = resolve_architecture(
+        depth, preset, block_type, stackwise_filters=stackwise_filters,
+        stackwise_blocks=stackwise_blocks, stackwise_strides=stackwise_strides,
+        stackwise_dilations=stackwise_dilations, stem_filters=stem_filters,
+        input_shape=input_shape, include_rescaling=include_rescaling,
+    )
+    backbone = build_backbone(arch)
+    if load_weights:
+        if arch.preset is None:
+            raise ValueError("load_weights=True needs a preset with weights. "
+                             f"Received: preset={preset!r}")
+        from .presets import load_preset_weights
+
+        load_preset_weights(backbone, arch.preset, weights_file)
+    kwargs = {"name": name} if name else {}
+    return ResNetV2Classifier(backbone, num_classes, head=head, dropout=dropout, mean=mean,
+                              std=std, class_names=class_names, **kwargs)

@@ -1,0 +1,86 @@
+"""Loading weights into a backbone from the files users actually have.
+
+Two layouts: Keras 3 ``.weights.h5`` files (ours, or saved from a keras-cv
+``ResNetV2Backbone``: same layer order, so Keras loads them directly) and the
+Keras 2 HDF5 files of ``keras.applications`` (the ImageNet weights), matched by
+layer name: ``conv3_block2_preact_bn`` is keras-cv's
+``v2_stack_1_block2_use_preactivation_bn``.
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+_APPS_NAME = re.compile(r"^conv(\d+)_block(\d+)_(.+)$")
+
+
+def keras_applications_name(name: str) -> str:
+    """keras.applications' layer name for one of our (keras-cv) layer names."""
+    match = re.match(r"^v2_stack_(\d+)_block(\d+)_(.+)$", name)
+    if not match:
+        return name
+    stack, block, rest = match.groups()
+    rest = rest.replace("use_preactivation_", "preact_")
+    return f"conv{int(stack) + 2}_block{block}_{rest}"
+
+
+def _read_legacy_h5(path: Path) -> dict[str, list[np.ndarray]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f.get("model_weights", f)
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+        found = {}
+        for name in names:
+            layer = group[name]
+            weight_names = [w.decode() if isinstance(w, bytes) else w
+                            for w in layer.attrs["weight_names"]]
+            if weight_names:
+                found[name] = [np.asarray(layer[w]) for w in weight_names]
+    return found
+
+
+def load_keras_applications_weights(backbone, path: str | PathLike) -> None:
+    """Copy a keras.applications HDF5 file's weights into ``backbone`` by layer name."""
+    try:
+        stored = _read_legacy_h5(Path(path))
+    except (OSError, KeyError) as exc:
+        raise UserError(f"{path} is not a keras.applications weights file ({exc})",
+                        hint="pass the *_notop.h5 file from keras-applications") from None
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        values = stored.get(keras_applications_name(layer.name))
+        if values is None:
+            raise UserError(f"{path} has no weights for layer {layer.name!r}",
+                            hint="the file was made for a different network")
+        expected = [tuple(w.shape) for w in layer.weights]
+        if [v.shape for v in values] != expected:
+            raise UserError(
+                f"{path}: layer {layer.name!r} has weights of shapes "
+                f"{[v.shape for v in values]} but this network needs {expected}",
+                hint="the file was made for a different network",
+            )
+        layer.set_weights(values)
+
+
+def load_backbone_weights(backbone, path: str | PathLike, layout: str = "keras") -> None:
+    """Load ``path`` into ``backbone``; any mismatch becomes a clear ``UserError``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"weights file {path} does not exist", hint="check the path")
+    if layout == "keras_applications":
+        load_keras_applications_weights(backbone, path)
+        return
+    try:
+        backbone.load_weights(str(path))
+    except Exception as exc:  # Keras raises several types for a wrong file
+        raise UserError(f"could not load weights from {path}: {exc}",
+                        hint="the file must be a .weights.h5 saved from the same network "
+                             "(ours or keras-cv's ResNetV2Backbone)") from None
