@@ -1,0 +1,602 @@
+"""Tests for the training config: loading, --set, every kind of error message, rendering."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resnet_builder import config as config_module
+from resnet_builder.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    default_config_yaml,
+    describe_keys,
+    dump_config,
+    key_specs,
+    load_config,
+    markdown_table,
+    validate_config,
+)
+from resnet_builder.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def write(tmp_path: Path, text: str, name: str = "x.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error(path: Path | None, overrides: tuple[str, ...] | list[str] = ()) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_no_file_gives_the_schema_defaults() -> None:
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.train.epochs == 15
+    assert cfg.model.depth == 20
+    assert cfg.data.source == "digits"
+
+
+def test_default_lists_are_not_shared_between_configs() -> None:
+    a, b = load_config(None), load_config(None)
+    a.schedule.milestones.append(3)
+    assert b.schedule.milestones == []
+    assert key_specs()["schedule"]["milestones"].default == []
+
+
+def test_partial_file_takes_defaults_for_missing_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"))
+    assert cfg.train.epochs == 3
+    assert cfg.train.early_stopping_patience == 0
+    assert cfg.data == Config().data
+
+
+def test_empty_file_and_empty_section_are_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "# nothing yet\n")) == Config()
+    assert load_config(write(tmp_path, "train:\n  # epochs: 3\n", "y.yaml")) == Config()
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  preset: resnet50_v2\n")
+    cfg = load_config(path, [
+        "train.epochs=5", "data.batch_size=64", "model.preset=null",
+        "model.stackwise_filters=[8, 16, 32, 64]", "model.stackwise_blocks=[3,4,6,3]",
+        "model.stackwise_strides=[1,2,2,2]", "augment.horizontal_flip=true",
+        "optim.weight_decay=5e-4"])
+    assert cfg.train.epochs == 5
+    assert cfg.data.batch_size == 64
+    assert cfg.model.preset is None
+    assert cfg.model.stackwise_blocks == [3, 4, 6, 3]
+    assert cfg.augment.horizontal_flip is True
+    assert cfg.optim.weight_decay == pytest.approx(5e-4)
+
+
+def test_override_beats_the_file_and_later_override_wins(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: 3\n")
+    assert load_config(path, ["train.epochs=7"]).train.epochs == 7
+    assert load_config(path, ["train.epochs=7", "train.epochs=9"]).train.epochs == 9
+
+
+def test_a_single_override_string_is_one_override() -> None:
+    assert load_config(None, "train.epochs=4").train.epochs == 4  # type: ignore[arg-type]
+
+
+def test_string_keys_take_set_text_as_written_but_null_is_null(tmp_path: Path) -> None:
+    cfg = load_config(None, ["run.name=2024", "run.project=a: b"])
+    assert cfg.run.name == "2024"
+    assert cfg.run.project == "a: b"
+    path = write(tmp_path, "model:\n  weights: w.keras\n  preset: p\n")
+    assert load_config(path, ["model.weights=null"]).model.weights is None
+
+
+def test_int_is_accepted_for_float_and_converted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "optim:\n  lr: 1\n"))
+    assert cfg.optim.lr == 1.0
+    assert type(cfg.optim.lr) is float
+
+
+def test_yaml_1_2_scalars_off_is_text_and_exponents_are_numbers(tmp_path: Path) -> None:
+    text = "hardware:\n  mixed_precision: off\noptim:\n  weight_decay: 1e-4\n  lr: 2E-1\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.hardware.mixed_precision == "off"
+    assert cfg.optim.weight_decay == pytest.approx(1e-4)
+    assert cfg.optim.lr == pytest.approx(0.2)
+
+
+def test_yes_is_not_a_boolean(tmp_path: Path) -> None:
+    msg = str(error(write(tmp_path, "data:\n  cache: yes\n")))
+    assert "x.yaml:2: data.cache must be true or false, got 'yes' (a string)" in msg
+
+
+# ----------------------------------------------------------------------------- file problems
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    err = error(tmp_path / "nope.yaml")
+    assert "config file not found" in err.message
+    assert "nope.yaml" in err.message
+    assert err.exit_code == 2
+    assert isinstance(err, UserError)
+
+
+def test_folder_instead_of_file(tmp_path: Path) -> None:
+    assert "is a folder" in error(tmp_path).message
+
+
+def test_malformed_yaml_gives_file_line_column_and_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: 5\n   lr: 1\n", "bad.yaml")
+    err = error(path)
+    assert err.message.startswith(f"{path}:3:6: invalid YAML: mapping values are not allowed")
+    assert "line 3 reads 'lr: 1'" in err.hint
+
+
+def test_malformed_yaml_with_a_tab(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "train:\n\tepochs: 5\n"))
+    assert re.search(r"x\.yaml:2:1: invalid YAML: .*'\\t'", err.message)
+
+
+def test_unclosed_list_names_where_it_started(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "schedule:\n  milestones: [1, 2\ntrain:\n  epochs: 3\n"))
+    assert re.match(r".*x\.yaml:3:\d+: invalid YAML: .*started on line 2", err.message)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "# a list\n- 1\n- 2\n"))
+    assert err.message.startswith(f"{tmp_path / 'x.yaml'}:2: a config must be a mapping")
+    assert "got a list" in err.message
+
+
+def test_section_must_be_a_mapping(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "model:\n  depth: 20\ntrain: 5\n"))
+    assert "x.yaml:3: section train must be a mapping of key: value, got an integer 5" \
+        in err.message
+    assert "epochs: 15" in err.hint
+
+
+def test_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "train:\n  epochs: 3\n  epochs: 4\n"))
+    assert "x.yaml:3: 'train.epochs' is given twice (also on line 2)" in err.message
+
+
+def test_section_given_twice_is_an_error(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "optim:\n  lr: 0.1\ntrain:\n  epochs: 3\noptim:\n  lr: 0.2\n"))
+    assert "x.yaml:5: 'optim' is given twice (also on line 1)" in err.message
+
+
+# ----------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_key_names_key_file_line_and_closest_key(tmp_path: Path) -> None:
+    text = "# header\nmodel:\n  depth: 56\n\ntrain:\n  epochs: 10\n  epoch: 5\n"
+    path = write(tmp_path, text)
+    err = error(path)
+    assert err.message == f"{path}:7: 'epoch' is not a key of train; did you mean 'epochs'?"
+    assert err.hint == "keys of train: epochs, early_stopping_patience, eval_batch_size"
+
+
+def test_unknown_key_without_close_match_lists_keys(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "train:\n  zzz: 1\n"))
+    assert err.message.endswith("x.yaml:2: 'zzz' is not a key of train")
+    assert "epochs" in err.hint
+
+
+def test_key_in_the_wrong_section_points_to_its_section(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "train:\n  epochs: 3\n  batch_size: 32\n"))
+    assert "x.yaml:3: 'batch_size' is not a key of train; did you mean data.batch_size?" \
+        in err.message
+
+
+def test_unknown_section_suggests_closest(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "trian:\n  epochs: 3\n"))
+    assert "x.yaml:1: 'trian' is not a section; did you mean 'train'?" in err.message
+    assert "model, data, augment" in err.hint
+
+
+def test_key_outside_any_section_points_to_its_section(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "model:\n  depth: 20\nepochs: 5\n"))
+    assert "x.yaml:3: 'epochs' is not a section; did you mean train.epochs?" in err.message
+
+
+def test_unknown_set_key_says_it_came_from_set() -> None:
+    err = error(None, ["train.epochs=3", "train.epoch=5"])
+    assert err.message == "--set train.epoch=5: 'epoch' is not a key of train; " \
+                          "did you mean 'epochs'?"
+
+
+def test_unknown_set_section() -> None:
+    assert error(None, ["optm.lr=1"]).message == \
+        "--set optm.lr=1: 'optm' is not a section; did you mean 'optim'?"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.epochs", "--set train.epochs: expected section.key=value"),
+    ("=5", "--set =5: expected section.key=value"),
+    ("epochs=5", "--set epochs=5: 'epochs' is not a section.key name; did you mean "
+                 "train.epochs?"),
+    ("train.epochs.x=5", "--set train.epochs.x=5: 'train.epochs.x' is not a section.key name"),
+    ("model.stackwise_blocks=[3,4", "--set model.stackwise_blocks=[3,4: cannot read '[3,4' "
+                                    "as a YAML value: expected ',' or ']'"),
+])
+def test_malformed_set(override: str, expected: str) -> None:
+    err = error(None, [override])
+    assert err.message.startswith(expected)
+    assert err.hint
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("train:\n  epochs: ten\n", "x.yaml:2: train.epochs must be an integer, got 'ten' "
+                                "(a string)"),
+    ("train:\n  epochs: 5.5\n", "x.yaml:2: train.epochs must be an integer, got 5.5 "
+                                "(a decimal number)"),
+    ("train:\n  epochs: true\n", "x.yaml:2: train.epochs must be an integer, got true "
+                                 "(a boolean)"),
+    ("optim:\n  lr: false\n", "x.yaml:2: optim.lr must be a number, got false (a boolean)"),
+    ("optim:\n  lr: .nan\n", "x.yaml:2: optim.lr must be a finite number, got .nan"),
+    ("data:\n  cache: 1\n", "x.yaml:2: data.cache must be true or false, got 1 (an integer)"),
+    ("run:\n  name: 5\n", "x.yaml:2: run.name must be a string, got 5 (an integer)"),
+    ("train:\n  epochs: null\n", "x.yaml:2: train.epochs cannot be null"),
+    ("schedule:\n  milestones: 30\n", "x.yaml:2: schedule.milestones must be a list of "
+                                      "integers, got 30 (an integer)"),
+    ("model:\n  stackwise_blocks: [3, 4, x]\n", "x.yaml:2: model.stackwise_blocks[2] must be an "
+                                                "integer, got 'x' (a string)"),
+    ("model:\n  stackwise_blocks: [3, true]\n", "x.yaml:2: model.stackwise_blocks[1] must be "
+                                                "an integer, got true (a boolean)"),
+])
+def test_wrong_type_names_key_line_and_value(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error(write(tmp_path, text)).message
+
+
+def test_float_for_int_hints_at_the_decimal_point(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "data:\n  batch_size: 64.0\n"))
+    assert "got 64.0" in err.message
+    assert "write 64, without the decimal point" in err.hint
+    assert "an integer >= 1 (default: 128)" in err.hint
+
+
+def test_quoted_number_hints_at_the_quotes(tmp_path: Path) -> None:
+    assert "remove the quotes" in error(write(tmp_path, "train:\n  epochs: '5'\n")).hint
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.epochs=0", "--set train.epochs=0: train.epochs must be >= 1, got 0"),
+    ("optim.lr=-1", "--set optim.lr=-1: optim.lr must be >= 0, got -1"),
+    ("optim.momentum=1.5", "--set optim.momentum=1.5: optim.momentum must be in [0, 1], "
+                           "got 1.5"),
+    ("data.image_size=5000", "data.image_size must be in [8, 4096], got 5000"),
+    ("schedule.milestones=[5,0]", "schedule.milestones[1] must be >= 1, got 0"),
+    ("hardware.seed=-1", "hardware.seed must be in [0, 4294967295], got -1"),
+])
+def test_out_of_range_names_key_range_and_value(override: str, expected: str) -> None:
+    assert expected in error(None, [override]).message
+
+
+def test_not_a_choice_suggests_the_closest(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "data:\n  source: cifar\n"))
+    assert err.message.endswith(
+        "x.yaml:2: data.source must be one of digits, cifar10, cifar100, folder, npz, "
+        "synthetic; got 'cifar'; did you mean 'cifar10'?")
+
+
+def test_int_choices(tmp_path: Path) -> None:
+    assert "data.channels must be one of 1, 3; got 2" in \
+        error(write(tmp_path, "data:\n  channels: 2\n")).message
+
+
+def test_value_error_from_set_points_to_the_set(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: 3\n")
+    err = error(path, ["train.epochs=abc"])
+    assert err.message.startswith("--set train.epochs=abc: train.epochs must be an integer, "
+                                  "got 'abc'")
+
+
+def test_nullable_keys_accept_null(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "train:\n  eval_batch_size: null\nhardware:\n  seed: ~\n"))
+    assert cfg.train.eval_batch_size is None
+    assert cfg.hardware.seed is None
+
+
+# ----------------------------------------------------------------------------- cross-key rules
+
+
+def test_preset_and_stackwise_together_is_an_error(tmp_path: Path) -> None:
+    text = ("model:\n  preset: resnet50_v2\n  stackwise_filters: [8]\n"
+            "  stackwise_blocks: [1]\n  stackwise_strides: [1]\n")
+    err = error(write(tmp_path, text))
+    assert "x.yaml:2: model.preset and model.stackwise_* both say which network to build" \
+        in err.message
+    assert "model.depth is ignored" in err.hint
+
+
+def test_depth_is_ignored_when_preset_is_set(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "model:\n  preset: resnet50_v2\n  depth: 21\n"))
+    assert cfg.model.preset == "resnet50_v2"
+    with pytest.raises(ConfigError):  # the same depth alone is checked
+        load_config(write(tmp_path, "model:\n  depth: 21\n", "y.yaml"))
+
+
+def test_stackwise_lists_must_come_together(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "model:\n  stackwise_blocks: [3, 4, 6, 3]\n"))
+    assert err.message.endswith(
+        "x.yaml:2: model.stackwise_blocks is set but model.stackwise_filters and "
+        "model.stackwise_strides are not; give all three (one entry per stage)")
+
+
+def test_stackwise_lists_must_have_equal_length() -> None:
+    err = error(None, ["model.stackwise_filters=[16, 32]", "model.stackwise_blocks=[2, 2, 2]",
+                       "model.stackwise_strides=[1, 2]"])
+    assert "got lengths stackwise_filters 2, stackwise_blocks 3, stackwise_strides 2" \
+        in err.message
+    assert err.message.startswith("--set model.stackwise_")
+
+
+def test_stackwise_lists_must_not_be_empty() -> None:
+    err = error(None, ["model.stackwise_filters=[]", "model.stackwise_blocks=[]",
+                       "model.stackwise_strides=[]"])
+    assert "one entry per stage" in err.message
+
+
+def test_depth_must_fit_the_block_type(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "model:\n  depth: 21\n  block_type: basic\n"))
+    assert err.message.endswith("x.yaml:2: model.depth 21 does not fit block_type basic: "
+                                "depth must be 6n+2 (basic blocks), n >= 1")
+    assert err.hint == "nearest valid depth: 20 or 26"
+    assert "9n+2" in error(None, ["model.depth=26", "model.block_type=bottleneck"]).message
+    assert "does not fit any block type" in error(None, ["model.depth=22"]).message
+
+
+@pytest.mark.parametrize(("depth", "block"), [(20, "basic"), (20, None), (29, "bottleneck"),
+                                               (164, "bottleneck"), (110, "basic_block"),
+                                               (56, None), (11, "block")])
+def test_valid_depths(depth: int, block: str | None) -> None:
+    cfg = load_config(None, [f"model.depth={depth}", f"model.block_type={block or 'null'}"])
+    assert cfg.model.depth == depth
+
+
+def test_depth_null_needs_preset_or_stackwise() -> None:
+    assert "model.depth is null and neither model.preset nor model.stackwise_* is set" in \
+        error(None, ["model.depth=null"]).message
+    assert load_config(None, ["model.depth=null", "model.preset=p"]).model.depth is None
+
+
+@pytest.mark.parametrize("source", ["folder", "npz"])
+def test_folder_and_npz_need_a_path(tmp_path: Path, source: str) -> None:
+    err = error(write(tmp_path, f"data:\n  batch_size: 8\n  source: {source}\n"))
+    assert err.message.endswith(f"x.yaml:3: data.source is {source} but data.path is not set")
+    assert "data.path" in err.hint
+    cfg = load_config(write(tmp_path, f"data:\n  source: {source}\n  path: p\n", "y.yaml"))
+    assert cfg.data.path == "p"
+
+
+def test_step_schedule_needs_milestones(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "schedule:\n  unit: iterations\n  type: step\n"))
+    assert err.message.endswith("x.yaml:3: schedule.type is step but schedule.milestones is "
+                                "empty")
+    assert "in iterations" in err.hint
+
+
+def test_step_milestones_must_increase(tmp_path: Path) -> None:
+    text = "schedule:\n  type: step\n  milestones: [48000, 32000]\n"
+    assert error(write(tmp_path, text)).message.endswith(
+        "x.yaml:3: schedule.milestones must increase, got [48000, 32000]")
+    assert "must increase" in error(None, ["schedule.type=step",
+                                           "schedule.milestones=[5, 5]"]).message
+
+
+def test_milestones_are_ignored_by_other_schedules() -> None:
+    cfg = load_config(None, ["schedule.type=cosine", "schedule.milestones=[5, 3]"])
+    assert cfg.schedule.milestones == [5, 3]
+
+
+def test_warmup_lr_above_lr_is_an_error_only_with_warmup(tmp_path: Path) -> None:
+    text = "optim:\n  lr: 0.01\nschedule:\n  warmup: 5\n  warmup_lr: 0.1\n"
+    err = error(write(tmp_path, text))
+    assert err.message.endswith("x.yaml:5: schedule.warmup_lr 0.1 is above optim.lr 0.01")
+    assert load_config(None, ["schedule.warmup=0", "schedule.warmup_lr=5"]).schedule.warmup == 0
+
+
+def test_lowering_lr_with_set_points_at_the_set() -> None:
+    err = error(CONFIGS / "cifar.yaml", ["optim.lr=0.001"])
+    assert err.message == "--set optim.lr=0.001: schedule.warmup_lr 0.01 is above optim.lr 0.001"
+
+
+def test_cosine_floor_above_lr_is_an_error() -> None:
+    assert "schedule.min_lr 1 is above optim.lr 0.1" in \
+        error(None, ["schedule.min_lr=1"]).message
+    assert load_config(None, ["schedule.type=constant", "schedule.min_lr=1"]).schedule.min_lr == 1
+
+
+def test_freezing_a_random_backbone_is_an_error() -> None:
+    err = error(None, ["model.freeze_backbone_epochs=2"])
+    assert "model.freeze_backbone_epochs needs trained weights to freeze" in err.message
+    cfg = load_config(None, ["model.freeze_backbone_epochs=2", "model.weights=w.keras"])
+    assert cfg.model.freeze_backbone_epochs == 2
+
+
+# ----------------------------------------------------------------------------- dicts and dumps
+
+
+def test_dict_round_trip_and_dict_errors_name_the_source() -> None:
+    cfg = load_config(CONFIGS / "cifar.yaml")
+    data = config_to_dict(cfg)
+    assert data["schedule"]["milestones"] == [32000, 48000]
+    assert config_from_dict(data) == cfg
+    data["train"]["epochs"] = 0
+    with pytest.raises(ConfigError, match=r"^run/config.yaml: train.epochs must be >= 1, got 0"):
+        config_from_dict(data, source="run/config.yaml")
+
+
+def test_validate_config_catches_changes_made_in_code() -> None:
+    cfg = Config()
+    cfg.data.batch_size = 0
+    with pytest.raises(ConfigError, match=r"data\.batch_size must be >= 1"):
+        validate_config(cfg)
+
+
+def test_dump_config_reloads_equal_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "folder.yaml")
+    path = tmp_path / "run" / "config.yaml"
+    dump_config(cfg, path)
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text()) == config_to_dict(cfg)  # any YAML reader agrees
+    assert os.listdir(path.parent) == ["config.yaml"]
+
+
+def test_dump_config_round_trips_awkward_strings(tmp_path: Path) -> None:
+    cfg = Config()
+    names = ["off", "null", "2024", "a: b # c", " lead", "line\nbreak", "tab\there", "ünï", "'q\""]
+    for i, name in enumerate(names):
+        cfg.run.name = name
+        path = tmp_path / f"c{i}.yaml"
+        dump_config(cfg, path)
+        assert load_config(path).run.name == name
+        assert yaml.safe_load(path.read_text(encoding="utf-8"))["run"]["name"] == name
+
+
+def test_dump_config_keeps_the_old_file_when_writing_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("old\n")
+
+    def fail(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(config_module.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        dump_config(Config(), path)
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_dump_config_refuses_an_invalid_config(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.train.epochs = 0
+    with pytest.raises(ConfigError):
+        dump_config(cfg, tmp_path / "c.yaml")
+    assert not (tmp_path / "c.yaml").exists()
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_default_yaml_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    text = default_config_yaml()
+    assert load_config(write(tmp_path, text)) == Config()
+    assert yaml.safe_load(text) == config_to_dict(Config())
+
+
+def test_default_yaml_comments_every_key_with_its_help() -> None:
+    text = default_config_yaml()
+    comments = " ".join(line.strip().lstrip("# ") for line in text.splitlines()
+                        if line.strip().startswith("#"))
+    for section, specs in key_specs().items():
+        assert f"\n{section}:\n" in text
+        for name, spec in specs.items():
+            assert re.search(rf"^  {name}: ", text, re.M), name
+            assert " ".join(spec.help.split()) in comments, spec.dotted
+
+
+def test_describe_keys_covers_every_field_with_default_and_allowed_values() -> None:
+    rows = describe_keys()
+    fields = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
+              for f in dataclasses.fields(s.default_factory)]
+    assert [key for key, _, _ in rows] == fields
+    table = {key: (default, help) for key, default, help in rows}
+    assert table["train.epochs"] == ("15", "Epochs to train. Allowed: an integer >= 1.")
+    assert table["hardware.mixed_precision"][0] == "'off'"
+    assert "one of sgd, adam, adamw" in table["optim.optimizer"][1]
+    assert "a list of integers >= 1, or null" in table["model.stackwise_blocks"][1]
+    assert "in [0, 0.99]" in table["model.dropout"][1]
+
+
+def test_markdown_table_has_one_well_formed_row_per_key() -> None:
+    lines = markdown_table().strip().splitlines()
+    assert lines[0] == "| Key | Default | Description |"
+    assert len(lines) == 2 + len(describe_keys())
+    for line in lines[2:]:
+        cells = re.split(r"(?<!\\)\|", line)
+        assert len(cells) == 5, line  # pipes inside help texts are escaped
+    assert "| `model.block_type` | `null` | basic \\| bottleneck" in markdown_table()
+
+
+def test_schema_nullable_matches_annotations() -> None:
+    for section, cls in config_module.SECTION_CLASSES.items():
+        hints = config_module.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            allows_none = type(None) in config_module.get_args(hints[f.name])
+            assert allows_none == f.metadata["nullable"], f"{section}.{f.name}"
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+
+@pytest.mark.parametrize("name", ["cifar", "cifar100", "folder", "digits"])
+def test_shipped_configs_load(name: str) -> None:
+    assert isinstance(load_config(CONFIGS / f"{name}.yaml"), Config)
+
+
+def test_cifar_is_the_he_et_al_recipe() -> None:
+    cfg = load_config(CONFIGS / "cifar.yaml")
+    assert (cfg.model.depth, cfg.model.block_type) == (164, "bottleneck")
+    assert (cfg.data.source, cfg.data.batch_size, cfg.data.image_size) == ("cifar10", 128, 32)
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.1, 0.9)
+    assert cfg.optim.weight_decay == 1e-4
+    s = cfg.schedule
+    assert (s.type, s.milestones, s.unit, s.gamma) == ("step", [32000, 48000], "iterations", 0.1)
+    assert (s.warmup, s.warmup_mode, s.warmup_lr) == (400, "constant", 0.01)
+    assert cfg.train.epochs == 164
+    assert abs(64000 * 128 / 50000 - cfg.train.epochs) < 0.5  # 64k iterations
+    assert (cfg.augment.random_crop_padding, cfg.augment.horizontal_flip) == (4, True)
+    assert cfg.data.normalize is True
+
+
+def test_cifar100_differs_from_cifar_only_in_source_and_name() -> None:
+    a = config_to_dict(load_config(CONFIGS / "cifar.yaml"))
+    b = config_to_dict(load_config(CONFIGS / "cifar100.yaml"))
+    assert b["data"].pop("source") == "cifar100"
+    assert a["data"].pop("source") == "cifar10"
+    a["run"].pop("name"), b["run"].pop("name")
+    assert a == b
+
+
+def test_folder_and_digits_configs() -> None:
+    f = load_config(CONFIGS / "folder.yaml")
+    assert (f.data.source, f.data.path, f.data.image_size) == ("folder", "data/my_images", 224)
+    assert (f.model.preset, f.model.weights) == ("resnet50_v2", "resnet50_v2_imagenet")
+    assert f.model.freeze_backbone_epochs == 3
+    assert (f.optim.optimizer, f.optim.lr, f.schedule.type) == ("adamw", 1e-3, "cosine")
+    assert (f.schedule.warmup > 0, f.schedule.warmup_mode) == (True, "linear")
+    assert (f.augment.horizontal_flip, f.augment.random_scale) == (True, 0.1)
+    d = load_config(CONFIGS / "digits.yaml")
+    assert (d.data.source, d.data.image_size, d.data.channels) == ("digits", 16, 1)
+    assert (d.model.depth, d.model.block_type, d.data.batch_size) == (20, "basic", 64)
+    assert (d.schedule.type, d.train.epochs, d.hardware.seed) == ("cosine", 15, 0)
+
+
+def test_config_module_does_not_import_tensorflow() -> None:
+    code = ("import sys, resnet_builder.config as c; c.load_config(None); "
+            "c.default_config_yaml(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
