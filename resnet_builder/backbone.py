@@ -138,7 +138,7 @@ class ResNetV2Backbone(keras.Model):
         """A model mapping images to the P-level feature maps, for detection/segmentation."""
         outputs = {level: self.get_layer(name).output
                    for level, name in self.pyramid_level_inputs.items()}
-        return keras.Model(self.inputs, outputs, name=f"{self.name}_pyramid")
+        return keras.Model(self.input, outputs, name=f"{self.name}_pyramid")
 
 
 def _alias(preset: str, layers: int) -> type:

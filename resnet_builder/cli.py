@@ -1,0 +1,269 @@
+"""The ``resnet-builder`` command: parse, call the Python API, print, exit.
+
+No logic lives here. User errors (``UserError``, and ``ValueError`` from the
+model's argument checks) become one message and a non-zero exit code, never
+a traceback (set ``RESNET_BUILDER_DEBUG=1`` to see one). TensorFlow is
+imported only inside the commands that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from .errors import UserError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
+
+
+class CommandFailed(click.ClickException):
+    """A ClickException that carries the exit code the error asked for."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    """Turns user errors raised anywhere below a command into clean exits."""
+
+    def invoke(self, ctx: click.Context):
+        if ctx.protected_args and ctx.protected_args[0] in NEEDS_TENSORFLOW:
+            from .runtime import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if os.environ.get("RESNET_BUILDER_DEBUG"):
+                raise
+            raise CommandFailed(str(exc), exc.exit_code) from None
+        except ValueError as exc:
+            if os.environ.get("RESNET_BUILDER_DEBUG"):
+                raise
+            raise CommandFailed(str(exc), 2) from None
+
+
+# Commands that always load TensorFlow; it is started (quietly) before they run.
+NEEDS_TENSORFLOW = {"train", "predict", "evaluate", "export", "bench"}
+
+
+def int_list(value: str | None, name: str) -> list[int] | None:
+    """``3,4,6,3`` -> [3, 4, 6, 3]; a clear usage error otherwise."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, got {value!r}",
+                                 param_hint=name) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="resnet-builder")
+def main() -> None:
+    """Build, train and run pre-activation ResNets (ResNetV2) of any depth."""
+
+
+# --------------------------------------------------------------------------- build
+
+@main.command()
+@click.option("--depth", help="Depth: 9n+2 (bottleneck) or 6n+2 (basic), CIFAR-style network.")
+@click.option("--preset", help="A named preset (see `resnet-builder presets`).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML config; its model section (and data.image_size/channels) is used.")
+@click.option("--blocks", help="Explicit blocks per stage, e.g. 3,4,6,3.")
+@click.option("--filters", help="Explicit filters per stage, e.g. 64,128,256,512.")
+@click.option("--strides", help="Explicit strides per stage, e.g. 1,2,2,2.")
+@click.option("--dilations", help="Dilation per stage, e.g. 1,1,2,4 (default: none).")
+@click.option("--block-type", type=click.Choice(["basic", "bottleneck", "basic_block", "block"]),
+              help="Block type; default: bottleneck when the depth fits 9n+2, else basic.")
+@click.option("--stem-filters", type=click.IntRange(min=1),
+              help="Stem width (depth networks: base width w of stages w/2w/4w; default 16).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10).")
+@click.option("--input-shape", help="H,W,C (default 32,32,3 for depth networks, else 224,224,3).")
+@click.option("--head", type=click.Choice(["gap", "tutorial"]), help="Classifier head.")
+@click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="Write the model to this .keras file.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True),
+              help="Draw the architecture to this .png (needs pydot and graphviz).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def build(depth, preset, config_path, blocks, filters, strides, dilations, block_type,
+          stem_filters, num_classes, input_shape, head, dropout, output, plot, as_json) -> None:
+    """Build a ResNetV2 classifier and summarise it (optionally save and plot it)."""
+    from .architecture import resolve_architecture
+    from .summary import model_summary
+
+    start = time.perf_counter()
+    request = _model_request(config_path)
+    given = {"depth": depth, "preset": preset, "block_type": block_type,
+             "stackwise_blocks": int_list(blocks, "--blocks"),
+             "stackwise_filters": int_list(filters, "--filters"),
+             "stackwise_strides": int_list(strides, "--strides"),
+             "stackwise_dilations": int_list(dilations, "--dilations"),
+             "stem_filters": stem_filters, "num_classes": num_classes, "head": head,
+             "dropout": dropout,
+             "input_shape": int_list(input_shape, "--input-shape")}
+    if any(given[k] is not None for k in ("depth", "preset", "stackwise_blocks",
+                                          "stackwise_filters", "stackwise_strides")):
+        for key in ("depth", "preset", "stackwise_blocks", "stackwise_filters",
+                    "stackwise_strides"):
+            request.pop(key, None)
+    request.update({k: v for k, v in given.items() if v is not None})
+    if request.get("input_shape") is not None and len(request["input_shape"]) != 3:
+        raise click.BadParameter("expected H,W,C", param_hint="--input-shape")
+    model_args = {k: request.pop(k) for k in ("num_classes", "head", "dropout") if k in request}
+    model_args.setdefault("num_classes", 10)
+    model_args.setdefault("head", "gap")
+    model_args.setdefault("dropout", 0.0)
+    arch = resolve_architecture(**request)
+    summary = model_summary(arch, model_args["num_classes"], model_args["head"])
+    summary["plan_seconds"] = round(time.perf_counter() - start, 4)
+    if output or plot:
+        from .modelfile import save_model_file
+
+        written = save_model_file(arch, output=output, plot=plot, **model_args)
+        summary.update(written)
+    summary["build_seconds"] = round(time.perf_counter() - start, 3)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(format_summary(summary))
+
+
+def _model_request(config_path: str | None) -> dict:
+    """The model keys of a YAML config, as ``resolve_architecture`` arguments."""
+    if not config_path:
+        return {}
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    m = cfg.model
+    request = {"block_type": m.block_type, "stem_filters": m.stem_filters,
+               "head": m.head, "dropout": m.dropout,
+               "input_shape": [cfg.data.image_size, cfg.data.image_size, cfg.data.channels]}
+    if m.num_classes:
+        request["num_classes"] = m.num_classes
+    if m.preset:
+        request["preset"] = m.preset
+    elif m.stackwise_blocks:
+        request.update(stackwise_filters=m.stackwise_filters, stackwise_blocks=m.stackwise_blocks,
+                       stackwise_strides=m.stackwise_strides)
+    else:
+        request["depth"] = m.depth
+    return {k: v for k, v in request.items() if v is not None}
+
+
+def _human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def format_summary(s: dict) -> str:
+    """The terminal form of ``model_summary`` (plus timings)."""
+    lines = []
+    if s["source"] == "depth":
+        default = "default block type" if s["also_fits"] else "the only rule that fits"
+        lines.append(f"ResNetV2-{s['depth']}: rule {s['rule']}, n={s['n']} ({default})")
+        if s["also_fits"]:
+            other = "basic" if s["block_type"] == "block" else "bottleneck"
+            lines.append(f"  {s['depth']} also fits {s['also_fits']}: pass --block-type {other}")
+    elif s["source"] == "preset":
+        lines.append(f"preset {s['preset']} (block type {s['block_type']})")
+    else:
+        lines.append(f"stackwise network (block type {s['block_type']})")
+    h, w, c = s["input_shape"]
+    lines.append(f"input {h}x{w}x{c}, {s['stem']} stem with {s['stem_filters']} filters, "
+                 f"stride in the {s['stride_position']} unit of each stage, {s['layers']} layers")
+    lines.append(f"{'stage':>5} {'level':>5} {'filters':>7} {'out':>5} {'blocks':>6} "
+                 f"{'stride':>6} {'output':>9}")
+    for st in s["stages"]:
+        oh, ow = st["output_size"]
+        size = f"{oh}x{ow}" if oh else "?"
+        lines.append(f"{st['stage']:>5} {st['level']:>5} {st['filters']:>7} "
+                     f"{st['out_channels']:>5} {st['blocks']:>6} {st['stride']:>6} {size:>9}")
+    lines.append(f"head: {s['head']}, {s['num_classes']} classes")
+    lines.append(f"parameters: {s['params_total']:,} total, {s['params_trainable']:,} trainable, "
+                 f"{s['params_non_trainable']:,} non-trainable")
+    lines.append(f"multiply-adds: {_human(s['macs_per_image'])} per image")
+    for key, label in (("output", "wrote"), ("plot", "drew")):
+        if s.get(key):
+            lines.append(f"{label} {s[key]}")
+    lines.append(f"done in {s['build_seconds']:.2f} s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- depths, presets
+
+@main.command()
+@click.option("--max", "max_depth", type=click.IntRange(min=8), default=200, show_default=True,
+              help="List depths up to this one.")
+@click.option("--block-type", type=click.Choice(["basic", "bottleneck", "basic_block", "block"]),
+              help="Only this rule.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def depths(max_depth: int, block_type: str | None, as_json: bool) -> None:
+    """List valid depths for both rules with n and parameter count (10 classes, 32x32)."""
+    from .architecture import resolve_architecture
+    from .depth import RULE_NAMES, valid_depths
+    from .summary import model_summary
+
+    rows = []
+    for rule in valid_depths(max_depth, block_type):
+        arch = resolve_architecture(rule.depth, block_type=rule.block_type)
+        rows.append({"depth": rule.depth, "block_type": rule.block_type,
+                     "rule": RULE_NAMES[rule.block_type], "n": rule.n,
+                     "params": model_summary(arch, 10)["params_total"],
+                     "default": rule.block_type == "block" or rule.also_fits is None})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'depth':>5}  {'rule':<24} {'n':>4} {'params':>12}  note")
+    for r in rows:
+        note = "" if r["default"] else f"needs --block-type basic ({r['depth']} fits both)"
+        click.echo(f"{r['depth']:>5}  {r['rule']:<24} {r['n']:>4} {r['params']:>12,}  {note}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def presets(as_json: bool) -> None:
+    """List presets with their backbone parameter counts."""
+    from .presets import PRESETS
+
+    if as_json:
+        click.echo(json.dumps({k: {**v} for k, v in PRESETS.items()}))
+        return
+    click.echo(f"{'preset':<22} {'params':>12}  {'weights':<8} description")
+    for name, entry in PRESETS.items():
+        weights = "imagenet" if "weights" in entry else "-"
+        click.echo(f"{name:<22} {entry['params']:>12,}  {weights:<8} {entry['description']}")
+
+
+# --------------------------------------------------------------------------- config
+
+@main.command("config")
+@click.option("--show", is_flag=True, help="Print the full default config with comments.")
+@click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key, e.g. train.epochs=5 (repeatable).")
+def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> None:
+    """Show the default config, or check PATH (with --set overrides) and print it resolved."""
+    from .config import config_to_dict, default_config_yaml, load_config
+
+    if show or not path:
+        click.echo(default_config_yaml(), nl=False)
+        return
+    import yaml
+
+    cfg = load_config(path, overrides)
+    click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

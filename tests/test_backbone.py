@@ -1,0 +1,184 @@
+"""ResNetV2Backbone: keras-cv compatibility, presets, pyramid, validation, saving."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from resnet_builder import (
+    PRESETS,
+    ResNet18V2Backbone,
+    ResNetV2Backbone,
+    backbone_plan,
+    build_model,
+    resolve_architecture,
+)
+from resnet_builder.summary import model_summary
+
+DATA = Path(__file__).parent / "data"
+KERAS_CV_CONFIGS = {"basic_block": [64, 16], "block": [8, 16]}
+
+
+def tiny(**overrides):
+    args = dict(stackwise_filters=[8, 16], stackwise_blocks=[2, 2], stackwise_strides=[1, 2],
+                include_rescaling=False, input_shape=(32, 32, 3))
+    args.update(overrides)
+    return ResNetV2Backbone(**args)
+
+
+@pytest.mark.parametrize("block_type", ["basic_block", "block"])
+def test_keras_cv_weights_load_and_give_the_same_outputs(block_type):
+    """Weights saved from keras-cv 0.9.0's ResNetV2Backbone (tests/data) load into ours."""
+    ref = np.load(DATA / "keras_cv_outputs.npz")
+    ours = ResNetV2Backbone(stackwise_filters=KERAS_CV_CONFIGS[block_type],
+                            stackwise_blocks=[2, 2], stackwise_strides=[1, 2],
+                            include_rescaling=True, block_type=block_type,
+                            input_shape=(32, 32, 3))
+    theirs = [n for n in ref[f"{block_type}_layer_names"] if not n.startswith("rescaling")]
+    assert [layer.name for layer in ours.layers[2:]] == theirs  # keras-cv auto-names rescaling
+    ours.load_weights(DATA / f"keras_cv_{block_type}.weights.h5")
+    out = ours.predict(ref[f"{block_type}_input"], verbose=0)
+    np.testing.assert_allclose(out, ref[f"{block_type}_output"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [p for p in PRESETS if not p.endswith("_cifar")])
+def test_keras_cv_preset_parameter_counts(name):
+    plan, _ = resolve_architecture(preset=name).plan()
+    assert plan.params == PRESETS[name]["params"]
+
+
+def test_preset_counts_match_built_models():
+    """The plan's counts equal Keras's for real models (the plan is what we report)."""
+    model = ResNet18V2Backbone(input_shape=(64, 64, 3))
+    assert model.count_params() == PRESETS["resnet18_v2"]["params"] == 11_183_488
+    for name in ("resnet20_cifar", "resnet164_cifar"):
+        built = ResNetV2Backbone.from_preset(name, input_shape=(32, 32, 3))
+        assert built.count_params() == PRESETS[name]["params"]
+
+
+@pytest.mark.parametrize(
+    ("depth", "block_type", "paper_params"),
+    [(110, "basic", 1.7e6), (164, "bottleneck", 1.7e6), (1001, "bottleneck", 10.2e6)],
+)
+def test_paper_parameter_counts_within_3_percent(depth, block_type, paper_params):
+    summary = model_summary(resolve_architecture(depth, block_type=block_type), 10)
+    assert abs(summary["params_trainable"] / paper_params - 1) < 0.03
+
+
+def test_summary_counts_equal_keras_counts():
+    for kwargs in ({"depth": 20, "block_type": "basic"}, {"depth": 11, "head": "tutorial"},
+                   {"preset": "resnet18_v2", "input_shape": (64, 64, 3), "num_classes": 5}):
+        head = kwargs.pop("head", "gap")
+        classes = kwargs.pop("num_classes", 10)
+        model = build_model(**kwargs, head=head, num_classes=classes)
+        arch = resolve_architecture(**kwargs)
+        s = model_summary(arch, classes, head)
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        assert (s["params_total"], s["params_trainable"]) == (model.count_params(), trainable)
+
+
+def test_pyramid_levels_halve_resolution():
+    model = ResNetV2Backbone(**PRESETS["resnet18_v2"]["config"], input_shape=(64, 64, 3))
+    assert list(model.pyramid_level_inputs) == ["P2", "P3", "P4", "P5"]
+    assert model.pyramid_level_inputs["P2"] == "v2_stack_0_block2_out"
+    features = model.pyramid_model()(np.zeros((1, 64, 64, 3), "float32"))
+    sizes = [features[k].shape[1] for k in ("P2", "P3", "P4", "P5")]
+    assert sizes == [16, 8, 4, 2]
+    assert [features[k].shape[-1] for k in ("P2", "P5")] == [64, 512]
+
+
+def test_cifar_network_strides_first_unit_and_projects_where_shape_changes():
+    plan, pyramid = resolve_architecture(20, block_type="basic").plan()
+    names = [op.name for op in plan.ops]
+    assert "v2_stack_0_block1_0_conv" not in names  # 16 -> 16, stride 1: identity
+    assert "v2_stack_1_block1_0_conv" in names  # width and size change: projection
+    first = next(op for op in plan.ops if op.name == "v2_stack_1_block1_2_conv")
+    assert first.args["strides"] == 2
+    assert [plan.shape(pyramid[k])[:2] for k in pyramid] == [(32, 32), (16, 16), (8, 8)]
+    projection = next(op for op in plan.ops if op.name == "v2_stack_1_block1_0_conv")
+    assert projection.inputs == ("v2_stack_1_block1_use_preactivation_relu",)
+
+
+def test_layer_names_follow_one_pattern():
+    model = tiny(block_type="block")
+    for layer in model.layers[1:]:
+        assert layer.name in {"conv1_conv", "pool1_pool", "post_bn", "post_relu"} or (
+            layer.name.startswith("v2_stack_") and "_block" in layer.name), layer.name
+
+
+def test_dilations_keep_resolution():
+    model = tiny(stackwise_dilations=[1, 2], stackwise_blocks=[2, 3])
+    out = model(np.zeros((1, 32, 32, 3), "float32"))
+    assert out.shape == (1, 8, 8, 64)  # stem /4, second stack dilated instead of strided
+
+
+@pytest.mark.parametrize(
+    ("overrides", "text"),
+    [
+        ({"stackwise_blocks": [2]}, "same length"),
+        ({"block_type": "resnext"}, "block_type='resnext'"),
+        ({"stackwise_strides": [1, 0]}, "stackwise_strides=[1, 0]"),
+        ({"stackwise_filters": [8, 0]}, "stackwise_filters=[8, 0]"),
+        ({"stackwise_filters": [8, -1]}, "stackwise_filters"),
+        ({"input_shape": (4, 4, 3)}, "too small"),
+        ({"input_shape": (32, 32)}, "input_shape"),
+        ({"stem": "big"}, "stem='big'"),
+    ],
+)
+def test_bad_arguments_raise_before_building(overrides, text):
+    with pytest.raises(ValueError, match=text.replace("[", r"\[").replace("]", r"\]")):
+        backbone_plan(**{**dict(stackwise_filters=[8, 16], stackwise_blocks=[2, 2],
+                                stackwise_strides=[1, 2], include_rescaling=False,
+                                input_shape=(32, 32, 3)), **overrides})
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(ValueError, match="Did you mean 'resnet50_v2'"):
+        ResNetV2Backbone.from_preset("resnet50v2")
+
+
+def test_alias_matches_keras_cv_defaults():
+    model = ResNet18V2Backbone(input_shape=(32, 32, 3))
+    assert isinstance(model, ResNetV2Backbone)
+    assert model.include_rescaling is True and model.block_type == "basic_block"
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(block_type="basic", stem_filters=8)
+    x = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32")
+    path = tmp_path / "b.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ResNetV2Backbone)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_saved_model_loads_in_a_fresh_process(tmp_path):
+    """Only `keras` and `resnet_builder` imported; no custom_objects."""
+    model = build_model(11, num_classes=3, mean=[1, 2, 3], std=[2, 2, 2], class_names="abc")
+    x = np.random.RandomState(1).rand(2, 32, 32, 3).astype("float32") * 255
+    path = tmp_path / "m.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", model.predict(x, verbose=0))
+    code = (
+        "import sys, numpy as np, keras, resnet_builder\n"
+        f"m = keras.models.load_model({str(path)!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r}); y = np.load({str(tmp_path / 'y.npy')!r})\n"
+        "assert type(m).__name__ == 'ResNetV2Classifier', type(m)\n"
+        "assert m.class_names == ['a', 'b', 'c']\n"
+        "np.testing.assert_allclose(m.predict(x, verbose=0), y, atol=1e-5)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
