@@ -1,0 +1,183 @@
+"""Read one image file into a uint8 array, the same way for training data and for `predict`.
+
+Training (the ``folder`` source) and prediction both go through ``load_image`` and
+``resize_image`` so a saved model sees pixels prepared exactly as in training.
+
+Choices, stated once:
+
+* Transparency is composited on **white** (not dropped): the colour stored under
+  fully transparent pixels is arbitrary (often black or noise), while white is what
+  a viewer shows for icons and scans with a transparent background.
+* 16-bit images (``I;16`` and ``I``) are scaled to 8 bit with ``round(v * 255 / 65535)``,
+  so a full-range 16-bit image stays full range instead of clipping to white.
+* RGB to grayscale uses ITU-R 601-2 luma with Pillow's integer rounding, in numpy, so
+  arrays (CIFAR, npz) and files give identical gray values.
+* The EXIF orientation of photos is applied, so phone pictures are upright.
+* Decoding is forced (``Image.load``), so truncated files fail here, not mid-training.
+* Hidden files and folders (names starting with ``.``) are ignored by the finders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from resnet_builder.errors import UserError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = {"RGBA": "RGBA", "RGBa": "RGBA", "LA": "LA", "La": "LA", "PA": "RGBA"}
+
+
+class ImageError(UserError):
+    """One image file that cannot be used; ``reason`` is short enough for a skip list."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}",
+                         hint="replace or remove the file")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the file name has an image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[Path]:
+    """Every non-hidden file below ``root``, following folder links once (no loops)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Image files below ``root`` (recursive), sorted by path; a file is returned as is."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UserError(f"no such file or folder: {root}", hint="check the path")
+    found = [p for p in walk_files(root) if is_image_file(p)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+    """Decode ``path`` fully into uint8 ``H x W x channels`` (1 or 3); raises ``ImageError``."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.seek(0)  # first frame of animations
+            img.load()
+            pixels = _to_array(_upright(img))
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (or an unsupported format)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(path, "image too large (Pillow's decompression-bomb limit)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, _decode_reason(exc)) from None
+    return to_channels(pixels, channels)
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    """Give the obvious reasons (missing, folder, empty, unreadable) before Pillow tries."""
+    try:
+        if os.path.isdir(path):
+            raise ImageError(path, "is a folder, not a file")
+        if os.path.getsize(path) == 0:
+            raise ImageError(path, "empty file")
+        if not os.access(path, os.R_OK):
+            raise ImageError(path, "permission denied")
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+
+
+def _decode_reason(exc: BaseException) -> str:
+    """A short reason for a decoder failure."""
+    text = str(exc)
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return "truncated file"
+    return f"corrupt image data ({text or type(exc).__name__})"
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block only loses the rotation."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # odd EXIF must not make a good image unreadable
+        return img
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to uint8 ``H x W x C`` with C = 1 (gray) or 3 (RGB), alpha removed."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _scale_16bit(np.asarray(img))[..., None]
+    if mode == "P" and "transparency" in img.info:
+        mode = "PA"
+    if mode in _ALPHA_MODES:
+        return composite_on_white(np.asarray(img.convert(_ALPHA_MODES[mode])))
+    if mode in ("1", "L", "F"):
+        return np.asarray(img.convert("L"))[..., None]
+    return np.asarray(img.convert("RGB"))
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """16-bit range to 8 bit with rounding: 0 -> 0, 257 -> 1, 65535 -> 255."""
+    wide = np.clip(values.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def composite_on_white(pixels: np.ndarray) -> np.ndarray:
+    """Drop the last (alpha) channel by blending onto white: ``c*a + 255*(1-a)``, rounded."""
+    color = pixels[..., :-1].astype(np.uint32)
+    alpha = pixels[..., -1:].astype(np.uint32)
+    blended = (color * alpha + 255 * (255 - alpha) + 127) // 255
+    return blended.astype(np.uint8)
+
+
+def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 ``... x C`` (C = 1, 3) to ``... x channels``: gray is repeated, RGB becomes luma."""
+    have = pixels.shape[-1]
+    if have == channels:
+        return pixels
+    if have == 1:
+        return np.repeat(pixels, channels, axis=-1)
+    if have == 3 and channels == 1:
+        rgb = pixels.astype(np.uint32)
+        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+        return luma.astype(np.uint8)[..., None]
+    raise ValueError(f"cannot convert {have} channels to {channels}")
+
+
+def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of uint8 ``H x W x C`` to ``size x size`` (antialiased when shrinking).
+
+    Non-square images are stretched, not cropped, so nothing is cut off.
+    """
+    height, width, channels = pixels.shape
+    if (height, width) == (size, size):
+        return pixels
+    img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+    out = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    return out.reshape(size, size, channels)
+
+
+def prepare_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """``load_image`` then ``resize_image``: what the model is fed, in training and predict."""
+    return resize_image(load_image(path, channels), size)
