@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import click
@@ -263,7 +262,3 @@ def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> 
 
     cfg = load_config(path, overrides)
     click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

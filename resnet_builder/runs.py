@@ -1,0 +1,188 @@
+"""Run folders: naming, layout, results.csv, summary.json and atomic writes.
+
+This module is the one place that knows where things live inside a run
+folder (``RunPaths``) and how runs are named (``exp``, ``exp2``, ... as in
+ultralytics). Writers replace files atomically (temp file + ``os.replace``),
+so a run killed at any moment leaves each file either old or new, never torn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file of a training run, by role."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.keras"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.keras"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Everything resuming needs, in one atomically written file (see checkpoint.py)."""
+        return self.root / "checkpoint.npz"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def confusion_matrix(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def class_names(self) -> Path:
+        return self.root / "class_names.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save(path: Path, save: Callable[[str], None]) -> None:
+    """Let ``save(temp_path)`` write (same suffix, same folder), then rename onto ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Rewrite results.csv whole (atomically) from the rows so far."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in RESULTS_COLUMNS})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """results.csv as rows of numbers (empty when the file does not exist yet)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        rows = []
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if value in ("", None):
+                    row[key] = None
+                elif key == "epoch":
+                    row[key] = int(value)
+                else:
+                    row[key] = float(value)
+            rows.append(row)
+    return rows
+
+
+def _numbered(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}{i}" in taken:
+        i += 1
+    return f"{name}{i}"
+
+
+def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
+    """``project/name``, or ``name2``, ``name3``... when taken (unless ``exist_ok``)."""
+    project = Path(project)
+    project.mkdir(parents=True, exist_ok=True)
+    if exist_ok:
+        path = project / name
+    else:
+        taken = {p.name for p in project.iterdir()}
+        path = project / _numbered(name, taken)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_run(project: str | os.PathLike = "runs/train") -> Path:
+    """The most recently modified run folder under ``project`` that has a model."""
+    project = Path(project)
+    runs = [p for p in project.glob("*") if p.is_dir() and
+            (RunPaths(p).best.exists() or RunPaths(p).last.exists())] if project.exists() else []
+    if not runs:
+        raise UserError(f"no trained run with a model was found under {project}",
+                        hint="train one first (resnet-builder train configs/digits.yaml) or "
+                             "pass --model PATH")
+    return max(runs, key=lambda p: (RunPaths(p).best if RunPaths(p).best.exists()
+                                    else RunPaths(p).last).stat().st_mtime)
+
+
+def model_path(source: str | os.PathLike) -> Path:
+    """A ``.keras`` file as given, or a run folder's best (else last) model."""
+    source = Path(source)
+    if source.is_dir():
+        paths = RunPaths(source)
+        for candidate in (paths.best, paths.last):
+            if candidate.exists():
+                return candidate
+        raise UserError(f"run folder {source} has no best.keras or last.keras",
+                        hint="train it first, or pass a .keras file")
+    if not source.exists():
+        raise UserError(f"model {source} does not exist",
+                        hint="pass a .keras file or a run folder (runs/train/exp)")
+    return source
