@@ -62,6 +62,7 @@ def backbone_plan(
     stem: str = "imagenet",
     stem_filters: int = 64,
     stride_position: str = "last",
+    bn_momentum: float = 0.99,
 ) -> tuple[Plan, dict[str, str]]:
     """Check every argument, then describe the network; no Keras objects are made.
 
@@ -89,6 +90,9 @@ def backbone_plan(
     if isinstance(stem_filters, bool) or not isinstance(stem_filters, int) or stem_filters < 1:
         raise ValueError(f"`stem_filters` must be a positive integer. "
                          f"Received: stem_filters={stem_filters!r}")
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not (
+            0.0 <= bn_momentum < 1.0):
+        raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum!r}")
     shape = _check_input_shape(input_shape)
     _, stem_stride, pooled, level = blocks.STEMS[stem]
     total = stem_stride * (2 if pooled else 1) * math.prod(
@@ -100,7 +104,7 @@ def backbone_plan(
                 f"height and width must be at least {total}. Received: input_shape={shape}"
             )
 
-    plan = Plan(shape)
+    plan = Plan(shape, bn_momentum=float(bn_momentum))
     x = plan.input_name
     if include_rescaling:
         x = plan.rescaling(x, 1 / 255.0, name="rescaling")
@@ -141,6 +145,7 @@ def resolve_architecture(
     stem_filters: int | None = None,
     input_shape: Sequence[int | None] | None = None,
     include_rescaling: bool | None = None,
+    bn_momentum: float | None = None,
 ) -> Architecture:
     """Turn a depth, a preset or explicit stackwise lists into backbone arguments.
 
@@ -159,6 +164,8 @@ def resolve_architecture(
     extra: dict[str, Any] = {}
     if include_rescaling is not None:
         extra["include_rescaling"] = bool(include_rescaling)
+    if bn_momentum is not None:
+        extra["bn_momentum"] = bn_momentum
     if ways == ["depth"]:
         rule = resolve_depth(depth, block_type)
         width = 16 if stem_filters is None else stem_filters

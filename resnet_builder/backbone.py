@@ -49,8 +49,9 @@ class ResNetV2Backbone(keras.Model):
     Arguments as keras-cv 0.9.0's ``ResNetV2Backbone`` (``block_type`` also
     takes ``basic``/``bottleneck``), plus three of our own, whose defaults give
     keras-cv's network: ``stem`` ("imagenet" 7x7/2 conv + 3x3/2 max-pool, or
-    "cifar" 3x3/1 conv), ``stem_filters`` (64) and ``stride_position``
-    ("last" unit of a stack strides, as keras-cv; "first", as He et al.).
+    "cifar" 3x3/1 conv), ``stem_filters`` (64), ``stride_position`` ("last"
+    unit of a stack strides, as keras-cv; "first", as He et al.) and
+    ``bn_momentum`` (0.99; 0.9 adapts faster on small datasets).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class ResNetV2Backbone(keras.Model):
         stem: str = "imagenet",
         stem_filters: int = 64,
         stride_position: str = "last",
+        bn_momentum: float = 0.99,
         **kwargs,
     ) -> None:
         arch = {
@@ -80,6 +82,7 @@ class ResNetV2Backbone(keras.Model):
             "stem": stem,
             "stem_filters": stem_filters,
             "stride_position": stride_position,
+            "bn_momentum": bn_momentum,
         }
         if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor, shape=tuple(input_shape))
@@ -101,6 +104,7 @@ class ResNetV2Backbone(keras.Model):
         self.stem = stem
         self.stem_filters = stem_filters
         self.stride_position = stride_position
+        self.bn_momentum = float(bn_momentum)
         self.input_tensor = input_tensor
 
     def get_config(self) -> dict:
@@ -118,6 +122,7 @@ class ResNetV2Backbone(keras.Model):
             "stem": self.stem,
             "stem_filters": self.stem_filters,
             "stride_position": self.stride_position,
+            "bn_momentum": self.bn_momentum,
         }
 
     @classmethod

@@ -144,6 +144,7 @@ def build_model(
     stackwise_dilations: Sequence[int] | None = None,
     stem_filters: int | None = None,
     include_rescaling: bool | None = None,
+    bn_momentum: float | None = None,
     head: str = "gap",
     dropout: float = 0.0,
     mean: Sequence[float] | None = None,
@@ -162,7 +163,7 @@ def build_model(
         depth, preset, block_type, stackwise_filters=stackwise_filters,
         stackwise_blocks=stackwise_blocks, stackwise_strides=stackwise_strides,
         stackwise_dilations=stackwise_dilations, stem_filters=stem_filters,
-        input_shape=input_shape, include_rescaling=include_rescaling,
+        input_shape=input_shape, include_rescaling=include_rescaling, bn_momentum=bn_momentum,
     )
     backbone = build_backbone(arch)
     if load_weights:

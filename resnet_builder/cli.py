@@ -262,3 +262,48 @@ def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> 
 
     cfg = load_config(path, overrides)
     click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+
+
+# --------------------------------------------------------------------------- train
+
+def _config_keys_epilog() -> str:
+    from .config import describe_keys
+
+    lines = ["\b", "Config keys (section.key  default  what it does):"]
+    for key, default, help_text in describe_keys():
+        lines.append(f"  {key:<34} {default:<12} {help_text.splitlines()[0][:90]}")
+    return "\n".join(lines)
+
+
+@main.command(epilog=_config_keys_epilog())
+@click.argument("config_path", required=False, metavar="CONFIG.yaml",
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              help="Continue this run folder after its last completed epoch.")
+@click.option("--name", help="Run name (runs/train/<name>, auto-numbered); = run.name.")
+@click.option("--project", help="Parent folder of runs; = run.project.")
+@click.option("--exist-ok", is_flag=True, default=None, help="Reuse the run folder if it exists.")
+@click.option("--progress", type=click.Choice(["auto", "bar", "line", "none"]),
+              help="Progress display; = run.progress.")
+@click.option("--strategy", type=click.Choice(["auto", "none", "mirrored", "multi_worker", "tpu"]),
+              help="Distribution strategy; = distribute.strategy.")
+def train(config_path, overrides, resume_dir, name, project, exist_ok, progress,
+          strategy) -> None:
+    """Train a model from CONFIG.yaml (every key has a default; see below)."""
+    from . import train as trainer
+    from .config import load_config
+
+    flags = {"run.name": name, "run.project": project, "run.exist_ok": exist_ok,
+             "run.progress": progress, "distribute.strategy": strategy}
+    overrides = tuple(overrides) + tuple(f"{k}={v}" for k, v in flags.items()
+                                         if v is not None)
+    if resume_dir:
+        if config_path:
+            raise click.UsageError("give either CONFIG.yaml or --resume RUN, not both")
+        trainer.resume(resume_dir, overrides)
+        return
+    if not config_path:
+        raise click.UsageError("give a config file (e.g. configs/digits.yaml) or --resume RUN")
+    trainer.train(load_config(config_path, overrides))

@@ -68,6 +68,9 @@ class ModelConfig:
     stem_filters: int | None = _key(None, "Stem width; null = 16 for depth networks, 64 for "
                                     "stackwise/preset ones (the tutorial uses 32).",
                                     min=1, nullable=True)
+    bn_momentum: float = _key(0.99, "Batch-norm moving-average momentum (Keras/keras-cv: 0.99; "
+                              "0.9 settles faster when an epoch has few steps).",
+                              min=0.0, max=0.999)
     head: str = _key("gap", "Classifier head: gap (global pooling + Dense) or tutorial "
                      "(BN-ReLU-AvgPool-Flatten-Dense(512)-BN-Dropout-Dense).",
                      choices=("gap", "tutorial"))

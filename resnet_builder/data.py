@@ -105,38 +105,44 @@ class DataBundle:
         return len(self.class_names)
 
     def train_dataset(self, epoch: int, batch_size: int) -> tf.data.Dataset:
-        """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches."""
+        """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches.
+
+        Images are augmented a whole batch at a time (a few vectorised ops per
+        batch instead of per image), seeded by (seed, epoch, batch number).
+        """
         if epoch < 0 or batch_size < 1:
             raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
         assert self._train is not None
         order = _rng(self._seed, _ORDER, epoch).permutation(self.num_train)
-        lookup = self._lookup("train", self._train)
+        dataset = self._batches(self._train, "train", order.astype(np.int64), batch_size)
         augment = _augmenter(self._augment, self.image_size, self.mean, self._seed, epoch)
-
-        def element(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image, label = lookup(index)
-            image = tf.cast(image, tf.float32)
-            if augment is not None:
-                image = augment(image, index)
-            return image, label
-
-        dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-        dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        if augment is not None:
+            dataset = dataset.enumerate().map(
+                lambda i, batch: (augment(batch[0], i), batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
         if self._val is None or self.num_val == 0:
             return None
-        lookup = self._lookup("val", self._val)
+        order = np.arange(self.num_val, dtype=np.int64)
+        return self._batches(self._val, "val", order, batch_size).prefetch(tf.data.AUTOTUNE)
 
-        def element(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image, label = lookup(index)
-            return tf.cast(image, tf.float32), label
+    def _batches(self, split: _Split, name: str, order: np.ndarray,
+                 batch_size: int) -> tf.data.Dataset:
+        """Batches of (float32 images, int32 labels) in ``order``.
 
-        dataset = tf.data.Dataset.range(self.num_val)
-        dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        In-memory images are gathered a batch at a time; others are decoded
+        one by one in parallel and then batched.
+        """
+        lookup = self._lookup(name, split)
+        dataset = tf.data.Dataset.from_tensor_slices(order)
+        if split.ready is not None:
+            dataset = dataset.batch(batch_size).map(lookup)
+        else:
+            dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        return dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
@@ -188,7 +194,7 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 
 def _augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int,
                epoch: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
-    """(image float32, index) -> augmented image, or None when augmentation is off.
+    """(images float32 [B,H,W,C], batch number) -> augmented batch, or None when off.
 
     Padding is filled with the training mean colour, which is zero after the model's
     normalization, as in He et al. (they padded mean-subtracted images with zeros).
@@ -196,46 +202,52 @@ def _augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int,
     if not (cfg.random_crop_padding or cfg.horizontal_flip or cfg.random_scale):
         return None
     fill = tf.constant(mean, tf.float32)
+    epoch_key = tf.constant([seed, epoch], tf.int64)
 
-    def apply(image: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-        key = tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 2**32 + index])
+    def apply(images: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+        key = tf.random.experimental.stateless_fold_in(epoch_key, batch)
         seeds = tf.random.experimental.stateless_split(key, 3)
+        count = tf.shape(images)[0]
+        images = images - fill
         if cfg.random_scale:
-            image = _random_zoom(image, seeds[0], cfg.random_scale, size, fill)
+            images = _random_zoom(images, seeds[0], cfg.random_scale, size)
         if cfg.random_crop_padding:
-            pad = cfg.random_crop_padding
-            image = _place(image - fill, seeds[1], size, pad) + fill
+            images = _random_shift(images, seeds[1], cfg.random_crop_padding, size)
         if cfg.horizontal_flip:
-            image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-        return tf.ensure_shape(image, (size, size, len(mean)))
+            flip = tf.random.stateless_uniform([count], seeds[2]) < 0.5
+            images = tf.where(flip[:, None, None, None], tf.reverse(images, [2]), images)
+        return tf.ensure_shape(images + fill, (None, size, size, len(mean)))
 
     return apply
 
 
-def _random_zoom(image: tf.Tensor, seed: tf.Tensor, amount: float, size: int,
-                 fill: tf.Tensor) -> tf.Tensor:
-    """Scale by a factor in [1 - amount, 1 + amount], then crop or pad back to size."""
-    scale = tf.random.stateless_uniform([], seed, 1.0 - amount, 1.0 + amount)
-    side = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-    zoomed = tf.image.resize(image, tf.stack([side, side]), antialias=True)
-    zoomed = tf.clip_by_value(zoomed, 0.0, 255.0)  # bilinear overshoots by float rounding
-    sub = tf.random.experimental.stateless_split(seed, 1)[0]
-    return _place(zoomed - fill, sub, size, 0) + fill
+def _random_zoom(images: tf.Tensor, seed: tf.Tensor, amount: float, size: int) -> tf.Tensor:
+    """Scale each image by a factor in [1 - amount, 1 + amount] about a random centre.
+
+    Works on mean-subtracted images: what zooming out uncovers is filled with 0.
+    """
+    count = tf.shape(images)[0]
+    scale_seed, centre_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    scale = tf.random.stateless_uniform([count], scale_seed, 1.0 - amount, 1.0 + amount)
+    half = 0.5 / scale  # half the crop box side, as a fraction of the image
+    room = tf.abs(0.5 - half)
+    centre = 0.5 + tf.random.stateless_uniform([count, 2], centre_seed, -1.0, 1.0) * room[:, None]
+    boxes = tf.stack([centre[:, 0] - half, centre[:, 1] - half,
+                      centre[:, 0] + half, centre[:, 1] + half], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(count), (size, size),
+                                    extrapolation_value=0.0)
 
 
-def _place(image: tf.Tensor, seed: tf.Tensor, size: int, pad: int) -> tf.Tensor:
-    """Zero-pad by ``pad`` (and up to ``size``, at random), then crop ``size`` square at random."""
-    side = tf.shape(image)[0]
-    short = tf.maximum(size - side, 0)
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    before = tf.random.stateless_uniform([2], seeds[0], 0, short + 1, dtype=tf.int32)
-    paddings = tf.stack([tf.stack([pad + before[0], pad + short - before[0]]),
-                         tf.stack([pad + before[1], pad + short - before[1]]),
-                         tf.constant([0, 0])])
-    padded = tf.pad(image, paddings)
-    room = tf.shape(padded)[0] - size
-    offset = tf.random.stateless_uniform([2], seeds[1], 0, room + 1, dtype=tf.int32)
-    return tf.slice(padded, tf.stack([offset[0], offset[1], 0]), tf.stack([size, size, -1]))
+def _random_shift(images: tf.Tensor, seed: tf.Tensor, pad: int, size: int) -> tf.Tensor:
+    """Pad by ``pad`` pixels (zeros) and crop ``size`` back at a random offset per image."""
+    count = tf.shape(images)[0]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = tf.random.stateless_uniform([count, 2], seed, 0, 2 * pad + 1, dtype=tf.int32)
+    window = tf.range(size)
+    rows = offsets[:, :1] + window[None, :]
+    cols = offsets[:, 1:] + window[None, :]
+    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted, cols, axis=2, batch_dims=1)
 
 
 # ------------------------------------------------------------------------ load_data

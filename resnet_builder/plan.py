@@ -52,6 +52,7 @@ class Plan:
     """Records ops in the order they are made; each method returns the op's name."""
 
     input_shape: Shape
+    bn_momentum: float = 0.99  # Keras' (and keras-cv's) default
     input_name: str = "input"
     ops: list[Op] = field(default_factory=list)
     _shapes: dict[str, Shape] = field(default_factory=dict)
@@ -85,7 +86,7 @@ class Plan:
     def bn(self, x: str, *, name: str) -> str:
         c = self.shape(x)[2]
         weights = tuple((w, (c,)) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
-        args = {"axis": 3, "epsilon": BN_EPSILON}
+        args = {"axis": 3, "epsilon": BN_EPSILON, "momentum": self.bn_momentum}
         return self._add(Op(name, "bn", (x,), args, self.shape(x), weights))
 
     def relu(self, x: str, *, name: str) -> str:

@@ -1,0 +1,78 @@
+"""The resume checkpoint: model and optimizer state plus the run's history, one file.
+
+Everything a resumed run needs sits in a single ``.npz`` written to a
+temporary name and renamed, so a run killed at any instant (even by SIGKILL
+during the write) leaves either the previous complete checkpoint or the new
+one. results.csv is rewritten from the history stored here when resuming, so
+the two always agree.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .runs import atomic_write_bytes
+
+FORMAT_VERSION = 1
+
+
+def _values(variables) -> list[np.ndarray]:
+    return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in variables]
+
+
+def save_checkpoint(path: Path, model, optimizer, meta: dict[str, Any]) -> None:
+    """Write model variables, optimizer variables and ``meta`` (JSON-able) atomically."""
+    arrays = {f"model_{i}": v for i, v in enumerate(_values(model.variables))}
+    arrays.update({f"opt_{i}": v for i, v in enumerate(_values(optimizer.variables))})
+    arrays["meta"] = np.frombuffer(
+        json.dumps({"format": FORMAT_VERSION, **meta}).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """Only the checkpoint's metadata (epoch, history, ...)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(bytes(data["meta"]).decode())
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({exc})",
+                        hint="the file is damaged; start a new run") from None
+
+
+def _assign(variables, stored: list[np.ndarray], what: str, path: Path) -> None:
+    if len(variables) != len(stored):
+        raise UserError(f"checkpoint {path} holds {len(stored)} {what} variables but this "
+                        f"run has {len(variables)}",
+                        hint="resume with the run's own config.yaml (do not change the model)")
+    for var, value in zip(variables, stored, strict=True):
+        if tuple(var.shape) != value.shape:
+            raise UserError(f"checkpoint {path}: {what} variable {var.path} has shape "
+                            f"{value.shape}, expected {tuple(var.shape)}",
+                            hint="resume with the run's own config.yaml")
+        var.assign(value)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
+    """Restore model and optimizer variables from ``path``; returns its metadata.
+
+    The optimizer must already be built over the same variables.
+    """
+    meta = read_meta(path)
+    with np.load(path, allow_pickle=False) as data:
+        model_values = [data[f"model_{i}"] for i in range(_count(data, "model_"))]
+        opt_values = [data[f"opt_{i}"] for i in range(_count(data, "opt_"))]
+    _assign(model.variables, model_values, "model", path)
+    _assign(optimizer.variables, opt_values, "optimizer", path)
+    return meta
+
+
+def _count(data, prefix: str) -> int:
+    return sum(1 for k in data.files if k.startswith(prefix))
