@@ -45,7 +45,8 @@ CASES = {
         depth=11, num_classes=3, mean=[125.3, 123.0, 113.9], std=[63.0, 62.1, 66.7],
         class_names=["cat", "dog", "bird"]),
     "depth8_basic_tutorial_head": dict(depth=8, num_classes=4, head="tutorial", dropout=0.3),
-    "depth20_basic_dropout": dict(depth=20, block_type="basic", num_classes=10, dropout=0.25),
+    "depth20_basic_dropout_any_size": dict(depth=20, block_type="basic", num_classes=10,
+                                           dropout=0.25, input_shape=(None, None, 3)),
     "stackwise_dilated": dict(
         stackwise_filters=[8, 16, 24], stackwise_blocks=[2, 1, 2], stackwise_strides=[1, 2, 2],
         stackwise_dilations=[1, 1, 2], block_type="bottleneck", stem_filters=8,
@@ -227,6 +228,16 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
         write_model_file(target, resolve_architecture(depth=11), num_classes=3)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+
+
+def test_replaces_an_existing_file_with_normal_permissions(tmp_path):
+    target, plain = tmp_path / "m.keras", tmp_path / "plain"
+    target.write_bytes(b"old")
+    plain.write_bytes(b"")  # what open() gives under this umask
+    write_model_file(target, resolve_architecture(depth=11), num_classes=3)
+    assert zipfile.is_zipfile(target)
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "plain"]
 
 
 def test_other_keras_version_warns_but_writes(tmp_path, monkeypatch):
