@@ -204,6 +204,7 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "stem": bb.get("stem", "imagenet"),
         "stem_filters": bb.get("stem_filters", 64),
         "stride_position": bb.get("stride_position", "last"),
+        "bn_momentum": plan.bn_momentum,
     }
     classifier = {
         "name": name or CLASSIFIER_NAME,

@@ -1,34 +1,19 @@
-"""Writing ``.keras`` files and architecture drawings for ``build``, atomically.
+"""Writing ``.keras`` files and architecture drawings for ``build``.
 
-A model file is written to a temporary name beside the target and renamed,
-so an interrupted write never leaves a half file under the real name.
+``keras_file.write_model_file`` writes to a temporary name beside the target
+and renames it, so an interrupted write never leaves a half file behind.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .architecture import Architecture
 from .errors import UserError
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(temp_path)`` then rename it onto ``path`` (same folder, same suffix)."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise UserError(f"folder {path.parent} does not exist", hint="create it first")
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+from .keras_file import write_model_file
 
 
 def _check_suffix(output: str) -> None:
@@ -40,31 +25,32 @@ def _check_suffix(output: str) -> None:
 def save_model_file(arch: Architecture, *, output: str | None, plot: str | None,
                     num_classes: int, head: str = "gap", dropout: float = 0.0,
                     **model_args: Any) -> dict[str, Any]:
-    """Write the classifier to ``output`` and/or draw it; returns facts for the summary."""
-    from .runtime import import_tensorflow_quietly
+    """Write the classifier to ``output`` and/or draw it; returns facts for the summary.
 
+    The file is written straight from the plan (``keras_file``), without
+    TensorFlow; only drawing builds the Keras model.
+    """
     facts: dict[str, Any] = {}
-    model = None
-    if plot or output:
-        import_tensorflow_quietly()
+    if output:
+        _check_suffix(output)
+        if not Path(output).resolve().parent.exists():
+            raise UserError(f"folder {Path(output).parent} does not exist",
+                            hint="create it first")
+        start = time.perf_counter()
+        write_model_file(output, arch, num_classes=num_classes, head=head, dropout=dropout,
+                         **model_args)
+        facts.update(output=str(output), output_bytes=os.path.getsize(output),
+                     save_seconds=round(time.perf_counter() - start, 3))
     if plot:
+        from .runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         from .classifier import ResNetV2Classifier, build_backbone
 
         model = ResNetV2Classifier(build_backbone(arch), num_classes, head=head, dropout=dropout,
                                    **model_args)
         draw_model(model, plot)
         facts["plot"] = str(plot)
-    if output:
-        _check_suffix(output)
-        start = time.perf_counter()
-        if model is None:
-            from .classifier import ResNetV2Classifier, build_backbone
-
-            model = ResNetV2Classifier(build_backbone(arch), num_classes, head=head,
-                                       dropout=dropout, **model_args)
-        atomic_write(output, model.save)
-        facts.update(output=str(output), output_bytes=os.path.getsize(output),
-                     save_seconds=round(time.perf_counter() - start, 3))
     return facts
 
 

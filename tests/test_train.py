@@ -1,0 +1,246 @@
+"""The trainer: run folders, repeatability, resume (also after SIGKILL), stops, transfer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from resnet_builder import train as trainer
+from resnet_builder.checkpoint import read_meta
+from resnet_builder.cli import main
+from resnet_builder.config import dump_config, load_config
+from resnet_builder.errors import UserError
+
+TINY = [
+    "model.depth=8", "model.block_type=basic", "model.bn_momentum=0.9",
+    "data.source=digits", "data.image_size=8", "data.channels=1", "data.batch_size=50",
+    "data.limit=300", "augment.random_crop_padding=1",
+    "optim.optimizer=adam", "optim.lr=0.01", "schedule.type=cosine",
+    "train.epochs=3", "run.progress=line", "hardware.seed=0",
+]
+
+
+def tiny_config(tmp_path: Path, *extra: str, name: str = "exp"):
+    return load_config(None, [*TINY, f"run.project={tmp_path / 'runs'}", f"run.name={name}",
+                              *extra])
+
+
+def results(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    return trainer.train(tiny_config(tmp))
+
+
+def test_run_folder_has_every_file(finished):
+    run = finished.run_dir
+    for name in ("config.yaml", "results.csv", "last.keras", "best.keras", "checkpoint.npz",
+                 "curves.png", "confusion_matrix.png", "summary.json"):
+        assert (run / name).stat().st_size > 0, name
+    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
+    rows = results(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == ["epoch", "time", "lr", "loss", "accuracy", "val_loss",
+                             "val_accuracy"]
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("best_epoch", "best_val_accuracy", "epochs_completed", "wall_seconds",
+                "train_images_per_second"):
+        assert summary[key] is not None, key
+    assert summary["epochs_completed"] == 3 and summary["status"] == "finished"
+    best = max(float(r["val_accuracy"]) for r in rows)
+    assert summary["best_val_accuracy"] == pytest.approx(best, rel=1e-5)
+    saved = load_config(run / "config.yaml")
+    assert saved.model.num_classes == 10 and saved.train.epochs == 3
+
+
+def test_best_model_carries_classes_and_preprocessing(finished):
+    model = keras.models.load_model(finished.run_dir / "best.keras")
+    assert model.class_names == [str(i) for i in range(10)]
+    assert model.mean is not None and model.image_shape == (8, 8, 1)
+
+
+def test_learns_digits(finished):
+    assert finished.summary["best_val_accuracy"] > 0.5  # 3 tiny epochs on 300 images
+
+
+def test_same_seed_gives_same_results_csv(tmp_path, finished):
+    again = trainer.train(tiny_config(tmp_path))
+    assert without_time(results(again.run_dir)) == without_time(results(finished.run_dir))
+
+
+def test_run_names_auto_increment(tmp_path):
+    first = trainer.train(tiny_config(tmp_path, "train.epochs=1"))
+    second = trainer.train(tiny_config(tmp_path, "train.epochs=1"))
+    assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp2")
+
+
+def test_resume_finished_run_says_so_and_extension_continues(tmp_path, finished, capsys):
+    cfg = tiny_config(tmp_path, "train.epochs=2")
+    run = trainer.train(cfg).run_dir
+    with pytest.raises(UserError, match="already finished its 2 epochs"):
+        trainer.resume(run)
+    extended = trainer.resume(run, ("train.epochs=3",))
+    assert "schedule is recomputed for 3" in capsys.readouterr().out
+    assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
+    assert extended.summary["epochs_completed"] == 3
+    assert load_config(run / "config.yaml").train.epochs == 3
+
+
+def test_resume_refuses_model_changes(tmp_path, finished):
+    with pytest.raises(UserError, match="cannot change when resuming"):
+        trainer.resume(finished.run_dir, ("model.depth=14",))
+
+
+def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monkeypatch):
+    original = trainer._Run._train_epoch
+
+    def interrupt_in_epoch_2(self, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, *args)
+
+    monkeypatch.setattr(trainer._Run, "_train_epoch", interrupt_in_epoch_2)
+    with pytest.raises(UserError) as err:
+        trainer.train(tiny_config(tmp_path))
+    assert err.value.exit_code == 130
+    run = tmp_path / "runs" / "exp"
+    assert f"resnet-builder train --resume {run}" in str(err.value)
+    assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
+    monkeypatch.setattr(trainer._Run, "_train_epoch", original)
+    trainer.resume(run)
+    assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = trainer.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(batch):
+            calls["n"] += 1
+            out = step(batch)
+            return (float("nan"), out[1], out[2]) if calls["n"] > 7 else out
+
+        return wrapped
+
+    monkeypatch.setattr(trainer, "make_train_step", poisoned)
+    with pytest.raises(UserError, match=r"diverged.*epoch 2"):
+        trainer.train(tiny_config(tmp_path))
+    run = tmp_path / "runs" / "exp"
+    assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_early_stopping_then_extension(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer._Run, "_evaluate",
+                        lambda self, step, data: (1.0, 0.5, np.zeros(data.num_val, int)))
+    cfg = tiny_config(tmp_path, "train.epochs=6", "train.early_stopping_patience=2")
+    result = trainer.train(cfg)
+    assert result.summary["status"] == "stopped_early"
+    assert result.summary["epochs_completed"] == 3  # best at 1, then 2 epochs without gain
+    with pytest.raises(UserError, match="stopped early"):
+        trainer.resume(result.run_dir)
+    extended = trainer.resume(result.run_dir, ("train.epochs=7",))
+    assert extended.summary["epochs_completed"] == 5
+
+
+def test_frozen_backbone_keeps_donor_weights(tmp_path, finished):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "model.freeze_backbone_epochs=1",
+                      f"model.weights={finished.run_dir / 'best.keras'}")
+    run = trainer.train(cfg).run_dir
+    donor = keras.models.load_model(finished.run_dir / "best.keras")
+    trained = keras.models.load_model(run / "last.keras")
+    for a, b in zip(donor.backbone.weights, trained.backbone.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # BN statistics included
+    head = [not np.array_equal(a.numpy(), b.numpy())
+            for a, b in zip(donor.get_layer("predictions").weights,
+                            trained.get_layer("predictions").weights, strict=True)]
+    assert any(head)
+
+
+@pytest.mark.parametrize("switch", ["hardware.mixed_precision=bfloat16", "hardware.xla=true"])
+def test_mixed_precision_and_xla_switches_train(tmp_path, switch):
+    result = trainer.train(tiny_config(tmp_path, "train.epochs=1", switch))
+    rows = results(result.run_dir)
+    assert np.isfinite(float(rows[0]["loss"]))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, finished):
+    """Kill -9 a training process mid-run, resume it, and get the uninterrupted results."""
+    cfg = tiny_config(tmp_path, "train.epochs=3")
+    path = tmp_path / "cfg.yaml"
+    dump_config(cfg, path)
+    run = tmp_path / "runs" / "exp"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_builder", "train", str(path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            ckpt = run / "checkpoint.npz"
+            if ckpt.exists() and read_meta(ckpt)["epochs_completed"] >= 1:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = read_meta(run / "checkpoint.npz")["epochs_completed"]
+    assert done < 3, "the run finished before the kill; make it longer"
+    out = subprocess.run([sys.executable, "-m", "resnet_builder", "train", "--resume", str(run)],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert without_time(results(run)) == without_time(results(finished.run_dir))
+
+
+def test_cli_train_bad_config_is_exit_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 5\n")
+    result = CliRunner().invoke(main, ["train", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.yaml:2" in result.output and "did you mean 'epochs'" in result.output
+    assert "Traceback" not in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: [1,\n")
+    result = CliRunner().invoke(main, ["train", str(broken)])
+    assert result.exit_code == 2 and "broken.yaml:" in result.output
+
+
+def test_cli_train_line_progress_and_resume_messages(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    dump_config(tiny_config(tmp_path, "train.epochs=1"), path)
+    result = CliRunner().invoke(main, ["train", str(path), "--name", "cli"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    assert sum(line.startswith("epoch 1/1") for line in result.output.splitlines()) == 1
+    again = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "runs" / "cli")])
+    assert again.exit_code == 1 and "already finished" in again.output
+    missing = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    assert missing.exit_code == 1 and "not a run folder" in missing.output
