@@ -1,0 +1,124 @@
+"""The build, depths, presets and config commands: output, files and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from resnet_builder.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_build_depth_summary():
+    result = run("build", "--depth", "56")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "rule 9n+2 (bottleneck units), n=6" in out
+    assert "also fits 6n+2 (basic units): pass --block-type basic" in out
+    assert "601,674 total, 593,578 trainable, 8,096 non-trainable" in out
+    assert "8x8" in out and "multiply-adds: 87.21M per image" in out
+
+
+def test_build_json_has_every_field():
+    result = run("build", "--depth", "110", "--block-type", "basic", "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    for key in ("depth", "block_type", "params_total", "params_trainable", "macs_per_image",
+                "build_seconds"):
+        assert key in summary
+    assert (summary["depth"], summary["block_type"], summary["n"]) == (110, "basic_block", 18)
+    assert [s["output_size"] for s in summary["stages"]] == [[32, 32], [16, 16], [8, 8]]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--depth", "57"], 2, "nearest: 56 and 65"),
+        (["--depth", "abc"], 2, "9n+2"),
+        (["--depth", "0"], 2, "smallest: 11"),
+        (["--depth", "35", "--block-type", "basic"], 2, "nearest: 32 and 38"),
+        (["--preset", "resnet50v2"], 2, "Did you mean 'resnet50_v2'"),
+        (["--blocks", "3,4", "--filters", "64,128,256", "--strides", "1,2"], 2, "same length"),
+        (["--blocks", "3,x"], 2, "expected integers"),
+        (["--depth", "20", "--preset", "resnet18_v2"], 2, "exactly one way"),
+        (["--depth", "20", "--output", "model.h5"], 1, "must end in .keras"),
+    ],
+)
+def test_build_user_errors(args, code, text):
+    result = run("build", *args)
+    assert result.exit_code == code, result.output
+    assert text in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_output_loads_and_predicts(tmp_path):
+    path = tmp_path / "m.keras"
+    result = run("build", "--depth", "20", "--block-type", "basic", "--num-classes", "4",
+                 "--input-shape", "16,16,1", "--output", str(path))
+    assert result.exit_code == 0, result.output
+    model = keras.models.load_model(path)
+    probs = model.predict(np.zeros((2, 16, 16, 1), "float32"), verbose=0)
+    assert probs.shape == (2, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert model.count_params() == json.loads(run("build", "--depth", "20", "--block-type",
+                                                  "basic", "--num-classes", "4",
+                                                  "--input-shape", "16,16,1",
+                                                  "--json").output)["params_total"]
+
+
+def test_build_preset_and_stackwise_and_config(tmp_path):
+    preset = json.loads(run("build", "--preset", "resnet50_v2", "--json").output)
+    assert preset["backbone_params"] == 23_564_800 and preset["input_shape"] == [224, 224, 3]
+    stackwise = json.loads(run("build", "--blocks", "2,2", "--filters", "32,64", "--strides",
+                               "1,2", "--block-type", "basic", "--json").output)
+    assert [s["blocks"] for s in stackwise["stages"]] == [2, 2]
+    config = json.loads(run("build", "--config", "configs/digits.yaml", "--json").output)
+    assert config["input_shape"] == [16, 16, 1] and config["block_type"] == "basic_block"
+
+
+def test_plot_without_pydot_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pydot(name, *args, **kwargs):
+        if name == "pydot":
+            raise ImportError("no pydot")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pydot)
+    result = run("build", "--depth", "11", "--plot", str(tmp_path / "m.png"))
+    assert result.exit_code == 1
+    assert "pip install pydot" in result.output and "graphviz" in result.output
+
+
+def test_depths_lists_both_rules():
+    result = run("depths", "--max", "60", "--json")
+    rows = json.loads(result.output)
+    by_depth = {(r["depth"], r["block_type"]): r for r in rows}
+    assert by_depth[(56, "block")]["n"] == 6 and by_depth[(56, "basic_block")]["n"] == 9
+    assert (57, "block") not in by_depth
+    assert by_depth[(56, "block")]["params"] == 601_674
+    text = run("depths", "--max", "60").output
+    assert "needs --block-type basic (56 fits both)" in text
+
+
+def test_presets_lists_counts():
+    result = run("presets")
+    assert result.exit_code == 0
+    assert "resnet152_v2" in result.output and "58,331,648" in result.output
+
+
+def test_config_show_and_check(tmp_path):
+    shown = run("config", "--show")
+    assert shown.exit_code == 0 and "epochs: 15" in shown.output
+    checked = run("config", "configs/digits.yaml", "--set", "train.epochs=3")
+    assert checked.exit_code == 0 and "epochs: 3" in checked.output
+    bad = run("config", "configs/digits.yaml", "--set", "train.epoch=3")
+    assert bad.exit_code == 2 and "did you mean 'epochs'" in bad.output
