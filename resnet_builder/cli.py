@@ -262,3 +262,75 @@ def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> 
 
     cfg = load_config(path, overrides)
     click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+
+
+# ---- predict, evaluate, export
+
+def _run_options(default_project: str):
+    """--project/--name/--exist-ok, as for train: results go to PROJECT/NAME (exp, exp2, ...)."""
+    def decorate(f):
+        f = click.option("--exist-ok", is_flag=True,
+                         help="Reuse PROJECT/NAME instead of numbering a new folder.")(f)
+        f = click.option("--name", default="exp", show_default=True,
+                         help="Output folder name; exp2, exp3, ... when taken.")(f)
+        f = click.option("--project", default=default_project, show_default=True,
+                         help="Parent folder of output folders.")(f)
+        return f
+    return decorate
+
+
+def _show_skipped(skipped, shown: int = 50) -> None:
+    for s in skipped[:shown]:
+        click.echo(f"  skipped {s.path}: {s.reason}", err=True)
+    if len(skipped) > shown:
+        click.echo(f"  ... and {len(skipped) - shown} more (see skipped.csv)", err=True)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", "-m", "model_source", type=click.Path(exists=True),
+              help="A .keras file or a run folder (its best.keras). "
+                   "Default: the newest run under runs/train.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Top classes per image in the output (capped at the number of classes).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True, help="predictions.csv or predictions.json.")
+@click.option("--grid", is_flag=True, help="Also draw grid.png: the images with their labels.")
+@click.option("--grid-max", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many images on grid.png (the first ones).")
+@click.option("--cam", is_flag=True,
+              help="Also write Grad-CAM heatmaps over each image to cam/ (same sub-folders).")
+@_run_options("runs/predict")
+def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, project, name,
+            exist_ok) -> None:
+    """Predict classes of images: SOURCES are image files, folders (recursive) or globs.
+
+    Writes PROJECT/NAME/predictions.csv (path, label, probability, then the top-k
+    labels and probabilities) and skipped.csv (files that could not be read, with
+    the reason). Unreadable files never stop the run; the exit code is non-zero
+    only when nothing could be predicted.
+    """
+    from .predict import predict_to_folder
+
+    def said(im) -> None:
+        note = "" if model_source else " (newest run under runs/train)"
+        click.echo(f"model: {im.source}{note}, input {im.image_size}x{im.image_size}x"
+                   f"{im.channels}, {im.num_classes} classes")
+
+    report = predict_to_folder(sources, model_source, top_k=top_k, batch_size=batch_size,
+                               fmt=fmt, grid=grid, grid_max=grid_max, cam=cam, project=project,
+                               name=name, exist_ok=exist_ok, on_model=said)
+    for p in report.shown:
+        click.echo(f"{p.path}: {p.label} {p.probability:.3f}")
+    if report.predicted > len(report.shown):
+        click.echo(f"... {report.predicted - len(report.shown)} more in {report.output.name}")
+    _show_skipped(report.skipped)
+    click.echo(f"predicted {report.predicted} image(s), skipped {len(report.skipped)}, "
+               f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}")
+    wrote = [report.output.name, "skipped.csv"]
+    if report.grid:
+        wrote.append(report.grid.name)
+    if report.cam_folder:
+        wrote.append("cam/")
+    click.echo(f"wrote {report.folder}: {', '.join(wrote)}")
