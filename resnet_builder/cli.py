@@ -334,3 +334,43 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
     if report.cam_folder:
         wrote.append("cam/")
     click.echo(f"wrote {report.folder}: {', '.join(wrote)}")
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "-m", "model_source", type=click.Path(exists=True),
+              help="A .keras file or run folder (default: RUN_DIR's best.keras, else the newest "
+                   "run under runs/train).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False),
+              help="A folder of class folders; classes are matched to the model's by name.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Evaluate on this config's validation split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="k of the top-k accuracy (capped at the number of classes).")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Write here instead of PROJECT/NAME.")
+@_run_options("runs/evaluate")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
+def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, output, project,
+             name, exist_ok, as_json) -> None:
+    """Accuracy, top-k accuracy, per-class precision/recall/F1 and a confusion matrix.
+
+    On RUN_DIR's validation split (its config.yaml data and best.keras), on --data
+    FOLDER (FOLDER/<class>/images) or on --config CONFIG.yaml's validation split.
+    Writes metrics.json and confusion_matrix.png to PROJECT/NAME or --output.
+    """
+    from .evaluate import evaluate_to_folder, format_metrics
+
+    result = evaluate_to_folder(model_source, run=run_dir, data=data_dir, config=config_path,
+                                batch_size=batch_size, top_k=top_k, output=output,
+                                project=project, name=name, exist_ok=exist_ok)
+    if as_json:
+        click.echo(json.dumps(result.metrics))
+        return
+    click.echo(f"model: {result.model}")
+    click.echo(f"data: {result.data}")
+    _show_skipped(result.skipped)
+    click.echo(format_metrics(result.metrics))
+    click.echo(f"wrote {result.folder}: {', '.join(result.files)} "
+               f"({result.metrics['images_per_second']} images/s)")
