@@ -374,3 +374,49 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, ou
     click.echo(format_metrics(result.metrics))
     click.echo(f"wrote {result.folder}: {', '.join(result.files)} "
                f"({result.metrics['images_per_second']} images/s)")
+
+
+@main.command("export")
+@click.argument("model_source", required=False, type=click.Path(exists=True))
+@click.option("--format", "-f", "formats", multiple=True, default=("savedmodel",),
+              show_default=True,
+              type=click.Choice(["savedmodel", "tflite", "tflite-int8", "onnx", "all"]),
+              help="Export format (repeatable); all = every format whose packages are "
+                   "installed.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False),
+              help="Folder of images for int8 calibration and the checks (default: the run's "
+                   "data from its config.yaml).")
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Images used to calibrate and to check each export.")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Write here instead of PROJECT/NAME.")
+@_run_options("runs/export")
+def export_command(model_source, formats, calibration, samples, output, project, name,
+                   exist_ok) -> None:
+    """Export MODEL (a .keras file or run folder; default: the newest run) and check it.
+
+    Every export takes raw 0..255 pixels (normalisation is inside) and is compared
+    with the Keras model on sample images; one whose top-1 agreement is under 99%
+    (95% for tflite-int8) fails the command. Writes the files, labels.txt and
+    export.json to PROJECT/NAME or --output.
+    """
+    from .export import describe_result, export_model
+
+    if model_source is None:
+        from .runs import latest_run
+
+        model_source = str(latest_run())
+        click.echo(f"model: {model_source} (newest run under runs/train)")
+    report = export_model(model_source, formats, calibration=calibration, samples=samples,
+                          output=output, project=project, name=name, exist_ok=exist_ok,
+                          on_done=lambda fmt, r: click.echo(describe_result(fmt, r)))
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"checked on {report.samples.check_source}")
+    click.echo(f"wrote {report.folder}: {', '.join(r['path'] for r in report.results.values())}"
+               ", labels.txt, export.json")
+    if report.failed:
+        raise UserError(f"export failed for {', '.join(report.failed)} (see "
+                        f"{report.folder / 'export.json'})",
+                        hint="a failed check means the export does not compute what the Keras "
+                             "model does; RESNET_BUILDER_DEBUG=1 shows converter errors in full")
