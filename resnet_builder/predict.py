@@ -29,7 +29,9 @@ import io
 import json
 import math
 import os
+import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -641,3 +643,18 @@ def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) 
     if len(skipped) > shown:
         lines.append(f"  ... and {len(skipped) - shown} more")
     return "\n".join(lines)
+
+
+class _CallableModule(types.ModuleType):
+    """``resnet_builder.predict`` names both this module and the function ``predict``.
+
+    Importing the module makes it the package attribute, hiding the function, so
+    the module itself forwards calls: ``resnet_builder.predict(model, paths)``
+    works whichever of the two the attribute is.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Predictions:
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
