@@ -32,6 +32,9 @@ _EXPORTS = {
     "valid_depths": "depth",
     "PRESETS": "presets",
     "UserError": "errors",
+    "predict": "predict",
+    "Prediction": "predict",
+    "export_model": "export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,362 @@
+"""Evaluating a classifier on labelled images: accuracy, top-k, per-class P/R/F1, confusion.
+
+Labelled images come from one of:
+
+* a run folder: its ``config.yaml`` data, rebuilt with the run's seed, so the
+  validation split is the one the run held out (``evaluate RUN_DIR``);
+* ``--config CONFIG.yaml``: that config's validation split;
+* ``--data FOLDER``: every image in ``FOLDER/<class>/...``. Classes are matched to
+  the model's class names **by name**; a folder class the model does not know is
+  an error, a model class with no folder simply has no support.
+
+Definitions (stated once, and used by the tests): rows of the confusion matrix are
+true classes, columns predicted ones; precision = tp / predicted (0 when a class
+with support was never predicted), recall = tp / support, F1 their harmonic mean
+(0 when both are 0). Metrics undefined for a class without support are null, and
+the macro averages are over the classes with support. Ties in the probabilities go
+to the lower class index, as ``numpy.argmax``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .images import is_image_file, walk_files
+from .predict import InferenceModel, Skipped, decoded_batches, load_inference_model
+from .runs import RunPaths, atomic_write_bytes, latest_run, model_path, new_run_dir, write_json
+
+DEFAULT_PROJECT = "runs/evaluate"
+
+
+# -------------------------------------------------------------------------- tallying
+
+
+class Tally:
+    """Confusion matrix and top-k hits, added to batch by batch (nothing else kept)."""
+
+    def __init__(self, num_classes: int, top_k: int = 5) -> None:
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.top_k = min(top_k, num_classes)
+        self.top_k_hits = 0
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    def add(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        labels = np.asarray(labels, np.int64)
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k]
+        np.add.at(self.confusion, (labels, order[:, 0]), 1)
+        self.top_k_hits += int((order == labels[:, None]).any(axis=1).sum())
+
+    def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
+        cm = self.confusion
+        tp = np.diag(cm)
+        support = cm.sum(axis=1)
+        predicted = cm.sum(axis=0)
+        per_class: dict[str, dict[str, Any]] = {}
+        for c, name in enumerate(class_names):
+            has = support[c] > 0
+            precision = None if not (has or predicted[c]) else \
+                (tp[c] / predicted[c] if predicted[c] else 0.0)
+            recall = tp[c] / support[c] if has else None
+            f1 = None
+            if has:
+                f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            per_class[name] = {"precision": _num(precision), "recall": _num(recall),
+                               "f1": _num(f1), "support": int(support[c]),
+                               "predicted": int(predicted[c])}
+        present = [per_class[n] for c, n in enumerate(class_names) if support[c] > 0]
+        total = self.count
+
+        def macro(key: str) -> float | None:
+            return _num(float(np.mean([p[key] for p in present]))) if present else None
+
+        return {
+            "images": total,
+            "accuracy": _num(tp.sum() / total) if total else None,
+            "top_k": self.top_k,
+            f"top{self.top_k}_accuracy": _num(self.top_k_hits / total) if total else None,
+            "macro_precision": macro("precision"),
+            "macro_recall": macro("recall"),
+            "macro_f1": macro("f1"),
+            "class_names": list(class_names),
+            "per_class": per_class,
+            "confusion_matrix": cm.tolist(),
+        }
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class LabelledData:
+    """Batches of (raw images, model class indices) and what was left out."""
+
+    description: str
+    batches: Iterator[tuple[np.ndarray, np.ndarray]]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _model_indices(names: Sequence[str], im: InferenceModel, where: str) -> list[int]:
+    """The model's class index for each data class name; unknown names are an error."""
+    index = {name: k for k, name in enumerate(im.labels)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise UserError(f"{where} has classes the model does not know: {shown}",
+                        hint=f"the model's classes are: {', '.join(im.labels[:30])}"
+                             f"{' ...' if len(im.labels) > 30 else ''}; classes are matched by "
+                             "name (point --data at the folder that holds the class folders)")
+    return [index[n] for n in names]
+
+
+def folder_data(folder: str | os.PathLike, im: InferenceModel, batch_size: int) -> LabelledData:
+    """Every image below ``folder/<class>/``, decoded as predict does, labelled by folder name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a folder",
+                        hint="pass a folder with one sub-folder of images per class")
+    skipped: list[Skipped] = []
+    classes: dict[str, list[Path]] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append(Skipped(entry.name, "not inside a class folder"))
+            continue
+        files = sorted(walk_files(entry), key=lambda p: p.relative_to(entry).as_posix())
+        classes[entry.name] = [f for f in files if is_image_file(f)]
+        skipped += [Skipped(f.relative_to(root).as_posix(),
+                            f"not an image file (extension {f.suffix or 'none'!r})")
+                    for f in files if not is_image_file(f)]
+    if not classes:
+        raise UserError(f"no class folders in {root}",
+                        hint="use FOLDER/<class>/<images>, class names as the model's")
+    names = sorted(classes)
+    mapping = _model_indices(names, im, f"--data {root}")
+    files = [f for n in names for f in classes[n]]
+    labels = np.array([mapping[k] for k, n in enumerate(names) for _ in classes[n]], np.int64)
+    if not files:
+        raise UserError(f"the class folders in {root} hold no images",
+                        hint="add jpg, png, bmp or gif images")
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for good, pixels, bad in decoded_batches(files, im.image_size, im.channels, batch_size):
+            skipped.extend(Skipped(files[i].relative_to(root).as_posix(), reason)
+                           for i, reason in bad)
+            if len(good):
+                yield pixels, labels[good]
+
+    return LabelledData(f"folder {root} ({len(files)} images, {len(names)} classes)",
+                        batches(), skipped)
+
+
+def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> LabelledData:
+    """The validation split of a config's data, rebuilt with its seed."""
+    from .data import load_data
+
+    d = cfg.data
+    if (d.image_size, d.channels) != (im.image_size, im.channels):
+        raise UserError(f"{where} prepares {d.image_size}x{d.image_size}x{d.channels} images "
+                        f"but the model takes {im.image_size}x{im.image_size}x{im.channels}",
+                        hint="evaluate with the config the model was trained with, or --data")
+    seed = cfg.hardware.seed
+    if seed is None and d.source not in ("cifar10", "cifar100"):
+        raise UserError(f"{where} has hardware.seed: null, so its validation split cannot be "
+                        "rebuilt (it may overlap the training images)",
+                        hint="pass --data FOLDER with held-out images")
+    bundle = load_data(d, cfg.augment, seed)
+    dataset = bundle.val_dataset(batch_size)
+    if dataset is None:
+        raise UserError(f"{where} has no validation split (data.validation_split is 0)",
+                        hint="pass --data FOLDER with labelled images")
+    mapping = np.array(_model_indices(bundle.class_names, im, where), np.int64)
+    skipped = [Skipped(path, reason) for path, reason in bundle.skipped]
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for images, labels in dataset.as_numpy_iterator():
+            yield images, mapping[labels]
+
+    return LabelledData(f"validation split of {where} ({d.source}, {bundle.num_val} images)",
+                        batches(), skipped)
+
+
+# -------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class Evaluation:
+    """The metrics (as written to metrics.json) and where things came from."""
+
+    metrics: dict[str, Any]
+    model: str
+    data: str
+    skipped: list[Skipped]
+    seconds: float
+    folder: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike | None,
+            config: str | os.PathLike | None) -> tuple[Any, Any, str]:
+    """(model source, config or None, where) from the evaluate arguments."""
+    from .config import load_config
+
+    if data is not None and config is not None:
+        raise UserError("pass --data or --config, not both")
+    if run is not None and not Path(run).is_dir():
+        raise UserError(f"{run} is not a run folder",
+                        hint="pass a run folder (runs/train/exp), or --model FILE with --data")
+    if model is None:
+        if run is not None:
+            model = model_path(run)
+        elif data is not None or config is not None:
+            model = model_path(latest_run())
+        else:
+            raise UserError("nothing to evaluate on",
+                            hint="pass a run folder (its validation data), --data FOLDER or "
+                                 "--config CONFIG.yaml")
+    cfg, where = None, ""
+    if config is not None:
+        cfg, where = load_config(config), str(config)
+    elif data is None:
+        if run is None:
+            raise UserError("--model needs --data FOLDER or --config CONFIG.yaml to evaluate on")
+        path = RunPaths(Path(run)).config
+        if not path.exists():
+            raise UserError(f"run folder {run} has no config.yaml",
+                            hint="pass --data FOLDER or --config CONFIG.yaml")
+        cfg, where = load_config(path), str(path)
+    return model, cfg, where
+
+
+def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
+             data: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+             batch_size: int = 64, top_k: int = 5) -> Evaluation:
+    """Metrics of a model on a run's validation split, a config's, or a class folder."""
+    source, cfg, where = resolve(run, model, data, config)
+    im = source if isinstance(source, InferenceModel) else load_inference_model(source)
+    start = time.perf_counter()
+    if data is not None:
+        labelled = folder_data(data, im, batch_size)
+    else:
+        labelled = config_data(cfg, im, batch_size, where)
+    tally = Tally(im.num_classes, top_k)
+    for images, labels in labelled.batches:
+        tally.add(labels, im.probabilities(images))
+    seconds = time.perf_counter() - start
+    if tally.count == 0:
+        raise UserError(f"no image could be evaluated in {labelled.description} "
+                        f"({len(labelled.skipped)} skipped)")
+    metrics = {"model": im.source, "data": labelled.description, **tally.metrics(im.labels),
+               "skipped": len(labelled.skipped), "seconds": round(seconds, 3),
+               "images_per_second": round(tally.count / seconds, 1) if seconds else None}
+    return Evaluation(metrics, im.source, labelled.description, labelled.skipped, seconds)
+
+
+def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = None,
+                       data: str | os.PathLike | None = None,
+                       config: str | os.PathLike | None = None, batch_size: int = 64,
+                       top_k: int = 5, output: str | os.PathLike | None = None,
+                       project: str | os.PathLike = DEFAULT_PROJECT, name: str = "exp",
+                       exist_ok: bool = False) -> Evaluation:
+    """``evaluate`` and write metrics.json, confusion_matrix.png (and skipped.csv)."""
+    from .predict import write_skipped
+
+    result = evaluate(model, run=run, data=data, config=config, batch_size=batch_size,
+                      top_k=top_k)
+    if output is not None:
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = new_run_dir(project, name, exist_ok)
+    write_json(folder / "metrics.json", result.metrics)
+    confusion_png(folder / "confusion_matrix.png", np.array(result.metrics["confusion_matrix"]),
+                  result.metrics["class_names"], result.metrics["accuracy"])
+    result.files = ["metrics.json", "confusion_matrix.png"]
+    if result.skipped:
+        write_skipped(folder / "skipped.csv", result.skipped)
+        result.files.append("skipped.csv")
+    result.folder = folder
+    return result
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def confusion_png(path: Path, cm: np.ndarray, names: Sequence[str], accuracy: float | None
+                  ) -> None:
+    """Rows true, columns predicted; colour = share of the true class, numbers = counts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(names)
+    side = min(max(4.0, 0.45 * k + 2.0), 24.0)
+    fig = Figure(figsize=(side + 1.0, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if k <= 40:
+        ax.set_xticks(range(k), [str(n) for n in names], rotation=90, fontsize=7)
+        ax.set_yticks(range(k), [str(n) for n in names], fontsize=7)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    title = "confusion matrix"
+    if accuracy is not None:
+        title += f" (accuracy {accuracy:.4f}, {int(cm.sum())} images)"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def format_metrics(m: dict[str, Any], max_rows: int = 30) -> str:
+    """The compact terminal table: totals, then one row per class (the worst when many)."""
+    k = m["top_k"]
+
+    def f(v: float | None) -> str:
+        return "    -" if v is None else f"{v:.3f}"
+
+    lines = [f"accuracy {m['accuracy']:.4f}   top-{k} {m[f'top{k}_accuracy']:.4f}   "
+             f"macro P {f(m['macro_precision'])}  R {f(m['macro_recall'])}  "
+             f"F1 {f(m['macro_f1'])}   ({m['images']} images, {m['skipped']} skipped)"]
+    rows = list(m["per_class"].items())
+    width = max([5, *(len(n) for n, _ in rows[:200])])
+    width = min(width, 24)
+    note = ""
+    if len(rows) > max_rows:
+        rows = sorted((r for r in rows if r[1]["f1"] is not None), key=lambda r: r[1]["f1"])
+        rows = rows[:max_rows]
+        note = f"({max_rows} classes with the lowest F1 of {len(m['per_class'])}; all in " \
+               "metrics.json)"
+    lines.append(f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")
+    for name, c in rows:
+        lines.append(f"{name[:width]:<{width}} {f(c['precision']):>9} {f(c['recall']):>7} "
+                     f"{f(c['f1']):>7} {c['support']:>7}")
+    if note:
+        lines.append(note)
+    return "\n".join(lines)

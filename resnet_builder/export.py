@@ -1,0 +1,501 @@
+"""Exporting a trained classifier to SavedModel, TFLite (float and int8) and ONNX, checked.
+
+Every export takes **raw pixels** (0..255, the model's channels): the model's own
+normalisation layer is part of the exported graph, so no preprocessing is needed
+beyond decoding and resizing the image.
+
+* ``savedmodel``: ``saved_model/`` with signatures ``serving_default`` (float32
+  images ``[B, H, W, C]`` of any height and width) and ``serve_uint8`` (the same for
+  uint8). Images not of the model's size are resized inside the graph (bilinear,
+  antialiased: close to, but not bit-identical with, Pillow's resize used by
+  ``predict``). Outputs: ``probabilities`` [B, K], ``class_index`` [B], ``label`` [B].
+* ``tflite``: ``model.tflite``, float32 input ``[B, H, W, C]`` (B resizable), float32
+  probabilities.
+* ``tflite-int8``: ``model_int8.tflite``, full-integer quantisation calibrated on
+  training images; uint8 input (raw pixels) and uint8 output; the quantisation
+  (scale, zero point) of both is in ``export.json``.
+* ``onnx``: ``model.onnx`` through tf2onnx (``pip install 'resnet-builder[onnx]'``),
+  float32 input ``images`` ``[B, H, W, C]``.
+
+Each export is run on sample images and compared with the Keras model before it
+counts as done: the largest absolute difference of the probabilities and the top-1
+agreement, which must reach 99% (float) or 95% (int8). Sample images: the run's
+validation images (calibration: its training images, ``DataBundle.sample_images``),
+or ``--calibration FOLDER`` for both. ``labels.txt`` lists the class names in
+output order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .images import find_images
+from .predict import InferenceModel, decoded_batches, load_inference_model
+from .runs import RunPaths, atomic_write_bytes, latest_run, new_run_dir, write_json
+
+FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
+FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",
+         "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
+THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "tflite-int8": 0.95, "onnx": 0.99}
+DEFAULT_PROJECT = "runs/export"
+ONNX_HINT = "pip install 'resnet-builder[onnx]' (tf2onnx, onnx and onnxruntime)"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the converters' C++ log lines and Python warnings (unless RESNET_BUILDER_DEBUG)."""
+    if os.environ.get("RESNET_BUILDER_DEBUG"):
+        yield
+        return
+    from .runtime import _stderr_silenced
+
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl", "tensorflow")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), _stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def onnx_available() -> list[str]:
+    """The missing packages of the onnx extra (empty when all are installed)."""
+    return [name for name in ("tf2onnx", "onnx", "onnxruntime")
+            if importlib.util.find_spec(name) is None]
+
+
+def resolve_formats(formats: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(formats to export in order, notes); ``all`` = every format whose packages exist."""
+    wanted: list[str] = []
+    notes: list[str] = []
+    for f in formats or ("savedmodel",):
+        f = f.lower()
+        if f == "all":
+            for g in FORMATS:
+                if g == "onnx" and onnx_available():
+                    notes.append(f"onnx left out of 'all': {', '.join(onnx_available())} not "
+                                 f"installed ({ONNX_HINT})")
+                    continue
+                if g not in wanted:
+                    wanted.append(g)
+        elif f not in FORMATS:
+            raise UserError(f"unknown export format {f!r}",
+                            hint=f"use {', '.join(FORMATS)} or all")
+        elif f not in wanted:
+            wanted.append(f)
+    if "onnx" in wanted and (missing := onnx_available()):
+        raise UserError(f"ONNX export needs {', '.join(missing)}, which is not installed",
+                        hint=ONNX_HINT)
+    return wanted, notes
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# ---------------------------------------------------------------------- sample images
+
+
+@dataclass
+class Samples:
+    """Images (uint8, model size) to calibrate int8 on and to check exports with."""
+
+    check: np.ndarray
+    check_source: str
+    calibration: np.ndarray | None = None
+    calibration_source: str = ""
+    skipped: list = field(default_factory=list)
+
+
+def _run_config(source: Any) -> Path | None:
+    """config.yaml of a run folder, or beside a .keras file in a run folder."""
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    config = RunPaths(path).config if path.is_dir() else path.parent / "config.yaml"
+    return config if config.exists() else None
+
+
+def folder_images(folder: str | os.PathLike, im: InferenceModel, n: int
+                  ) -> tuple[np.ndarray, list]:
+    """Up to ``n`` images spread evenly over a folder's (sorted, recursive) image files."""
+    files = find_images(folder)
+    if not files:
+        raise UserError(f"no images in --calibration {folder}",
+                        hint="point it at a folder of training-like images (jpg, png, ...)")
+    if len(files) > n:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
+    images, skipped = [], []
+    for _good, pixels, bad in decoded_batches(files, im.image_size, im.channels, 64):
+        images.append(pixels)
+        skipped += [(str(files[i]), reason) for i, reason in bad]
+    images = np.concatenate(images) if images else np.zeros((0,), np.uint8)
+    if len(images) == 0:
+        raise UserError(f"none of the images in --calibration {folder} could be read")
+    return images, skipped
+
+
+def sample_images(im: InferenceModel, *, config: Path | None, calibration: str | None,
+                  n: int, need_calibration: bool) -> Samples:
+    """Check (and calibration) images from --calibration, the run's config, or random."""
+    if calibration is not None:
+        images, skipped = folder_images(calibration, im, n)
+        what = f"{len(images)} images from {calibration}"
+        return Samples(images, what, images, what, skipped)
+    if config is not None:
+        try:
+            return _config_samples(im, config, n)
+        except UserError as exc:
+            if need_calibration:
+                raise UserError(f"cannot read the calibration images of {config}: "
+                                f"{exc.message}",
+                                hint="pass --calibration FOLDER with training-like images"
+                                ) from None
+            warnings.warn(f"checking on random images: the run's data cannot be read "
+                          f"({exc.message})", stacklevel=2)
+    elif need_calibration:
+        raise UserError("tflite-int8 needs calibration images, and this model has no run "
+                        "config.yaml beside it",
+                        hint="pass --calibration FOLDER with training-like images, or export "
+                             "a run folder")
+    rng = np.random.default_rng(0)
+    shape = (min(n, 64), im.image_size, im.image_size, im.channels)
+    return Samples(rng.integers(0, 256, shape, dtype=np.uint8),
+                   f"{shape[0]} random images (no data: pass --calibration FOLDER to check on "
+                   "real ones)")
+
+
+def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
+    from .config import load_config
+    from .data import load_data
+
+    cfg = load_config(config)
+    d = cfg.data
+    if (d.image_size, d.channels) != (im.image_size, im.channels):
+        raise UserError(f"{config} prepares {d.image_size}x{d.image_size}x{d.channels} "
+                        f"images, the model takes {im.image_size}x{im.image_size}x{im.channels}")
+    seed = 0 if cfg.hardware.seed is None else cfg.hardware.seed
+    bundle = load_data(d, None, seed)
+    calibration = bundle.sample_images(n)
+    what = f"{len(calibration)} training images of {config} ({d.source})"
+    check, check_what = calibration, what
+    val = bundle.val_dataset(64)
+    if val is not None:
+        parts, got = [], 0
+        for images, _labels in val.as_numpy_iterator():
+            parts.append(images.astype(np.uint8))
+            got += len(images)
+            if got >= n:
+                break
+        check = np.concatenate(parts)[:n]
+        check_what = f"{len(check)} validation images of {config} ({d.source})"
+    return Samples(check, check_what, calibration, what)
+
+
+# ------------------------------------------------------------------------- exporters
+
+
+def _serving_function(im: InferenceModel) -> Callable:
+    """Raw images of any size (and dtype) -> probabilities, class index and label."""
+    import tensorflow as tf
+
+    size, channels, model = im.image_size, im.channels, im.model
+    labels = tf.constant(im.labels)
+
+    def serve(images):
+        x = tf.cast(images, tf.float32)
+        shape = tf.shape(x)
+        same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+        x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(
+            tf.image.resize(x, (size, size), method="bilinear", antialias=True), 0.0, 255.0))
+        x = tf.ensure_shape(x, [None, size, size, channels])
+        probs = tf.cast(model(x, training=False), tf.float32)
+        index = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        return {"probabilities": probs, "class_index": index, "label": tf.gather(labels, index)}
+
+    return serve
+
+
+def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    serve = _serving_function(im)
+    archive = keras.export.ExportArchive()
+    archive.track(im.model)
+    spec = [None, None, None, im.channels]
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec(spec, tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", serve,
+                         input_signature=[tf.TensorSpec(spec, tf.uint8, name="images")])
+    with _quiet():
+        archive.write_out(str(path), verbose=False)
+    return {"input": {"signature": "serving_default", "name": "images", "dtype": "float32",
+                      "shape": spec, "values": "raw pixels 0..255, any size (resized inside)"},
+            "signatures": ["serving_default", "serve_uint8"],
+            "outputs": ["probabilities", "class_index", "label"]}
+
+
+def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    out = [serve(images=tf.constant(images[i:i + 64], tf.float32))["probabilities"].numpy()
+           for i in range(0, len(images), 64)]
+    return np.concatenate(out)
+
+
+def _fixed_size_savedmodel(im: InferenceModel, folder: Path) -> Path:
+    """A SavedModel of just the model at its size: what the TFLite converter reads."""
+    import keras
+    import tensorflow as tf
+
+    model = im.model
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec([None, im.image_size, im.image_size, im.channels], tf.float32,
+                         name="images")
+    archive.add_endpoint("serving_default", lambda x: model(x, training=False),
+                         input_signature=[spec])
+    path = folder / "fixed_size_saved_model"
+    with _quiet():
+        archive.write_out(str(path), verbose=False)
+    return path
+
+
+def convert_tflite(saved_model: Path, calibration: np.ndarray | None = None) -> bytes:
+    """Float TFLite, or full-integer (uint8 in/out) when calibration images are given."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if calibration is not None:
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    with _quiet():
+        return converter.convert()
+
+
+def _interpreter(content: bytes) -> Any:
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
+        return tf.lite.Interpreter(model_content=content)
+
+
+def tflite_io(content: bytes) -> dict[str, Any]:
+    """Input and output dtype, shape and quantisation of a TFLite model."""
+    interp = _interpreter(content)
+
+    def describe(d: dict) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        info = {"name": d["name"], "dtype": np.dtype(d["dtype"]).name,
+                "shape": [int(v) for v in d["shape_signature"]]}
+        if scale:
+            info.update(scale=float(scale), zero_point=int(zero))
+        return info
+
+    return {"input": describe(interp.get_input_details()[0]),
+            "output": describe(interp.get_output_details()[0])}
+
+
+def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
+    interp = _interpreter(content)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    allocated = None
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].astype(np.float32)
+        if allocated != len(x):
+            interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+            interp.allocate_tensors()
+            allocated = len(x)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        with _quiet():  # the first invoke logs which delegate it created
+            interp.invoke()
+        y = interp.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(np.asarray(y, np.float32))
+    return np.concatenate(results)
+
+
+def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, im.image_size, im.image_size, im.channels], tf.float32,
+                         name="images")
+    with _quiet():
+        im.model.export(str(path), format="onnx", input_signature=[spec], verbose=False)
+    return {"input": {"name": "images", "dtype": "float32",
+                      "shape": [None, im.image_size, im.image_size, im.channels],
+                      "values": "raw pixels 0..255"}}
+
+
+def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: images[i:i + 64].astype(np.float32)})[0]
+           for i in range(0, len(images), 64)]
+    return np.concatenate(out).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportReport:
+    folder: Path
+    model: str
+    results: dict[str, dict[str, Any]]
+    samples: Samples
+    notes: list[str]
+
+    @property
+    def failed(self) -> list[str]:
+        return [f for f, r in self.results.items() if not r.get("passed")]
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Largest absolute difference and top-1 agreement of two probability arrays."""
+    if got.shape != reference.shape:
+        return {"max_abs_diff": None, "top1_agreement": 0.0,
+                "error": f"output shape {list(got.shape)} != Keras {list(reference.shape)}"}
+    return {"max_abs_diff": round(float(np.max(np.abs(reference - got))), 8),
+            "top1_agreement": round(float(np.mean(reference.argmax(1) == got.argmax(1))), 6)}
+
+
+def export_model(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
+                 calibration: str | os.PathLike | None = None, samples: int = 200,
+                 output: str | os.PathLike | None = None,
+                 project: str | os.PathLike = DEFAULT_PROJECT, name: str = "exp",
+                 exist_ok: bool = False,
+                 on_done: Callable[[str, dict[str, Any]], None] | None = None) -> ExportReport:
+    """Export ``model`` (object, .keras file, run folder; None = newest run) and check each.
+
+    Writes the exports, labels.txt and export.json; a failed export (an error, or a
+    top-1 agreement under its threshold) is recorded and the others still run.
+    """
+    wanted, notes = resolve_formats(formats)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if model is None:
+        model = latest_run()
+    config = _run_config(model)
+    im = model if isinstance(model, InferenceModel) else load_inference_model(model)
+    data = sample_images(im, config=config, calibration=None if calibration is None
+                         else str(calibration), n=samples,
+                         need_calibration="tflite-int8" in wanted)
+    reference = np.concatenate([im.probabilities(data.check[i:i + 64])
+                                for i in range(0, len(data.check), 64)])
+    if output is not None:
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = new_run_dir(project, name, exist_ok)
+    atomic_write_bytes(folder / "labels.txt", ("\n".join(im.labels) + "\n").encode())
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="resnet-builder-export-") as tmp:
+        fixed: Path | None = None
+        for fmt in wanted:
+            target = folder / FILES[fmt]
+            start = time.perf_counter()
+            result: dict[str, Any] = {"path": FILES[fmt], "threshold": THRESHOLDS[fmt]}
+            try:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                if fmt == "savedmodel":
+                    result.update(export_savedmodel(im, target))
+                    got = run_savedmodel(target, data.check)
+                elif fmt in ("tflite", "tflite-int8"):
+                    if fixed is None:
+                        fixed = _fixed_size_savedmodel(im, Path(tmp))
+                    content = convert_tflite(fixed, data.calibration if fmt == "tflite-int8"
+                                             else None)
+                    atomic_write_bytes(target, content)
+                    result.update(tflite_io(content))
+                    got = run_tflite(content, data.check)
+                else:
+                    result.update(export_onnx(im, target))
+                    got = run_onnx(target, data.check)
+                result.update(compare(reference, got))
+                result["images"] = len(data.check)
+                result["passed"] = (result.get("error") is None
+                                    and result["top1_agreement"] >= THRESHOLDS[fmt])
+            except UserError:
+                raise
+            except Exception as exc:  # a converter failure fails this format, not the rest
+                if os.environ.get("RESNET_BUILDER_DEBUG"):
+                    raise
+                result.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+            result["seconds"] = round(time.perf_counter() - start, 3)
+            if target.exists():
+                result["bytes"] = _size(target)
+            results[fmt] = result
+            if on_done is not None:
+                on_done(fmt, result)
+    summary = {
+        "model": im.source,
+        "image_shape": [im.image_size, im.image_size, im.channels],
+        "class_names": im.labels,
+        "input_values": "raw pixels 0..255 (normalisation is inside every export)",
+        "check_images": data.check_source,
+        "calibration_images": data.calibration_source or None,
+        "skipped": [{"path": p, "reason": r} for p, r in data.skipped],
+        "exports": results,
+        "passed": all(r.get("passed") for r in results.values()),
+        "notes": notes,
+    }
+    write_json(folder / "export.json", summary)
+    return ExportReport(folder, im.source, results, data, notes)
+
+
+def describe_result(fmt: str, r: dict[str, Any]) -> str:
+    """One line per export for the terminal."""
+    size = f"{r['bytes'] / 1024:.1f} KB, " if "bytes" in r else ""
+    head = f"{fmt}: {r['path']} ({size}{r['seconds']:.1f} s)"
+    if r.get("error"):
+        return f"{head}: FAILED: {r['error']}"
+    verdict = "ok" if r["passed"] else "FAILED"
+    return (f"{head}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
+            f"{100 * r['top1_agreement']:.1f}% on {r['images']} images "
+            f"(needs {100 * r['threshold']:.0f}%): {verdict}")

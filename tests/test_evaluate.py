@@ -1,0 +1,120 @@
+"""evaluate.py and `resnet-builder evaluate`: metrics against a manual computation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from inference_helpers import trained, write_images
+from PIL import Image
+
+from resnet_builder.cli import main
+from resnet_builder.evaluate import Tally, format_metrics
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    return trained(tmp_path_factory.mktemp("digits"))
+
+
+def _manual(labels: np.ndarray, probs: np.ndarray, k: int = 5) -> dict:
+    """Accuracy, top-k and per-class P/R/F1 the long way (scikit-learn)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    pred = probs.argmax(axis=1)
+    top = np.argsort(-probs, axis=1)[:, :k]
+    present = np.unique(labels)
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=present, zero_division=0)
+    return {"accuracy": float(np.mean(pred == labels)),
+            "topk": float(np.mean([y in t for y, t in zip(labels, top, strict=True)])),
+            "per_class": {str(c): (p[i], r[i], f[i], s[i]) for i, c in enumerate(present)},
+            "macro_f1": float(np.mean(f))}
+
+
+def test_tally_definitions():
+    """Three classes; class 2 has no support but is predicted once, class 1 never predicted."""
+    probs = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    labels = np.array([0, 1, 0, 1])
+    tally = Tally(3, top_k=2)
+    tally.add(labels[:2], probs[:2])
+    tally.add(labels[2:], probs[2:])
+    m = tally.metrics(["a", "b", "c"])
+    assert m["confusion_matrix"] == [[1, 0, 1], [2, 0, 0], [0, 0, 0]]
+    assert m["accuracy"] == 0.25 and m["top_k"] == 2
+    assert m["top2_accuracy"] == 0.75  # image 2's true class 0 is third: 0.7, 0.2, 0.1
+    assert m["per_class"]["a"] == {"precision": round(1 / 3, 6), "recall": 0.5,
+                                   "f1": 0.4, "support": 2, "predicted": 3}
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2,
+                                   "predicted": 0}
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0,
+                                   "predicted": 1}
+    assert m["macro_f1"] == 0.2  # over the classes with support
+    assert "accuracy 0.2500" in format_metrics({**m, "skipped": 0})
+
+
+@pytest.mark.slow
+def test_cli_evaluate_run_folder_matches_manual_computation(digits, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["evaluate", str(digits.run), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    import keras
+
+    model = keras.models.load_model(digits.model_file, compile=False)
+    probs = model.predict(digits.val_images.astype(np.float32), verbose=0)
+    manual = _manual(digits.val_labels, probs)
+    assert metrics["images"] == len(digits.val_labels) == 360
+    assert metrics["accuracy"] == pytest.approx(manual["accuracy"], abs=1e-6)
+    assert metrics["top5_accuracy"] == pytest.approx(manual["topk"], abs=1e-6)
+    assert metrics["macro_f1"] == pytest.approx(manual["macro_f1"], abs=1e-5)
+    assert metrics["accuracy"] > 0.9
+    for name, (p, r, f, s) in manual["per_class"].items():
+        got = metrics["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f), abs=1e-5)
+        assert got["support"] == s
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.sum() == 360 and np.trace(cm) == round(metrics["accuracy"] * 360)
+    with Image.open(out / "confusion_matrix.png") as png:
+        assert png.format == "PNG" and png.width > 100
+    assert "accuracy" in result.output and "precision" in result.output
+
+
+@pytest.mark.slow
+def test_cli_evaluate_class_folder_by_name(digits, tmp_path):
+    flat = tmp_path / "flat"
+    truth = write_images(digits, flat, count=24)
+    data = tmp_path / "data"
+    for rel, label in truth.items():  # data/<label>/<a|b>_<name>
+        dest = data / str(label) / rel.replace("/", "_")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / rel, dest)
+    shutil.copy(flat / "a" / "corrupt.png", data / str(truth["a/000.png"]) / "corrupt.png")
+    (data / "loose.txt").write_text("x")
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(data), "--model",
+                                       str(digits.model_file), "--project",
+                                       str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "runs" / "exp" / "metrics.json").read_text())
+    assert metrics["images"] == len(truth) and metrics["skipped"] == 2
+    assert metrics["accuracy"] >= 0.95
+    present = {str(v) for v in truth.values()}
+    for name, c in metrics["per_class"].items():  # classes with no folder have no support
+        assert (c["support"] > 0) == (name in present)
+        assert (c["recall"] is None) == (name not in present)
+    # a class the model does not know is an error, not a silent mislabelling
+    (data / "zebra").mkdir()
+    shutil.copy(flat / "a" / "000.png", data / "zebra" / "z.png")
+    bad = CliRunner().invoke(main, ["evaluate", "--data", str(data), "--model",
+                                    str(digits.model_file), "--output", str(tmp_path / "o")])
+    assert bad.exit_code != 0
+    assert "classes the model does not know: zebra" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_cli_evaluate_needs_something_to_evaluate_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert result.exit_code != 0 and "nothing to evaluate on" in result.output

@@ -1,0 +1,138 @@
+"""export.py and `resnet-builder export`: every format loads and agrees with the Keras model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from inference_helpers import trained, write_images
+
+from resnet_builder import export as export_module
+from resnet_builder.cli import main
+from resnet_builder.errors import UserError
+from resnet_builder.export import resolve_formats, run_tflite
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    return trained(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def keras_probs(digits):
+    import keras
+
+    model = keras.models.load_model(digits.model_file, compile=False)
+    images = digits.val_images[:100]
+    return images, model.predict(images.astype(np.float32), verbose=0)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def test_resolve_formats(monkeypatch):
+    assert resolve_formats(["tflite", "savedmodel", "tflite"])[0] == ["tflite", "savedmodel"]
+    monkeypatch.setattr(export_module, "onnx_available", lambda: ["tf2onnx"])
+    wanted, notes = resolve_formats(["all"])
+    assert wanted == ["savedmodel", "tflite", "tflite-int8"]
+    assert "onnx left out" in notes[0] and "resnet-builder[onnx]" in notes[0]
+    with pytest.raises(UserError, match="ONNX export needs tf2onnx") as info:
+        resolve_formats(["onnx"])
+    assert "pip install 'resnet-builder[onnx]'" in str(info.value)
+
+
+@pytest.mark.slow
+def test_cli_export_all_formats_agree_with_keras(digits, keras_probs, tmp_path):
+    import tensorflow as tf
+
+    formats = ["savedmodel", "tflite", "tflite-int8"]
+    has_onnx = not export_module.onnx_available()
+    if has_onnx:
+        formats.append("onnx")
+    out = tmp_path / "export"
+    args = ["export", str(digits.run), "--samples", "64", "--output", str(out)]
+    for f in formats:
+        args += ["--format", f]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "export.json").read_text())
+    assert report["passed"] and set(report["exports"]) == set(formats)
+    assert "validation images" in report["check_images"]
+    assert "training images" in report["calibration_images"]
+    for fmt, r in report["exports"].items():
+        assert r["top1_agreement"] >= r["threshold"] and r["images"] == 64, fmt
+        assert f"{fmt}: " in result.output and "top-1 agreement" in result.output
+    assert report["exports"]["tflite"]["max_abs_diff"] < 1e-4
+    assert report["exports"]["tflite-int8"]["input"]["dtype"] == "uint8"
+    assert (out / "labels.txt").read_text().split() == [str(k) for k in range(10)]
+
+    images, reference = keras_probs
+    # SavedModel: raw float or uint8 pixels, any size (resized inside the graph)
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    serve = loaded.signatures["serving_default"]
+    got = serve(images=tf.constant(images, tf.float32))
+    np.testing.assert_allclose(got["probabilities"].numpy(), reference, atol=1e-5)
+    assert got["label"].numpy()[0].decode() == str(reference[0].argmax())
+    got8 = loaded.signatures["serve_uint8"](images=tf.constant(images))["probabilities"]
+    np.testing.assert_allclose(got8.numpy(), reference, atol=1e-5)
+    bigger = tf.image.resize(tf.constant(images, tf.float32), (32, 32), method="bilinear")
+    resized = serve(images=bigger)["probabilities"].numpy()
+    assert resized.shape == (100, 10) and _agreement(resized, reference) >= 0.9
+
+    # TFLite through tf.lite.Interpreter
+    float_probs = run_tflite((out / "model.tflite").read_bytes(), images)
+    assert np.abs(float_probs - reference).max() < 1e-4
+    assert _agreement(float_probs, reference) >= 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
+        interp = tf.lite.Interpreter(model_path=str(out / "model_int8.tflite"))
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
+    int8_probs = run_tflite((out / "model_int8.tflite").read_bytes(), images)
+    assert _agreement(int8_probs, reference) >= 0.95
+
+    if has_onnx:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        onnx_probs = session.run(None, {"images": images.astype(np.float32)})[0]
+        np.testing.assert_allclose(onnx_probs, reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_int8_of_a_bare_model_file_needs_calibration(digits, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(digits.model_file, bare / "model.keras")  # no config.yaml beside it
+    result = CliRunner().invoke(main, ["export", str(bare / "model.keras"), "-f", "tflite-int8",
+                                       "--output", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "needs calibration images" in result.output and "--calibration" in result.output
+    images = tmp_path / "images"
+    write_images(digits, images, count=30)
+    result = CliRunner().invoke(main, ["export", str(bare / "model.keras"), "-f", "tflite-int8",
+                                       "--calibration", str(images), "--output",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "export.json").read_text())
+    assert report["exports"]["tflite-int8"]["passed"]
+    assert report["exports"]["tflite-int8"]["images"] == 30  # the readable ones of 31
+    assert [s["reason"] for s in report["skipped"]] == ["truncated file"]
+
+
+@pytest.mark.slow
+def test_export_failing_check_exits_non_zero(digits, tmp_path, monkeypatch):
+    monkeypatch.setitem(export_module.THRESHOLDS, "tflite", 1.01)  # unreachable
+    result = CliRunner().invoke(main, ["export", str(digits.run), "-f", "tflite", "--samples",
+                                       "16", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 1
+    assert "FAILED" in result.output and "export failed for tflite" in result.output
+    report = json.loads((tmp_path / "runs" / "exp" / "export.json").read_text())
+    assert report["passed"] is False and report["exports"]["tflite"]["passed"] is False

@@ -1,0 +1,197 @@
+"""predict.py and `resnet-builder predict`: sources, pipeline, outputs, skips, Grad-CAM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from inference_helpers import KINDS, save_as, trained, write_images
+from PIL import Image
+
+from resnet_builder.cli import main
+from resnet_builder.images import prepare_image
+from resnet_builder.predict import (
+    ImageSource,
+    Skipped,
+    collect_images,
+    csv_columns,
+    load_inference_model,
+)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    return trained(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def images(digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    return folder, write_images(digits, folder)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------- sources (no TF)
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_collect_folder_paths_are_relative_and_distinct(tmp_path):
+    for rel in ["a/x.png", "b/x.png", "b/deep/y.JPG", "notes.txt", ".hidden.png"]:
+        _touch(tmp_path / "src" / rel)
+    found, skipped = collect_images([tmp_path / "src"])
+    assert [s.path for s in found] == ["a/x.png", "b/deep/y.JPG", "b/x.png"]
+    assert skipped == [Skipped("notes.txt", "not an image file (extension '.txt')")]
+
+
+def test_collect_single_file_is_absolute_and_tried_whatever_its_extension(tmp_path):
+    file = _touch(tmp_path / "photo.webp")
+    found, skipped = collect_images(str(file))
+    assert found == [ImageSource(file, str(file.resolve()))] and skipped == []
+
+
+def test_collect_globs_missing_sources_and_duplicates(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for rel in ["imgs/a/x.png", "imgs/b/x.png", "imgs/b/z.gif", "imgs/top.png"]:
+        _touch(tmp_path / rel)
+    found, skipped = collect_images(["imgs/**/x.png", "imgs/a", "imgs/*.png", "nope.png",
+                                     "none/*.jpg"])
+    # the glob's fixed part (imgs/) is the base; imgs/a/x.png is not listed twice
+    assert [s.path for s in found] == ["a/x.png", "b/x.png", "top.png"]
+    assert skipped == [Skipped("nope.png", "file or folder not found"),
+                       Skipped("none/*.jpg", "no file matches this pattern")]
+
+
+def test_csv_columns():
+    assert csv_columns(2) == ["path", "label", "probability", "top1_label", "top1_probability",
+                              "top2_label", "top2_probability"]
+
+
+# ------------------------------------------------------------------ with the model
+
+
+def test_every_image_kind_gives_the_training_pixels(digits, tmp_path):
+    """Gray, RGBA, 16-bit, RGB and palette PNGs all decode to the validation pixels."""
+    pixels = digits.val_images[0]
+    for kind in KINDS:
+        path = tmp_path / f"{kind}.png"
+        save_as(pixels, path, kind)
+        got = prepare_image(path, 16, 1)
+        if kind == "L32":  # resized down from 32x32: close, not identical
+            assert np.abs(got.astype(int) - pixels).mean() < 12
+        else:
+            np.testing.assert_array_equal(got, pixels, err_msg=kind)
+
+
+@pytest.mark.slow
+def test_cli_predict_folder_with_grid_and_cam(digits, images, tmp_path):
+    folder, truth = images
+    project = tmp_path / "runs" / "predict"
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                       "--grid", "--cam", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    out = project / "exp"
+    rows = _rows(out / "predictions.csv")
+    assert list(rows[0]) == csv_columns(5)
+    assert {r["path"] for r in rows} == set(truth)  # a/000.png and b/000.png both
+    right = sum(r["label"] == str(truth[r["path"]]) for r in rows)
+    assert right >= 0.95 * len(truth), f"{right}/{len(truth)} right"
+    for r in rows:
+        probs = [float(r[f"top{i}_probability"]) for i in range(1, 6)]
+        assert probs == sorted(probs, reverse=True) and r["label"] == r["top1_label"]
+        assert float(r["probability"]) == probs[0] and 0 < probs[0] <= 1
+    skipped = _rows(out / "skipped.csv")
+    assert {s["path"] for s in skipped} == {"a/corrupt.png", "b/readme.txt"}
+    assert all(s["reason"] for s in skipped)
+    assert "a/corrupt.png" in result.output and "b/readme.txt" in result.output
+    assert f"predicted {len(truth)} image(s), skipped 2" in result.output
+    assert "images/s" in result.output
+    with Image.open(out / "grid.png") as grid:
+        assert grid.format == "PNG" and grid.width > 100 and grid.height > 100
+    for rel in truth:  # cam/ mirrors the sub-folders: a/000.png and b/000.png both exist
+        with Image.open(out / "cam" / rel) as cam:
+            cam.load()
+            assert cam.mode == "RGB" and cam.width > 0 and cam.height > 0
+    assert len(list((out / "cam").rglob("*.png"))) == len(truth)
+
+
+@pytest.mark.slow
+def test_cli_nothing_predictable_exits_non_zero(digits, images, tmp_path):
+    folder, _ = images
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "a" / "corrupt.png", bad)
+    shutil.copy(folder / "b" / "readme.txt", bad)
+    project = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["predict", str(bad), "--model", str(digits.model_file),
+                                       "--project", str(project)])
+    assert result.exit_code != 0
+    assert "nothing could be predicted" in result.output
+    assert "corrupt.png" in result.output and "readme.txt" in result.output
+    assert "Traceback" not in result.output
+    assert len(_rows(project / "exp" / "skipped.csv")) == 2
+
+
+@pytest.mark.slow
+def test_cli_default_model_is_newest_run_and_json(digits, images, tmp_path, monkeypatch):
+    folder, truth = images
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(digits.run, tmp_path / "runs" / "train" / "exp")
+    result = CliRunner().invoke(main, ["predict", str(folder / "a" / "001.png"), "--format",
+                                       "json", "--top-k", "50", "--name", "one"])
+    assert result.exit_code == 0, result.output
+    expected = os.path.join("runs", "train", "exp", "best.keras")
+    assert f"model: {expected} (newest run under runs/train)" in result.output
+    records = json.loads((tmp_path / "runs" / "predict" / "one" / "predictions.json").read_text())
+    assert len(records) == 1
+    assert records[0]["path"] == str((folder / "a" / "001.png").resolve())  # a single file
+    assert len(records[0]["top_k"]) == 10  # capped at the number of classes
+    assert records[0]["label"] == str(truth["a/001.png"])
+
+
+@pytest.mark.slow
+def test_python_api(digits, images):
+    import keras
+
+    import resnet_builder
+
+    folder, truth = images
+    model = keras.models.load_model(digits.model_file, compile=False)
+    result = resnet_builder.predict(model, [folder / "a", folder / "b" / "000.png"], top_k=3,
+                                    batch_size=5)
+    assert len(result) == len([p for p in truth if p.startswith("a/")]) + 1
+    assert [s.path for s in result.skipped] == ["corrupt.png"]
+    first = result[0]
+    assert first.path == "000.png" and first.label == str(truth["a/000.png"])
+    assert len(first.top_k) == 3 and first.top_k[0] == (first.label, first.probability)
+    assert first.as_dict()["top_k"][0] == {"label": first.label,
+                                           "probability": first.probability}
+    assert result[-1].path == str((folder / "b" / "000.png").resolve())
+    # a path works as well as a model object, and batch size does not change results
+    again = resnet_builder.predict(str(digits.run), [folder / "a"], top_k=3, batch_size=64)
+    assert [(p.path, p.label) for p in again] == [(p.path, p.label) for p in result[:-1]]
+    np.testing.assert_allclose([p.probability for p in again],
+                               [p.probability for p in result[:-1]], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_gradcam_heatmaps(digits):
+    im = load_inference_model(digits.model_file)
+    probs, heat = im.gradcam(digits.val_images[:8])
+    np.testing.assert_allclose(probs, im.probabilities(digits.val_images[:8]), atol=1e-5)
+    assert heat.shape == (8, 4, 4)  # the backbone's last feature map for 16x16 inputs
+    assert heat.min() >= 0 and np.allclose(heat.max(axis=(1, 2)), 1.0)
