@@ -179,6 +179,8 @@ class HardwareConfig:
 
     seed: int | None = _key(0, "Random seed; same seed + config = same results.csv on CPU.",
                             min=0, max=2**32 - 1, nullable=True)
+    deterministic: bool = _key(False, "TensorFlow's op determinism (slower by about a third on "
+                               "CPU). CPU runs with a seed repeat without it; GPU runs need it.")
     mixed_precision: str = _key("off", "off, float16 (GPU) or bfloat16.",
                                 choices=("off", "float16", "bfloat16"))
     xla: bool = _key(False, "Compile the training step with XLA (jit_compile).")

@@ -54,7 +54,8 @@ def _configure_hardware(cfg: Config) -> None:
         except RuntimeError:
             pass  # TensorFlow already started in this process; its thread pools stay
     if hw.seed is not None:
-        keras.utils.set_random_seed(hw.seed)
+        keras.utils.set_random_seed(hw.seed)  # once: re-seeding retraces every tf.function
+    if hw.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
     keras.mixed_precision.set_global_policy(policy[hw.mixed_precision])
@@ -180,12 +181,9 @@ class _Run:
                 "_bar": bar, "_seconds": seconds, "_ips": count / max(seconds, 1e-9)}
 
     def _evaluate(self, eval_step, data: DataBundle) -> tuple[float, float, np.ndarray] | None:
-        batch = self.cfg.train.eval_batch_size or self.cfg.data.batch_size
-        dataset = data.val_dataset(batch)
+        dataset = self.val_batches
         if dataset is None:
             return None
-        if self.dist.replicas > 1:
-            dataset = self.dist.strategy.experimental_distribute_dataset(dataset)
         loss_sum, preds, labels = 0.0, [], []
         for batch_data in dataset:
             b_loss, b_pred, b_true = eval_step(batch_data)
@@ -238,8 +236,8 @@ class _Run:
         if not self.dist.is_chief or not self.cfg.run.plots or not self.rows:
             return
         plot_curves(self.rows, self.paths.curves)
-        if self.best_predictions is not None and self.meta_labels is not None:
-            matrix = confusion_matrix(self.meta_labels, np.asarray(self.best_predictions),
+        if self.best_predictions is not None and self.val_labels is not None:
+            matrix = confusion_matrix(self.val_labels, np.asarray(self.best_predictions),
                                       len(class_names))
             plot_confusion_matrix(matrix, class_names, self.paths.confusion_matrix,
                                   title=f"validation, best epoch {self.best_epoch}")
@@ -250,7 +248,11 @@ class _Run:
         self.started = time.perf_counter()
         loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing)
         eval_step = make_eval_step(model, loss_fn, strategy)
-        self.meta_labels = _val_labels(data, cfg)
+        self.val_batches = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
+        self.val_labels = (None if self.val_batches is None else
+                           np.concatenate([labels.numpy() for _, labels in self.val_batches]))
+        if self.val_batches is not None and self.dist.replicas > 1:
+            self.val_batches = strategy.experimental_distribute_dataset(self.val_batches)
         writer = (tf.summary.create_file_writer(str(self.paths.tensorboard))
                   if cfg.run.tensorboard and self.dist.is_chief else None)
         step, frozen = None, None
@@ -267,8 +269,6 @@ class _Run:
                         progress.say(cfg.run.progress,
                                      f"backbone frozen (batch-norm in inference mode) for "
                                      f"epochs 1-{cfg.model.freeze_backbone_epochs}")
-                if cfg.hardware.seed is not None:
-                    keras.utils.set_random_seed(cfg.hardware.seed + epoch)
                 row = self._train_epoch(epoch, step, data, schedule)
                 bar, train_s, ips = row.pop("_bar"), row.pop("_seconds"), row.pop("_ips")
                 evaluated = self._evaluate(eval_step, data)
@@ -332,13 +332,6 @@ class _Diverged(Exception):
     def __init__(self, epoch: int, step: int) -> None:
         super().__init__(f"epoch {epoch} step {step}")
         self.epoch, self.step = epoch, step
-
-
-def _val_labels(data: DataBundle, cfg: Config) -> np.ndarray | None:
-    dataset = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
-    if dataset is None:
-        return None
-    return np.concatenate([labels.numpy() for _, labels in dataset])
 
 
 # --------------------------------------------------------------------------- entry points
