@@ -182,3 +182,16 @@ def test_saved_model_loads_in_a_fresh_process(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_tutorial_variant_is_options():
+    """The tutorial's network: stem width 32 (stages 32/64/128) and its classifier head."""
+    arch = resolve_architecture(56, stem_filters=32)
+    assert arch.backbone["stackwise_filters"] == [32, 64, 128]
+    assert arch.backbone["stem_filters"] == 32
+    model = build_model(56, stem_filters=32, head="tutorial", num_classes=10)
+    names = [layer.name for layer in model.layers]
+    assert names[-5:] == ["avg_pool", "fc1", "fc1_bn", "dropout", "predictions"]
+    assert model.get_layer("fc1").units == 512
+    assert model.get_layer("dropout").rate == 0.5
+    assert build_model(11, head="tutorial", dropout=0.3).get_layer("dropout").rate == 0.3

@@ -1,0 +1,122 @@
+"""Preset weights: cache lookup, MD5 check, keras.applications layout, offline errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+from resnet_builder import ResNetV2Backbone, build_model, presets
+from resnet_builder.errors import UserError
+from resnet_builder.weights import keras_applications_name
+
+TINY = {"stackwise_filters": [8, 16], "stackwise_blocks": [2, 2], "stackwise_strides": [1, 2],
+        "include_rescaling": True, "block_type": "block"}
+
+
+def write_keras_applications_file(path, backbone: ResNetV2Backbone, rng) -> dict:
+    """A Keras 2 style HDF5 file as keras.applications ships, with random values."""
+    values = {}
+    with h5py.File(path, "w") as f:
+        names = []
+        for layer in backbone.layers:
+            name = keras_applications_name(layer.name)
+            names.append(name.encode())
+            group = f.create_group(name)
+            weight_names = []
+            for w in layer.weights:
+                wname = f"{name}/{w.name}:0"
+                data = rng.standard_normal(w.shape).astype("float32")
+                if "variance" in w.name:
+                    data = np.abs(data) + 0.5
+                group.create_dataset(wname, data=data)
+                weight_names.append(wname.encode())
+                values.setdefault(layer.name, []).append(data)
+            group.attrs["weight_names"] = weight_names
+        f.attrs["layer_names"] = names
+    return values
+
+
+@pytest.fixture
+def tiny_preset(tmp_path, monkeypatch):
+    """A preset with downloadable weights, whose file sits in a KERAS_HOME cache."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    source = ResNetV2Backbone(**TINY, input_shape=(32, 32, 3))
+    cache = tmp_path / "keras_home" / "models"
+    cache.mkdir(parents=True)
+    path = cache / "tiny_notop.h5"
+    values = write_keras_applications_file(path, source, np.random.default_rng(0))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    entry = {"config": TINY, "params": source.count_params(), "description": "tiny",
+             "weights": {"file": path.name, "url": "https://example.invalid/tiny_notop.h5",
+                         "md5": md5, "layout": "keras_applications"}}
+    monkeypatch.setitem(presets.PRESETS, "tiny_imagenet", entry)
+    return path, values
+
+
+def test_keras_applications_names_map_to_ours():
+    assert keras_applications_name("v2_stack_1_block2_use_preactivation_bn") == \
+        "conv3_block2_preact_bn"
+    assert keras_applications_name("v2_stack_0_block1_3_conv") == "conv2_block1_3_conv"
+    assert keras_applications_name("post_bn") == "post_bn"
+
+
+def test_from_preset_loads_cached_weights_by_name(tiny_preset):
+    _, values = tiny_preset
+    model = ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3))
+    for layer in model.layers:
+        for got, want in zip(layer.get_weights(), values.get(layer.name, []), strict=True):
+            np.testing.assert_array_equal(got, want)
+    unloaded = ResNetV2Backbone.from_preset("tiny_imagenet", load_weights=False,
+                                            input_shape=(32, 32, 3))
+    conv = unloaded.get_layer("conv1_conv").get_weights()[0]
+    assert not np.array_equal(conv, values["conv1_conv"][0])
+
+
+def test_build_model_with_preset_weights(tiny_preset):
+    _, values = tiny_preset
+    model = build_model(preset="tiny_imagenet", num_classes=3, input_shape=(32, 32, 3),
+                        load_weights=True)
+    got = model.backbone.get_layer("post_bn").get_weights()[0]
+    np.testing.assert_array_equal(got, values["post_bn"][0])
+
+
+def test_checksum_mismatch_is_refused(tiny_preset):
+    path, _ = tiny_preset
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(UserError, match="does not match the MD5"):
+        ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3))
+
+
+def test_no_file_and_no_network_says_what_to_put_where(tiny_preset, monkeypatch):
+    path, _ = tiny_preset
+    path.unlink()
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("keras.utils.get_file", offline)
+    with pytest.raises(UserError) as err:
+        ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3))
+    text = str(err.value)
+    assert "https://example.invalid/tiny_notop.h5" in text and str(path) in text
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    other = ResNetV2Backbone(**{**TINY, "stackwise_filters": [4, 8]}, input_shape=(32, 32, 3))
+    path = tmp_path / "other.h5"
+    write_keras_applications_file(path, other, np.random.default_rng(1))
+    target = ResNetV2Backbone(**TINY, input_shape=(32, 32, 3))
+    from resnet_builder.weights import load_backbone_weights
+
+    with pytest.raises(UserError, match="different network"):
+        load_backbone_weights(target, path, layout="keras_applications")
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone_weights(target, tmp_path / "missing.h5")
+
+
+def test_preset_without_weights_refuses_load_weights():
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        ResNetV2Backbone.from_preset("resnet18_v2", load_weights=True)
