@@ -70,64 +70,79 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- build
 
+MODEL_OPTIONS = [
+    click.option("--depth", help="Depth: 9n+2 (bottleneck) or 6n+2 (basic), CIFAR-style network."),
+    click.option("--preset", help="A named preset (see `resnet-builder presets`)."),
+    click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                 help="A YAML config; its model section (and data.image_size/channels) is used."),
+    click.option("--blocks", help="Explicit blocks per stage, e.g. 3,4,6,3."),
+    click.option("--filters", help="Explicit filters per stage, e.g. 64,128,256,512."),
+    click.option("--strides", help="Explicit strides per stage, e.g. 1,2,2,2."),
+    click.option("--dilations", help="Dilation per stage, e.g. 1,1,2,4 (default: none)."),
+    click.option("--block-type",
+                 type=click.Choice(["basic", "bottleneck", "basic_block", "block"]),
+                 help="Block type; default: bottleneck when the depth fits 9n+2, else basic."),
+    click.option("--stem-filters", type=click.IntRange(min=1),
+                 help="Stem width (depth networks: base width w of stages w/2w/4w; default 16)."),
+    click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10)."),
+    click.option("--input-shape",
+                 help="H,W,C (default 32,32,3 for depth networks, else 224,224,3)."),
+    click.option("--head", type=click.Choice(["gap", "tutorial"]), help="Classifier head."),
+    click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout."),
+]
+WAYS = ("depth", "preset", "stackwise_blocks", "stackwise_filters", "stackwise_strides")
+
+
+def model_options(command):
+    """The options that say which network to build, shared by ``build`` and ``bench``."""
+    for option in reversed(MODEL_OPTIONS):
+        command = option(command)
+    return command
+
+
+def architecture_from_options(opts: dict) -> tuple:
+    """(Architecture, {num_classes, head, dropout}) from the shared model options."""
+    from .architecture import resolve_architecture
+
+    request = _model_request(opts["config_path"])
+    given = {"depth": opts["depth"], "preset": opts["preset"], "block_type": opts["block_type"],
+             "stackwise_blocks": int_list(opts["blocks"], "--blocks"),
+             "stackwise_filters": int_list(opts["filters"], "--filters"),
+             "stackwise_strides": int_list(opts["strides"], "--strides"),
+             "stackwise_dilations": int_list(opts["dilations"], "--dilations"),
+             "stem_filters": opts["stem_filters"], "num_classes": opts["num_classes"],
+             "head": opts["head"], "dropout": opts["dropout"],
+             "input_shape": int_list(opts["input_shape"], "--input-shape")}
+    if any(given[k] is not None for k in WAYS):  # a way given on the command line wins
+        for key in WAYS:
+            request.pop(key, None)
+    request.update({k: v for k, v in given.items() if v is not None})
+    if request.get("input_shape") is not None and len(request["input_shape"]) != 3:
+        raise click.BadParameter("expected H,W,C", param_hint="--input-shape")
+    model_args = {"num_classes": request.pop("num_classes", 10),
+                  "head": request.pop("head", "gap"), "dropout": request.pop("dropout", 0.0)}
+    return resolve_architecture(**request), model_args
+
+
 @main.command()
-@click.option("--depth", help="Depth: 9n+2 (bottleneck) or 6n+2 (basic), CIFAR-style network.")
-@click.option("--preset", help="A named preset (see `resnet-builder presets`).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML config; its model section (and data.image_size/channels) is used.")
-@click.option("--blocks", help="Explicit blocks per stage, e.g. 3,4,6,3.")
-@click.option("--filters", help="Explicit filters per stage, e.g. 64,128,256,512.")
-@click.option("--strides", help="Explicit strides per stage, e.g. 1,2,2,2.")
-@click.option("--dilations", help="Dilation per stage, e.g. 1,1,2,4 (default: none).")
-@click.option("--block-type", type=click.Choice(["basic", "bottleneck", "basic_block", "block"]),
-              help="Block type; default: bottleneck when the depth fits 9n+2, else basic.")
-@click.option("--stem-filters", type=click.IntRange(min=1),
-              help="Stem width (depth networks: base width w of stages w/2w/4w; default 16).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10).")
-@click.option("--input-shape", help="H,W,C (default 32,32,3 for depth networks, else 224,224,3).")
-@click.option("--head", type=click.Choice(["gap", "tutorial"]), help="Classifier head.")
-@click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout.")
+@model_options
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
               help="Write the model to this .keras file.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True),
               help="Draw the architecture to this .png (needs pydot and graphviz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def build(depth, preset, config_path, blocks, filters, strides, dilations, block_type,
-          stem_filters, num_classes, input_shape, head, dropout, output, plot, as_json) -> None:
+def build(output, plot, as_json, **opts) -> None:
     """Build a ResNetV2 classifier and summarise it (optionally save and plot it)."""
-    from .architecture import resolve_architecture
     from .summary import model_summary
 
     start = time.perf_counter()
-    request = _model_request(config_path)
-    given = {"depth": depth, "preset": preset, "block_type": block_type,
-             "stackwise_blocks": int_list(blocks, "--blocks"),
-             "stackwise_filters": int_list(filters, "--filters"),
-             "stackwise_strides": int_list(strides, "--strides"),
-             "stackwise_dilations": int_list(dilations, "--dilations"),
-             "stem_filters": stem_filters, "num_classes": num_classes, "head": head,
-             "dropout": dropout,
-             "input_shape": int_list(input_shape, "--input-shape")}
-    if any(given[k] is not None for k in ("depth", "preset", "stackwise_blocks",
-                                          "stackwise_filters", "stackwise_strides")):
-        for key in ("depth", "preset", "stackwise_blocks", "stackwise_filters",
-                    "stackwise_strides"):
-            request.pop(key, None)
-    request.update({k: v for k, v in given.items() if v is not None})
-    if request.get("input_shape") is not None and len(request["input_shape"]) != 3:
-        raise click.BadParameter("expected H,W,C", param_hint="--input-shape")
-    model_args = {k: request.pop(k) for k in ("num_classes", "head", "dropout") if k in request}
-    model_args.setdefault("num_classes", 10)
-    model_args.setdefault("head", "gap")
-    model_args.setdefault("dropout", 0.0)
-    arch = resolve_architecture(**request)
+    arch, model_args = architecture_from_options(opts)
     summary = model_summary(arch, model_args["num_classes"], model_args["head"])
     summary["plan_seconds"] = round(time.perf_counter() - start, 4)
     if output or plot:
         from .modelfile import save_model_file
 
-        written = save_model_file(arch, output=output, plot=plot, **model_args)
-        summary.update(written)
+        summary.update(save_model_file(arch, output=output, plot=plot, **model_args))
     summary["build_seconds"] = round(time.perf_counter() - start, 3)
     if as_json:
         click.echo(json.dumps(summary))
@@ -465,3 +480,28 @@ def export_command(model_source, formats, calibration, samples, output, project,
                         f"{report.folder / 'export.json'})",
                         hint="a failed check means the export does not compute what the Keras "
                              "model does; RESNET_BUILDER_DEBUG=1 shows converter errors in full")
+
+
+# --------------------------------------------------------------------------- bench
+
+@main.command()
+@model_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed training steps (after warm-up).")
+@click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--xla", is_flag=True, help="Compile our step with XLA.")
+@click.option("--no-pipelines", is_flag=True, help="Skip the input-pipeline measurements.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(batch_size, steps, warmup, xla, no_pipelines, as_json, **opts) -> None:
+    """Measure our training step against model.fit, prediction and the machine (synthetic data)."""
+    from .bench import run_benchmark
+
+    arch, model_args = architecture_from_options(opts)
+    result = run_benchmark(arch, num_classes=model_args["num_classes"], batch_size=batch_size,
+                           steps=steps, warmup=warmup, xla=xla, pipelines=not no_pipelines)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        click.echo(f"{key:<38} {value}")

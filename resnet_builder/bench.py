@@ -1,0 +1,172 @@
+"""``resnet-builder bench``: how fast the trainer's step is, next to plain Keras and the machine.
+
+Everything is measured in one process after warm-up, on synthetic images held in
+memory: our training step (the one ``train`` uses), ``keras.Model.fit`` on the
+same model, batch and data, our compiled forward pass against
+``model.predict``, the machine's float32 matmul rate, and the input pipelines
+of two real sources. Ratios measured side by side are the numbers to trust on
+a busy machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .architecture import Architecture
+from .classifier import ResNetV2Classifier, build_backbone
+from .config import AugmentConfig, DataConfig
+from .data import load_data
+from .steps import make_loss, make_train_step
+from .summary import model_summary
+
+
+def _model(arch: Architecture, num_classes: int) -> ResNetV2Classifier:
+    return ResNetV2Classifier(build_backbone(arch), num_classes)
+
+
+def _timed(fn, repeats: int) -> float:
+    """Seconds for ``repeats`` calls of ``fn`` (which must block until done)."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return time.perf_counter() - start
+
+
+def matmul_gflops(size: int = 2048, seconds: float = 1.5) -> float:
+    """The machine's float32 matrix-multiply rate through TensorFlow, in GFLOP/s."""
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+
+    @tf.function
+    def product():
+        return tf.reduce_sum(tf.matmul(a, b))
+
+    product().numpy()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        product().numpy()
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
+                    warmup: int, xla: bool) -> float:
+    """Images/s of the trainer's own step (SGD momentum, cross-entropy)."""
+    model = _model(arch, int(labels.max()) + 1)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    step = make_train_step(model, optimizer, make_loss(model.num_classes, 0.0),
+                           tf.distribute.get_strategy(), batch_size, jit_compile=xla)
+    batch = (tf.constant(images[:batch_size]), tf.constant(labels[:batch_size]))
+
+    def one():
+        float(step(batch)[0])
+
+    _timed(one, warmup)
+    return steps * batch_size / _timed(one, steps)
+
+
+def fit_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
+             warmup: int) -> float:
+    """Images/s of plain ``keras.Model.fit`` on the same model, batch and data."""
+    model = _model(arch, int(labels.max()) + 1)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+    x, y = images[:batch_size], labels[:batch_size]
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
+    start = time.perf_counter()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def predict_rates(arch: Architecture, images, batch_size: int, repeats: int) -> tuple[float,
+                                                                                        float]:
+    """(ours, model.predict) images/s for inference over the same array."""
+    model = _model(arch, 10)
+    forward = tf.function(lambda x: model(x, training=False))
+    batches = [tf.constant(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+    def ours():
+        for b in batches:
+            forward(b).numpy()
+
+    def keras_predict():
+        model.predict(images, batch_size=batch_size, verbose=0)
+
+    ours()
+    keras_predict()
+    n = repeats * len(images)
+    return n / _timed(ours, repeats), n / _timed(keras_predict, repeats)
+
+
+def pipeline_rate(data_cfg: DataConfig, batch_size: int, epochs: int = 3) -> float:
+    """Images/s the training input pipeline delivers for a real source (decoding included)."""
+    bundle = load_data(data_cfg, AugmentConfig(random_crop_padding=2, horizontal_flip=True), 0)
+    count, start = 0, time.perf_counter()
+    for epoch in range(epochs):
+        for images, _ in bundle.train_dataset(epoch, batch_size):
+            count += int(images.shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def _png_folder(root: Path, size: int, per_class: int = 128) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c", "d"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int = 128,
+                  steps: int = 10, warmup: int = 3, xla: bool = False,
+                  pipelines: bool = True) -> dict[str, Any]:
+    """Every number ``bench`` reports, as one JSON-ready dict."""
+    h, w, c = arch.input_shape
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, h, w, c)).astype("float32")
+    labels = rng.integers(0, num_classes, batch_size).astype("int32")
+    labels[:num_classes] = np.arange(min(num_classes, batch_size))
+    macs = model_summary(arch, num_classes)["macs_per_image"]
+    train = train_step_rate(arch, images, labels, batch_size, steps, warmup, xla)
+    fit = fit_rate(arch, images, labels, batch_size, steps, warmup)
+    ours_predict, keras_predict = predict_rates(arch, np.repeat(images, 2, axis=0), batch_size,
+                                                max(2, steps // 3))
+    matmul = matmul_gflops()
+    train_gflops = 3 * 2 * macs * train / 1e9
+    result: dict[str, Any] = {
+        "input_shape": [h, w, c],
+        "batch_size": batch_size,
+        "block_type": arch.backbone["block_type"],
+        "macs_per_image": macs,
+        "train_images_per_second": round(train, 1),
+        "baseline_fit_images_per_second": round(fit, 1),
+        "train_vs_fit": round(train / fit, 3),
+        "predict_images_per_second": round(ours_predict, 1),
+        "baseline_predict_images_per_second": round(keras_predict, 1),
+        "predict_vs_keras_predict": round(ours_predict / keras_predict, 3),
+        "train_gflops": round(train_gflops, 2),
+        "matmul_gflops": round(matmul, 2),
+        "fraction_of_matmul": round(train_gflops / matmul, 3),
+        "xla": xla,
+    }
+    if pipelines:
+        size = h or 32
+        result["pipeline_digits_images_per_second"] = round(pipeline_rate(
+            DataConfig(source="digits", image_size=size, channels=c, cache=True), batch_size), 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _png_folder(Path(tmp) / "images", size)
+            result["pipeline_folder_images_per_second"] = round(pipeline_rate(
+                DataConfig(source="folder", path=str(folder), image_size=size, channels=c,
+                           cache=False), batch_size), 1)
+    return result

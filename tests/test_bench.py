@@ -1,0 +1,27 @@
+"""`resnet-builder bench` runs and reports every field (timings are not asserted)."""
+
+import json
+
+from click.testing import CliRunner
+
+from resnet_builder.cli import main
+
+FIELDS = {
+    "train_images_per_second", "baseline_fit_images_per_second", "train_vs_fit",
+    "predict_images_per_second", "baseline_predict_images_per_second",
+    "predict_vs_keras_predict", "macs_per_image", "train_gflops", "matmul_gflops",
+    "fraction_of_matmul", "pipeline_digits_images_per_second",
+    "pipeline_folder_images_per_second",
+}
+
+
+def test_bench_json_has_every_field():
+    result = CliRunner().invoke(main, ["bench", "--depth", "8", "--block-type", "basic",
+                                       "--batch-size", "8", "--input-shape", "16,16,3",
+                                       "--steps", "2", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert set(report) >= FIELDS
+    assert all(report[k] > 0 for k in FIELDS)
+    expected = 6 * report["macs_per_image"] * report["train_images_per_second"] / 1e9
+    assert abs(report["train_gflops"] - expected) <= 0.01 + 1e-3 * expected
