@@ -215,6 +215,32 @@ def resolve_architecture(
 
 
 HEAD_WIDTH = 512  # the tutorial head's hidden Dense layer
+HEADS = ("gap", "tutorial")
+
+
+def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
+                           channels: int) -> None:
+    """Check the classifier's own arguments (shared by ``ResNetV2Classifier`` and the writer)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive integer. "
+                         f"Received: num_classes={num_classes!r}")
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"`class_names` must have num_classes={num_classes} names. "
+                         f"Received {len(class_names)}: {list(class_names)!r}")
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ValueError(f"Normalize needs both mean and std. Received: mean={mean!r}, "
+                             f"std={std!r}")
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"Normalize needs one positive std per mean. Received: "
+                             f"mean={list(mean)!r}, std={list(std)!r}")
+        if len(mean) not in (1, channels):
+            raise ValueError(f"Normalize needs one mean and std per input channel "
+                             f"({channels}). Received: mean={list(mean)!r}, std={list(std)!r}")
 
 
 def head_layers(in_channels: int, num_classes: int, head: str) -> list[tuple[str, str, list]]:

@@ -13,10 +13,8 @@ from typing import Any
 
 import keras
 
-from .architecture import Architecture, resolve_architecture
+from .architecture import Architecture, check_classifier_args, resolve_architecture
 from .backbone import ResNetV2Backbone
-
-HEADS = ("gap", "tutorial")
 
 
 @keras.saving.register_keras_serializable(package="resnet_builder")
@@ -65,16 +63,8 @@ class ResNetV2Classifier(keras.Model):
         class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive integer. "
-                             f"Received: num_classes={num_classes!r}")
-        if head not in HEADS:
-            raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"`class_names` must have num_classes={num_classes} names. "
-                             f"Received {len(class_names)}: {list(class_names)!r}")
+        check_classifier_args(num_classes, head, dropout, mean, std, class_names,
+                              channels=backbone.input_shape[-1])
         inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = inputs
         if mean is not None or std is not None:

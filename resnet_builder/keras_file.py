@@ -44,12 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from .architecture import Architecture, head_layers
+from .architecture import Architecture, check_classifier_args, head_layers
 from .depth import normalize_block_type
 from .plan import Op, Plan
 
 VERIFIED_KERAS = "3.15"  # major.minor whose file layout this module reproduces
-HEADS = ("gap", "tutorial")  # as classifier.HEADS (that module imports Keras)
 
 BACKBONE_NAME = "res_net_v2_backbone"  # Keras's automatic name for ResNetV2Backbone
 CLASSIFIER_NAME = "res_net_v2_classifier"
@@ -145,31 +144,6 @@ def backbone_layer_order(plan: Plan) -> list[str]:
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _check_classifier_args(num_classes, head, dropout, mean, std, class_names,
-                           channels: int) -> None:
-    """The checks ``ResNetV2Classifier`` and ``Normalize`` make, with their messages."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive integer. "
-                         f"Received: num_classes={num_classes!r}")
-    if head not in HEADS:
-        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"`class_names` must have num_classes={num_classes} names. "
-                         f"Received {len(class_names)}: {list(class_names)!r}")
-    if mean is not None or std is not None:
-        if mean is None or std is None:
-            raise ValueError(f"Normalize needs both mean and std. Received: mean={mean!r}, "
-                             f"std={std!r}")
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"Normalize needs one positive std per mean. Received: "
-                             f"mean={list(mean)!r}, std={list(std)!r}")
-        if len(mean) not in (1, channels):
-            raise ValueError(f"Normalize needs one mean and std per input channel "
-                             f"({channels}). Received: mean={list(mean)!r}, std={list(std)!r}")
 
 
 def _serialized(module: str, class_name: str, config: dict) -> dict:
@@ -382,7 +356,7 @@ def write_model_file(
         raise ValueError(f"Invalid `filepath` argument: expected a `.keras` extension. "
                          f"Received: filepath={path}")
     plan, _ = arch.plan()  # checks the backbone arguments
-    _check_classifier_args(num_classes, head, dropout, mean, std, class_names,
+    check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                            plan.input_shape[2])
     installed = keras_version()
     _check_keras_version(installed)
