@@ -189,8 +189,15 @@ class HardwareConfig:
 class DistributeConfig:
     """Training on several devices."""
 
-    strategy: str = _key("auto", "auto, none, mirrored, multi_worker or tpu.",
+    strategy: str = _key("auto", "auto (mirrored with more than one GPU, else none), none, "
+                         "mirrored, multi_worker (cluster from TF_CONFIG) or tpu.",
                          choices=("auto", "none", "mirrored", "multi_worker", "tpu"))
+    connect_timeout: float = _key(120.0, "multi_worker: seconds every task waits for all "
+                                  "tasks of TF_CONFIG to start before it gives up, naming "
+                                  "the missing ones.", min=1.0)
+    sync_batchnorm: bool = _key(False, "Batch-norm statistics over the global batch (all "
+                                "replicas, as on one device) instead of each replica's "
+                                "share; one extra all-reduce per BN layer and step.")
 
 
 @dataclass
