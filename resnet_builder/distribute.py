@@ -336,16 +336,31 @@ class StrategyInfo:
                 f"{Path(run_dir).name}-{tag}" / f"{me.type}-{me.index}")
 
 
+# One strategy per kind and process, reused by later runs: a second MirroredStrategy over
+# the same devices starts its collective keys where the first one did, and TensorFlow then
+# mixes up their all-reduces ("Shape mismatch in the collective instance"); a process can
+# join a multi-worker cluster only once anyway.
+_MADE: dict[tuple, tuple[tf.distribute.Strategy, Cluster | None]] = {}
+
+
 def _mirrored() -> tf.distribute.Strategy:
     """All GPUs; without GPUs, every logical CPU device (one replica each)."""
-    if tf.config.list_logical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices=cpus)
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
+    key = ("mirrored", devices)
+    if key not in _MADE:
+        _MADE[key] = (tf.distribute.MirroredStrategy(devices=list(devices)), None)
+    return _MADE[key][0]
 
 
 def _multi_worker(connect_timeout: float, say) -> tuple[tf.distribute.Strategy, Cluster]:
     cluster = read_tf_config()
+    key = ("multi_worker", cluster)
+    if key in _MADE:
+        return _MADE[key]  # type: ignore[return-value]
+    if any(k[0] == "multi_worker" for k in _MADE):
+        raise UserError("this process already joined a different TF_CONFIG cluster",
+                        hint="a process can join one cluster; start a new process")
     say(f"{cluster.me}: waiting for the {len(cluster.tasks)} tasks of TF_CONFIG "
         f"(up to {connect_timeout:g} s)")
     _rendezvous(cluster, connect_timeout)
@@ -358,6 +373,7 @@ def _multi_worker(connect_timeout: float, say) -> tuple[tf.distribute.Strategy, 
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     finally:
         watchdog.done()
+    _MADE[key] = (strategy, cluster)
     return strategy, cluster
 
 
