@@ -129,7 +129,7 @@ class OptimConfig:
     weight_decay: float = _key(1e-4, "L2 weight decay (decoupled for adamw).", min=0.0)
     label_smoothing: float = _key(0.0, "Label smoothing.", min=0.0, max=0.99)
     scale_lr_with_replicas: bool = _key(False, "Multiply lr by the number of replicas "
-                                        "(linear scaling rule).")
+                                        "(linear scaling rule; warmup_lr and min_lr stay).")
 
 
 @dataclass
@@ -165,7 +165,8 @@ class RunConfig:
     """Where results go and what is shown while training."""
 
     project: str = _key("runs/train", "Parent folder of run folders.")
-    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok).")
+    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok). "
+                     "multi_worker uses it as is and continues the run when restarted.")
     exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
     progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",
                          choices=("auto", "bar", "line", "none"))
