@@ -129,7 +129,7 @@ class OptimConfig:
     weight_decay: float = _key(1e-4, "L2 weight decay (decoupled for adamw).", min=0.0)
     label_smoothing: float = _key(0.0, "Label smoothing.", min=0.0, max=0.99)
     scale_lr_with_replicas: bool = _key(False, "Multiply lr by the number of replicas "
-                                        "(linear scaling rule).")
+                                        "(linear scaling rule; warmup_lr and min_lr stay).")
 
 
 @dataclass
@@ -165,7 +165,8 @@ class RunConfig:
     """Where results go and what is shown while training."""
 
     project: str = _key("runs/train", "Parent folder of run folders.")
-    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok).")
+    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok). "
+                     "multi_worker uses it as is and continues the run when restarted.")
     exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
     progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",
                          choices=("auto", "bar", "line", "none"))
@@ -191,8 +192,15 @@ class HardwareConfig:
 class DistributeConfig:
     """Training on several devices."""
 
-    strategy: str = _key("auto", "auto, none, mirrored, multi_worker or tpu.",
+    strategy: str = _key("auto", "auto (mirrored with more than one GPU, else none), none, "
+                         "mirrored, multi_worker (cluster from TF_CONFIG) or tpu.",
                          choices=("auto", "none", "mirrored", "multi_worker", "tpu"))
+    connect_timeout: float = _key(120.0, "multi_worker: seconds every task waits for all "
+                                  "tasks of TF_CONFIG to start before it gives up, naming "
+                                  "the missing ones.", min=1.0)
+    sync_batchnorm: bool = _key(False, "Batch-norm statistics over the global batch (all "
+                                "replicas, as on one device) instead of each replica's "
+                                "share; one extra all-reduce per BN layer and step.")
 
 
 @dataclass

@@ -10,7 +10,10 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -23,17 +26,35 @@ import tensorflow as tf
 
 from . import checkpoint, progress, runs
 from .classifier import ResNetV2Classifier, build_model
-from .config import Config, dump_config, load_config
+from .config import Config, config_to_dict, dump_config, load_config
 from .data import DataBundle, load_data
-from .distribute import StrategyInfo, make_strategy
+from .distribute import (
+    StrategyInfo,
+    all_workers,
+    distribute_dataset,
+    json_from_chief,
+    make_strategy,
+    variables_from_chief,
+)
 from .errors import UserError
 from .plots import confusion_matrix, plot_confusion_matrix, plot_curves
 from .schedules import build_schedule
-from .steps import make_eval_step, make_loss, make_train_step
+from .steps import (
+    batchnorm_layers,
+    make_eval_step,
+    make_loss,
+    make_moving_stats_sync,
+    make_train_step,
+)
 
 # Keys a resumed run may change: the length of the run and how it reports.
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "run.progress", "run.plots",
-                  "run.tensorboard", "hardware.threads", "distribute.strategy")
+                  "run.tensorboard", "hardware.threads", "distribute.strategy",
+                  "distribute.connect_timeout")
+# Keys the workers of one multi-worker run may set differently: they change where things go
+# and what is shown on each machine, not what is computed.
+LOCAL_KEYS = ("run.project", "run.exist_ok", "run.progress", "run.plots", "run.tensorboard",
+              "hardware.threads", "distribute.connect_timeout", "data.path")
 
 
 @dataclass
@@ -154,6 +175,10 @@ class _Run:
         self.train_seconds = float(self.meta.get("train_seconds", 0.0))
         self.stale_epochs = int(self.meta.get("stale_epochs", 0))
         self.status = "running"
+        # A non-chief worker's own resume checkpoint, outside the run folder (its machine
+        # may not even have the run folder); removed when the run ends well.
+        self.backup = (dist.backup_dir(Path(cfg.run.project) / cfg.run.name) / "checkpoint.npz"
+                       if dist.name == "multi_worker" and not dist.is_chief else None)
 
     # -- per-epoch pieces
     def _train_epoch(self, epoch: int, step, data: DataBundle, schedule) -> dict[str, Any]:
@@ -161,9 +186,7 @@ class _Run:
         batch = cfg.data.batch_size
         steps = math.ceil(data.num_train / batch)
         bar = progress.EpochProgress(cfg.run.progress, epoch, cfg.train.epochs, steps)
-        dataset = data.train_dataset(epoch - 1, batch)
-        if self.dist.replicas > 1:
-            dataset = self.dist.strategy.experimental_distribute_dataset(dataset)
+        dataset = distribute_dataset(self.dist, data.train_dataset(epoch - 1, batch))
         loss_sum = correct = count = 0.0
         start = time.perf_counter()
         for i, batch_data in enumerate(dataset):
@@ -195,6 +218,9 @@ class _Run:
 
     def _save_epoch(self, model, optimizer, row: dict, improved: bool) -> None:
         if not self.dist.is_chief:
+            if self.backup is not None:
+                self.backup.parent.mkdir(parents=True, exist_ok=True)
+                checkpoint.save_checkpoint(self.backup, model, optimizer, self._meta())
             return
         runs.write_results(self.paths.results, self.rows)
         runs.atomic_save(self.paths.last, model.save)
@@ -227,6 +253,7 @@ class _Run:
             "final_val_accuracy": self.rows[-1].get("val_accuracy") if self.rows else None,
             "strategy": self.dist.name,
             "replicas": self.dist.replicas,
+            "workers": self.dist.workers,
             "mixed_precision": self.cfg.hardware.mixed_precision,
             "xla": self.cfg.hardware.xla,
             "run_dir": str(self.paths.root),
@@ -248,11 +275,12 @@ class _Run:
         self.started = time.perf_counter()
         loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing)
         eval_step = make_eval_step(model, loss_fn, strategy)
-        self.val_batches = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
-        self.val_labels = (None if self.val_batches is None else
-                           np.concatenate([labels.numpy() for _, labels in self.val_batches]))
-        if self.val_batches is not None and self.dist.replicas > 1:
-            self.val_batches = strategy.experimental_distribute_dataset(self.val_batches)
+        sync_moving_stats = make_moving_stats_sync(model, strategy)
+        val_batches = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
+        self.val_labels = (None if val_batches is None else
+                           np.concatenate([labels.numpy() for _, labels in val_batches]))
+        self.val_batches = (None if val_batches is None else
+                            distribute_dataset(self.dist, val_batches))
         writer = (tf.summary.create_file_writer(str(self.paths.tensorboard))
                   if cfg.run.tensorboard and self.dist.is_chief else None)
         step, frozen = None, None
@@ -270,6 +298,7 @@ class _Run:
                                      f"backbone frozen (batch-norm in inference mode) for "
                                      f"epochs 1-{cfg.model.freeze_backbone_epochs}")
                 row = self._train_epoch(epoch, step, data, schedule)
+                sync_moving_stats()  # before evaluating and saving: one model on every replica
                 bar, train_s, ips = row.pop("_bar"), row.pop("_seconds"), row.pop("_ips")
                 evaluated = self._evaluate(eval_step, data)
                 improved = False
@@ -309,6 +338,12 @@ class _Run:
                 f"{self.paths.root}",
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
             ) from None
+        except tf.errors.OpError as exc:
+            if self.dist.name != "multi_worker":
+                raise
+            self.status = "worker_lost"
+            self._close(writer, model.labels())
+            raise _cluster_failure(exc, self.dist, len(self.rows)) from None
         except KeyboardInterrupt:
             self.status = "interrupted"
             self._close(writer, model.labels())
@@ -326,6 +361,8 @@ class _Run:
         self._finish_outputs(class_names)
         if self.dist.is_chief:
             runs.write_json(self.paths.summary, self.summary())
+        elif self.backup is not None and self.status in ("finished", "stopped_early"):
+            _remove_backup(self.backup.parent)
 
 
 class _Diverged(Exception):
@@ -334,31 +371,205 @@ class _Diverged(Exception):
         self.epoch, self.step = epoch, step
 
 
+# --------------------------------------------------------------------------- several workers
+
+def _cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> UserError:
+    """A collective that TensorFlow aborted (a peer died or restarted), said plainly."""
+    text = exc.message or str(exc)
+    me = dist.cluster.me if dist.cluster else None
+    lost = []
+    for kind, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text):
+        task = next((t for t in (dist.cluster.tasks if dist.cluster else ())
+                     if t.type == kind and t.index == int(index)), None)
+        if task is not None and task != me and str(task) not in lost:
+            lost.append(str(task))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if re.search(r"abort|unhealthy|unavailable|connect",
+                                                        line, re.I)), lines[-1] if lines else "")
+    who = ", ".join(lost) if lost else "another task of the cluster"
+    return UserError(
+        f"lost contact with {who} ({detail[:300]}); this task is {dist.task}",
+        hint=f"restart the same command on every machine: each worker resumes from the last "
+             f"completed epoch ({done})")
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    flat = {f"{section}.{key}": value
+            for section, keys in config_to_dict(cfg).items() for key, value in keys.items()}
+    return json.loads(json.dumps(flat))  # the form it has after travelling as JSON
+
+
+def _differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
+                    ignore: tuple[str, ...]) -> list[str]:
+    return [k for k in sorted(set(mine) | set(theirs))
+            if k not in ignore and mine.get(k) != theirs.get(k)]
+
+
+def _data_fingerprint(data: DataBundle) -> dict[str, Any]:
+    """What every worker must see the same of the data (the images themselves are not sent)."""
+    return json.loads(json.dumps({
+        "num_train": data.num_train, "num_val": data.num_val, "classes": data.class_names,
+        "mean": [round(float(v), 4) for v in data.mean],
+        "std": [round(float(v), 4) for v in data.std]}))
+
+
+def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
+    """Multi-worker restart: the chief continues ``run_dir`` when it holds this run's checkpoint."""
+    paths = runs.RunPaths(run_dir)
+    if not paths.checkpoint.exists():
+        return None
+    if not paths.config.exists():
+        raise UserError(f"{run_dir} has a checkpoint but no config.yaml",
+                        hint="use another run.name (--name) for a new run")
+    original = load_config(paths.config)
+    differ = _differing_keys(_flat_config(cfg), _flat_config(original),
+                             RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
+    if differ:
+        raise UserError(f"{run_dir} holds a run with another config (differs in "
+                        f"{', '.join(differ[:6])})",
+                        hint="multi-worker runs continue in place when restarted: use another "
+                             "run.name (--name) for a new run, or the run's own config.yaml")
+    progress.say(cfg.run.progress, f"{run_dir} holds this run's checkpoint: continuing it")
+    return _resume_meta(run_dir, cfg, original)
+
+
+def _start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: StrategyInfo,
+                    data: DataBundle) -> tuple[Path, dict | None]:
+    """Every worker agrees on the run folder, the resume point, the config and the data.
+
+    The chief decides (its run folder is the record) and tells the others; a worker whose
+    config or data differs stops every worker with a message instead of training on
+    different batches.
+    """
+    view: dict[str, Any]
+    refusal = None
+    if dist.is_chief:
+        try:
+            if run_dir is None:  # no exp2 numbering: every worker must name the same folder
+                run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
+                meta = _continue_in_place(cfg, run_dir)
+            view = {"run_dir": str(run_dir), "meta": meta, "config": _flat_config(cfg),
+                    "data": _data_fingerprint(data)}
+        except UserError as exc:
+            refusal = exc
+            view = {"error": exc.message, "hint": exc.hint}
+    else:
+        view = {}
+    chief = json_from_chief(dist, view)
+    if refusal is not None:
+        raise refusal
+    if "error" in chief:
+        raise UserError(f"the chief, {dist.cluster.chief if dist.cluster else 'task 0'}, "
+                        f"refused to start: {chief['error']}", hint=chief.get("hint"))
+    problem = None
+    if not dist.is_chief:
+        differ = _differing_keys(_flat_config(cfg), chief["config"], LOCAL_KEYS)
+        if differ:
+            problem = ("this worker's config differs from the chief's in "
+                       + ", ".join(f"{k} ({_flat_config(cfg).get(k)!r} here, "
+                                   f"{chief['config'].get(k)!r} on the chief)"
+                                   for k in differ[:6]))
+        elif _data_fingerprint(data) != chief["data"]:
+            problem = (f"this worker's data differs from the chief's (here "
+                       f"{_data_fingerprint(data)}, on the chief {chief['data']})")
+    if not all_workers(dist, problem is None):
+        raise UserError(problem or "a worker's config or data differs from the chief's; its "
+                        "output says which", hint="start every worker with the same config "
+                        "(only " + ", ".join(LOCAL_KEYS) + " may differ) and the same data")
+    meta = chief["meta"]
+    if not dist.is_chief and meta is None:  # a new run: forget an older run's backup
+        _remove_backup(dist.backup_dir(Path(cfg.run.project) / cfg.run.name))
+    return Path(chief["run_dir"]), meta
+
+
+def _remove_backup(folder: Path) -> None:
+    """Delete a worker's backup folder, and its parents when that leaves them empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+def _restore(run: _Run, model, optimizer, dist: StrategyInfo, meta: dict) -> None:
+    """Load the resume point: the chief from the run folder, other workers from their backup.
+
+    A worker without a backup of that epoch (a new machine, a cleaned temp folder) gets the
+    chief's weights through the collectives instead.
+    """
+    if dist.is_chief:
+        checkpoint.load_checkpoint(run.paths.checkpoint, model, optimizer)
+        have = True
+    else:
+        have = False
+        if run.backup is not None and run.backup.exists():
+            try:
+                have = (checkpoint.read_meta(run.backup)["epochs_completed"]
+                        == meta["epochs_completed"])
+            except UserError:
+                have = False
+            if have:
+                checkpoint.load_checkpoint(run.backup, model, optimizer)
+    if dist.name == "multi_worker" and not all_workers(dist, have):
+        progress.say(run.cfg.run.progress,
+                     f"a worker has no backup of epoch {meta['epochs_completed']}: every "
+                     f"worker takes the chief's weights and optimizer state")
+        variables_from_chief(dist, [*model.variables, *optimizer.variables])
+
+
+def _synchronize_batchnorm(model) -> None:
+    """Switch every BatchNormalization layer to global-batch statistics (Keras' own option)."""
+    for layer in batchnorm_layers(model):
+        layer.synchronized = True
+
+
 # --------------------------------------------------------------------------- entry points
 
 def _run(cfg: Config, run_dir: Path | None, meta: dict | None) -> TrainResult:
+    if cfg.distribute.strategy == "multi_worker" and cfg.hardware.seed is None:
+        raise UserError("distribute.strategy multi_worker needs hardware.seed",
+                        hint="every worker must shuffle and augment the same way; set "
+                             "hardware.seed to a number (the default is 0)", exit_code=2)
     _configure_hardware(cfg)
-    dist = make_strategy(cfg.distribute.strategy)
+    dist = make_strategy(cfg.distribute.strategy,
+                         connect_timeout=cfg.distribute.connect_timeout,
+                         say=lambda text: progress.say(cfg.run.progress, text))
+    if os.environ.get("TF_CONFIG") and dist.name != "multi_worker":
+        progress.say(cfg.run.progress,
+                     f"note: TF_CONFIG is set but the strategy is {dist.name}; training on "
+                     f"this machine only (use --strategy multi_worker to join the cluster)")
     data = load_data(cfg.data, cfg.augment, cfg.hardware.seed)
     if data.num_train == 0:
         raise UserError("the training split is empty", hint="check data.path / data.limit")
-    if run_dir is None:
-        run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
-    if dist.is_chief:
-        dump_config(cfg, runs.RunPaths(run_dir).config)
-    steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)
-    lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
-    schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs, steps_per_epoch)
-    with dist.strategy.scope():
-        model = make_model(cfg, data)
-        optimizer = make_optimizer(cfg, schedule)
-        optimizer.build(model.trainable_variables)
-    run = _Run(cfg, Path(run_dir), dist, meta)
-    if meta is not None:
-        checkpoint.load_checkpoint(run.paths.checkpoint, model, optimizer)
-    progress.say(cfg.run.progress, _start_line(cfg, run, data, model, dist))
+    try:
+        if dist.name == "multi_worker":
+            run_dir, meta = _start_together(cfg, run_dir, meta, dist, data)
+        elif run_dir is None:
+            run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
+        if dist.is_chief:
+            dump_config(cfg, runs.RunPaths(run_dir).config)
+        steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)
+        lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
+        schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs, steps_per_epoch)
+        with dist.strategy.scope():
+            model = make_model(cfg, data)
+            optimizer = make_optimizer(cfg, schedule)
+            optimizer.build(model.trainable_variables)
+        if cfg.distribute.sync_batchnorm and dist.replicas > 1:
+            _synchronize_batchnorm(model)
+        run = _Run(cfg, Path(run_dir), dist, meta)
+        if meta is not None:
+            _restore(run, model, optimizer, dist, meta)
+    except tf.errors.OpError as exc:
+        if dist.name != "multi_worker":
+            raise
+        raise _cluster_failure(exc, dist, int((meta or {}).get("epochs_completed", 0))
+                               ) from None
+    progress.say(cfg.run.progress, _start_line(cfg, run, data, model, dist, lr))
     try:
         run.fit(model, optimizer, data, schedule)
     finally:
@@ -368,12 +579,24 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None) -> TrainResult:
     return TrainResult(Path(run_dir), summary, run.rows)
 
 
-def _start_line(cfg: Config, run: _Run, data: DataBundle, model, dist: StrategyInfo) -> str:
+def _strategy_words(dist: StrategyInfo) -> str:
+    replicas = f"{dist.replicas} replica{'s' if dist.replicas > 1 else ''}"
+    if dist.name != "multi_worker":
+        return f"strategy {dist.name} ({replicas})"
+    role = "chief" if dist.is_chief else "not the chief: writes no run folder"
+    return (f"strategy multi_worker ({replicas} on {dist.workers} worker"
+            f"{'s' if dist.workers > 1 else ''}; this is {dist.task}, {role})")
+
+
+def _start_line(cfg: Config, run: _Run, data: DataBundle, model, dist: StrategyInfo,
+                lr: float) -> str:
     what = "resuming" if run.rows else "training"
+    scaled = (f", lr {cfg.optim.lr:g} x {dist.replicas} replicas = {lr:g}"
+              if cfg.optim.scale_lr_with_replicas and dist.replicas > 1 else "")
     return (f"{what} {run.paths.root}: {model.count_params():,} parameters, "
             f"{data.num_train} train / {data.num_val} val images, {len(data.class_names)} "
-            f"classes, epochs {len(run.rows) + 1}-{cfg.train.epochs}, strategy {dist.name} "
-            f"({dist.replicas} replica{'s' if dist.replicas > 1 else ''})")
+            f"classes, epochs {len(run.rows) + 1}-{cfg.train.epochs}, global batch "
+            f"{cfg.data.batch_size}{scaled}, {_strategy_words(dist)}")
 
 
 def _end_line(s: dict[str, Any]) -> str:
@@ -385,8 +608,36 @@ def _end_line(s: dict[str, Any]) -> str:
 
 
 def train(cfg: Config) -> TrainResult:
-    """Train a new run from ``cfg`` (see ``config.load_config``)."""
+    """Train a new run from ``cfg`` (see ``config.load_config``).
+
+    With ``distribute.strategy: multi_worker`` the run folder is ``run.project/run.name``
+    exactly, and running the same command again continues it from its last completed
+    epoch (what a restarted worker does).
+    """
     return _run(cfg, None, None)
+
+
+def _resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
+    """The checkpoint's metadata, after checking that the run can go on with ``cfg``."""
+    paths = runs.RunPaths(run_dir)
+    meta = checkpoint.read_meta(paths.checkpoint)
+    done = meta["epochs_completed"]
+    extended = cfg.train.epochs != original.train.epochs
+    if meta["status"] == "stopped_early" and not extended:
+        raise UserError(f"{run_dir} stopped early after {done} epochs",
+                        hint=f"to train further: resnet-builder train --resume {run_dir} "
+                             f"--set train.epochs=N (N > {done})")
+    if done >= cfg.train.epochs:
+        raise UserError(f"{run_dir} already finished its {done} epochs",
+                        hint=f"to extend it: resnet-builder train --resume {run_dir} "
+                             f"--set train.epochs=N (N > {done})")
+    if extended:
+        dump_config(cfg, paths.config)
+        progress.say(cfg.run.progress,
+                     f"extending {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
+                     f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
+        meta["stale_epochs"] = 0  # an extended run gets a fresh patience
+    return meta
 
 
 def resume(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> TrainResult:
@@ -406,22 +657,4 @@ def resume(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> TrainResult:
     if not paths.checkpoint.exists():
         progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")
         return _run(cfg, paths.root, None)
-    meta = checkpoint.read_meta(paths.checkpoint)
-    done = meta["epochs_completed"]
-    extended = cfg.train.epochs != original.train.epochs
-    if meta["status"] == "stopped_early" and not extended:
-        raise UserError(f"{run_dir} stopped early after {done} epochs",
-                        hint=f"to train further: resnet-builder train --resume {run_dir} "
-                             f"--set train.epochs=N (N > {done})")
-    if done >= cfg.train.epochs:
-        raise UserError(f"{run_dir} already finished its {done} epochs",
-                        hint=f"to extend it: resnet-builder train --resume {run_dir} "
-                             f"--set train.epochs=N (N > {done})")
-    if extended:
-        dump_config(cfg, paths.config)
-        progress.say(cfg.run.progress,
-                     f"extending {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
-                     f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
-    if extended:
-        meta["stale_epochs"] = 0  # an extended run gets a fresh patience
-    return _run(cfg, paths.root, meta)
+    return _run(cfg, paths.root, _resume_meta(paths.root, cfg, original))
