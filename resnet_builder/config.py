@@ -98,7 +98,6 @@ class DataConfig:
     validation_split: float = _key(0.2, "Share held out for validation when the source has no "
                                    "validation split of its own.", min=0.0, max=0.9)
     cache: bool = _key(True, "Cache decoded images in memory when they fit.")
-    shuffle_buffer: int = _key(10000, "Shuffle buffer size (images).", min=1)
     normalize: bool = _key(True, "Per-channel mean/std computed on the training split, stored "
                            "in the model.")
     synthetic_samples: int = _key(512, "Images in the synthetic source.", min=2)
