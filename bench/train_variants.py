@@ -67,11 +67,14 @@ def fit_variant(name: str, batch: int, metrics: bool = True, spe: int = 1) -> C.
     clock = Clock()
 
     def run(steps: int):
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
+        # One execution more than timed: the clock starts at the end of the first one,
+        # so fit's per-call set-up (iterator, callbacks) is not counted against it.
+        steps = spe * max(1, round(steps / spe))
+        model.fit(data, steps_per_epoch=steps + spe, epochs=1, verbose=0, callbacks=[clock])
         (s0, t0), (s1, t1) = clock.marks[0], clock.marks[-1]
-        return (s1 - s0) * batch, t1 - t0  # steady state: first batch end to last
+        return (s1 - s0) * batch, t1 - t0
 
-    run(2 * spe)
+    run(spe)
     return C.Variant(name, DESCRIPTIONS[name], run)
 
 
@@ -186,6 +189,9 @@ def main(argv=None) -> dict:
     p.add_argument("--intra", type=int, default=None)
     p.add_argument("--inter", type=int, default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--serve", action="store_true",
+                   help="build the variants, print READY, then run 'VARIANT STEPS' lines from "
+                        "stdin, answering one JSON line each (for process_variants.py)")
     args = p.parse_args(argv)
 
     from resnet_builder import speed
@@ -198,6 +204,8 @@ def main(argv=None) -> dict:
         start = C.timer()
         variants.append(make_variant(name, args.batch))
         print(f"built+warmed {name} in {C.timer() - start:.0f}s", flush=True)
+    if args.serve:
+        return serve({v.name: v for v in variants}, threads)
     table = C.round_robin(variants, args.rounds, args.steps, args.baseline,
                           log=lambda s: print(s, flush=True))
     mm = table.get("matmul", {}).get("per_s")
@@ -219,6 +227,18 @@ def main(argv=None) -> dict:
                "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "table": table}
     C.write_json(args.json, payload)
     return payload
+
+
+def serve(variants: dict, threads) -> dict:
+    import json
+
+    print("READY " + json.dumps({"threads": threads}), flush=True)
+    for line in sys.stdin:
+        name, steps = line.split()
+        images, seconds = variants[name].run(int(steps))
+        print("RESULT " + json.dumps({"variant": name, "images": images, "seconds": seconds}),
+              flush=True)
+    return {}
 
 
 if __name__ == "__main__":
