@@ -30,6 +30,8 @@ SETTINGS = {
     "intra1_inter2": ({}, ["--intra", "1", "--inter", "2"]),
     "intra2_inter2": ({}, ["--intra", "2", "--inter", "2"]),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, []),
+    # oneDNN may run float32 convolutions/matmuls with bfloat16 arithmetic (fp32 model).
+    "fpmath_bf16": ({"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}, []),
 }
 
 
@@ -58,7 +60,11 @@ class Worker:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait()
+        try:  # TensorFlow can take long to tear down; the results are in already
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main(argv=None) -> dict:
@@ -89,8 +95,6 @@ def main(argv=None) -> dict:
                   flush=True)
         for k in now:
             ratios[k].append(now[k] / now[base])
-    for w in workers:
-        w.close()
     print(f"\n{'setting':15s} {'variant':20s} {'img/s':>7s} {'x ' + '/'.join(base):>22s}")
     table = {}
     for k in rates:
@@ -99,6 +103,8 @@ def main(argv=None) -> dict:
         print(f"{k[0]:15s} {k[1]:20s} {statistics.median(rates[k]):7.1f} "
               f"{statistics.median(ratios[k]):22.2f}")
     C.write_json(args.json, {"args": vars(args), "table": table})
+    for w in workers:
+        w.close()
     return table
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
-import math
 import os
 import re
 import sys
@@ -67,7 +65,7 @@ def op_times(logdir: str) -> collections.Counter:
             for event in line.events:
                 name = names.get(event.metadata_id, "")
                 # TF op events read "op_name:OpType"; other host events (Python, executor) skip.
-                if ":" not in name or name.startswith(("$", "Eager")):
+                if ":" not in name or "::" in name or name.startswith(("$", "Eager")):
                     continue
                 op_type = name.rsplit(":", 1)[1]
                 if not re.fullmatch(r"_?[A-Z][A-Za-z0-9_]*", op_type):

@@ -29,8 +29,12 @@ DESCRIPTIONS = {
     "fit": "model.fit, SGD momentum, sparse CE, accuracy metric (Keras default path)",
     "fit_nometric": "model.fit without the accuracy metric",
     "fit_spe8": "model.fit with steps_per_execution=8",
+    "fit_fbn": "model.fit after speed.fuse_batch_norm(model)",
+    "fit_fbn_bf16": "model.fit, fused BN, model built under mixed_bfloat16",
     "step1": "speed.make_train_function, 1 step per call",
     "step8": "speed.make_train_function, 8 steps per call (tf.range loop)",
+    "step1_fbn_bf16": "fused BN + mixed_bfloat16, 1 step per call",
+    "step32_fbn_bf16": "fused BN + mixed_bfloat16, 32 steps per call",
     "step8_onehot": "as step8, one-hot labels + CategoricalCrossentropy",
     "step8_xla": "as step8, per-replica step jit_compile=True",
     "step8_bf16": "as step8, model built under mixed_bfloat16",
@@ -51,7 +55,12 @@ DESCRIPTIONS = {
 def fit_variant(name: str, batch: int, metrics: bool = True, spe: int = 1) -> C.Variant:
     import keras
 
-    model = C.build()
+    from resnet_builder import speed
+
+    parts = set(name.split("_")[1:])
+    model = C.build("mixed_bfloat16" if "bf16" in parts else None)
+    if "fbn" in parts:
+        speed.fuse_batch_norm(model)
     model.compile(optimizer=C.sgd(), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"] if metrics else None, steps_per_execution=spe)
     assert not model.jit_compile, "fit on CPU should not use XLA by default"
@@ -170,6 +179,8 @@ def make_variant(name: str, batch: int) -> C.Variant:
         return fit_variant(name, batch, metrics=False)
     if name == "fit_spe8":
         return fit_variant(name, batch, spe=8)
+    if name.startswith("fit_fbn"):
+        return fit_variant(name, batch)
     if name.startswith("step"):
         return step_variant(name, batch)
     if name == "pipeline_only":

@@ -56,7 +56,7 @@ def test_matches_a_plain_gradient_tape_step():
     x, y = next(iter(learnable_data(n=16, batch=16)))
     opt_a, opt_b = keras.optimizers.SGD(0.1, momentum=0.9), keras.optimizers.SGD(0.1, momentum=0.9)
     fn = speed.make_train_function(a, opt_a, sparse_ce())
-    loss_sum, _, count = fn(iter([(x, y)]))
+    loss_sum, _, count = fn(iter(tf.data.Dataset.from_tensors((x, y))))
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy()(y, b(x, training=True))
     opt_b.apply_gradients(zip(tape.gradient(loss, b.trainable_variables), b.trainable_variables))
