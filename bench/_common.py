@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: the model under test, synthetic data, round-robin timing.
 
 Every benchmark here times its variants *in one process, alternating*: round r
-runs variant A for a few steps, then B, then C, ..., then round r+1 again. On
+runs variant A for a few steps, then B, then C, ..., then the baseline once
+more, then round r+1. On
 a machine other people share, load comes and goes; alternating puts each
 variant under the same load, so the per-round ratio to the baseline is far
 steadier than the absolute images/s. We report medians over the rounds.
@@ -133,6 +134,7 @@ def round_robin(variants: list[Variant], rounds: int, steps: int, baseline: str 
                 log: Callable[[str], None] = print) -> dict:
     """Alternate the variants for ``rounds`` rounds; medians and per-round ratios to baseline."""
     ratios: dict[str, list[float]] = {v.name: [] for v in variants}
+    base = next((v for v in variants if v.name == baseline), None)
     for r in range(rounds):
         this_round = {}
         for v in variants:
@@ -140,9 +142,15 @@ def round_robin(variants: list[Variant], rounds: int, steps: int, baseline: str 
             v.results.append(images / seconds)
             this_round[v.name] = images / seconds
             log(f"round {r + 1}/{rounds} {v.name:28s} {images / seconds:8.1f} /s")
-        if baseline in this_round:
+        if base is not None:
+            # The baseline runs again at the end of the round: load that changes during
+            # the round then moves both of its measurements, not just the variants'.
+            images, seconds = base.run(steps)
+            log(f"round {r + 1}/{rounds} {base.name + ' (again)':28s} {images / seconds:8.1f} /s")
+            base.results.append(images / seconds)
+            reference = (this_round[base.name] + images / seconds) / 2
             for name, rate in this_round.items():
-                ratios[name].append(rate / this_round[baseline])
+                ratios[name].append(rate / reference)
     return {
         v.name: {
             "note": v.note,

@@ -25,15 +25,28 @@ DESCRIPTIONS = {
     "call_xla": "the same with jit_compile=True, batches of 128",
     "call_bf16": "a mixed_bfloat16 copy of the model (same weights), batches of 128",
     "predict_bf16": "model.predict on the mixed_bfloat16 copy, batch 128",
+    "predict_fbn": "model.predict after speed.fuse_batch_norm (fused inference BN)",
+    "call_fbn": "tf.function call after speed.fuse_batch_norm, batches of 128",
+    "call_fbn_bf16": "mixed_bfloat16 copy with fused BN, tf.function, batches of 128",
 }
 
 
 def make(name: str, model, x) -> C.Variant:
     import tensorflow as tf
 
+    from resnet_builder import speed
+
     n = len(x)
+    parts = set(name.split("_")[1:])
+    if "bf16" in parts:
+        target = bf16_copy(model)
+    elif "fbn" in parts:
+        target = keras_copy(model)
+    else:
+        target = model
+    if "fbn" in parts:
+        speed.fuse_batch_norm(target)
     if name.startswith("predict"):
-        target = bf16_copy(model) if name.endswith("bf16") else model
         batch = 512 if name.endswith("b512") else 128
 
         def run(rounds_steps: int):
@@ -41,7 +54,6 @@ def make(name: str, model, x) -> C.Variant:
             target.predict(x, batch_size=batch, verbose=0)
             return n, C.timer() - start
     else:
-        target = bf16_copy(model) if name.endswith("bf16") else model
         batch = 512 if name.endswith("b512") else 128
         fn = tf.function(lambda t: target(t, training=False), jit_compile=name == "call_xla",
                          reduce_retracing=True)
@@ -57,17 +69,16 @@ def make(name: str, model, x) -> C.Variant:
     return C.Variant(name, DESCRIPTIONS[name], run)
 
 
-def bf16_copy(model):
-    import keras
+def keras_copy(model):
+    from resnet_builder import speed
 
-    old = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        copy = keras.models.clone_model(model)
-    finally:
-        keras.mixed_precision.set_global_policy(old)
-    copy.set_weights(model.get_weights())
-    return copy
+    return speed.with_dtype_policy(model, "float32")
+
+
+def bf16_copy(model):
+    from resnet_builder import speed
+
+    return speed.with_dtype_policy(model, "mixed_bfloat16")
 
 
 def main(argv=None) -> dict:

@@ -48,8 +48,11 @@ CATEGORIES = [  # first match wins; matched against the op type
 ]
 
 
-def op_times(logdir: str) -> collections.Counter:
-    """Total picoseconds per op type, from the host plane of the newest XPlane file."""
+def op_times(logdir: str, by_name: collections.Counter | None = None) -> collections.Counter:
+    """Total picoseconds per op type, from the host plane of the newest XPlane file.
+
+    ``by_name`` (optional) also gets the picoseconds per (op name, op type).
+    """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     files = sorted(glob.glob(os.path.join(logdir, "plugins/profile/*/*.xplane.pb")))
@@ -71,7 +74,47 @@ def op_times(logdir: str) -> collections.Counter:
                 if not re.fullmatch(r"_?[A-Z][A-Za-z0-9_]*", op_type):
                     continue
                 totals[op_type] += event.duration_ps
+                if by_name is not None:
+                    by_name[(name.rsplit(":", 1)[0], op_type)] += event.duration_ps
     return totals
+
+
+def conv_table(by_name: collections.Counter, images: int) -> list[dict]:
+    """Conv time per (stage, kernel size, direction), with the GFLOP/s it reached.
+
+    The conv a TF op belongs to is found from the layer name in the op name
+    (``v2_stack_1_block3_2_conv``; the stem is ``conv1_conv``); its multiply-adds
+    per image come from the plan. Forward, input-gradient and filter-gradient
+    convs each do the forward's multiply-adds.
+    """
+    from resnet_builder.architecture import resolve_architecture
+
+    plan, _ = resolve_architecture(C.DEPTH, block_type=C.BLOCK, input_shape=C.SHAPE).plan()
+    convs = {op.name: op for op in plan.ops if op.kind == "conv"}
+    pattern = re.compile("|".join(sorted(map(re.escape, convs), key=len, reverse=True)))
+    groups: dict = collections.defaultdict(lambda: {"ps": 0, "macs": 0, "layers": set()})
+    for (name, op_type), ps in by_name.items():
+        if "Conv2D" not in op_type:
+            continue
+        found = pattern.search(name)
+        if not found:
+            continue
+        op = convs[found.group(0)]
+        stage = re.match(r"v2_stack_(\d+)", op.name)
+        direction = ("filter grad" if "BackpropFilter" in op_type else
+                     "input grad" if "BackpropInput" in op_type else "forward")
+        key = (f"stage {int(stage.group(1)) + 1}" if stage else "stem",
+               f"{op.args['kernel_size']}x{op.args['kernel_size']}", direction)
+        groups[key]["ps"] += ps
+        groups[key]["layers"].add(op.name)
+    rows = []
+    for key, g in sorted(groups.items()):
+        macs = sum(convs[n].macs for n in g["layers"])
+        seconds = g["ps"] / 1e12
+        rows.append({"stage": key[0], "kernel": key[1], "direction": key[2],
+                     "ms_per_image": 1e3 * seconds / images,
+                     "gflops": 2 * macs * images / seconds / 1e9 if seconds else 0.0})
+    return rows
 
 
 def categorise(totals: collections.Counter) -> collections.Counter:
@@ -106,7 +149,8 @@ def main(argv=None) -> dict:
     tf.profiler.experimental.start(logdir)
     images, seconds = variant.run(args.calls * spc)
     tf.profiler.experimental.stop()
-    totals = op_times(logdir)
+    by_name: collections.Counter = collections.Counter()
+    totals = op_times(logdir, by_name)
     cats = categorise(totals)
     total = sum(totals.values())
     per_image_ms = 1e3 * seconds / images
@@ -119,7 +163,12 @@ def main(argv=None) -> dict:
     print(f"\ntop {args.top} op types:")
     for op, ps in totals.most_common(args.top):
         print(f"  {op:44s} {100 * ps / total:5.1f}%")
-    payload = {"variant": args.variant, "images": images, "seconds": seconds,
+    convs = conv_table(by_name, images)
+    print("\nconvolutions by stage, kernel and direction (op time; GFLOP/s while running):")
+    for row in convs:
+        print(f"  {row['stage']:8s} {row['kernel']:4s} {row['direction']:12s} "
+              f"{row['ms_per_image']:6.2f} ms/image {row['gflops']:7.1f} GFLOP/s")
+    payload = {"variant": args.variant, "convs": convs, "images": images, "seconds": seconds,
                "per_image_ms": per_image_ms, "op_ps": dict(totals), "category_ps": dict(cats)}
     C.write_json(args.json, payload)
     return payload

@@ -177,21 +177,23 @@ def make_train_function(
 
 
 def _fused_bn_call(layer):
-    """``layer.call`` for training through TensorFlow's fused batch-norm kernel.
+    """``layer.call`` through TensorFlow's fused batch-norm kernel.
 
     Keras 3's BatchNormalization computes ``tf.nn.moments`` and
     ``tf.nn.batch_normalization`` as separate element-wise ops (about ten
-    passes over the activations, forward and backward); ``FusedBatchNormV3``
-    does it in one kernel each way. Same weights, same moving-average rule
-    (the kernel's unbiased variance is turned back into Keras' biased one).
-    Inference, masks, renorm and synchronized BN keep Keras' own code.
+    passes over the activations, forward and backward, plus casts to float32
+    under mixed precision); ``FusedBatchNormV3`` does each direction in one
+    kernel, and Grappler fuses it with a following ReLU. Same weights, same
+    moving-average rule (the kernel's unbiased batch variance is turned back
+    into the biased one Keras keeps). Masks, renorm, synchronized BN and
+    anything but 4-D inputs normalised over axis 1 or 3 keep Keras' own code.
     """
     keras_call = type(layer).call.__get__(layer)
     axis = layer.axis if isinstance(layer.axis, int) else None
 
     def call(inputs, training=None, mask=None):
-        if (not training or not layer.trainable or mask is not None or layer.renorm
-                or layer.synchronized or len(inputs.shape) != 4 or axis not in (1, 3, -1)):
+        if (mask is not None or layer.renorm or layer.synchronized or len(inputs.shape) != 4
+                or axis not in (1, 3, -1)):
             return keras_call(inputs, training=training, mask=mask)
         x = inputs
         if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
@@ -201,9 +203,15 @@ def _fused_bn_call(layer):
                  else tf.ones([channels], tf.float32))
         beta = (tf.cast(layer.beta, tf.float32) if layer.center
                 else tf.zeros([channels], tf.float32))
+        data_format = "NCHW" if axis == 1 else "NHWC"
+        if not (training and layer.trainable):  # inference: normalise with the moving statistics
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(layer.moving_mean, tf.float32),
+                variance=tf.cast(layer.moving_variance, tf.float32), epsilon=layer.epsilon,
+                is_training=False, data_format=data_format)
+            return tf.cast(y, layer.compute_dtype)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=layer.epsilon, is_training=True,
-            data_format="NCHW" if axis == 1 else "NHWC")
+            x, gamma, beta, epsilon=layer.epsilon, is_training=True, data_format=data_format)
         n = tf.cast(tf.size(x, out_type=tf.int64) // channels, tf.float32)
         variance = variance * ((n - 1.0) / tf.maximum(n, 2.0))  # unbiased -> biased (Keras)
         m = layer.momentum
@@ -217,7 +225,7 @@ def _fused_bn_call(layer):
 
 
 def fuse_batch_norm(model) -> int:
-    """Make every BatchNormalization in ``model`` train with the fused kernel; returns how many.
+    """Make every BatchNormalization in ``model`` use the fused kernel; returns how many.
 
     Only the layers' ``call`` changes (an attribute on each layer object):
     weights, config and saved files stay exactly Keras' BatchNormalization.
@@ -231,3 +239,31 @@ def fuse_batch_norm(model) -> int:
             layer.call = _fused_bn_call(layer)
             count += 1
     return count
+
+
+def with_dtype_policy(model, policy: str):
+    """A copy of ``model`` whose layers compute under ``policy``, with the same weights.
+
+    For training under ``"mixed_bfloat16"`` (CPUs with AVX512_BF16/AMX) or
+    ``"mixed_float16"`` (GPUs) while saving, or predicting on another machine,
+    in ``"float32"``: the variables are float32 under every policy, so weights
+    move both ways with ``get_weights``/``set_weights``. Needs a model whose
+    config carries no per-layer dtypes (``ResNetV2Classifier`` and
+    ``ResNetV2Backbone`` qualify); raises ``ValueError`` otherwise.
+    """
+    import keras
+
+    old = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        copy = type(model).from_config(model.get_config())
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+    wrong = [layer.name for layer in copy._flatten_layers(include_self=False)
+             if layer.weights and layer.dtype_policy.name != policy
+             and layer.name != "predictions"]  # the classifier keeps float32 probabilities
+    if wrong:
+        raise ValueError(f"{type(model).__name__}'s config fixes layer dtypes ({wrong[:3]}...); "
+                         f"cannot rebuild it under {policy!r}")
+    copy.set_weights(model.get_weights())
+    return copy

@@ -154,3 +154,29 @@ def test_matmul_gflops_and_threads():
     intra, inter = speed.configure_cpu_threads()  # None, None: reads, changes nothing
     assert intra >= 0 and inter >= 0
     assert speed.cpu_count() >= 1
+
+
+def test_with_dtype_policy_round_trip():
+    model = tiny_model()
+    bf16 = speed.with_dtype_policy(model, "mixed_bfloat16")
+    assert bf16.backbone.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert bf16.layers[-1].compute_dtype == "float32"
+    back = speed.with_dtype_policy(bf16, "float32")
+    assert {layer.dtype_policy.name for layer in back.backbone.layers} == {"float32"}
+    for u, v in zip(model.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), bf16.predict(x, verbose=0),
+                               atol=0.05)
+
+
+def test_fused_inference_and_xla():
+    model = tiny_model()
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    before = model.predict(x, verbose=0)
+    speed.fuse_batch_norm(model)
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
+    fn = speed.make_train_function(model, keras.optimizers.SGD(0.05), sparse_ce(),
+                                   steps_per_call=2, jit_compile=True)
+    loss, _, count = fn(iter(learnable_data()))
+    assert float(count) == 32 and np.isfinite(float(loss))
