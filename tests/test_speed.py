@@ -86,6 +86,7 @@ def test_under_a_strategy_and_with_xla():
     with strategy.scope():
         model = tiny_model()
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    speed.fuse_batch_norm(model)
     fn = speed.make_train_function(model, optimizer, sparse_ce(), strategy=strategy,
                                    steps_per_call=4, jit_compile=True)
     it = iter(strategy.experimental_distribute_dataset(learnable_data()))
@@ -180,3 +181,11 @@ def test_fused_inference_and_xla():
                                    steps_per_call=2, jit_compile=True)
     loss, _, count = fn(iter(learnable_data()))
     assert float(count) == 32 and np.isfinite(float(loss))
+
+
+def test_recommended_settings():
+    cpu = speed.recommended_settings("cpu")
+    assert cpu["fuse_batch_norm"] and not cpu["jit_compile"]
+    assert cpu["policy"] == ("mixed_bfloat16" if speed.cpu_has_bf16() else "float32")
+    gpu = speed.recommended_settings("gpu")
+    assert gpu["policy"] == "mixed_float16" and gpu["jit_compile"]
