@@ -185,6 +185,9 @@ def make_train_function(
     if steps_per_call < 1:
         raise ValueError(f"`steps_per_call` must be >= 1. Received: {steps_per_call!r}")
     strategy = strategy or tf.distribute.get_strategy()
+    if not optimizer.built:  # slots made here, not lazily inside the traced function
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
     step = _replica_step(model, optimizer, loss_fn, global_batch_size)
     if jit_compile:
         step = tf.function(step, jit_compile=True, reduce_retracing=True)

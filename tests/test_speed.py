@@ -189,3 +189,59 @@ def test_recommended_settings():
     assert cpu["policy"] == ("mixed_bfloat16" if speed.cpu_has_bf16() else "float32")
     gpu = speed.recommended_settings("gpu")
     assert gpu["policy"] == "mixed_float16" and gpu["jit_compile"]
+
+
+TWO_REPLICAS = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from resnet_builder import speed
+from tests.test_speed import learnable_data, sparse_ce
+
+def train(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.GlobalAveragePooling2D(),
+                                  keras.layers.Dense(3, activation="softmax")])
+        opt = keras.optimizers.SGD(0.05, momentum=0.9)
+    fn = speed.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
+    it = iter(strategy.experimental_distribute_dataset(learnable_data(n=48, batch=16)))
+    loss, correct, count = fn(it)
+    return float(loss), float(count), model.get_weights()
+
+one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+assert two[1] == one[1] == 48, (one[1], two[1])
+assert abs(one[0] - two[0]) < 1e-4 * abs(one[0]), (one[0], two[0])
+for a, b in zip(one[2], two[2]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+from tests.test_speed import tiny_model  # our ResNet with fused BN on two replicas
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = tiny_model()
+    opt = keras.optimizers.SGD(0.05, momentum=0.9)
+speed.fuse_batch_norm(model)
+fn = speed.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
+loss, _, count = fn(iter(strategy.experimental_distribute_dataset(learnable_data())))
+assert float(count) == 48 and np.isfinite(float(loss))
+"""
+
+
+def test_two_replicas_match_one(tmp_path):
+    """Loss averaged over the global batch, gradients summed: 2 replicas train as 1.
+
+    (A model without batch norm: BN statistics are per replica by design.)
+    Runs in a fresh process, which can still split its CPU into two devices.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
