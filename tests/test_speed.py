@@ -211,15 +211,16 @@ def train(strategy):
     loss, correct, count = fn(it)
     return float(loss), float(count), model.get_weights()
 
-one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process: a second
+one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))  # one's collectives clash with the first's
+two = train(mirrored)
 assert two[1] == one[1] == 48, (one[1], two[1])
 assert abs(one[0] - two[0]) < 1e-4 * abs(one[0]), (one[0], two[0])
 for a, b in zip(one[2], two[2]):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 from tests.test_speed import tiny_model  # our ResNet with fused BN on two replicas
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+strategy = mirrored
 with strategy.scope():
     model = tiny_model()
     opt = keras.optimizers.SGD(0.05, momentum=0.9)
