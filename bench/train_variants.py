@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C  # noqa: E402
+import _common as C
 
 DESCRIPTIONS = {
     "fit": "model.fit, SGD momentum, sparse CE, accuracy metric (Keras default path)",

@@ -23,6 +23,7 @@ from .architecture import Architecture
 from .classifier import ResNetV2Classifier, build_backbone
 from .config import AugmentConfig, DataConfig
 from .data import load_data
+from .speed import fuse_batch_norm, matmul_gflops
 from .steps import make_loss, make_train_step
 from .summary import model_summary
 
@@ -39,27 +40,11 @@ def _timed(fn, repeats: int) -> float:
     return time.perf_counter() - start
 
 
-def matmul_gflops(size: int = 2048, seconds: float = 1.5) -> float:
-    """The machine's float32 matrix-multiply rate through TensorFlow, in GFLOP/s."""
-    a = tf.random.uniform((size, size))
-    b = tf.random.uniform((size, size))
-
-    @tf.function
-    def product():
-        return tf.reduce_sum(tf.matmul(a, b))
-
-    product().numpy()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        product().numpy()
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
-
-
 def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
                     warmup: int, xla: bool) -> float:
-    """Images/s of the trainer's own step (SGD momentum, cross-entropy)."""
+    """Images/s of the trainer's own step (SGD momentum, cross-entropy, fused batch norm)."""
     model = _model(arch, int(labels.max()) + 1)
+    fuse_batch_norm(model)  # as the trainer does (hardware.fused_batchnorm)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
     step = make_train_step(model, optimizer, make_loss(model.num_classes, 0.0),
@@ -142,7 +127,7 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
     fit = fit_rate(arch, images, labels, batch_size, steps, warmup)
     ours_predict, keras_predict = predict_rates(arch, np.repeat(images, 2, axis=0), batch_size,
                                                 max(2, steps // 3))
-    matmul = matmul_gflops()
+    matmul = matmul_gflops(seconds=2.0)
     train_gflops = 3 * 2 * macs * train / 1e9
     result: dict[str, Any] = {
         "input_shape": [h, w, c],

@@ -135,11 +135,11 @@ def _replica_step(model, optimizer, loss_fn, global_batch_size):
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
             if model.losses:  # weight decay as regularizers, divided across replicas
                 loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
+                    tf.add_n([tf.cast(term, tf.float32) for term in model.losses]))
             scaled = optimizer.scale_loss(loss)  # mixed float16 loss scaling; else unchanged
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         if y.shape.rank == probs.shape.rank:  # one-hot (or smoothed) labels
             labels = tf.argmax(y, axis=-1, output_type=tf.int32)
         else:  # class ids
@@ -206,8 +206,8 @@ def make_train_function(
             if not batch.has_value():
                 break
             x, y = batch.get_value()[:2]
-            l, c, n = run_step(x, y)
-            loss_sum += l
+            step_loss, c, n = run_step(x, y)
+            loss_sum += step_loss
             correct += c
             count += n
         return loss_sum, correct, count

@@ -39,6 +39,7 @@ from .distribute import (
 from .errors import UserError
 from .plots import confusion_matrix, plot_confusion_matrix, plot_curves
 from .schedules import build_schedule
+from .speed import fuse_batch_norm
 from .steps import (
     batchnorm_layers,
     make_eval_step,
@@ -561,6 +562,8 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None) -> TrainResult:
             optimizer.build(model.trainable_variables)
         if cfg.distribute.sync_batchnorm and dist.replicas > 1:
             _synchronize_batchnorm(model)
+        elif cfg.hardware.fused_batchnorm:
+            fuse_batch_norm(model)  # the same weights; TensorFlow's one-kernel batch norm
         run = _Run(cfg, Path(run_dir), dist, meta)
         if meta is not None:
             _restore(run, model, optimizer, dist, meta)
