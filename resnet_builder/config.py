@@ -184,8 +184,9 @@ class HardwareConfig:
                                  "Keras' element-wise batch norm).")
     deterministic: bool = _key(False, "TensorFlow's op determinism (slower by about a third on "
                                "CPU). CPU runs with a seed repeat without it; GPU runs need it.")
-    mixed_precision: str = _key("off", "off, float16 (GPU) or bfloat16.",
-                                choices=("off", "float16", "bfloat16"))
+    mixed_precision: str = _key("auto", "auto (float16 when a GPU is visible, else off), off, "
+                                "float16 (with loss scaling) or bfloat16 (fast on CPUs with "
+                                "AVX512_BF16).", choices=("auto", "off", "float16", "bfloat16"))
     xla: bool = _key(False, "Compile the training step with XLA (jit_compile).")
     threads: int = _key(0, "CPU threads for TensorFlow ops; 0 = TensorFlow's choice.", min=0)
 

@@ -83,6 +83,13 @@ def _configure_hardware(cfg: Config) -> None:
     keras.mixed_precision.set_global_policy(policy[hw.mixed_precision])
 
 
+def resolve_precision(setting: str) -> str:
+    """``auto``: float16 where it pays (a GPU), float32 on a CPU (bfloat16 is a choice)."""
+    if setting != "auto":
+        return setting
+    return "float16" if tf.config.list_physical_devices("GPU") else "off"
+
+
 def make_model(cfg: Config, data: DataBundle) -> ResNetV2Classifier:
     """The classifier the config describes, sized and normalised for ``data``."""
     m = cfg.model
@@ -533,6 +540,8 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None) -> TrainResult:
         raise UserError("distribute.strategy multi_worker needs hardware.seed",
                         hint="every worker must shuffle and augment the same way; set "
                              "hardware.seed to a number (the default is 0)", exit_code=2)
+    cfg = replace(cfg, hardware=replace(
+        cfg.hardware, mixed_precision=resolve_precision(cfg.hardware.mixed_precision)))
     _configure_hardware(cfg)
     dist = make_strategy(cfg.distribute.strategy,
                          connect_timeout=cfg.distribute.connect_timeout,

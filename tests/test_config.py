@@ -522,7 +522,7 @@ def test_describe_keys_covers_every_field_with_default_and_allowed_values() -> N
     assert [key for key, _, _ in rows] == fields
     table = {key: (default, help) for key, default, help in rows}
     assert table["train.epochs"] == ("15", "Epochs to train. Allowed: an integer >= 1.")
-    assert table["hardware.mixed_precision"][0] == "'off'"
+    assert table["hardware.mixed_precision"][0] == "auto"
     assert "one of sgd, adam, adamw" in table["optim.optimizer"][1]
     assert "a list of integers >= 1, or null" in table["model.stackwise_blocks"][1]
     assert "in [0, 0.99]" in table["model.dropout"][1]

@@ -244,3 +244,13 @@ def test_cli_train_line_progress_and_resume_messages(tmp_path):
     assert again.exit_code == 1 and "already finished" in again.output
     missing = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
     assert missing.exit_code == 1 and "not a run folder" in missing.output
+
+
+def test_auto_precision_is_float16_only_with_a_gpu(monkeypatch):
+    import tensorflow as tf
+
+    assert trainer.resolve_precision("bfloat16") == "bfloat16"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert trainer.resolve_precision("auto") == "off"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert trainer.resolve_precision("auto") == "float16"
