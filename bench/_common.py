@@ -98,7 +98,7 @@ def synthetic_pool(batch: int, batches: int = 4, seed: int = 0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batches, batch) + SHAPE).astype("float32")
+    x = rng.normal(size=(batches, batch, *SHAPE)).astype("float32")
     y = rng.integers(0, CLASSES, size=(batches, batch)).astype("int32")
     return x, y
 

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C  # noqa: E402
+import _common as C
 
 DESCRIPTIONS = {
     "predict": "model.predict(x, batch_size=128)",
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     model = C.build()
-    x = np.random.default_rng(0).normal(size=(args.images,) + C.SHAPE).astype("float32")
+    x = np.random.default_rng(0).normal(size=(args.images, *C.SHAPE)).astype("float32")
     variants = [make(name, model, x) for name in args.variants.split(",")]
     table = C.round_robin(variants, args.rounds, 1, "predict", log=lambda s: print(s, flush=True))
     flops = 2 * C.macs_per_image()

@@ -23,7 +23,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common as C  # noqa: E402
+import _common as C
 
 CATEGORIES = [  # first match wins; matched against the op type
     ("conv backprop filter", r"Conv2DBackpropFilter"),
@@ -31,7 +31,8 @@ CATEGORIES = [  # first match wins; matched against the op type
     ("conv forward", r"Conv2D|_FusedConv2D|DepthwiseConv"),
     ("batch-norm fused (fwd+grad)", r"FusedBatchNorm"),
     ("matmul (dense head)", r"MatMul|BatchMatMul"),
-    ("reductions (BN moments/grads, bias grads)", r"^(_Mkl)?(Sum|Mean|BiasAddGrad|Max|ArgMax|Prod)$"),
+    ("reductions (BN moments/grads, bias grads)",
+     r"^(_Mkl)?(Sum|Mean|BiasAddGrad|Max|ArgMax|Prod)$"),
     ("relu + relu grad", r"Relu"),
     ("element-wise arithmetic", r"^(_Mkl)?(Add|AddV2|AddN|Sub|Mul|RealDiv|Div|DivNoNan|Square|"
      r"SquaredDifference|Rsqrt|RsqrtGrad|Neg|Maximum|Minimum|BiasAdd|Sqrt|Reciprocal|Log|Exp|"

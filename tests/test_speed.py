@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_builder import build_model
-from resnet_builder import speed
+from resnet_builder import build_model, speed
 
 
 def tiny_model(policy: str | None = None, seed: int = 0):
@@ -59,9 +58,10 @@ def test_matches_a_plain_gradient_tape_step():
     loss_sum, _, count = fn(iter(tf.data.Dataset.from_tensors((x, y))))
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy()(y, b(x, training=True))
-    opt_b.apply_gradients(zip(tape.gradient(loss, b.trainable_variables), b.trainable_variables))
+    grads = tape.gradient(loss, b.trainable_variables)
+    opt_b.apply_gradients(zip(grads, b.trainable_variables, strict=True))
     np.testing.assert_allclose(float(loss_sum) / float(count), float(loss), rtol=1e-5)
-    for u, v in zip(a.get_weights(), b.get_weights()):
+    for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6)
 
 
@@ -90,7 +90,7 @@ def test_under_a_strategy_and_with_xla():
     fn = speed.make_train_function(model, optimizer, sparse_ce(), strategy=strategy,
                                    steps_per_call=4, jit_compile=True)
     it = iter(strategy.experimental_distribute_dataset(learnable_data()))
-    loss, correct, count = fn(it)
+    loss, _, count = fn(it)
     assert float(count) == 48 and np.isfinite(float(loss))
 
 
@@ -129,7 +129,7 @@ def test_fused_batch_norm_matches_keras(axis):
         outs.append(y)
         grads.append(tape.gradient(loss, [x, bn.gamma, bn.beta]))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
-    for g0, g1 in zip(*grads):
+    for g0, g1 in zip(*grads, strict=True):
         np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(plain.moving_mean, fused.moving_mean, atol=1e-6)
     np.testing.assert_allclose(plain.moving_variance, fused.moving_variance, rtol=1e-5)
@@ -164,7 +164,7 @@ def test_with_dtype_policy_round_trip():
     assert bf16.layers[-1].compute_dtype == "float32"
     back = speed.with_dtype_policy(bf16, "float32")
     assert {layer.dtype_policy.name for layer in back.backbone.layers} == {"float32"}
-    for u, v in zip(model.get_weights(), back.get_weights()):
+    for u, v in zip(model.get_weights(), back.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), bf16.predict(x, verbose=0),
@@ -216,7 +216,7 @@ one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))  # one's collectives clas
 two = train(mirrored)
 assert two[1] == one[1] == 48, (one[1], two[1])
 assert abs(one[0] - two[0]) < 1e-4 * abs(one[0]), (one[0], two[0])
-for a, b in zip(one[2], two[2]):
+for a, b in zip(one[2], two[2], strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 from tests.test_speed import tiny_model  # our ResNet with fused BN on two replicas
