@@ -32,13 +32,17 @@ SETTINGS = {
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, []),
     # oneDNN may run float32 convolutions/matmuls with bfloat16 arithmetic (fp32 model).
     "fpmath_bf16": ({"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}, []),
+    # Keras on the JAX backend (fit = XLA); jax must be importable, e.g. installed with
+    # `pip install --target DIR jax jaxlib` and DIR added to PYTHONPATH. fit variants only.
+    "jax": ({"KERAS_BACKEND": "jax"}, []),
 }
 
 
 class Worker:
     def __init__(self, setting: str, variants: str, batch: int) -> None:
         env_add, thread_args = SETTINGS[setting]
-        env = {**os.environ, **env_add, "PYTHONPATH": C.ROOT}
+        path = os.pathsep.join(p for p in (C.ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **env_add, "PYTHONPATH": path}
         cmd = [sys.executable, os.path.join(HERE, "train_variants.py"), "--serve",
                "--variants", variants, "--batch", str(batch), *thread_args]
         self.setting = setting

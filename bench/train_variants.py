@@ -30,6 +30,7 @@ DESCRIPTIONS = {
     "fit_nometric": "model.fit without the accuracy metric",
     "fit_spe8": "model.fit with steps_per_execution=8",
     "fit_fbn": "model.fit after speed.fuse_batch_norm(model)",
+    "fit_bf16": "model.fit, model built under mixed_bfloat16 (Keras BN)",
     "fit_fbn_bf16": "model.fit, fused BN, model built under mixed_bfloat16",
     "step1": "speed.make_train_function, 1 step per call",
     "step8": "speed.make_train_function, 8 steps per call (tf.range loop)",
@@ -63,7 +64,8 @@ def fit_variant(name: str, batch: int, metrics: bool = True, spe: int = 1) -> C.
         speed.fuse_batch_norm(model)
     model.compile(optimizer=C.sgd(), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"] if metrics else None, steps_per_execution=spe)
-    assert not model.jit_compile, "fit on CPU should not use XLA by default"
+    if keras.backend.backend() == "tensorflow":
+        assert not model.jit_compile, "fit on CPU should not use XLA by default"
     data = C.pool_dataset(batch)
 
     class Clock(keras.callbacks.Callback):
@@ -179,7 +181,7 @@ def make_variant(name: str, batch: int) -> C.Variant:
         return fit_variant(name, batch, metrics=False)
     if name == "fit_spe8":
         return fit_variant(name, batch, spe=8)
-    if name.startswith("fit_fbn"):
+    if name.startswith(("fit_fbn", "fit_bf16")):
         return fit_variant(name, batch)
     if name.startswith("step"):
         return step_variant(name, batch)

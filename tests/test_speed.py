@@ -90,7 +90,7 @@ def test_under_a_strategy_and_with_xla():
     fn = speed.make_train_function(model, optimizer, sparse_ce(), strategy=strategy,
                                    steps_per_call=4, jit_compile=True)
     it = iter(strategy.experimental_distribute_dataset(learnable_data()))
-    loss, _correct, count = fn(it)
+    loss, _, count = fn(it)
     assert float(count) == 48 and np.isfinite(float(loss))
 
 
@@ -216,7 +216,7 @@ one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))  # one's collectives clas
 two = train(mirrored)
 assert two[1] == one[1] == 48, (one[1], two[1])
 assert abs(one[0] - two[0]) < 1e-4 * abs(one[0]), (one[0], two[0])
-for a, b in zip(one[2], two[2]):
+for a, b in zip(one[2], two[2], strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 from tests.test_speed import tiny_model  # our ResNet with fused BN on two replicas
