@@ -31,8 +31,8 @@ CLASSES = 10
 
 
 def macs_per_image(depth: int = DEPTH, block: str = BLOCK) -> int:
-    from resnet_builder.architecture import resolve_architecture
-    from resnet_builder.summary import model_summary
+    from resnet_builder.model.architecture import resolve_architecture
+    from resnet_builder.model.summary import model_summary
 
     return model_summary(resolve_architecture(depth, block_type=block, input_shape=SHAPE),
                          CLASSES)["macs_per_image"]
@@ -66,8 +66,8 @@ def build_channels_first(policy: str | None = None, depth: int = DEPTH, block: s
     """
     import keras
 
-    from resnet_builder.architecture import resolve_architecture
-    from resnet_builder.backbone import KERAS_LAYERS
+    from resnet_builder.model.architecture import resolve_architecture
+    from resnet_builder.model.backbone import KERAS_LAYERS
 
     arch = resolve_architecture(depth, block_type=block, input_shape=SHAPE)
     plan, _ = arch.plan()

@@ -45,8 +45,8 @@ CASES = {
 STAND_IN = '''\
 import argparse, json, sys, time
 t0 = time.perf_counter()
-from resnet_builder.architecture import resolve_architecture
-from resnet_builder.keras_file import write_model_file
+from resnet_builder.model.architecture import resolve_architecture
+from resnet_builder.model.keras_writer import write_model_file
 t1 = time.perf_counter()
 p = argparse.ArgumentParser()
 p.add_argument("command", choices=["build"])

@@ -24,7 +24,8 @@ def run(setting: str, depth: int, epochs: int, bundle, batch: int) -> dict:
     import keras
     import numpy as np
 
-    from resnet_builder import build_model, speed
+    from resnet_builder import build_model
+    from resnet_builder.training import speed
 
     keras.utils.set_random_seed(0)
     model = build_model(depth, block_type="bottleneck", num_classes=bundle.num_classes,

@@ -34,7 +34,7 @@ DESCRIPTIONS = {
 def make(name: str, model, x) -> C.Variant:
     import tensorflow as tf
 
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     n = len(x)
     parts = set(name.split("_")[1:])
@@ -70,13 +70,13 @@ def make(name: str, model, x) -> C.Variant:
 
 
 def keras_copy(model):
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     return speed.with_dtype_policy(model, "float32")
 
 
 def bf16_copy(model):
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     return speed.with_dtype_policy(model, "mixed_bfloat16")
 

@@ -88,7 +88,7 @@ def conv_table(by_name: collections.Counter, images: int) -> list[dict]:
     per image come from the plan. Forward, input-gradient and filter-gradient
     convs each do the forward's multiply-adds.
     """
-    from resnet_builder.architecture import resolve_architecture
+    from resnet_builder.model.architecture import resolve_architecture
 
     plan, _ = resolve_architecture(C.DEPTH, block_type=C.BLOCK, input_shape=C.SHAPE).plan()
     convs = {op.name: op for op in plan.ops if op.kind == "conv"}

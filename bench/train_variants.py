@@ -56,7 +56,7 @@ DESCRIPTIONS = {
 def fit_variant(name: str, batch: int, metrics: bool = True, spe: int = 1) -> C.Variant:
     import keras
 
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     parts = set(name.split("_")[1:])
     model = C.build("mixed_bfloat16" if "bf16" in parts else None)
@@ -93,7 +93,7 @@ def step_variant(name: str, batch: int) -> C.Variant:
     import keras
     import tensorflow as tf
 
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     parts = set(name.split("_")[1:])
     spc = int(name.split("_")[0][4:])
@@ -207,7 +207,7 @@ def main(argv=None) -> dict:
                         "stdin, answering one JSON line each (for process_variants.py)")
     args = p.parse_args(argv)
 
-    from resnet_builder import speed
+    from resnet_builder.training import speed
 
     threads = speed.configure_cpu_threads(args.intra, args.inter)
     names = args.variants.split(",")

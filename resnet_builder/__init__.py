@@ -1,15 +1,22 @@
 """resnet-builder: pre-activation ResNets (ResNetV2) of any depth in Keras 3.
 
+The package's rooms (see ARCHITECTURE.md): ``model`` (the network), ``config``
+(the YAML schema), ``data`` (sources -> tf.data), ``training`` (the loop and
+its callbacks), ``inference`` (predict, evaluate, export) and ``benchmark``.
+The names below are the Python API; each is imported on first use.
+
 ``import resnet_builder`` registers the model classes with Keras, so
 ``keras.models.load_model`` reads our ``.keras`` files with no
-``custom_objects``. The one exception is the ``resnet-builder`` command itself:
-it imports Keras only in the commands that need it, so ``--help``, ``depths``,
-``presets`` and ``build --output`` answer without starting TensorFlow.
+``custom_objects``. The one exception is the ``resnet-builder`` command itself
+(and ``python -m resnet_builder``): it imports Keras only in the commands that
+need it, so ``--help``, ``depths``, ``presets`` and ``build --output`` answer
+without starting TensorFlow.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import sys
 from typing import Any
@@ -17,24 +24,30 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ResNetV2Backbone": "backbone",
-    "ResNet18V2Backbone": "backbone",
-    "ResNet34V2Backbone": "backbone",
-    "ResNet50V2Backbone": "backbone",
-    "ResNet101V2Backbone": "backbone",
-    "ResNet152V2Backbone": "backbone",
-    "ResNetV2Classifier": "classifier",
-    "Normalize": "classifier",
-    "build_model": "classifier",
-    "resolve_architecture": "architecture",
-    "backbone_plan": "architecture",
+    "ResNetV2Backbone": "model.backbone",
+    "ResNet18V2Backbone": "model.backbone",
+    "ResNet34V2Backbone": "model.backbone",
+    "ResNet50V2Backbone": "model.backbone",
+    "ResNet101V2Backbone": "model.backbone",
+    "ResNet152V2Backbone": "model.backbone",
+    "ResNetV2Classifier": "model.classifier",
+    "Normalize": "model.classifier",
+    "build_model": "model.classifier",
+    "resolve_architecture": "model.architecture",
+    "backbone_plan": "model.architecture",
     "resolve_depth": "depth",
     "valid_depths": "depth",
-    "PRESETS": "presets",
+    "PRESETS": "model.presets",
     "UserError": "errors",
-    "predict": "predict",
-    "Prediction": "predict",
-    "export_model": "export",
+    "load_config": "config",
+    "train": "training.api",
+    "resume": "training.api",
+    "TrainResult": "training.api",
+    "predict": "inference.predict",
+    "Prediction": "inference.predict",
+    "evaluate": "inference.evaluate",
+    "export": "inference.export",
+    "export_model": "inference.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -42,15 +55,20 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
         return getattr(module, name)
     raise AttributeError(f"module 'resnet_builder' has no attribute {name!r}")
 
 
-def _running_cli() -> bool:
-    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "resnet-builder"
+def running_cli() -> bool:
+    """Whether this process is the ``resnet-builder`` command (console script or ``-m``)."""
+    if sys.argv and os.path.basename(sys.argv[0]) == "resnet-builder":
+        return True
+    argv = getattr(sys, "orig_argv", [])
+    return any(flag == "-m" and module in ("resnet_builder", "resnet_builder.cli")
+               for flag, module in itertools.pairwise(argv))
 
 
-if not _running_cli():
-    from . import backbone as _backbone  # noqa: F401 - registers ResNetV2Backbone
-    from . import classifier as _classifier  # noqa: F401 - registers ResNetV2Classifier
+if not running_cli():
+    from resnet_builder.model import backbone as _backbone  # noqa: F401 - registers the classes
+    from resnet_builder.model import classifier as _classifier  # noqa: F401

@@ -1,5 +1,5 @@
 """``python -m resnet_builder`` runs the CLI."""
 
-from .cli import main
+from resnet_builder.cli import main
 
 main()

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from .errors import UserError
+from resnet_builder.errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
 
@@ -32,7 +32,7 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         if ctx.protected_args and ctx.protected_args[0] in NEEDS_TENSORFLOW:
-            from .runtime import import_tensorflow_quietly
+            from resnet_builder.runtime import import_tensorflow_quietly
 
             import_tensorflow_quietly()
         try:
@@ -102,7 +102,7 @@ def model_options(command):
 
 def architecture_from_options(opts: dict) -> tuple:
     """(Architecture, {num_classes, head, dropout}) from the shared model options."""
-    from .architecture import resolve_architecture
+    from resnet_builder.model.architecture import resolve_architecture
 
     request = _model_request(opts["config_path"])
     given = {"depth": opts["depth"], "preset": opts["preset"], "block_type": opts["block_type"],
@@ -133,14 +133,14 @@ def architecture_from_options(opts: dict) -> tuple:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def build(output, plot, as_json, **opts) -> None:
     """Build a ResNetV2 classifier and summarise it (optionally save and plot it)."""
-    from .summary import model_summary
+    from resnet_builder.model.summary import model_summary
 
     start = time.perf_counter()
     arch, model_args = architecture_from_options(opts)
     summary = model_summary(arch, model_args["num_classes"], model_args["head"])
     summary["plan_seconds"] = round(time.perf_counter() - start, 4)
     if output or plot:
-        from .modelfile import save_model_file
+        from resnet_builder.model.saving import save_model_file
 
         summary.update(save_model_file(arch, output=output, plot=plot, **model_args))
     summary["build_seconds"] = round(time.perf_counter() - start, 3)
@@ -154,7 +154,7 @@ def _model_request(config_path: str | None) -> dict:
     """The model keys of a YAML config, as ``resolve_architecture`` arguments."""
     if not config_path:
         return {}
-    from .config import load_config
+    from resnet_builder.config import load_config
 
     cfg = load_config(config_path)
     m = cfg.model
@@ -224,9 +224,9 @@ def format_summary(s: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def depths(max_depth: int, block_type: str | None, as_json: bool) -> None:
     """List valid depths for both rules with n and parameter count (10 classes, 32x32)."""
-    from .architecture import resolve_architecture
-    from .depth import RULE_NAMES, valid_depths
-    from .summary import model_summary
+    from resnet_builder.depth import RULE_NAMES, valid_depths
+    from resnet_builder.model.architecture import resolve_architecture
+    from resnet_builder.model.summary import model_summary
 
     rows = []
     for rule in valid_depths(max_depth, block_type):
@@ -248,7 +248,7 @@ def depths(max_depth: int, block_type: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def presets(as_json: bool) -> None:
     """List presets with their backbone parameter counts."""
-    from .presets import PRESETS
+    from resnet_builder.model.presets import PRESETS
 
     if as_json:
         click.echo(json.dumps({k: {**v} for k, v in PRESETS.items()}))
@@ -268,7 +268,7 @@ def presets(as_json: bool) -> None:
               help="Override a key, e.g. train.epochs=5 (repeatable).")
 def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> None:
     """Show the default config, or check PATH (with --set overrides) and print it resolved."""
-    from .config import config_to_dict, default_config_yaml, load_config
+    from resnet_builder.config import config_to_dict, default_config_yaml, load_config
 
     if show or not path:
         click.echo(default_config_yaml(), nl=False)
@@ -282,7 +282,7 @@ def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> 
 # --------------------------------------------------------------------------- train
 
 def _config_keys_epilog() -> str:
-    from .config import describe_keys
+    from resnet_builder.config import describe_keys
 
     lines = ["\b", "Config keys (section.key  default  what it does):"]
     for key, default, help_text in describe_keys():
@@ -307,8 +307,8 @@ def _config_keys_epilog() -> str:
 def train(config_path, overrides, resume_dir, name, project, exist_ok, progress,
           strategy) -> None:
     """Train a model from CONFIG.yaml (every key has a default; see below)."""
-    from . import train as trainer
-    from .config import load_config
+    from resnet_builder.config import load_config
+    from resnet_builder.training import run as trainer
 
     flags = {"run.name": name, "run.project": project, "run.exist_ok": exist_ok,
              "run.progress": progress, "distribute.strategy": strategy}
@@ -371,7 +371,7 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
     the reason). Unreadable files never stop the run; the exit code is non-zero
     only when nothing could be predicted.
     """
-    from .predict import predict_to_folder
+    from resnet_builder.inference.predict import predict_to_folder
 
     def said(im) -> None:
         note = "" if model_source else " (newest run under runs/train)"
@@ -420,7 +420,7 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, ou
     FOLDER (FOLDER/<class>/images) or on --config CONFIG.yaml's validation split.
     Writes metrics.json and confusion_matrix.png to PROJECT/NAME or --output.
     """
-    from .evaluate import evaluate_to_folder, format_metrics
+    from resnet_builder.inference.evaluate import evaluate_to_folder, format_metrics
 
     result = evaluate_to_folder(model_source, run=run_dir, data=data_dir, config=config_path,
                                 batch_size=batch_size, top_k=top_k, output=output,
@@ -460,10 +460,10 @@ def export_command(model_source, formats, calibration, samples, output, project,
     (95% for tflite-int8) fails the command. Writes the files, labels.txt and
     export.json to PROJECT/NAME or --output.
     """
-    from .export import describe_result, export_model
+    from resnet_builder.inference.export import describe_result, export_model
 
     if model_source is None:
-        from .runs import latest_run
+        from resnet_builder.runs import latest_run
 
         model_source = str(latest_run())
         click.echo(f"model: {model_source} (newest run under runs/train)")
@@ -495,7 +495,7 @@ def export_command(model_source, formats, calibration, samples, output, project,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(batch_size, steps, warmup, xla, no_pipelines, as_json, **opts) -> None:
     """Measure our training step against model.fit, prediction and the machine (synthetic data)."""
-    from .bench import run_benchmark
+    from resnet_builder.benchmark.run import run_benchmark
 
     arch, model_args = architecture_from_options(opts)
     result = run_benchmark(arch, num_classes=model_args["num_classes"], batch_size=batch_size,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from resnet_builder.errors import UserError
 
 RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
 

@@ -41,9 +41,9 @@ def trained(base: Path) -> Trained:
     import_tensorflow_quietly()
     import keras
 
-    from resnet_builder.classifier import build_model
     from resnet_builder.config import DataConfig, config_from_dict, dump_config
     from resnet_builder.data import load_data
+    from resnet_builder.model.classifier import build_model
 
     keras.utils.set_random_seed(0)
     bundle = load_data(DataConfig(source="digits", image_size=16, channels=1), seed=0)

@@ -18,7 +18,7 @@ from resnet_builder import (
     build_model,
     resolve_architecture,
 )
-from resnet_builder.summary import model_summary
+from resnet_builder.model.summary import model_summary
 
 DATA = Path(__file__).parent / "data"
 KERAS_CV_CONFIGS = {"basic_block": [64, 16], "block": [8, 16]}

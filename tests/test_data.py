@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_builder import cifar
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import DataBundle, SkippedFilesWarning, load_data
+from resnet_builder.data import DataBundle, SkippedFilesWarning, cifar, load_data
 from resnet_builder.errors import UserError
 
 COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cat": (30, 30, 200)}

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_builder import train as trainer
-from resnet_builder.checkpoint import read_meta
 from resnet_builder.config import dump_config, load_config
-from resnet_builder.distribute import Task, _listen, _rendezvous, read_tf_config
 from resnet_builder.errors import UserError
+from resnet_builder.training import run as trainer
+from resnet_builder.training.checkpoint import read_meta
+from resnet_builder.training.distribute import Task, _listen, _rendezvous, read_tf_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from resnet_builder import train as trainer
+from resnet_builder.training import run as trainer
 from resnet_builder.config import load_config
 base = json.loads(sys.argv[1])
 out = {}
@@ -237,8 +237,8 @@ LAUNCHER = """
 import os, sys, time
 from pathlib import Path
 import numpy as np
-from resnet_builder import distribute
-from resnet_builder import train as trainer
+from resnet_builder.training import distribute
+from resnet_builder.training import run as trainer
 
 stall = os.environ.get("TEST_STALL_AFTER_EPOCH")
 if stall:  # save epoch N, say so, then hang like a stuck machine until killed

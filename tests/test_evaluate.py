@@ -12,7 +12,7 @@ from inference_helpers import trained, write_images
 from PIL import Image
 
 from resnet_builder.cli import main
-from resnet_builder.evaluate import Tally, format_metrics
+from resnet_builder.inference.evaluate import Tally, format_metrics
 
 
 @pytest.fixture(scope="session")

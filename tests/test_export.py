@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from inference_helpers import trained, write_images
 
-from resnet_builder import export as export_module
 from resnet_builder.cli import main
 from resnet_builder.errors import UserError
-from resnet_builder.export import resolve_formats, run_tflite
+from resnet_builder.inference import export as export_module
+from resnet_builder.inference.export import resolve_formats, run_tflite
 
 
 @pytest.fixture(scope="session")

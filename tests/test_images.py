@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_builder.errors import UserError
-from resnet_builder.images import (
+from resnet_builder.data.images import (
     IMAGE_EXTENSIONS,
     ImageError,
     find_images,
@@ -18,6 +17,7 @@ from resnet_builder.images import (
     resize_image,
     to_channels,
 )
+from resnet_builder.errors import UserError
 
 
 def _save(img: Image.Image, path: Path, **kwargs) -> Path:

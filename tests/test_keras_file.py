@@ -25,10 +25,10 @@ import keras
 import numpy as np
 import pytest
 
-from resnet_builder import keras_file
-from resnet_builder.architecture import resolve_architecture
-from resnet_builder.classifier import ResNetV2Classifier, build_model
-from resnet_builder.keras_file import (
+from resnet_builder.model import keras_writer as keras_file
+from resnet_builder.model.architecture import resolve_architecture
+from resnet_builder.model.classifier import ResNetV2Classifier, build_model
+from resnet_builder.model.keras_writer import (
     backbone_layer_order,
     functional_layer_order,
     write_model_file,
@@ -254,8 +254,8 @@ def test_writer_does_not_import_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "sys.argv[0] = 'resnet-builder'\n"
-        "from resnet_builder.architecture import resolve_architecture\n"
-        "from resnet_builder.keras_file import write_model_file\n"
+        "from resnet_builder.model.architecture import resolve_architecture\n"
+        "from resnet_builder.model.keras_writer import write_model_file\n"
         f"write_model_file({str(target)!r}, resolve_architecture(depth=20), num_classes=10)\n"
         "loaded = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
         "assert not loaded, loaded\n"

@@ -15,8 +15,8 @@ from inference_helpers import KINDS, save_as, trained, write_images
 from PIL import Image
 
 from resnet_builder.cli import main
-from resnet_builder.images import prepare_image
-from resnet_builder.predict import (
+from resnet_builder.data.images import prepare_image
+from resnet_builder.inference.predict import (
     ImageSource,
     Skipped,
     collect_images,

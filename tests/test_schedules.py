@@ -3,7 +3,7 @@
 import pytest
 
 from resnet_builder.config import ScheduleConfig
-from resnet_builder.schedules import build_schedule
+from resnet_builder.training.schedules import build_schedule
 
 
 def test_he_et_al_cifar_recipe():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_builder import build_model, speed
+from resnet_builder import build_model
+from resnet_builder.training import speed
 
 
 def tiny_model(policy: str | None = None, seed: int = 0):
@@ -196,7 +197,7 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from resnet_builder import speed
+from resnet_builder.training import speed
 from tests.test_speed import learnable_data, sparse_ce
 
 def train(strategy):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_builder import train as trainer
-from resnet_builder.checkpoint import read_meta
 from resnet_builder.cli import main
 from resnet_builder.config import dump_config, load_config
 from resnet_builder.errors import UserError
+from resnet_builder.training import run as trainer
+from resnet_builder.training.checkpoint import read_meta
 
 TINY = [
     "model.depth=8", "model.block_type=basic", "model.bn_momentum=0.9",

@@ -8,9 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from resnet_builder import ResNetV2Backbone, build_model, presets
+from resnet_builder import ResNetV2Backbone, build_model
 from resnet_builder.errors import UserError
-from resnet_builder.weights import keras_applications_name
+from resnet_builder.model import presets
+from resnet_builder.model.weights import keras_applications_name
 
 TINY = {"stackwise_filters": [8, 16], "stackwise_blocks": [2, 2], "stackwise_strides": [1, 2],
         "include_rescaling": True, "block_type": "block"}
@@ -109,7 +110,7 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
     path = tmp_path / "other.h5"
     write_keras_applications_file(path, other, np.random.default_rng(1))
     target = ResNetV2Backbone(**TINY, input_shape=(32, 32, 3))
-    from resnet_builder.weights import load_backbone_weights
+    from resnet_builder.model.weights import load_backbone_weights
 
     with pytest.raises(UserError, match="different network"):
         load_backbone_weights(target, path, layout="keras_applications")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .runs import atomic_write_bytes
+from resnet_builder.errors import UserError
+from resnet_builder.runs import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.cifar import load_cifar
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.errors import UserError
-from resnet_builder.images import (
+from resnet_builder.data.cifar import load_cifar
+from resnet_builder.data.images import (
     ImageError,
     composite_on_white,
     is_image_file,
@@ -47,6 +46,7 @@ from resnet_builder.images import (
     to_channels,
     walk_files,
 )
+from resnet_builder.errors import UserError
 
 log = logging.getLogger(__name__)
 

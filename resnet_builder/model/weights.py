@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from resnet_builder.errors import UserError
 
 _APPS_NAME = re.compile(r"^conv(\d+)_block(\d+)_(.+)$")
 

@@ -24,11 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoint, progress, runs
-from .classifier import ResNetV2Classifier, build_model
-from .config import Config, config_to_dict, dump_config, load_config
-from .data import DataBundle, load_data
-from .distribute import (
+from resnet_builder import runs
+from resnet_builder.config import Config, config_to_dict, dump_config, load_config
+from resnet_builder.data import DataBundle, load_data
+from resnet_builder.errors import UserError
+from resnet_builder.model.classifier import ResNetV2Classifier, build_model
+from resnet_builder.plots import confusion_matrix, plot_confusion_matrix, plot_curves
+from resnet_builder.training import checkpoint, progress
+from resnet_builder.training.distribute import (
     StrategyInfo,
     all_workers,
     distribute_dataset,
@@ -36,11 +39,9 @@ from .distribute import (
     make_strategy,
     variables_from_chief,
 )
-from .errors import UserError
-from .plots import confusion_matrix, plot_confusion_matrix, plot_curves
-from .schedules import build_schedule
-from .speed import fuse_batch_norm
-from .steps import (
+from resnet_builder.training.schedules import build_schedule
+from resnet_builder.training.speed import fuse_batch_norm
+from resnet_builder.training.step import (
     batchnorm_layers,
     make_eval_step,
     make_loss,
@@ -121,7 +122,7 @@ def make_model(cfg: Config, data: DataBundle) -> ResNetV2Classifier:
 
 def load_initial_weights(model: ResNetV2Classifier, source: str) -> None:
     """Start from a preset's pretrained weights, a saved ``.keras`` model or a weights file."""
-    from .presets import PRESETS, load_preset_weights
+    from resnet_builder.model.presets import PRESETS, load_preset_weights
 
     if source in PRESETS:
         load_preset_weights(model.backbone, source)

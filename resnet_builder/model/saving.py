@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .architecture import Architecture
-from .errors import UserError
-from .keras_file import write_model_file
+from resnet_builder.errors import UserError
+from resnet_builder.model.architecture import Architecture
+from resnet_builder.model.keras_writer import write_model_file
 
 
 def _check_suffix(output: str) -> None:
@@ -42,10 +42,10 @@ def save_model_file(arch: Architecture, *, output: str | None, plot: str | None,
         facts.update(output=str(output), output_bytes=os.path.getsize(output),
                      save_seconds=round(time.perf_counter() - start, 3))
     if plot:
-        from .runtime import import_tensorflow_quietly
+        from resnet_builder.runtime import import_tensorflow_quietly
 
         import_tensorflow_quietly()
-        from .classifier import ResNetV2Classifier, build_backbone
+        from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
 
         model = ResNetV2Classifier(build_backbone(arch), num_classes, head=head, dropout=dropout,
                                    **model_args)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import keras
 
-from .architecture import backbone_plan
-from .depth import normalize_block_type
-from .plan import Op, Plan
-from .presets import PRESETS
+from resnet_builder.depth import normalize_block_type
+from resnet_builder.model.architecture import backbone_plan
+from resnet_builder.model.plan import Op, Plan
+from resnet_builder.model.presets import PRESETS
 
 KERAS_LAYERS = {
     "conv": keras.layers.Conv2D,
@@ -133,7 +133,7 @@ class ResNetV2Backbone(keras.Model):
     def from_preset(cls, preset: str, load_weights: bool | None = None,
                     **kwargs) -> ResNetV2Backbone:
         """A preset's network, with its weights when it has them (see presets.py)."""
-        from .presets import backbone_from_preset
+        from resnet_builder.model.presets import backbone_from_preset
 
         return backbone_from_preset(preset, load_weights=load_weights, **kwargs)
 

@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .images import find_images
-from .predict import InferenceModel, decoded_batches, load_inference_model
-from .runs import RunPaths, atomic_write_bytes, latest_run, new_run_dir, write_json
+from resnet_builder.data.images import find_images
+from resnet_builder.errors import UserError
+from resnet_builder.inference.predict import InferenceModel, decoded_batches, load_inference_model
+from resnet_builder.runs import RunPaths, atomic_write_bytes, latest_run, new_run_dir, write_json
 
 FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
 FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",
@@ -64,7 +64,7 @@ def _quiet() -> Iterator[None]:
     if os.environ.get("RESNET_BUILDER_DEBUG"):
         yield
         return
-    from .runtime import _stderr_silenced
+    from resnet_builder.runtime import _stderr_silenced
 
     loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl", "tensorflow")]
     levels = [lg.level for lg in loggers]
@@ -189,8 +189,8 @@ def sample_images(im: InferenceModel, *, config: Path | None, calibration: str |
 
 
 def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
-    from .config import load_config
-    from .data import load_data
+    from resnet_builder.config import load_config
+    from resnet_builder.data import load_data
 
     cfg = load_config(config)
     d = cfg.data

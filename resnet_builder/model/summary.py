@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .architecture import Architecture, head_layers
-from .depth import RULE_NAMES
+from resnet_builder.depth import RULE_NAMES
+from resnet_builder.model.architecture import Architecture, head_layers
 
 
 def _stages(plan, pyramid: dict[str, str], arch: Architecture) -> list[dict[str, Any]]:

@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from .architecture import Architecture, check_classifier_args, head_layers
-from .depth import normalize_block_type
-from .plan import Op, Plan
+from resnet_builder.depth import normalize_block_type
+from resnet_builder.model.architecture import Architecture, check_classifier_args, head_layers
+from resnet_builder.model.plan import Op, Plan
 
 VERIFIED_KERAS = "3.15"  # major.minor whose file layout this module reproduces
 
@@ -183,7 +183,7 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
     classifier = {
         "name": name or CLASSIFIER_NAME,
         "trainable": True,
-        "backbone": _serialized("resnet_builder.backbone", "ResNetV2Backbone", backbone),
+        "backbone": _serialized("resnet_builder.model.backbone", "ResNetV2Backbone", backbone),
         "num_classes": num_classes,
         "head": head,
         "dropout": float(dropout),
@@ -191,7 +191,7 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "std": None if std is None else [float(s) for s in std],
         "class_names": None if class_names is None else [str(c) for c in class_names],
     }
-    return _serialized("resnet_builder.classifier", "ResNetV2Classifier", classifier)
+    return _serialized("resnet_builder.model.classifier", "ResNetV2Classifier", classifier)
 
 
 # --------------------------------------------------------------------------- weights

@@ -29,10 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .images import is_image_file, walk_files
-from .predict import InferenceModel, Skipped, decoded_batches, load_inference_model
-from .runs import RunPaths, atomic_write_bytes, latest_run, model_path, new_run_dir, write_json
+from resnet_builder.data.images import is_image_file, walk_files
+from resnet_builder.errors import UserError
+from resnet_builder.inference.predict import (
+    InferenceModel,
+    Skipped,
+    decoded_batches,
+    load_inference_model,
+)
+from resnet_builder.runs import (
+    RunPaths,
+    atomic_write_bytes,
+    latest_run,
+    model_path,
+    new_run_dir,
+    write_json,
+)
 
 DEFAULT_PROJECT = "runs/evaluate"
 
@@ -167,7 +179,7 @@ def folder_data(folder: str | os.PathLike, im: InferenceModel, batch_size: int) 
 
 def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> LabelledData:
     """The validation split of a config's data, rebuilt with its seed."""
-    from .data import load_data
+    from resnet_builder.data import load_data
 
     d = cfg.data
     if (d.image_size, d.channels) != (im.image_size, im.channels):
@@ -214,7 +226,7 @@ class Evaluation:
 def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike | None,
             config: str | os.PathLike | None) -> tuple[Any, Any, str]:
     """(model source, config or None, where) from the evaluate arguments."""
-    from .config import load_config
+    from resnet_builder.config import load_config
 
     if data is not None and config is not None:
         raise UserError("pass --data or --config, not both")
@@ -275,7 +287,7 @@ def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = Non
                        project: str | os.PathLike = DEFAULT_PROJECT, name: str = "exp",
                        exist_ok: bool = False) -> Evaluation:
     """``evaluate`` and write metrics.json, confusion_matrix.png (and skipped.csv)."""
-    from .predict import write_skipped
+    from resnet_builder.inference.predict import write_skipped
 
     result = evaluate(model, run=run, data=data, config=config, batch_size=batch_size,
                       top_k=top_k)

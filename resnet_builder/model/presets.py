@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from resnet_builder.errors import UserError
 
 _IMAGENET = {"stackwise_filters": [64, 128, 256, 512], "stackwise_strides": [1, 2, 2, 2],
              "include_rescaling": True}
@@ -146,7 +146,7 @@ def backbone_config(preset: str, **overrides: Any) -> dict[str, Any]:
 def load_preset_weights(backbone, preset: str,
                         weights_file: str | os.PathLike | None = None) -> None:
     """Load the preset's pretrained weights (found or fetched by ``weights_path``)."""
-    from .weights import load_backbone_weights
+    from resnet_builder.model.weights import load_backbone_weights
 
     spec = get_preset(preset).get("weights")
     if spec is None:
@@ -161,7 +161,7 @@ def backbone_from_preset(preset: str, load_weights: bool | None = None,
 
     ``load_weights=None`` follows whether the preset has weights, as keras-cv.
     """
-    from .backbone import ResNetV2Backbone
+    from resnet_builder.model.backbone import ResNetV2Backbone
 
     has_weights = "weights" in get_preset(preset)
     backbone = ResNetV2Backbone(**backbone_config(preset, **kwargs))

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import blocks
-from .depth import DepthRule, normalize_block_type, resolve_depth
-from .plan import Plan
+from resnet_builder.depth import DepthRule, normalize_block_type, resolve_depth
+from resnet_builder.model import blocks
+from resnet_builder.model.plan import Plan
 
 
 def _int_list(name: str, values: object, *, minimum: int) -> list[int]:
@@ -183,7 +183,7 @@ def resolve_architecture(
         }
         return Architecture("depth", backbone, shape or (32, 32, 3), depth_rule=rule)
     if ways == ["preset"]:
-        from .presets import backbone_config
+        from resnet_builder.model.presets import backbone_config
 
         overrides = dict(extra)
         if block_type is not None:

@@ -29,9 +29,7 @@ import io
 import json
 import math
 import os
-import sys
 import time
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .images import ImageError, is_image_file, load_image, prepare_image, walk_files
-from .runs import atomic_write_bytes, latest_run, model_path, new_run_dir
+from resnet_builder.data.images import (
+    ImageError,
+    is_image_file,
+    load_image,
+    prepare_image,
+    walk_files,
+)
+from resnet_builder.errors import UserError
+from resnet_builder.runs import atomic_write_bytes, latest_run, model_path, new_run_dir
 
 DEFAULT_PROJECT = "runs/predict"
 TRAIN_PROJECT = "runs/train"
@@ -95,13 +99,13 @@ def _as_float(images: Any) -> Any:
 def load_inference_model(model: Any = None, *, project: str | os.PathLike = TRAIN_PROJECT
                          ) -> InferenceModel:
     """A model object, a ``.keras`` file or a run folder; None = the newest run's best model."""
-    from .runtime import import_tensorflow_quietly
+    from resnet_builder.runtime import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras
 
-    from . import backbone as _backbone  # noqa: F401 - registers the model classes
-    from . import classifier as _classifier  # noqa: F401
+    from resnet_builder.model import backbone as _backbone  # noqa: F401 - registers the model classes
+    from resnet_builder.model import classifier as _classifier  # noqa: F401
 
     if model is None:
         run = latest_run(project)
@@ -643,18 +647,3 @@ def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) 
     if len(skipped) > shown:
         lines.append(f"  ... and {len(skipped) - shown} more")
     return "\n".join(lines)
-
-
-class _CallableModule(types.ModuleType):
-    """``resnet_builder.predict`` names both this module and the function ``predict``.
-
-    Importing the module makes it the package attribute, hiding the function, so
-    the module itself forwards calls: ``resnet_builder.predict(model, paths)``
-    works whichever of the two the attribute is.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Predictions:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -12,7 +12,7 @@ import math
 
 import keras
 
-from .config import ScheduleConfig
+from resnet_builder.config import ScheduleConfig
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .errors import UserError
+from resnet_builder.errors import UserError
 
 JOBS = ("chief", "worker")
 _HELLO = b"resnet-builder hello "

@@ -13,8 +13,12 @@ from typing import Any
 
 import keras
 
-from .architecture import Architecture, check_classifier_args, resolve_architecture
-from .backbone import ResNetV2Backbone
+from resnet_builder.model.architecture import (
+    Architecture,
+    check_classifier_args,
+    resolve_architecture,
+)
+from resnet_builder.model.backbone import ResNetV2Backbone
 
 
 @keras.saving.register_keras_serializable(package="resnet_builder")
@@ -160,7 +164,7 @@ def build_model(
         if arch.preset is None:
             raise ValueError("load_weights=True needs a preset with weights. "
                              f"Received: preset={preset!r}")
-        from .presets import load_preset_weights
+        from resnet_builder.model.presets import load_preset_weights
 
         load_preset_weights(backbone, arch.preset, weights_file)
     kwargs = {"name": name} if name else {}

@@ -19,13 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .architecture import Architecture
-from .classifier import ResNetV2Classifier, build_backbone
-from .config import AugmentConfig, DataConfig
-from .data import load_data
-from .speed import fuse_batch_norm, matmul_gflops
-from .steps import make_loss, make_train_step
-from .summary import model_summary
+from resnet_builder.config import AugmentConfig, DataConfig
+from resnet_builder.data import load_data
+from resnet_builder.model.architecture import Architecture
+from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
+from resnet_builder.model.summary import model_summary
+from resnet_builder.training.speed import fuse_batch_norm, matmul_gflops
+from resnet_builder.training.step import make_loss, make_train_step
 
 
 def _model(arch: Architecture, num_classes: int) -> ResNetV2Classifier:

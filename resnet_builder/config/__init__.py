@@ -32,7 +32,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from resnet_builder.errors import ConfigError
 
 
 def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,

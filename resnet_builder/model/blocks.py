@@ -9,8 +9,8 @@ stage; keras-cv strides the last) and a ``"cifar"`` stem (3x3 conv, no pool).
 
 from __future__ import annotations
 
-from .depth import BASIC, BOTTLENECK
-from .plan import Plan
+from resnet_builder.depth import BASIC, BOTTLENECK
+from resnet_builder.model.plan import Plan
 
 STEMS = {
     # name: (kernel, stride, max-pool after it, pyramid level of its output)
