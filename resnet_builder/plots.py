@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from resnet_builder.files import atomic_save
 
 
 def _pyplot():
@@ -16,6 +19,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Save a matplotlib figure as a PNG atomically, then free it."""
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -37,8 +48,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -69,5 +79,4 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)

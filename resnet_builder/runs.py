@@ -1,23 +1,23 @@
-"""Run folders: naming, layout, results.csv, summary.json and atomic writes.
+"""Run folders: naming, layout, results.csv and finding a trained model.
 
 This module is the one place that knows where things live inside a run
 folder (``RunPaths``) and how runs are named (``exp``, ``exp2``, ... as in
-ultralytics). Writers replace files atomically (temp file + ``os.replace``),
-so a run killed at any moment leaves each file either old or new, never torn.
+ultralytics). Files are written through ``files.py``: atomically, so a run killed
+at any moment leaves each file either old or new, never torn.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resnet_builder.errors import UserError
+from resnet_builder.files import atomic_write_text
 
 RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
 
@@ -65,40 +65,6 @@ class RunPaths:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
-    @property
-    def class_names(self) -> Path:
-        return self.root / "class_names.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save(path: Path, save: Callable[[str], None]) -> None:
-    """Let ``save(temp_path)`` write (same suffix, same folder), then rename onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -109,7 +75,7 @@ def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row.get(k)) for k in RESULTS_COLUMNS})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(value: Any) -> Any:
@@ -118,45 +84,29 @@ def _fmt(value: Any) -> Any:
     return "" if value is None else value
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """results.csv as rows of numbers (empty when the file does not exist yet)."""
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as f:
-        rows = []
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if value in ("", None):
-                    row[key] = None
-                elif key == "epoch":
-                    row[key] = int(value)
-                else:
-                    row[key] = float(value)
-            rows.append(row)
-    return rows
-
-
-def _numbered(name: str, taken: set[str]) -> str:
-    if name not in taken:
-        return name
-    i = 2
-    while f"{name}{i}" in taken:
-        i += 1
-    return f"{name}{i}"
-
-
 def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
-    """``project/name``, or ``name2``, ``name3``... when taken (unless ``exist_ok``)."""
+    """``project/name``, or ``name2``, ``name3``... when taken (unless ``exist_ok``).
+
+    The folder is created with ``exist_ok=False`` and the next number is tried
+    on a clash, so two runs started at the same moment never share a folder.
+    """
     project = Path(project)
     project.mkdir(parents=True, exist_ok=True)
     if exist_ok:
         path = project / name
-    else:
-        taken = {p.name for p in project.iterdir()}
-        path = project / _numbered(name, taken)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    taken = {p.name for p in project.iterdir()}
+    number = 1
+    while True:
+        candidate = name if number == 1 else f"{name}{number}"
+        if candidate not in taken:
+            try:
+                (project / candidate).mkdir()
+                return project / candidate
+            except FileExistsError:  # another run took it between the listing and now
+                pass
+        number += 1
 
 
 def latest_run(project: str | os.PathLike = "runs/train") -> Path:

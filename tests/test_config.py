@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from resnet_builder import config as config_module
+from resnet_builder import files
 from resnet_builder.config import (
     Config,
     config_from_dict,
@@ -480,7 +481,7 @@ def test_dump_config_keeps_the_old_file_when_writing_fails(
     def fail(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(config_module.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         dump_config(Config(), path)
     assert path.read_text() == "old\n"

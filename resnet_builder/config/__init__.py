@@ -19,9 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
-import tempfile
 import textwrap
 import types
 from collections.abc import Sequence
@@ -33,6 +31,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from resnet_builder.errors import ConfigError
+from resnet_builder.files import atomic_write_text
 
 
 def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -900,17 +899,7 @@ def dump_config(cfg: Config, path: str | Path) -> None:
     text = "\n".join(["# Resolved config written by resnet-builder; reload with --config.",
                       *_render(config_to_dict(cfg), comments=False)]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 # ----------------------------------------------------------------------------- docs

@@ -31,20 +31,14 @@ import numpy as np
 
 from resnet_builder.data.images import is_image_file, walk_files
 from resnet_builder.errors import UserError
+from resnet_builder.files import atomic_write_bytes, write_json
 from resnet_builder.inference.predict import (
     InferenceModel,
     Skipped,
     decoded_batches,
     load_inference_model,
 )
-from resnet_builder.runs import (
-    RunPaths,
-    atomic_write_bytes,
-    latest_run,
-    model_path,
-    new_run_dir,
-    write_json,
-)
+from resnet_builder.runs import RunPaths, latest_run, model_path, new_run_dir
 
 DEFAULT_PROJECT = "runs/evaluate"
 

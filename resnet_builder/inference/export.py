@@ -44,8 +44,9 @@ import numpy as np
 
 from resnet_builder.data.images import find_images
 from resnet_builder.errors import UserError
+from resnet_builder.files import atomic_write_bytes, write_json
 from resnet_builder.inference.predict import InferenceModel, decoded_batches, load_inference_model
-from resnet_builder.runs import RunPaths, atomic_write_bytes, latest_run, new_run_dir, write_json
+from resnet_builder.runs import RunPaths, latest_run, new_run_dir
 
 FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
 FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",

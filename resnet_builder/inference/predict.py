@@ -45,7 +45,8 @@ from resnet_builder.data.images import (
     walk_files,
 )
 from resnet_builder.errors import UserError
-from resnet_builder.runs import atomic_write_bytes, latest_run, model_path, new_run_dir
+from resnet_builder.files import atomic_open, atomic_write_bytes
+from resnet_builder.runs import latest_run, model_path, new_run_dir
 
 DEFAULT_PROJECT = "runs/predict"
 TRAIN_PROJECT = "runs/train"
@@ -589,41 +590,35 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     folder = new_run_dir(project, name, exist_ok)
     k = min(top_k, im.num_classes)
     out_file = folder / f"predictions.{fmt}"
-    tmp = out_file.with_name(f".{out_file.name}.tmp{os.getpid()}")
     cam_names = _Names(folder / "cam") if cam else None
     for_grid: list[Prediction] = []
     shown: list[Prediction] = []
     predicted = 0
     start = time.perf_counter()
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+    with atomic_open(out_file, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(csv_columns(k))
+        else:
+            f.write("[")
+        for item in iter_predictions(im, images, top_k=k, batch_size=batch_size, cam=cam):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
             if writer:
-                writer.writerow(csv_columns(k))
+                writer.writerow(csv_row(item))
             else:
-                f.write("[")
-            for item in iter_predictions(im, images, top_k=k, batch_size=batch_size, cam=cam):
-                if isinstance(item, Skipped):
-                    skipped.append(item)
-                    continue
-                if writer:
-                    writer.writerow(csv_row(item))
-                else:
-                    f.write(("," if predicted else "") + "\n  " + json.dumps(item.as_dict()))
-                if cam_names is not None and item.heatmap is not None and item.file:
-                    write_cam(cam_names(item.path), item.file, item.heatmap, im.channels)
-                    item.heatmap = None
-                if grid and len(for_grid) < grid_max:
-                    for_grid.append(item)
-                if len(shown) < show:
-                    shown.append(item)
-                predicted += 1
-            if not writer:
-                f.write("\n]\n" if predicted else "]\n")
-        os.replace(tmp, out_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                f.write(("," if predicted else "") + "\n  " + json.dumps(item.as_dict()))
+            if cam_names is not None and item.heatmap is not None and item.file:
+                write_cam(cam_names(item.path), item.file, item.heatmap, im.channels)
+                item.heatmap = None
+            if grid and len(for_grid) < grid_max:
+                for_grid.append(item)
+            if len(shown) < show:
+                shown.append(item)
+            predicted += 1
+        if not writer:
+            f.write("\n]\n" if predicted else "]\n")
     seconds = time.perf_counter() - start
     write_skipped(folder / "skipped.csv", skipped)
     report = PredictReport(folder=folder, model=im.source, predicted=predicted, skipped=skipped,

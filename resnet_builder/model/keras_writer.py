@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.depth import normalize_block_type
+from resnet_builder.files import atomic_open
 from resnet_builder.model.architecture import Architecture, check_classifier_args, head_layers
 from resnet_builder.model.plan import Op, Plan
 
@@ -369,16 +370,7 @@ def write_model_file(
                              normalize=mean is not None, name=name)
     weights = _h5_image(entries, _Initial(seed))
 
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as open(): umask applies
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
-            zf.writestr(_zip_info("metadata.json", (1980, 1, 1, 0, 0, 0)), json.dumps(metadata))
-            zf.writestr(_zip_info("config.json", (1980, 1, 1, 0, 0, 0)), json.dumps(config))
-            zf.writestr(_zip_info("model.weights.h5", now.timetuple()[:6]), weights)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
+        zf.writestr(_zip_info("metadata.json", (1980, 1, 1, 0, 0, 0)), json.dumps(metadata))
+        zf.writestr(_zip_info("config.json", (1980, 1, 1, 0, 0, 0)), json.dumps(config))
+        zf.writestr(_zip_info("model.weights.h5", now.timetuple()[:6]), weights)

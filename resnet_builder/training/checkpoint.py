@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.errors import UserError
-from resnet_builder.runs import atomic_write_bytes
+from resnet_builder.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

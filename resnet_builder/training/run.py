@@ -28,6 +28,7 @@ from resnet_builder import runs
 from resnet_builder.config import Config, config_to_dict, dump_config, load_config
 from resnet_builder.data import DataBundle, load_data
 from resnet_builder.errors import UserError
+from resnet_builder.files import atomic_save, write_json
 from resnet_builder.model.classifier import ResNetV2Classifier, build_model
 from resnet_builder.plots import confusion_matrix, plot_confusion_matrix, plot_curves
 from resnet_builder.training import checkpoint, progress
@@ -232,11 +233,11 @@ class _Run:
                 checkpoint.save_checkpoint(self.backup, model, optimizer, self._meta())
             return
         runs.write_results(self.paths.results, self.rows)
-        runs.atomic_save(self.paths.last, model.save)
+        atomic_save(self.paths.last, model.save)
         if improved:  # the same bytes: copying beats saving the model twice
-            runs.atomic_save(self.paths.best, lambda tmp: shutil.copyfile(self.paths.last, tmp))
+            atomic_save(self.paths.best, lambda tmp: shutil.copyfile(self.paths.last, tmp))
         checkpoint.save_checkpoint(self.paths.checkpoint, model, optimizer, self._meta())
-        runs.write_json(self.paths.summary, self.summary())
+        write_json(self.paths.summary, self.summary())
 
     def _meta(self) -> dict[str, Any]:
         return {"epochs_completed": len(self.rows), "history": self.rows,
@@ -369,7 +370,7 @@ class _Run:
             writer.close()
         self._finish_outputs(class_names)
         if self.dist.is_chief:
-            runs.write_json(self.paths.summary, self.summary())
+            write_json(self.paths.summary, self.summary())
         elif self.backup is not None and self.status in ("finished", "stopped_early"):
             _remove_backup(self.backup.parent)
 
