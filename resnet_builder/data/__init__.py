@@ -37,14 +37,13 @@ import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.cifar import load_cifar
+from resnet_builder.data.folders import scan_class_folders
 from resnet_builder.data.images import (
     ImageError,
     composite_on_white,
-    is_image_file,
     prepare_image,
     resize_image,
     to_channels,
-    walk_files,
 )
 from resnet_builder.errors import UserError
 
@@ -590,28 +589,17 @@ def _folder_layout(root: Path) -> tuple[Path, Path | None]:
 
 def _scan_classes(split_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[str, str]]]:
     """Image files per class folder, plus files left out because of their name or place."""
-    skipped: list[tuple[str, str]] = []
-    classes: dict[str, list[Path]] = {}
-    for entry in sorted(split_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            skipped.append((str(entry), "not inside a class folder"))
-            continue
-        files = sorted(walk_files(entry), key=lambda p: p.relative_to(entry).as_posix())
-        images = [f for f in files if is_image_file(f)]
-        skipped += [(str(f), f"not an image file (extension {f.suffix or 'none'!r})")
-                    for f in files if not is_image_file(f)]
+    found = scan_class_folders(split_dir)
+    for name, images in found.classes.items():
         if not images:
-            raise UserError(f"class folder {entry} has no images",
+            raise UserError(f"class folder {split_dir / name} has no images",
                             hint="add images (jpg, png, bmp, gif) or remove the folder")
-        classes[entry.name] = images
-    if not classes:
+    if not found.classes:
         raise UserError(f"no class folders in {split_dir}", hint=_LAYOUT_HINT)
-    if len(classes) == 1:
-        raise UserError(f"only one class folder in {split_dir} ({next(iter(classes))}/); "
+    if len(found.classes) == 1:
+        raise UserError(f"only one class folder in {split_dir} ({found.names[0]}/); "
                         "a classifier needs at least two", hint=_LAYOUT_HINT)
-    return classes, skipped
+    return found.classes, [(str(path), reason) for path, reason in found.skipped]
 
 
 def _same_classes(train_dir: Path, train: list[str], val_dir: Path, val: list[str]) -> None:

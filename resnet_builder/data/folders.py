@@ -1,0 +1,49 @@
+"""Finding images in class folders: the one scanner for training, evaluation and export.
+
+``ROOT/<class>/...images`` (sub-folders of a class folder included) is the
+layout every command reads; the class name is the folder name. The scanner only
+lists; each caller applies its own rules (training needs two or more classes,
+each with an image; evaluation matches names against a model's classes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnet_builder.data.images import is_image_file, walk_files
+
+
+@dataclass
+class ClassFolders:
+    """Image files per class (classes and files in a stable, sorted order) and what was left out."""
+
+    root: Path
+    classes: dict[str, list[Path]] = field(default_factory=dict)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.classes)
+
+
+def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
+    """Every class folder of ``root`` with its image files; loose and non-image files skipped.
+
+    Hidden entries are ignored. A class folder with no images is kept with an
+    empty list, so the caller can say which one it is.
+    """
+    root = Path(root)
+    found = ClassFolders(root)
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            found.skipped.append((entry, "not inside a class folder"))
+            continue
+        files = sorted(walk_files(entry), key=lambda p: p.relative_to(entry).as_posix())
+        found.classes[entry.name] = [f for f in files if is_image_file(f)]
+        found.skipped += [(f, f"not an image file (extension {f.suffix or 'none'!r})")
+                          for f in files if not is_image_file(f)]
+    return found
