@@ -19,6 +19,11 @@ from typing import Any
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_write_text
 
+# Where each command puts its output folders by default (ultralytics' runs/<task>/exp layout).
+DEFAULT_PROJECTS = {"train": "runs/train", "predict": "runs/predict",
+                    "evaluate": "runs/evaluate", "export": "runs/export"}
+TRAIN_PROJECT = DEFAULT_PROJECTS["train"]
+
 RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
 
 
@@ -109,7 +114,7 @@ def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -
         number += 1
 
 
-def latest_run(project: str | os.PathLike = "runs/train") -> Path:
+def latest_run(project: str | os.PathLike = TRAIN_PROJECT) -> Path:
     """The most recently modified run folder under ``project`` that has a model."""
     project = Path(project)
     runs = [p for p in project.glob("*") if p.is_dir() and
