@@ -8,14 +8,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 import yaml
 
-from resnet_builder import config as config_module
+from resnet_builder import depth as depth_rules
 from resnet_builder import files
 from resnet_builder.config import (
     Config,
+    apply_overrides,
     config_from_dict,
     config_to_dict,
     default_config_yaml,
@@ -24,8 +26,10 @@ from resnet_builder.config import (
     key_specs,
     load_config,
     markdown_table,
+    model_arguments,
     validate_config,
 )
+from resnet_builder.config.schema import BLOCK_TYPES, SECTION_CLASSES
 from resnet_builder.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +101,19 @@ def test_override_beats_the_file_and_later_override_wins(tmp_path: Path) -> None
 
 def test_a_single_override_string_is_one_override() -> None:
     assert load_config(None, "train.epochs=4").train.epochs == 4  # type: ignore[arg-type]
+
+
+def test_apply_overrides_sets_keys_on_a_loaded_config_and_checks_them() -> None:
+    cfg = load_config(CONFIGS / "cifar.yaml")
+    changed = apply_overrides(cfg, ["train.epochs=2", "run.name=2024"])
+    assert (changed.train.epochs, changed.run.name) == (2, "2024")
+    assert cfg.train.epochs == 164  # the given config is left alone
+    assert apply_overrides(cfg) == cfg
+    assert apply_overrides(cfg, "train.epochs=3").train.epochs == 3  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^--set optim.lr=0.001: schedule.warmup_lr 0.01"):
+        apply_overrides(cfg, ["optim.lr=0.001"])
+    with pytest.raises(ConfigError, match=r"^--set train.epoch=2: 'epoch' is not a key"):
+        apply_overrides(cfg, ["train.epoch=2"])
 
 
 def test_string_keys_take_set_text_as_written_but_null_is_null(tmp_path: Path) -> None:
@@ -379,6 +396,23 @@ def test_depth_null_needs_preset_or_stackwise() -> None:
     assert load_config(None, ["model.depth=null", "model.preset=p"]).model.depth is None
 
 
+def test_block_types_are_the_spellings_depth_py_accepts() -> None:
+    assert BLOCK_TYPES == ("basic", "bottleneck", "basic_block", "block")
+    assert set(BLOCK_TYPES) == set(depth_rules.BLOCK_TYPE_ALIASES)
+
+
+@pytest.mark.parametrize("block", [None, *BLOCK_TYPES])
+def test_depth_rule_agrees_with_depth_py(block: str | None) -> None:
+    for depth in range(3, 200):
+        overrides = [f"model.depth={depth}", f"model.block_type={block or 'null'}"]
+        try:
+            depth_rules.resolve_depth(depth, block)
+        except ValueError:
+            assert "does not fit" in error(None, overrides).message, depth
+        else:
+            assert load_config(None, overrides).model.depth == depth
+
+
 @pytest.mark.parametrize("source", ["folder", "npz"])
 def test_folder_and_npz_need_a_path(tmp_path: Path, source: str) -> None:
     err = error(write(tmp_path, f"data:\n  batch_size: 8\n  source: {source}\n"))
@@ -540,11 +574,80 @@ def test_markdown_table_has_one_well_formed_row_per_key() -> None:
 
 
 def test_schema_nullable_matches_annotations() -> None:
-    for section, cls in config_module.SECTION_CLASSES.items():
-        hints = config_module.get_type_hints(cls)
+    for section, cls in SECTION_CLASSES.items():
+        hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            allows_none = type(None) in config_module.get_args(hints[f.name])
+            allows_none = type(None) in get_args(hints[f.name])
             assert allows_none == f.metadata["nullable"], f"{section}.{f.name}"
+
+
+def test_weight_decay_help_says_what_keras_3_does() -> None:
+    text = key_specs()["optim"]["weight_decay"].help
+    assert "L2" not in text  # Keras 3 never adds a loss term, for any optimizer
+    assert text.startswith("Decoupled weight decay, the same for sgd, adam and adamw")
+    assert "lr * weight_decay * weight" in text
+    assert "bypassing momentum and Adam's moments" in text
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_is_decoupled_as_the_help_says(optimizer: str) -> None:
+    keras = pytest.importorskip("keras")
+    from resnet_builder.training.setup import make_optimizer
+
+    cfg = load_config(None, [f"optim.optimizer={optimizer}", "optim.weight_decay=0.1",
+                             "optim.momentum=0.9"])
+    opt = make_optimizer(cfg, 0.5, "off")
+    kernel = keras.Variable([1.0, 1.0], name="kernel")
+    bias = keras.Variable([1.0, 1.0], name="bias")
+    for _ in range(3):  # zero gradients: an L2 term would go through momentum, this does not
+        opt.apply_gradients([(keras.ops.zeros(2), kernel), (keras.ops.zeros(2), bias)])
+    assert kernel.numpy() == pytest.approx([(1 - 0.5 * 0.1) ** 3] * 2)
+    assert bias.numpy() == pytest.approx([1.0, 1.0])  # biases are not decayed
+
+
+def test_only_deterministic_turns_on_op_determinism() -> None:
+    hardware = key_specs()["hardware"]
+    seed, deterministic = hardware["seed"].help, hardware["deterministic"].help
+    for what in ("data order", "augmentation", "initial weights"):
+        assert what in seed
+    assert "does not turn on op determinism" in seed
+    assert deterministic.startswith("Turn on TensorFlow's op determinism")
+    assert "hardware.seed alone does not" in deterministic
+
+
+# ----------------------------------------------------------------------------- model arguments
+
+
+@pytest.mark.parametrize(("overrides", "expected", "source"), [
+    (["model.depth=56", "data.image_size=16", "data.channels=1"],
+     {"depth": 56, "bn_momentum": 0.99, "head": "gap", "dropout": 0.0,
+      "input_shape": [16, 16, 1]}, "depth"),
+    (["model.preset=resnet18_v2", "model.num_classes=5", "model.stem_filters=32",
+      "model.head=tutorial", "model.dropout=0.5"],
+     {"preset": "resnet18_v2", "num_classes": 5, "stem_filters": 32, "bn_momentum": 0.99,
+      "head": "tutorial", "dropout": 0.5, "input_shape": [32, 32, 3]}, "preset"),
+    (["model.stackwise_filters=[16, 32]", "model.stackwise_blocks=[1, 2]",
+      "model.stackwise_strides=[1, 2]", "model.block_type=basic", "model.bn_momentum=0.9",
+      "model.depth=21"],
+     {"stackwise_filters": [16, 32], "stackwise_blocks": [1, 2], "stackwise_strides": [1, 2],
+      "block_type": "basic", "bn_momentum": 0.9, "head": "gap", "dropout": 0.0,
+      "input_shape": [32, 32, 3]}, "stackwise"),
+])
+def test_model_arguments_say_one_way_and_resolve(overrides: list[str], expected: dict,
+                                                 source: str) -> None:
+    from resnet_builder.model.architecture import resolve_architecture
+
+    cfg = load_config(None, overrides)
+    args = model_arguments(cfg)
+    assert args == expected
+    arch = resolve_architecture(**{k: v for k, v in args.items()
+                                   if k not in ("num_classes", "head", "dropout")})
+    assert arch.source == source
+    assert list(arch.input_shape) == expected["input_shape"]
+    for value in args.values():
+        if isinstance(value, list):
+            value.append(0)  # the arguments are copies: changing them leaves the config alone
+    assert model_arguments(cfg) == expected
 
 
 # ----------------------------------------------------------------------------- shipped configs

@@ -1,0 +1,101 @@
+"""The words config errors and docs share: values as YAML, kinds, ranges, places.
+
+Error hints and the ``config --show`` comments say what a key allows in the
+same words (``allowed``), and every error starts with the place a value came
+from (``Where``): ``file:line`` or the ``--set`` that gave it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from resnet_builder.config.schema import KeySpec
+
+
+def yaml_text(value: Any) -> str:
+    """One value as one line of flow YAML that reads back as the same value anywhere."""
+    style = '"' if isinstance(value, str) and not value.isprintable() else None
+    text = yaml.safe_dump([value], default_flow_style=True, default_style=style,
+                          width=2**30, allow_unicode=True)
+    return text.strip()[1:-1]
+
+
+def show(value: Any) -> str:
+    """A received value as an error message shows it: strings quoted, the rest as YAML."""
+    return repr(value) if isinstance(value, str) else yaml_text(value)
+
+
+def kind_of(value: Any) -> str:
+    """'an integer', 'a string', ... for the value a user wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {int: "an integer", float: "a decimal number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
+def type_words(typ: Any) -> str:
+    """'an integer', 'a list of integers', ... for a type a key accepts."""
+    if get_origin(typ) is list:
+        item = get_args(typ)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}[item]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
+
+
+def num(x: float) -> str:
+    """A number without a needless '.0'."""
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def range_words(spec: KeySpec) -> str:
+    if spec.min is not None and spec.max is not None:
+        return f"in [{num(spec.min)}, {num(spec.max)}]"
+    if spec.min is not None:
+        return f">= {num(spec.min)}"
+    if spec.max is not None:
+        return f"<= {num(spec.max)}"
+    return ""
+
+
+def choices_text(spec: KeySpec) -> str:
+    return ", ".join(str(c) for c in spec.choices or ())
+
+
+def allowed(spec: KeySpec) -> str:
+    """What a key accepts, in words shared by error hints and the docs."""
+    if spec.choices:
+        words = "one of " + choices_text(spec)
+    else:
+        words = " or ".join(type_words(t) for t in spec.types)
+        if rng := range_words(spec):
+            words += " " + rng
+    return words + (", or null" if spec.nullable else "")
+
+
+def takes(spec: KeySpec) -> str:
+    """'train.epochs takes an integer >= 1 (default: 15)', the hint of a wrong value."""
+    return f"{spec.dotted} takes {allowed(spec)} (default: {yaml_text(spec.default)})"
+
+
+@dataclass
+class Where:
+    """Where each key's value came from, so errors can point at the line or the --set."""
+
+    source: str
+    lines: dict[str, int] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, *keys: str) -> str:
+        """The place of the first key given by --set, else of the first key in the file."""
+        for key in keys:
+            if key in self.sets:
+                return f"--set {self.sets[key]}"
+        for key in keys:
+            if key in self.lines:
+                return f"{self.source}:{self.lines[key]}"
+        return self.source

@@ -1,0 +1,165 @@
+"""Cross-key rules: values that are fine alone but contradict each other.
+
+Each rule gets a typed, range-checked ``Config`` and the ``Where`` of its
+keys, and raises a ``ConfigError`` that points at the key the user most likely
+has to change. The depth rule asks ``resnet_builder.depth``, the one owner of
+the 9n+2 / 6n+2 rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from resnet_builder.config.messages import Where, num, yaml_text
+from resnet_builder.config.schema import STACKWISE, Config
+from resnet_builder.depth import (
+    BASIC,
+    BLOCK_TYPE_ALIASES,
+    BOTTLENECK,
+    LAYERS_PER_UNIT,
+    nearest_valid,
+    normalize_block_type,
+    units_for,
+)
+from resnet_builder.errors import ConfigError
+
+
+def _rule_one_way_to_say_model(cfg: Config, where: Where) -> None:
+    """preset and stackwise_* both describe the whole network; depth yields to either."""
+    m = cfg.model
+    if m.preset is not None and any(getattr(m, k) is not None for k in STACKWISE):
+        raise ConfigError(f"{where('model.preset', *(f'model.{k}' for k in STACKWISE))}: "
+                          "model.preset and model.stackwise_* both say which network to "
+                          "build; keep one",
+                          hint="set model.preset: null to build from the stackwise_* lists, or "
+                               "drop the stackwise_* keys to use the preset (model.depth is "
+                               "ignored either way)")
+
+
+def _rule_stackwise_together(cfg: Config, where: Where) -> None:
+    """filters, blocks and strides describe the stages together: all three, same length."""
+    m = cfg.model
+    given = [k for k in STACKWISE if getattr(m, k) is not None]
+    if not given:
+        return
+    at = where(*(f"model.{k}" for k in given))
+    example = ("e.g. stackwise_filters: [64, 128, 256, 512], stackwise_blocks: [3, 4, 6, 3], "
+               "stackwise_strides: [1, 2, 2, 2]")
+    if len(given) < len(STACKWISE):
+        missing = [f"model.{k}" for k in STACKWISE if k not in given]
+        raise ConfigError(f"{at}: model.{given[0]} is set but {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not; give all three "
+                          "(one entry per stage)", hint=example)
+    lengths = [len(getattr(m, k)) for k in STACKWISE]
+    if len(set(lengths)) != 1 or lengths[0] == 0:
+        shown = ", ".join(f"{k} {n}" for k, n in zip(STACKWISE, lengths, strict=True))
+        raise ConfigError(f"{at}: model.stackwise_* need one entry per stage, the same number "
+                          f"in each; got lengths {shown}", hint=example)
+
+
+def _rule_words(block_type: str) -> str:
+    """'6n+2 (basic blocks)' for keras-cv's block type name, from depth.py's facts."""
+    ours = next(name for name, target in BLOCK_TYPE_ALIASES.items()
+                if target == block_type and name != block_type)
+    return f"{LAYERS_PER_UNIT[block_type]}n+2 ({ours} blocks)"
+
+
+def _nearest_depths(depth: int, block_types: list[str]) -> list[int]:
+    """The closest valid depth below and above under any of the rules, for the hint."""
+    pairs = [nearest_valid(depth, bt) for bt in block_types]
+    below = [b for b, _ in pairs if b is not None]
+    return ([max(below)] if below else []) + [min(above for _, above in pairs)]
+
+
+def _rule_depth(cfg: Config, where: Where) -> None:
+    """Without preset or stackwise lists, depth must be given and fit the block type."""
+    m = cfg.model
+    if m.preset is not None or any(getattr(m, k) is not None for k in STACKWISE):
+        return
+    at = where("model.depth", "model.block_type", "model.preset")
+    if m.depth is None:
+        raise ConfigError(f"{at}: model.depth is null and neither model.preset nor "
+                          "model.stackwise_* is set; nothing says which network to build",
+                          hint="set model.depth (e.g. 20, 56, 110, 164) or model.preset")
+    block_types = [normalize_block_type(m.block_type)] if m.block_type else [BASIC, BOTTLENECK]
+    if any(units_for(m.depth, bt) is not None for bt in block_types):
+        return
+    said = " or ".join(_rule_words(bt) for bt in block_types)
+    nearest = " or ".join(str(d) for d in _nearest_depths(m.depth, block_types))
+    kind = f"block_type {m.block_type}" if m.block_type else "any block type"
+    raise ConfigError(f"{at}: model.depth {m.depth} does not fit {kind}: depth must be {said}, "
+                      "n >= 1", hint=f"nearest valid depth: {nearest}")
+
+
+def _rule_data_path(cfg: Config, where: Where) -> None:
+    """folder and npz have no built-in location."""
+    d = cfg.data
+    if d.source in ("folder", "npz") and not d.path:
+        what = "the .npz file"
+        if d.source == "folder":
+            what = ("the image folder (train/ and val/ sub-folders of one folder per class, "
+                    "or one folder per class and data.validation_split)")
+        raise ConfigError(f"{where('data.source', 'data.path')}: data.source is {d.source} "
+                          "but data.path is not set",
+                          hint=f"set data.path to {what}, e.g. --set data.path=...")
+
+
+_MILESTONE_EXAMPLE = {"epochs": "[30, 60, 80]", "iterations": "[32000, 48000]"}
+
+
+def _rule_step_milestones(cfg: Config, where: Where) -> None:
+    """A step schedule without increasing milestones would never step, or step backwards."""
+    s = cfg.schedule
+    if s.type != "step":
+        return
+    if not s.milestones:
+        raise ConfigError(f"{where('schedule.type', 'schedule.milestones')}: schedule.type is "
+                          "step but schedule.milestones is empty",
+                          hint=f"list where lr is multiplied by gamma, in {s.unit}, e.g. "
+                               f"milestones: {_MILESTONE_EXAMPLE[s.unit]}")
+    pairs = zip(s.milestones, s.milestones[1:], strict=False)
+    if any(b <= a for a, b in pairs):
+        raise ConfigError(f"{where('schedule.milestones')}: schedule.milestones must increase, "
+                          f"got {yaml_text(s.milestones)}",
+                          hint="list each milestone once, smallest first")
+
+
+def _rule_warmup_lr(cfg: Config, where: Where) -> None:
+    """Warm-up climbs to lr; starting above it is a typo (often a missing zero)."""
+    s, lr = cfg.schedule, cfg.optim.lr
+    if s.warmup > 0 and s.warmup_lr > lr:
+        raise ConfigError(f"{where('schedule.warmup_lr', 'optim.lr', 'schedule.warmup')}: "
+                          f"schedule.warmup_lr {num(s.warmup_lr)} is above optim.lr "
+                          f"{num(lr)}", hint="warm-up starts at warmup_lr and goes to lr; "
+                                             "lower schedule.warmup_lr or raise optim.lr")
+
+
+def _rule_min_lr(cfg: Config, where: Where) -> None:
+    """The cosine floor must be below the peak."""
+    s, lr = cfg.schedule, cfg.optim.lr
+    if s.type == "cosine" and s.min_lr > lr:
+        raise ConfigError(f"{where('schedule.min_lr', 'optim.lr')}: schedule.min_lr "
+                          f"{num(s.min_lr)} is above optim.lr {num(lr)}",
+                          hint="the cosine schedule decays from optim.lr down to min_lr")
+
+
+def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
+    """Freezing a randomly initialised backbone trains only the head on random features."""
+    m = cfg.model
+    if m.freeze_backbone_epochs > 0 and m.weights is None and m.preset is None:
+        raise ConfigError(f"{where('model.freeze_backbone_epochs')}: "
+                          "model.freeze_backbone_epochs needs trained weights to freeze, but "
+                          "model.weights is not set",
+                          hint="set model.weights (e.g. resnet50_v2_imagenet with "
+                               "model.preset: resnet50_v2) or freeze_backbone_epochs: 0")
+
+
+RULES: tuple[Callable[[Config, Where], None], ...] = (
+    _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth, _rule_data_path,
+    _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_freeze_needs_weights)
+
+
+def check_rules(cfg: Config, where: Where) -> None:
+    """Apply every cross-key rule in order; the first one broken raises."""
+    for rule in RULES:
+        rule(cfg, where)

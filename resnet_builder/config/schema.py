@@ -1,0 +1,282 @@
+"""The training config's schema: every key, its default, its type and its range, in one place.
+
+A config is a tree of small dataclasses, one per YAML section. Each field's
+``metadata`` carries the help text and the allowed values, so validation, the
+``config --show`` listing, ``train --help`` and the README table all read the
+same facts (through ``key_specs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from resnet_builder.depth import BLOCK_TYPE_ALIASES, LAYERS_PER_UNIT
+from resnet_builder.runs import TRAIN_PROJECT
+
+
+def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+         max: float | None = None, nullable: bool = False, types: tuple | None = None) -> Any:
+    """A dataclass field with the facts validation and docs need."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "nullable": nullable,
+            "types": types}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Every block-type spelling depth.py accepts: ours (basic, bottleneck) before keras-cv's
+# (basic_block, block), fewer layers per unit first.
+BLOCK_TYPES = tuple(sorted(BLOCK_TYPE_ALIASES, key=lambda name: (
+    name in LAYERS_PER_UNIT, LAYERS_PER_UNIT[BLOCK_TYPE_ALIASES[name]])))
+
+
+@dataclass
+class ModelConfig:
+    """How the network is said: a CIFAR-style depth, stackwise lists, or a preset."""
+
+    depth: int | None = _key(20, "Network depth: 9n+2 (bottleneck) or 6n+2 (basic); CIFAR-style "
+                             "network. Ignored when preset or the stackwise_* lists are set.",
+                             min=3, nullable=True)
+    preset: str | None = _key(None, "Named preset (see `resnet-builder presets`).", nullable=True)
+    block_type: str | None = _key(None, "basic | bottleneck (keras-cv: basic_block | block); "
+                                  "null = the depth rule's default (bottleneck when 9n+2 fits).",
+                                  choices=BLOCK_TYPES, nullable=True)
+    stackwise_filters: list[int] | None = _key(None, "Explicit filters per stage.", min=1,
+                                               nullable=True)
+    stackwise_blocks: list[int] | None = _key(None, "Explicit blocks per stage.", min=1,
+                                              nullable=True)
+    stackwise_strides: list[int] | None = _key(None, "Explicit strides per stage.", min=1,
+                                               nullable=True)
+    stem_filters: int | None = _key(None, "Stem width; null = 16 for depth networks, 64 for "
+                                    "stackwise/preset ones (the tutorial uses 32).",
+                                    min=1, nullable=True)
+    bn_momentum: float = _key(0.99, "Batch-norm moving-average momentum (Keras/keras-cv: 0.99; "
+                              "0.9 settles faster when an epoch has few steps).",
+                              min=0.0, max=0.999)
+    head: str = _key("gap", "Classifier head: gap (global pooling + Dense) or tutorial "
+                     "(BN-ReLU-AvgPool-Flatten-Dense(512)-BN-Dropout-Dense).",
+                     choices=("gap", "tutorial"))
+    dropout: float = _key(0.0, "Dropout before the last Dense layer.", min=0.0, max=0.99)
+    num_classes: int | None = _key(None, "Classes; null = taken from the data.", min=2,
+                                   nullable=True)
+    weights: str | None = _key(None, "Start from: a preset with weights (e.g. "
+                               "resnet50_v2_imagenet) or a .keras / .weights.h5 file.",
+                               nullable=True)
+    freeze_backbone_epochs: int = _key(0, "Epochs to train with the backbone frozen (its "
+                                       "batch-norm in inference mode) before fine-tuning all.",
+                                       min=0)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are batched."""
+
+    source: str = _key("digits", "Where images come from.",
+                       choices=("digits", "cifar10", "cifar100", "folder", "npz", "synthetic"))
+    path: str | None = _key(None, "Folder or file for cifar10/cifar100/folder/npz.", nullable=True)
+    image_size: int = _key(32, "Images are resized to image_size x image_size.", min=8, max=4096)
+    channels: int = _key(3, "1 (grayscale) or 3 (RGB).", choices=(1, 3))
+    batch_size: int = _key(128, "Global batch size (split across replicas).", min=1)
+    validation_split: float = _key(0.2, "Share held out for validation when the source has no "
+                                   "validation split of its own.", min=0.0, max=0.9)
+    cache: bool = _key(True, "Cache decoded images in memory when they fit.")
+    normalize: bool = _key(True, "Per-channel mean/std computed on the training split, stored "
+                           "in the model.")
+    synthetic_samples: int = _key(512, "Images in the synthetic source.", min=2)
+    synthetic_classes: int = _key(10, "Classes in the synthetic source.", min=2)
+    limit: int | None = _key(None, "Use at most this many training images (quick tries).",
+                             min=1, nullable=True)
+
+
+@dataclass
+class AugmentConfig:
+    """Random changes to training images."""
+
+    random_crop_padding: int = _key(0, "Pad by this many pixels and crop back at random "
+                                    "(He et al.: 4). 0 = off.", min=0, max=64)
+    horizontal_flip: bool = _key(False, "Random left-right flips.")
+    random_scale: float = _key(0.0, "Random zoom in/out by up to this fraction. 0 = off.",
+                               min=0.0, max=0.9)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and loss."""
+
+    optimizer: str = _key("sgd", "sgd, adam or adamw.", choices=("sgd", "adam", "adamw"))
+    lr: float = _key(0.1, "Peak learning rate.", min=0.0)
+    momentum: float = _key(0.9, "SGD momentum.", min=0.0, max=1.0)
+    nesterov: bool = _key(False, "Nesterov momentum (SGD).")
+    weight_decay: float = _key(1e-4, "Decoupled weight decay, the same for sgd, adam and adamw "
+                               "(Keras 3 applies it to the weights, not as a loss penalty): "
+                               "before each update every weight except biases and batch-norm "
+                               "gamma/beta shrinks by the current lr * weight_decay * weight, "
+                               "bypassing momentum and Adam's moments (so adam with weight "
+                               "decay is adamw). 0 = off.", min=0.0)
+    label_smoothing: float = _key(0.0, "Label smoothing.", min=0.0, max=0.99)
+    scale_lr_with_replicas: bool = _key(False, "Multiply lr by the number of replicas "
+                                        "(linear scaling rule; warmup_lr and min_lr stay).")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, with optional warm-up."""
+
+    type: str = _key("cosine", "constant, step or cosine.", choices=("constant", "step", "cosine"))
+    milestones: list[int] = _key([], "Step schedule: where lr is multiplied by gamma (in "
+                                 "`unit`, increasing). Ignored by other schedules.", min=1)
+    unit: str = _key("epochs", "Unit of milestones and warmup: epochs or iterations.",
+                     choices=("epochs", "iterations"))
+    gamma: float = _key(0.1, "Step schedule factor.", min=0.0, max=1.0)
+    warmup: int = _key(0, "Warm-up length (in `unit`). 0 = off.", min=0)
+    warmup_mode: str = _key("linear", "linear (ramp from warmup_lr to lr) or constant "
+                            "(hold warmup_lr, He et al.).", choices=("linear", "constant"))
+    warmup_lr: float = _key(0.0, "Learning rate at the start of warm-up.", min=0.0)
+    min_lr: float = _key(0.0, "Cosine schedule floor.", min=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """How long to train and when to stop."""
+
+    epochs: int = _key(15, "Epochs to train.", min=1)
+    early_stopping_patience: int = _key(0, "Stop after this many epochs without a better "
+                                        "val_accuracy. 0 = off.", min=0)
+    eval_batch_size: int | None = _key(None, "Validation batch size; null = data.batch_size.",
+                                       min=1, nullable=True)
+
+
+@dataclass
+class RunConfig:
+    """Where results go and what is shown while training."""
+
+    project: str = _key(TRAIN_PROJECT, "Parent folder of run folders.")
+    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok). "
+                     "multi_worker uses it as is and continues the run when restarted.")
+    exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
+    progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",
+                         choices=("auto", "bar", "line", "none"))
+    tensorboard: bool = _key(True, "Write TensorBoard logs to <run>/tensorboard.")
+    plots: bool = _key(True, "Write curves.png and confusion_matrix.png.")
+
+
+@dataclass
+class HardwareConfig:
+    """Seed, precision and compilation."""
+
+    seed: int | None = _key(0, "Random seed of the validation split, data order, augmentation "
+                            "and initial weights; null = a new seed each run. It does not turn "
+                            "on op determinism (see deterministic); on CPU the same seed and "
+                            "config give the same results.csv without it.",
+                            min=0, max=2**32 - 1, nullable=True)
+    fused_batchnorm: bool = _key(True, "Train batch norm through TensorFlow's fused kernel "
+                                 "(same weights and files; 1.6-1.8x faster on CPU than "
+                                 "Keras' element-wise batch norm).")
+    deterministic: bool = _key(False, "Turn on TensorFlow's op determinism (slower by about a "
+                               "third on CPU); hardware.seed alone does not. CPU runs with a "
+                               "seed repeat without it; GPU runs need it.")
+    mixed_precision: str = _key("auto", "auto (float16 when a GPU is visible, else off), off, "
+                                "float16 (with loss scaling) or bfloat16 (fast on CPUs with "
+                                "AVX512_BF16).", choices=("auto", "off", "float16", "bfloat16"))
+    xla: bool = _key(False, "Compile the training step with XLA (jit_compile).")
+    threads: int = _key(0, "CPU threads for TensorFlow ops; 0 = TensorFlow's choice.", min=0)
+
+
+@dataclass
+class DistributeConfig:
+    """Training on several devices."""
+
+    strategy: str = _key("auto", "auto (mirrored with more than one GPU, else none), none, "
+                         "mirrored, multi_worker (cluster from TF_CONFIG) or tpu.",
+                         choices=("auto", "none", "mirrored", "multi_worker", "tpu"))
+    connect_timeout: float = _key(120.0, "multi_worker: seconds every task waits for all "
+                                  "tasks of TF_CONFIG to start before it gives up, naming "
+                                  "the missing ones.", min=1.0)
+    sync_batchnorm: bool = _key(False, "Batch-norm statistics over the global batch (all "
+                                "replicas, as on one device) instead of each replica's "
+                                "share; one extra all-reduce per BN layer and step.")
+
+
+@dataclass
+class Config:
+    """The whole training config: one dataclass per YAML section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+
+
+SECTION_CLASSES: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+STACKWISE = ("stackwise_filters", "stackwise_blocks", "stackwise_strides")
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dicts (lists copied), in schema order."""
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------- key facts
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Everything known about one key, read once from its dataclass field."""
+
+    section: str
+    name: str
+    types: tuple[Any, ...]  # accepted Python types: bool, int, float, str or list[int]
+    default: Any
+    help: str
+    choices: tuple | None
+    min: float | None
+    max: float | None
+    nullable: bool
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def _accepted_types(annotation: Any, override: tuple | None) -> tuple[Any, ...]:
+    """The types a key takes: the field's ``types`` metadata, else its annotation minus None."""
+    if override:
+        return tuple(override)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for a in get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _spec(section: str, f: dataclasses.Field, annotation: Any) -> KeySpec:
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return KeySpec(section, f.name, _accepted_types(annotation, meta.get("types")), default,
+                   meta["help"], meta.get("choices"), meta.get("min"), meta.get("max"),
+                   bool(meta.get("nullable")))
+
+
+@cache
+def key_specs() -> dict[str, dict[str, KeySpec]]:
+    """Section -> key -> KeySpec, in the order the dataclasses declare them."""
+    out: dict[str, dict[str, KeySpec]] = {}
+    for section, cls in SECTION_CLASSES.items():
+        hints = get_type_hints(cls)
+        out[section] = {f.name: _spec(section, f, hints[f.name]) for f in dataclasses.fields(cls)}
+    return out
+
+
+def home_section(key: object, besides: str | None = None) -> str | None:
+    """The section that has a key of this name, to catch keys written in the wrong section."""
+    for section, specs in key_specs().items():
+        if section != besides and key in specs:
+            return section
+    return None
