@@ -1,4 +1,4 @@
-"""CIFAR-10/100 from the official python pickles, read so that a tampered file cannot run code.
+"""The cifar10/cifar100 sources: official python pickles, read so a tampered file cannot run code.
 
 Where the data comes from, in order: ``data.path`` (the extracted folder, its parent,
 or the ``.tar.gz``), the Keras cache (``$KERAS_HOME/datasets`` or ``~/.keras/datasets``,
@@ -26,6 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from resnet_builder.config import DataConfig
+from resnet_builder.data.bundle import DataBundle
+from resnet_builder.data.images import to_channels
+from resnet_builder.data.sources import bundle_from_arrays
 from resnet_builder.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,14 @@ def load_cifar(source: str, path: str | None) -> tuple[list[str], Arrays, Arrays
     parts = [_batch(files[name], name, spec, len(names)) for name in spec.train]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     return names, train, _batch(files[spec.test], spec.test, spec, len(names))
+
+
+def cifar_bundle(data: DataConfig, seed: int) -> DataBundle:
+    """The ``cifar10``/``cifar100`` sources as a bundle; val = the official test batch."""
+    names, train, test = load_cifar(data.source, data.path)
+    train = (to_channels(train[0], data.channels), train[1])
+    test = (to_channels(test[0], data.channels), test[1])
+    return bundle_from_arrays(data, seed, names, train, test)
 
 
 def keras_home() -> Path:
