@@ -1,4 +1,10 @@
-"""Figures for run folders: training curves and the confusion matrix (matplotlib, no display)."""
+"""Figures for run folders: training curves, the confusion matrix, predict's contact sheet.
+
+Figures are plain ``matplotlib.figure.Figure`` objects on an Agg canvas: no
+pyplot, so drawing never switches the backend of a notebook that imported us,
+and nothing is kept in pyplot's registry. Every PNG is written through
+``files.atomic_save``.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +18,26 @@ import numpy as np
 from resnet_builder.files import atomic_save
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(width: float, height: float, dpi: int = 100) -> Any:
+    """A matplotlib Figure (width x height inches) that draws off-screen (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
-    return plt
 
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> None:
-    """Save a matplotlib figure as a PNG atomically, then free it."""
-    try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        _pyplot().close(fig)
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Save a figure as a PNG atomically."""
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Loss, accuracy and learning rate per epoch, train and validation."""
-    plt = _pyplot()
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure(13, 3.6)
+    axes = fig.subplots(1, 3)
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [r[key] for r in rows], marker=".", label="train")
         val = [r.get(f"val_{key}") for r in rows]
@@ -52,31 +56,40 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class] (int64)."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels.astype(int), predictions.astype(int)), 1)
+    np.add.at(matrix, (np.asarray(labels).astype(int), np.asarray(predictions).astype(int)), 1)
     return matrix
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
                           title: str = "confusion matrix (validation)") -> None:
-    """Counts with row-normalised colours; labels thinned out for many classes."""
-    plt = _pyplot()
+    """The one confusion-matrix figure (training and evaluate): rows true, columns predicted.
+
+    Colour = share of the true class (a colour bar says so), numbers = counts
+    (up to 20 classes); tick labels thinned out beyond 40 classes.
+    """
+    matrix = np.asarray(matrix)
     n = len(class_names)
-    size = min(14, 3 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    rows = matrix.sum(axis=1, keepdims=True).clip(min=1)
-    ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
+    side = min(max(4.0, 0.45 * n + 2.0), 16.0)
+    fig = new_figure(side + 1.0, side)
+    ax = fig.add_subplot(1, 1, 1)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ticks = np.arange(n) if n <= 40 else np.arange(0, n, max(1, n // 20))
-    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90)
-    ax.set_yticks(ticks, [class_names[i] for i in ticks])
+    names = [str(class_names[i]) for i in ticks]
+    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
     if n <= 20:
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if matrix[i, j] > rows[i, 0] / 2 else "black")
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=100)

@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from inference_helpers import trained, write_images
+from inference_helpers import save_as, trained, write_images
 from PIL import Image
 
 from resnet_builder.cli import main
-from resnet_builder.inference.evaluate import Tally, format_metrics
+from resnet_builder.inference.evaluate import format_metrics
+from resnet_builder.inference.metrics import Tally
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +119,48 @@ def test_cli_evaluate_needs_something_to_evaluate_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["evaluate"])
     assert result.exit_code != 0 and "nothing to evaluate on" in result.output
+
+
+def test_one_confusion_figure_for_few_and_many_classes(tmp_path):
+    """One figure for training and evaluate: counts for few classes, thinned ticks for many."""
+    from resnet_builder.plots import confusion_matrix, plot_confusion_matrix
+
+    matrix = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    assert matrix.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    for n, classes in ((3, matrix), (60, np.eye(60, dtype=np.int64))):
+        path = tmp_path / f"cm{n}.png"
+        plot_confusion_matrix(classes, [f"class{i}" for i in range(n)], path, title="t")
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.width > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm3.png", "cm60.png"]  # no temp files
+
+
+def test_output_folder_is_the_given_folder_or_a_new_run_folder(tmp_path):
+    from resnet_builder.runs import output_folder
+
+    given = output_folder(tmp_path / "given" / "deep", tmp_path / "runs", "exp")
+    assert given == tmp_path / "given" / "deep" and given.is_dir()
+    assert output_folder(given, tmp_path / "runs", "exp") == given  # may exist already
+    first = output_folder(None, tmp_path / "runs", "exp")
+    second = output_folder(None, tmp_path / "runs", "exp")
+    assert (first.name, second.name) == ("exp", "exp2")
+    assert output_folder(None, tmp_path / "runs", "exp", exist_ok=True) == first
+
+
+@pytest.mark.slow
+def test_python_api_evaluate_through_the_package(digits, tmp_path):
+    import keras
+
+    import resnet_builder
+
+    on_run = resnet_builder.evaluate(run=str(digits.run))
+    assert on_run.metrics["images"] == 360 and on_run.metrics["accuracy"] > 0.9
+    assert on_run.folder is None  # the Python API writes nothing
+    data = tmp_path / "data"
+    for i in range(20):
+        save_as(digits.val_images[i], data / str(digits.val_labels[i]) / f"{i}.png", "L")
+    model = keras.models.load_model(digits.model_file, compile=False)
+    result = resnet_builder.evaluate(model, data=data, top_k=3)
+    assert result.metrics["images"] == 20 and result.metrics["top_k"] == 3
+    assert result.metrics["accuracy"] >= 0.9 and result.skipped == []
+    assert result.data.startswith(f"folder {data} (20 images")

@@ -14,7 +14,8 @@ from inference_helpers import trained, write_images
 from resnet_builder.cli import main
 from resnet_builder.errors import UserError
 from resnet_builder.inference import export as export_module
-from resnet_builder.inference.export import resolve_formats, run_tflite
+from resnet_builder.inference.export import resolve_formats
+from resnet_builder.inference.export_formats import run_tflite
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +137,20 @@ def test_export_failing_check_exits_non_zero(digits, tmp_path, monkeypatch):
     assert "FAILED" in result.output and "export failed for tflite" in result.output
     report = json.loads((tmp_path / "runs" / "exp" / "export.json").read_text())
     assert report["passed"] is False and report["exports"]["tflite"]["passed"] is False
+
+
+@pytest.mark.slow
+def test_python_api_export_through_the_package(digits, tmp_path, monkeypatch):
+    import keras
+
+    import resnet_builder
+
+    monkeypatch.chdir(tmp_path)
+    model = keras.models.load_model(digits.model_file, compile=False)
+    report = resnet_builder.export(model, ["tflite"], samples=16)
+    assert report.folder.resolve() == (tmp_path / "runs" / "export" / "exp").resolve()
+    assert not report.failed and report.results["tflite"]["images"] == 16
+    assert "random images" in report.samples.check_source  # a model object has no run data
+    assert (report.folder / "model.tflite").is_file()
+    assert json.loads((report.folder / "export.json").read_text())["passed"]
+    assert resnet_builder.export_model is resnet_builder.export  # the CLI's name for it

@@ -1,4 +1,4 @@
-"""predict.py and `resnet-builder predict`: sources, pipeline, outputs, skips, Grad-CAM."""
+"""predict and `resnet-builder predict`: sources, pipeline, outputs, skips, Grad-CAM."""
 
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ from PIL import Image
 
 from resnet_builder.cli import main
 from resnet_builder.data.images import prepare_image
-from resnet_builder.inference.predict import (
-    ImageSource,
-    Skipped,
-    collect_images,
-    csv_columns,
-    load_inference_model,
-)
+from resnet_builder.inference.loading import load_inference_model
+from resnet_builder.inference.predict import csv_columns
+from resnet_builder.inference.sources import ImageSource, Skipped, collect_images
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,12 @@ Labelled images come from one of:
   the model's class names **by name**; a folder class the model does not know is
   an error, a model class with no folder simply has no support.
 
-Definitions (stated once, and used by the tests): rows of the confusion matrix are
-true classes, columns predicted ones; precision = tp / predicted (0 when a class
-with support was never predicted), recall = tp / support, F1 their harmonic mean
-(0 when both are 0). Metrics undefined for a class without support are null, and
-the macro averages are over the classes with support. Ties in the probabilities go
-to the lower class index, as ``numpy.argmax``.
+The metrics' definitions are in ``metrics.py``; the figure is ``plots.plot_confusion_matrix``
+(the one training draws too).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -29,81 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from resnet_builder.data.images import is_image_file, walk_files
+from resnet_builder.data.folders import scan_class_folders
 from resnet_builder.errors import UserError
-from resnet_builder.files import atomic_write_bytes, write_json
-from resnet_builder.inference.predict import (
-    InferenceModel,
-    Skipped,
-    decoded_batches,
-    load_inference_model,
-)
-from resnet_builder.runs import RunPaths, latest_run, model_path, new_run_dir
-
-DEFAULT_PROJECT = "runs/evaluate"
-
-
-# -------------------------------------------------------------------------- tallying
-
-
-class Tally:
-    """Confusion matrix and top-k hits, added to batch by batch (nothing else kept)."""
-
-    def __init__(self, num_classes: int, top_k: int = 5) -> None:
-        self.confusion = np.zeros((num_classes, num_classes), np.int64)
-        self.top_k = min(top_k, num_classes)
-        self.top_k_hits = 0
-
-    @property
-    def count(self) -> int:
-        return int(self.confusion.sum())
-
-    def add(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
-        labels = np.asarray(labels, np.int64)
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k]
-        np.add.at(self.confusion, (labels, order[:, 0]), 1)
-        self.top_k_hits += int((order == labels[:, None]).any(axis=1).sum())
-
-    def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
-        cm = self.confusion
-        tp = np.diag(cm)
-        support = cm.sum(axis=1)
-        predicted = cm.sum(axis=0)
-        per_class: dict[str, dict[str, Any]] = {}
-        for c, name in enumerate(class_names):
-            has = support[c] > 0
-            precision = None if not (has or predicted[c]) else \
-                (tp[c] / predicted[c] if predicted[c] else 0.0)
-            recall = tp[c] / support[c] if has else None
-            f1 = None
-            if has:
-                f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            per_class[name] = {"precision": _num(precision), "recall": _num(recall),
-                               "f1": _num(f1), "support": int(support[c]),
-                               "predicted": int(predicted[c])}
-        present = [per_class[n] for c, n in enumerate(class_names) if support[c] > 0]
-        total = self.count
-
-        def macro(key: str) -> float | None:
-            return _num(float(np.mean([p[key] for p in present]))) if present else None
-
-        return {
-            "images": total,
-            "accuracy": _num(tp.sum() / total) if total else None,
-            "top_k": self.top_k,
-            f"top{self.top_k}_accuracy": _num(self.top_k_hits / total) if total else None,
-            "macro_precision": macro("precision"),
-            "macro_recall": macro("recall"),
-            "macro_f1": macro("f1"),
-            "class_names": list(class_names),
-            "per_class": per_class,
-            "confusion_matrix": cm.tolist(),
-        }
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None else round(float(value), 6)
-
+from resnet_builder.files import write_json
+from resnet_builder.inference.decode import decoded_batches
+from resnet_builder.inference.loading import InferenceModel, load_inference_model
+from resnet_builder.inference.metrics import Tally
+from resnet_builder.inference.sources import Skipped, write_skipped
+from resnet_builder.plots import plot_confusion_matrix
+from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, model_path, output_folder
 
 # --------------------------------------------------------------------------- sources
 
@@ -131,31 +60,24 @@ def _model_indices(names: Sequence[str], im: InferenceModel, where: str) -> list
 
 
 def folder_data(folder: str | os.PathLike, im: InferenceModel, batch_size: int) -> LabelledData:
-    """Every image below ``folder/<class>/``, decoded as predict does, labelled by folder name."""
+    """Every image below ``folder/<class>/``, decoded as predict does, labelled by folder name.
+
+    A class folder with no images is allowed (that class has no support here).
+    """
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"--data {root} is not a folder",
                         hint="pass a folder with one sub-folder of images per class")
-    skipped: list[Skipped] = []
-    classes: dict[str, list[Path]] = {}
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            skipped.append(Skipped(entry.name, "not inside a class folder"))
-            continue
-        files = sorted(walk_files(entry), key=lambda p: p.relative_to(entry).as_posix())
-        classes[entry.name] = [f for f in files if is_image_file(f)]
-        skipped += [Skipped(f.relative_to(root).as_posix(),
-                            f"not an image file (extension {f.suffix or 'none'!r})")
-                    for f in files if not is_image_file(f)]
-    if not classes:
+    scan = scan_class_folders(root)
+    skipped = [Skipped(file.relative_to(root).as_posix(), reason) for file, reason in scan.skipped]
+    if not scan.classes:
         raise UserError(f"no class folders in {root}",
                         hint="use FOLDER/<class>/<images>, class names as the model's")
-    names = sorted(classes)
+    names = sorted(scan.classes)
     mapping = _model_indices(names, im, f"--data {root}")
-    files = [f for n in names for f in classes[n]]
-    labels = np.array([mapping[k] for k, n in enumerate(names) for _ in classes[n]], np.int64)
+    files = [f for n in names for f in scan.classes[n]]
+    labels = np.array([mapping[k] for k, n in enumerate(names) for _ in scan.classes[n]],
+                      np.int64)
     if not files:
         raise UserError(f"the class folders in {root} hold no images",
                         hint="add jpg, png, bmp or gif images")
@@ -255,7 +177,7 @@ def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
              batch_size: int = 64, top_k: int = 5) -> Evaluation:
     """Metrics of a model on a run's validation split, a config's, or a class folder."""
     source, cfg, where = resolve(run, model, data, config)
-    im = source if isinstance(source, InferenceModel) else load_inference_model(source)
+    im = load_inference_model(source)
     start = time.perf_counter()
     if data is not None:
         labelled = folder_data(data, im, batch_size)
@@ -278,21 +200,19 @@ def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = Non
                        data: str | os.PathLike | None = None,
                        config: str | os.PathLike | None = None, batch_size: int = 64,
                        top_k: int = 5, output: str | os.PathLike | None = None,
-                       project: str | os.PathLike = DEFAULT_PROJECT, name: str = "exp",
-                       exist_ok: bool = False) -> Evaluation:
+                       project: str | os.PathLike = DEFAULT_PROJECTS["evaluate"],
+                       name: str = "exp", exist_ok: bool = False) -> Evaluation:
     """``evaluate`` and write metrics.json, confusion_matrix.png (and skipped.csv)."""
-    from resnet_builder.inference.predict import write_skipped
-
     result = evaluate(model, run=run, data=data, config=config, batch_size=batch_size,
                       top_k=top_k)
-    if output is not None:
-        folder = Path(output)
-        folder.mkdir(parents=True, exist_ok=True)
-    else:
-        folder = new_run_dir(project, name, exist_ok)
-    write_json(folder / "metrics.json", result.metrics)
-    confusion_png(folder / "confusion_matrix.png", np.array(result.metrics["confusion_matrix"]),
-                  result.metrics["class_names"], result.metrics["accuracy"])
+    folder = output_folder(output, project, name, exist_ok)
+    metrics = result.metrics
+    write_json(folder / "metrics.json", metrics)
+    title = "confusion matrix"
+    if metrics["accuracy"] is not None:
+        title += f" (accuracy {metrics['accuracy']:.4f}, {metrics['images']} images)"
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["class_names"],
+                          folder / "confusion_matrix.png", title=title)
     result.files = ["metrics.json", "confusion_matrix.png"]
     if result.skipped:
         write_skipped(folder / "skipped.csv", result.skipped)
@@ -301,43 +221,7 @@ def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = Non
     return result
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def confusion_png(path: Path, cm: np.ndarray, names: Sequence[str], accuracy: float | None
-                  ) -> None:
-    """Rows true, columns predicted; colour = share of the true class, numbers = counts."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k = len(names)
-    side = min(max(4.0, 0.45 * k + 2.0), 24.0)
-    fig = Figure(figsize=(side + 1.0, side), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    if k <= 40:
-        ax.set_xticks(range(k), [str(n) for n in names], rotation=90, fontsize=7)
-        ax.set_yticks(range(k), [str(n) for n in names], fontsize=7)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    title = "confusion matrix"
-    if accuracy is not None:
-        title += f" (accuracy {accuracy:.4f}, {int(cm.sum())} images)"
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+# --------------------------------------------------------------------------- terminal
 
 
 def format_metrics(m: dict[str, Any], max_rows: int = 30) -> str:

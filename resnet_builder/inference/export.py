@@ -27,15 +27,13 @@ output order.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import logging
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,39 +43,22 @@ import numpy as np
 from resnet_builder.data.images import find_images
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_write_bytes, write_json
-from resnet_builder.inference.predict import InferenceModel, decoded_batches, load_inference_model
-from resnet_builder.runs import RunPaths, latest_run, new_run_dir
+from resnet_builder.inference.decode import decoded_batches
+from resnet_builder.inference.export_formats import (
+    FILES,
+    FORMATS,
+    disk_size,
+    run_export,
+    write_export,
+)
+from resnet_builder.inference.loading import InferenceModel, load_inference_model
+from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, output_folder
 
-FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
-FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",
-         "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "tflite-int8": 0.95, "onnx": 0.99}
-DEFAULT_PROJECT = "runs/export"
 ONNX_HINT = "pip install 'resnet-builder[onnx]' (tf2onnx, onnx and onnxruntime)"
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hide the converters' C++ log lines and Python warnings (unless RESNET_BUILDER_DEBUG)."""
-    if os.environ.get("RESNET_BUILDER_DEBUG"):
-        yield
-        return
-    from resnet_builder.runtime import _stderr_silenced
-
-    loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl", "tensorflow")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), _stderr_silenced():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+# ------------------------------------------------------------------------- formats
 
 
 def onnx_available() -> list[str]:
@@ -109,12 +90,6 @@ def resolve_formats(formats: Sequence[str]) -> tuple[list[str], list[str]]:
         raise UserError(f"ONNX export needs {', '.join(missing)}, which is not installed",
                         hint=ONNX_HINT)
     return wanted, notes
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 # ---------------------------------------------------------------------- sample images
@@ -216,170 +191,6 @@ def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
     return Samples(check, check_what, calibration, what)
 
 
-# ------------------------------------------------------------------------- exporters
-
-
-def _serving_function(im: InferenceModel) -> Callable:
-    """Raw images of any size (and dtype) -> probabilities, class index and label."""
-    import tensorflow as tf
-
-    size, channels, model = im.image_size, im.channels, im.model
-    labels = tf.constant(im.labels)
-
-    def serve(images):
-        x = tf.cast(images, tf.float32)
-        shape = tf.shape(x)
-        same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
-        x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(
-            tf.image.resize(x, (size, size), method="bilinear", antialias=True), 0.0, 255.0))
-        x = tf.ensure_shape(x, [None, size, size, channels])
-        probs = tf.cast(model(x, training=False), tf.float32)
-        index = tf.argmax(probs, axis=-1, output_type=tf.int32)
-        return {"probabilities": probs, "class_index": index, "label": tf.gather(labels, index)}
-
-    return serve
-
-
-def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    serve = _serving_function(im)
-    archive = keras.export.ExportArchive()
-    archive.track(im.model)
-    spec = [None, None, None, im.channels]
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec(spec, tf.float32, name="images")])
-    archive.add_endpoint("serve_uint8", serve,
-                         input_signature=[tf.TensorSpec(spec, tf.uint8, name="images")])
-    with _quiet():
-        archive.write_out(str(path), verbose=False)
-    return {"input": {"signature": "serving_default", "name": "images", "dtype": "float32",
-                      "shape": spec, "values": "raw pixels 0..255, any size (resized inside)"},
-            "signatures": ["serving_default", "serve_uint8"],
-            "outputs": ["probabilities", "class_index", "label"]}
-
-
-def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    serve = loaded.signatures["serving_default"]
-    out = [serve(images=tf.constant(images[i:i + 64], tf.float32))["probabilities"].numpy()
-           for i in range(0, len(images), 64)]
-    return np.concatenate(out)
-
-
-def _fixed_size_savedmodel(im: InferenceModel, folder: Path) -> Path:
-    """A SavedModel of just the model at its size: what the TFLite converter reads."""
-    import keras
-    import tensorflow as tf
-
-    model = im.model
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    spec = tf.TensorSpec([None, im.image_size, im.image_size, im.channels], tf.float32,
-                         name="images")
-    archive.add_endpoint("serving_default", lambda x: model(x, training=False),
-                         input_signature=[spec])
-    path = folder / "fixed_size_saved_model"
-    with _quiet():
-        archive.write_out(str(path), verbose=False)
-    return path
-
-
-def convert_tflite(saved_model: Path, calibration: np.ndarray | None = None) -> bytes:
-    """Float TFLite, or full-integer (uint8 in/out) when calibration images are given."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if calibration is not None:
-        def representative() -> Iterator[list[np.ndarray]]:
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-    with _quiet():
-        return converter.convert()
-
-
-def _interpreter(content: bytes) -> Any:
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
-        return tf.lite.Interpreter(model_content=content)
-
-
-def tflite_io(content: bytes) -> dict[str, Any]:
-    """Input and output dtype, shape and quantisation of a TFLite model."""
-    interp = _interpreter(content)
-
-    def describe(d: dict) -> dict[str, Any]:
-        scale, zero = d["quantization"]
-        info = {"name": d["name"], "dtype": np.dtype(d["dtype"]).name,
-                "shape": [int(v) for v in d["shape_signature"]]}
-        if scale:
-            info.update(scale=float(scale), zero_point=int(zero))
-        return info
-
-    return {"input": describe(interp.get_input_details()[0]),
-            "output": describe(interp.get_output_details()[0])}
-
-
-def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
-    interp = _interpreter(content)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    results = []
-    allocated = None
-    for start in range(0, len(images), batch):
-        x = images[start:start + batch].astype(np.float32)
-        if allocated != len(x):
-            interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
-            interp.allocate_tensors()
-            allocated = len(x)
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x)
-        with _quiet():  # the first invoke logs which delegate it created
-            interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        results.append(np.asarray(y, np.float32))
-    return np.concatenate(results)
-
-
-def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, im.image_size, im.image_size, im.channels], tf.float32,
-                         name="images")
-    with _quiet():
-        im.model.export(str(path), format="onnx", input_signature=[spec], verbose=False)
-    return {"input": {"name": "images", "dtype": "float32",
-                      "shape": [None, im.image_size, im.image_size, im.channels],
-                      "values": "raw pixels 0..255"}}
-
-
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: images[i:i + 64].astype(np.float32)})[0]
-           for i in range(0, len(images), 64)]
-    return np.concatenate(out).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------- export
 
 
@@ -405,16 +216,17 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
             "top1_agreement": round(float(np.mean(reference.argmax(1) == got.argmax(1))), 6)}
 
 
-def export_model(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
-                 calibration: str | os.PathLike | None = None, samples: int = 200,
-                 output: str | os.PathLike | None = None,
-                 project: str | os.PathLike = DEFAULT_PROJECT, name: str = "exp",
-                 exist_ok: bool = False,
-                 on_done: Callable[[str, dict[str, Any]], None] | None = None) -> ExportReport:
+def export(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
+           calibration: str | os.PathLike | None = None, samples: int = 200,
+           output: str | os.PathLike | None = None,
+           project: str | os.PathLike = DEFAULT_PROJECTS["export"], name: str = "exp",
+           exist_ok: bool = False,
+           on_done: Callable[[str, dict[str, Any]], None] | None = None) -> ExportReport:
     """Export ``model`` (object, .keras file, run folder; None = newest run) and check each.
 
-    Writes the exports, labels.txt and export.json; a failed export (an error, or a
-    top-1 agreement under its threshold) is recorded and the others still run.
+    Writes the exports, labels.txt and export.json to ``output`` (else a new
+    folder under ``project``); a failed export (an error, or a top-1 agreement
+    under its threshold) is recorded and the others still run.
     """
     wanted, notes = resolve_formats(formats)
     if samples < 1:
@@ -422,59 +234,57 @@ def export_model(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
     if model is None:
         model = latest_run()
     config = _run_config(model)
-    im = model if isinstance(model, InferenceModel) else load_inference_model(model)
+    im = load_inference_model(model)
     data = sample_images(im, config=config, calibration=None if calibration is None
                          else str(calibration), n=samples,
                          need_calibration="tflite-int8" in wanted)
     reference = np.concatenate([im.probabilities(data.check[i:i + 64])
                                 for i in range(0, len(data.check), 64)])
-    if output is not None:
-        folder = Path(output)
-        folder.mkdir(parents=True, exist_ok=True)
-    else:
-        folder = new_run_dir(project, name, exist_ok)
+    folder = output_folder(output, project, name, exist_ok)
     atomic_write_bytes(folder / "labels.txt", ("\n".join(im.labels) + "\n").encode())
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="resnet-builder-export-") as tmp:
-        fixed: Path | None = None
         for fmt in wanted:
-            target = folder / FILES[fmt]
-            start = time.perf_counter()
-            result: dict[str, Any] = {"path": FILES[fmt], "threshold": THRESHOLDS[fmt]}
-            try:
-                if target.is_dir():
-                    shutil.rmtree(target)
-                if fmt == "savedmodel":
-                    result.update(export_savedmodel(im, target))
-                    got = run_savedmodel(target, data.check)
-                elif fmt in ("tflite", "tflite-int8"):
-                    if fixed is None:
-                        fixed = _fixed_size_savedmodel(im, Path(tmp))
-                    content = convert_tflite(fixed, data.calibration if fmt == "tflite-int8"
-                                             else None)
-                    atomic_write_bytes(target, content)
-                    result.update(tflite_io(content))
-                    got = run_tflite(content, data.check)
-                else:
-                    result.update(export_onnx(im, target))
-                    got = run_onnx(target, data.check)
-                result.update(compare(reference, got))
-                result["images"] = len(data.check)
-                result["passed"] = (result.get("error") is None
-                                    and result["top1_agreement"] >= THRESHOLDS[fmt])
-            except UserError:
-                raise
-            except Exception as exc:  # a converter failure fails this format, not the rest
-                if os.environ.get("RESNET_BUILDER_DEBUG"):
-                    raise
-                result.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:2000])
-            result["seconds"] = round(time.perf_counter() - start, 3)
-            if target.exists():
-                result["bytes"] = _size(target)
-            results[fmt] = result
+            results[fmt] = _export_checked(fmt, im, folder / FILES[fmt], data, reference,
+                                           Path(tmp))
             if on_done is not None:
-                on_done(fmt, result)
-    summary = {
+                on_done(fmt, results[fmt])
+    write_json(folder / "export.json", _summary(im, data, results, notes))
+    return ExportReport(folder, im.source, results, data, notes)
+
+
+export_model = export  # the name cli.py (and earlier versions) call it by
+
+
+def _export_checked(fmt: str, im: InferenceModel, target: Path, data: Samples,
+                    reference: np.ndarray, workdir: Path) -> dict[str, Any]:
+    """Write one format, run it on the check images and compare; a converter error fails it."""
+    start = time.perf_counter()
+    result: dict[str, Any] = {"path": FILES[fmt], "threshold": THRESHOLDS[fmt]}
+    try:
+        if target.is_dir():
+            shutil.rmtree(target)
+        result.update(write_export(fmt, im, target, data.calibration, workdir))
+        result.update(compare(reference, run_export(fmt, target, data.check)))
+        result["images"] = len(data.check)
+        result["passed"] = (result.get("error") is None
+                            and result["top1_agreement"] >= THRESHOLDS[fmt])
+    except UserError:
+        raise
+    except Exception as exc:  # a converter failure fails this format, not the rest
+        if os.environ.get("RESNET_BUILDER_DEBUG"):
+            raise
+        result.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    if target.exists():
+        result["bytes"] = disk_size(target)
+    return result
+
+
+def _summary(im: InferenceModel, data: Samples, results: dict[str, dict[str, Any]],
+             notes: list[str]) -> dict[str, Any]:
+    """What export.json holds."""
+    return {
         "model": im.source,
         "image_shape": [im.image_size, im.image_size, im.channels],
         "class_names": im.labels,
@@ -486,8 +296,6 @@ def export_model(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
         "passed": all(r.get("passed") for r in results.values()),
         "notes": notes,
     }
-    write_json(folder / "export.json", summary)
-    return ExportReport(folder, im.source, results, data, notes)
 
 
 def describe_result(fmt: str, r: dict[str, Any]) -> str:

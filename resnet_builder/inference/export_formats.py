@@ -1,0 +1,240 @@
+"""The export formats: SavedModel, TFLite (float and int8) and ONNX, each written and run.
+
+Every export takes **raw pixels** (0..255, the model's channels): the model's own
+normalisation layer is part of the exported graph. ``write_export`` writes one
+format and ``run_export`` runs it on images, for ``export.py`` to compare with
+the Keras model. The converters' log lines are hidden unless
+``RESNET_BUILDER_DEBUG`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_builder.files import atomic_write_bytes
+from resnet_builder.inference.loading import InferenceModel
+
+FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
+FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",
+         "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the converters' C++ log lines and Python warnings (unless RESNET_BUILDER_DEBUG)."""
+    if os.environ.get("RESNET_BUILDER_DEBUG"):
+        yield
+        return
+    from resnet_builder.runtime import _stderr_silenced
+
+    loggers = [logging.getLogger(n) for n in ("tf2onnx", "absl", "tensorflow")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), _stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _serving_function(im: InferenceModel) -> Callable:
+    """Raw images of any size (and dtype) -> probabilities, class index and label."""
+    import tensorflow as tf
+
+    size, channels, model = im.image_size, im.channels, im.model
+    labels = tf.constant(im.labels)
+
+    def serve(images):
+        x = tf.cast(images, tf.float32)
+        shape = tf.shape(x)
+        same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+        x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(
+            tf.image.resize(x, (size, size), method="bilinear", antialias=True), 0.0, 255.0))
+        x = tf.ensure_shape(x, [None, size, size, channels])
+        probs = tf.cast(model(x, training=False), tf.float32)
+        index = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        return {"probabilities": probs, "class_index": index, "label": tf.gather(labels, index)}
+
+    return serve
+
+
+def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
+    """saved_model/ with float32 and uint8 raw-image signatures of any size."""
+    import keras
+    import tensorflow as tf
+
+    serve = _serving_function(im)
+    archive = keras.export.ExportArchive()
+    archive.track(im.model)
+    spec = [None, None, None, im.channels]
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec(spec, tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", serve,
+                         input_signature=[tf.TensorSpec(spec, tf.uint8, name="images")])
+    with _quiet():
+        archive.write_out(str(path), verbose=False)
+    return {"input": {"signature": "serving_default", "name": "images", "dtype": "float32",
+                      "shape": spec, "values": "raw pixels 0..255, any size (resized inside)"},
+            "signatures": ["serving_default", "serve_uint8"],
+            "outputs": ["probabilities", "class_index", "label"]}
+
+
+def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities from the SavedModel's serving_default signature."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures["serving_default"]
+    out = [serve(images=tf.constant(images[i:i + 64], tf.float32))["probabilities"].numpy()
+           for i in range(0, len(images), 64)]
+    return np.concatenate(out)
+
+
+def _fixed_size_savedmodel(im: InferenceModel, path: Path) -> None:
+    """A SavedModel of just the model at its size: what the TFLite converter reads."""
+    import keras
+
+    model = im.model
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda x: model(x, training=False),
+                         input_signature=[im.input_spec()])
+    with _quiet():
+        archive.write_out(str(path), verbose=False)
+
+
+def convert_tflite(saved_model: Path, calibration: np.ndarray | None = None) -> bytes:
+    """Float TFLite, or full-integer (uint8 in/out) when calibration images are given."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if calibration is not None:
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    with _quiet():
+        return converter.convert()
+
+
+def _interpreter(content: bytes) -> Any:
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's move-to-LiteRT notice
+        return tf.lite.Interpreter(model_content=content)
+
+
+def tflite_io(content: bytes) -> dict[str, Any]:
+    """Input and output dtype, shape and quantisation of a TFLite model."""
+    interp = _interpreter(content)
+
+    def describe(d: dict) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        info = {"name": d["name"], "dtype": np.dtype(d["dtype"]).name,
+                "shape": [int(v) for v in d["shape_signature"]]}
+        if scale:
+            info.update(scale=float(scale), zero_point=int(zero))
+        return info
+
+    return {"input": describe(interp.get_input_details()[0]),
+            "output": describe(interp.get_output_details()[0])}
+
+
+def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
+    interp = _interpreter(content)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    allocated = None
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].astype(np.float32)
+        if allocated != len(x):
+            interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+            interp.allocate_tensors()
+            allocated = len(x)
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        with _quiet():  # the first invoke logs which delegate it created
+            interp.invoke()
+        y = interp.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(np.asarray(y, np.float32))
+    return np.concatenate(results)
+
+
+def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
+    """model.onnx through Keras' exporter (tf2onnx), float32 input ``images``."""
+    with _quiet():
+        im.model.export(str(path), format="onnx", input_signature=[im.input_spec()],
+                        verbose=False)
+    return {"input": {"name": "images", "dtype": "float32",
+                      "shape": [None, im.image_size, im.image_size, im.channels],
+                      "values": "raw pixels 0..255"}}
+
+
+def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities from onnxruntime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: images[i:i + 64].astype(np.float32)})[0]
+           for i in range(0, len(images), 64)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def write_export(fmt: str, im: InferenceModel, target: Path, calibration: np.ndarray | None,
+                 workdir: Path) -> dict[str, Any]:
+    """Write ``fmt`` to ``target``; returns what export.json says of its inputs and outputs.
+
+    The TFLite converters read a fixed-size SavedModel, made once in ``workdir``;
+    int8 is calibrated on ``calibration``.
+    """
+    if fmt == "savedmodel":
+        return export_savedmodel(im, target)
+    if fmt == "onnx":
+        return export_onnx(im, target)
+    fixed = workdir / "fixed_size_saved_model"
+    if not fixed.exists():
+        _fixed_size_savedmodel(im, fixed)
+    content = convert_tflite(fixed, calibration if fmt == "tflite-int8" else None)
+    atomic_write_bytes(target, content)
+    return tflite_io(content)
+
+
+def run_export(fmt: str, target: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities (float32 [N, K]) of the export written at ``target`` for raw images."""
+    if fmt == "savedmodel":
+        return run_savedmodel(target, images)
+    if fmt == "onnx":
+        return run_onnx(target, images)
+    return run_tflite(target.read_bytes(), images)
+
+
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of every file below a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

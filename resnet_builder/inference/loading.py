@@ -1,0 +1,112 @@
+"""Loading a classifier for inference: predict, evaluate and export all start here.
+
+A model object, a ``.keras`` file or a run folder (its best, else last, model)
+becomes an ``InferenceModel``: the Keras model plus the facts every use needs,
+read from the model itself (input size, channels, class names). The model's
+normalisation is a layer inside it, so it is always fed raw 0..255 pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_builder.errors import UserError
+from resnet_builder.inference.gradcam import gradcam_function
+from resnet_builder.runs import TRAIN_PROJECT, latest_run, model_path
+
+
+@dataclass(eq=False)
+class InferenceModel:
+    """A loaded classifier plus the facts prediction needs (size, channels, labels)."""
+
+    model: Any  # keras.Model
+    source: str  # where it came from, for messages and outputs
+    image_size: int
+    channels: int
+    labels: list[str]
+    _functions: dict[str, Callable] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def input_spec(self) -> Any:
+        """tf.TensorSpec of a batch of raw images: float32 [None, S, S, C]."""
+        import tensorflow as tf
+
+        return tf.TensorSpec([None, self.image_size, self.image_size, self.channels],
+                             tf.float32, name="images")
+
+    def probabilities(self, images: Any) -> np.ndarray:
+        """float32 [B, K] for a batch of raw 0..255 images [B, S, S, C]."""
+        if "probs" not in self._functions:
+            import tensorflow as tf
+
+            model = self.model
+            self._functions["probs"] = tf.function(
+                lambda x: model(x, training=False), input_signature=[self.input_spec()])
+        return np.asarray(self._functions["probs"](_as_float(images)), np.float32)
+
+    def gradcam(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [B, K], heatmaps [B, h, w] in 0..1) for the top class of each image."""
+        if "cam" not in self._functions:
+            self._functions["cam"] = gradcam_function(self.model, self.input_spec())
+        probs, heat = self._functions["cam"](_as_float(images))
+        return np.asarray(probs, np.float32), np.asarray(heat, np.float32)
+
+
+def _as_float(images: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32)
+
+
+def load_inference_model(model: Any = None, *, project: str | os.PathLike = TRAIN_PROJECT
+                         ) -> InferenceModel:
+    """A model object, a ``.keras`` file or a run folder; None = the newest run's best model."""
+    if isinstance(model, InferenceModel):
+        return model
+    from resnet_builder.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import keras
+
+    from resnet_builder.model import backbone as _backbone  # noqa: F401 - registers the model classes
+    from resnet_builder.model import classifier as _classifier  # noqa: F401
+
+    if isinstance(model, keras.Model):
+        return _describe(model, f"<{type(model).__name__} {model.name}>")
+    path = model_path(latest_run(project) if model is None else model)
+    return _describe(_load_keras_file(path), str(path))
+
+
+def _load_keras_file(path: Path) -> Any:
+    import keras
+
+    if path.suffix != ".keras":
+        raise UserError(f"model {path} is not a .keras file",
+                        hint="pass a .keras model file or a run folder (runs/train/exp)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # a corrupt zip, a foreign model, missing classes...
+        raise UserError(f"cannot load model {path}: {type(exc).__name__}: {exc}",
+                        hint="pass a .keras file written by resnet-builder") from None
+
+
+def _describe(model: Any, source: str) -> InferenceModel:
+    """Size, channels and labels of a model; checks it is a square image classifier."""
+    shape = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else ()
+    if len(shape) != 3 or shape[0] is None or shape[0] != shape[1] or shape[2] not in (1, 3):
+        raise UserError(f"model {source} takes input shape {shape}; prediction needs a fixed "
+                        "square size with 1 or 3 channels (H, H, C)",
+                        hint="build the model with input_shape like (32, 32, 3)")
+    outputs = model.output_shape[-1]
+    labels = model.labels() if hasattr(model, "labels") else [str(i) for i in range(outputs)]
+    return InferenceModel(model=model, source=source, image_size=int(shape[0]),
+                          channels=int(shape[2]), labels=list(labels))

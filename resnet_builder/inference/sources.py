@@ -1,0 +1,123 @@
+"""Which files to predict: files, folders (recursive) and globs, and the files left out.
+
+* ``path`` in the outputs is relative to the source it was found through (a folder
+  or the fixed part of a glob), or absolute for a file named on its own, so files
+  of the same name in different sub-folders stay distinct.
+* Inside a folder, files without an image extension are skipped with that reason
+  (hidden files are ignored). A file named explicitly is tried whatever its
+  extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_builder.data.images import is_image_file, walk_files
+from resnet_builder.files import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One file to predict: where it is and what to call it in outputs."""
+
+    file: Path
+    path: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or source) that gave no prediction, with why."""
+
+    path: str
+    reason: str
+
+
+def write_skipped(path: Path, skipped: Sequence[Skipped]) -> None:
+    """skipped.csv: path, reason (predict and evaluate write it)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([s.path, s.reason] for s in skipped)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard ("imgs/**/*.png" -> imgs)."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _rel(file: Path, base: Path) -> str:
+    try:
+        return file.relative_to(base).as_posix()
+    except ValueError:
+        return os.path.relpath(file, base).replace(os.sep, "/")
+
+
+def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
+    """Image files below ``folder`` (sorted); other files as skips."""
+    files = sorted(walk_files(folder), key=lambda p: p.relative_to(folder).as_posix())
+    for file in files:
+        rel = _rel(file, base)
+        if is_image_file(file):
+            yield ImageSource(file, rel)
+        else:
+            yield Skipped(rel, f"not an image file (extension {file.suffix or 'none'!r})")
+
+
+def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
+    """The files a glob matches (folders it matches, recursively), relative to its fixed part."""
+    base = _glob_base(pattern)
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    if not matches:
+        yield Skipped(pattern, "no file matches this pattern")
+    for match in map(Path, matches):
+        if match.is_dir():
+            yield from _folder_files(match, base)
+        elif not match.name.startswith("."):
+            yield ImageSource(match, _rel(match, base))
+
+
+def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
+    """What one source names: a folder's files, a file, a glob's matches, or a skip."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        yield from _folder_files(path, path)
+    elif path.is_file():
+        yield ImageSource(path, str(path.resolve()))
+    elif glob.has_magic(text):
+        yield from _glob_files(text)
+    else:
+        yield Skipped(text, "file or folder not found")
+
+
+def collect_images(sources: str | os.PathLike | Iterable[str | os.PathLike]
+                   ) -> tuple[list[ImageSource], list[Skipped]]:
+    """Files to predict from files, folders (recursive) and globs, in the order given.
+
+    A file reached twice (a folder and a glob inside it) is predicted once.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    found: list[ImageSource] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    for source in sources:
+        for item in _source_files(source):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+            elif (key := os.path.realpath(item.file)) not in seen:
+                seen.add(key)
+                found.append(item)
+    return found, skipped
