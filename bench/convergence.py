@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/convergence.py --depth 20 --epochs 6
 
 Trains ``build_model(depth, "bottleneck")`` on the learnable synthetic source
-(``DataBundle``, crop+flip) with ``speed.make_train_function``: plain float32,
+(``DataBundle``, crop+flip) with ``step.make_train_function``: plain float32,
 fused BN, fused BN + mixed_bfloat16. Reports the last epoch's training loss
 and the validation accuracy of the float32 model the weights end up in (what
 would be saved). A sanity check, not a convergence study.
@@ -25,16 +25,17 @@ def run(setting: str, depth: int, epochs: int, bundle, batch: int) -> dict:
     import numpy as np
 
     from resnet_builder import build_model
-    from resnet_builder.training import speed
+    from resnet_builder.benchmark import machine
+    from resnet_builder.training import batchnorm, step
 
     keras.utils.set_random_seed(0)
     model = build_model(depth, block_type="bottleneck", num_classes=bundle.num_classes,
                         input_shape=(bundle.image_size, bundle.image_size, 3),
                         mean=bundle.mean, std=bundle.std)
-    net = speed.with_dtype_policy(model, "mixed_bfloat16") if "bf16" in setting else model
+    net = machine.with_dtype_policy(model, "mixed_bfloat16") if "bf16" in setting else model
     if "fbn" in setting:
-        speed.fuse_batch_norm(net)
-    fn = speed.make_train_function(net, keras.optimizers.SGD(0.05, momentum=0.9),
+        batchnorm.fuse_batch_norm(net)
+    fn = step.make_train_function(net, keras.optimizers.SGD(0.05, momentum=0.9),
                                    keras.losses.SparseCategoricalCrossentropy(reduction=None),
                                    steps_per_call=8)
     start = C.timer()

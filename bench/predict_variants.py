@@ -25,8 +25,8 @@ DESCRIPTIONS = {
     "call_xla": "the same with jit_compile=True, batches of 128",
     "call_bf16": "a mixed_bfloat16 copy of the model (same weights), batches of 128",
     "predict_bf16": "model.predict on the mixed_bfloat16 copy, batch 128",
-    "predict_fbn": "model.predict after speed.fuse_batch_norm (fused inference BN)",
-    "call_fbn": "tf.function call after speed.fuse_batch_norm, batches of 128",
+    "predict_fbn": "model.predict after batchnorm.fuse_batch_norm (fused inference BN)",
+    "call_fbn": "tf.function call after batchnorm.fuse_batch_norm, batches of 128",
     "call_fbn_bf16": "mixed_bfloat16 copy with fused BN, tf.function, batches of 128",
 }
 
@@ -34,7 +34,7 @@ DESCRIPTIONS = {
 def make(name: str, model, x) -> C.Variant:
     import tensorflow as tf
 
-    from resnet_builder.training import speed
+    from resnet_builder.training import batchnorm
 
     n = len(x)
     parts = set(name.split("_")[1:])
@@ -45,7 +45,7 @@ def make(name: str, model, x) -> C.Variant:
     else:
         target = model
     if "fbn" in parts:
-        speed.fuse_batch_norm(target)
+        batchnorm.fuse_batch_norm(target)
     if name.startswith("predict"):
         batch = 512 if name.endswith("b512") else 128
 
@@ -70,15 +70,15 @@ def make(name: str, model, x) -> C.Variant:
 
 
 def keras_copy(model):
-    from resnet_builder.training import speed
+    from resnet_builder.benchmark import machine
 
-    return speed.with_dtype_policy(model, "float32")
+    return machine.with_dtype_policy(model, "float32")
 
 
 def bf16_copy(model):
-    from resnet_builder.training import speed
+    from resnet_builder.benchmark import machine
 
-    return speed.with_dtype_policy(model, "mixed_bfloat16")
+    return machine.with_dtype_policy(model, "mixed_bfloat16")
 
 
 def main(argv=None) -> dict:

@@ -29,18 +29,18 @@ DESCRIPTIONS = {
     "fit": "model.fit, SGD momentum, sparse CE, accuracy metric (Keras default path)",
     "fit_nometric": "model.fit without the accuracy metric",
     "fit_spe8": "model.fit with steps_per_execution=8",
-    "fit_fbn": "model.fit after speed.fuse_batch_norm(model)",
+    "fit_fbn": "model.fit after batchnorm.fuse_batch_norm(model)",
     "fit_bf16": "model.fit, model built under mixed_bfloat16 (Keras BN)",
     "fit_fbn_bf16": "model.fit, fused BN, model built under mixed_bfloat16",
-    "step1": "speed.make_train_function, 1 step per call",
-    "step8": "speed.make_train_function, 8 steps per call (tf.range loop)",
+    "step1": "step.make_train_function, 1 step per call",
+    "step8": "step.make_train_function, 8 steps per call (tf.range loop)",
     "step1_fbn_bf16": "fused BN + mixed_bfloat16, 1 step per call",
     "step32_fbn_bf16": "fused BN + mixed_bfloat16, 32 steps per call",
     "step8_onehot": "as step8, one-hot labels + CategoricalCrossentropy",
     "step8_xla": "as step8, per-replica step jit_compile=True",
     "step8_bf16": "as step8, model built under mixed_bfloat16",
     "step8_bf16_xla": "as step8_bf16, XLA",
-    "step8_fbn": "as step8, BN through FusedBatchNormV3 (speed.fuse_batch_norm)",
+    "step8_fbn": "as step8, BN through FusedBatchNormV3 (batchnorm.fuse_batch_norm)",
     "step8_fbn_bf16": "fused BN + mixed_bfloat16",
     "step8_nchw": "as step8, channels_first model from the same plan",
     "step8_nchw_fbn": "channels_first + fused BN",
@@ -56,12 +56,12 @@ DESCRIPTIONS = {
 def fit_variant(name: str, batch: int, metrics: bool = True, spe: int = 1) -> C.Variant:
     import keras
 
-    from resnet_builder.training import speed
+    from resnet_builder.training import batchnorm
 
     parts = set(name.split("_")[1:])
     model = C.build("mixed_bfloat16" if "bf16" in parts else None)
     if "fbn" in parts:
-        speed.fuse_batch_norm(model)
+        batchnorm.fuse_batch_norm(model)
     model.compile(optimizer=C.sgd(), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"] if metrics else None, steps_per_execution=spe)
     if keras.backend.backend() == "tensorflow":
@@ -93,14 +93,14 @@ def step_variant(name: str, batch: int) -> C.Variant:
     import keras
     import tensorflow as tf
 
-    from resnet_builder.training import speed
+    from resnet_builder.training import batchnorm, step
 
     parts = set(name.split("_")[1:])
     spc = int(name.split("_")[0][4:])
     policy = "mixed_bfloat16" if "bf16" in parts else None
     model = C.build_channels_first(policy) if "nchw" in parts else C.build(policy)
     if "fbn" in parts:
-        speed.fuse_batch_norm(model)
+        batchnorm.fuse_batch_norm(model)
     if "onehot" in parts:
         loss = keras.losses.CategoricalCrossentropy(reduction=None)
         data = C.pool_dataset(batch).map(lambda x, y: (x, tf.one_hot(y, C.CLASSES)))
@@ -109,7 +109,7 @@ def step_variant(name: str, batch: int) -> C.Variant:
         data = C.pool_dataset(batch)
     if "pipeline" in parts:
         data = bundle_dataset(batch)
-    fn = speed.make_train_function(model, C.sgd(), loss, steps_per_call=spc,
+    fn = step.make_train_function(model, C.sgd(), loss, steps_per_call=spc,
                                    jit_compile="xla" in parts)
     iterator = iter(data)
 
@@ -207,9 +207,9 @@ def main(argv=None) -> dict:
                         "stdin, answering one JSON line each (for process_variants.py)")
     args = p.parse_args(argv)
 
-    from resnet_builder.training import speed
+    from resnet_builder.benchmark import machine
 
-    threads = speed.configure_cpu_threads(args.intra, args.inter)
+    threads = machine.configure_cpu_threads(args.intra, args.inter)
     names = args.variants.split(",")
     flops = C.train_flops_per_image()
     variants = []

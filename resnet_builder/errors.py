@@ -32,3 +32,12 @@ class ConfigError(UserError):
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint, exit_code=2)
+
+
+class ArgumentError(ValueError):
+    """A bad argument to one of our model classes or functions (exit code 2 from the CLI).
+
+    A ``ValueError``, as Keras raises for bad constructor arguments, so Python
+    callers catch it as usual; its own type lets the CLI tell it apart from a
+    ``ValueError`` that escaped from a bug.
+    """

@@ -27,49 +27,26 @@ TRAIN_PROJECT = DEFAULT_PROJECTS["train"]
 RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
 
 
+def _member(name: str, doc: str) -> property:
+    return property(lambda self: self.root / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunPaths:
-    """Every file of a training run, by role."""
+    """Every file of a training run, by role (the one place that says where each lives)."""
 
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def last(self) -> Path:
-        return self.root / "last.keras"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.keras"
-
-    @property
-    def checkpoint(self) -> Path:
-        """Everything resuming needs, in one atomically written file (see checkpoint.py)."""
-        return self.root / "checkpoint.npz"
-
-    @property
-    def curves(self) -> Path:
-        return self.root / "curves.png"
-
-    @property
-    def confusion_matrix(self) -> Path:
-        return self.root / "confusion_matrix.png"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
+    config = _member("config.yaml", "The config the run trains with (resume reads it).")
+    results = _member("results.csv", "One row per completed epoch.")
+    summary = _member("summary.json", "Status, best epoch, speed and set-up.")
+    last = _member("last.keras", "The model after the latest epoch.")
+    best = _member("best.keras", "The model of the best validation accuracy.")
+    checkpoint = _member("checkpoint.npz", "Everything resuming needs, in one atomically "
+                         "written file (see training/checkpoint.py).")
+    curves = _member("curves.png", "Loss, accuracy and learning rate per epoch.")
+    confusion_matrix = _member("confusion_matrix.png", "Validation, at the best epoch.")
+    tensorboard = _member("tensorboard", "TensorBoard event files.")
 
 
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -112,6 +89,16 @@ def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -
             except FileExistsError:  # another run took it between the listing and now
                 pass
         number += 1
+
+
+def output_folder(output: str | os.PathLike | None, project: str | os.PathLike, name: str,
+                  exist_ok: bool = False) -> Path:
+    """``output`` as given (created if needed), else a new run folder under ``project``."""
+    if output is None:
+        return new_run_dir(project, name, exist_ok)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def latest_run(project: str | os.PathLike = TRAIN_PROJECT) -> Path:

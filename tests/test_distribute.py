@@ -23,9 +23,10 @@ import pytest
 
 from resnet_builder.config import dump_config, load_config
 from resnet_builder.errors import UserError
-from resnet_builder.training import run as trainer
+from resnet_builder.training import api as trainer
 from resnet_builder.training.checkpoint import read_meta
-from resnet_builder.training.distribute import Task, _listen, _rendezvous, read_tf_config
+from resnet_builder.training.cluster import Task, read_tf_config
+from resnet_builder.training.rendezvous import listen, rendezvous
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_rendezvous_meets_every_peer_and_frees_the_port():
     def join(index: int, delay: float) -> None:
         time.sleep(delay)  # tasks start at different times
         try:
-            _rendezvous(cluster_of(ports, index), timeout=20)
+            rendezvous(cluster_of(ports, index), timeout=20)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -143,7 +144,7 @@ def test_rendezvous_names_the_missing_peer_within_the_timeout():
     ports = free_ports(2)
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        _rendezvous(cluster_of(ports, 0), timeout=1.5)
+        rendezvous(cluster_of(ports, 0), timeout=1.5)
     assert time.monotonic() - start < 6
     assert (f"did not assemble within 1.5 s; this task is worker 0 (127.0.0.1:{ports[0]}); "
             f"missing: worker 1 (127.0.0.1:{ports[1]}): Connection refused") in str(err.value)
@@ -154,13 +155,13 @@ def test_rendezvous_names_an_unresolvable_host():
     cluster = read_tf_config(tf_config({"worker": [f"127.0.0.1:{port}",
                                                    "no-such-host.invalid:2222"]}))
     with pytest.raises(UserError, match=r"no-such-host\.invalid' does not resolve"):
-        _rendezvous(cluster, timeout=1)
+        rendezvous(cluster, timeout=1)
 
 
 def test_port_in_use_is_refused():
     port = free_ports(1)[0]
     with socket.create_server(("", port)), pytest.raises(UserError) as err:
-        _listen(Task("worker", 0, "127.0.0.1", port))
+        listen(Task("worker", 0, "127.0.0.1", port))
     assert f"worker 0 (127.0.0.1:{port}), cannot listen on port {port}: Address already in use" \
         in str(err.value)
 
@@ -172,14 +173,14 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from resnet_builder.training import run as trainer
+from resnet_builder.training import api as trainer
 from resnet_builder.config import load_config
 base = json.loads(sys.argv[1])
 out = {}
 for name, extra in [("sync", ["distribute.sync_batchnorm=true"]), ("per_replica", []),
                     ("scaled", ["optim.scale_lr_with_replicas=true", "train.epochs=1"])]:
     result = trainer.train(load_config(None, [*base, f"run.name={name}", *extra]))
-    out[name] = {"rows": result.rows, "summary": result.summary}
+    out[name] = {"rows": result.history, "summary": result.summary}
 print("RESULT " + json.dumps(out))
 """
 
@@ -208,7 +209,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
         assert (summary["strategy"], summary["replicas"]) == ("mirrored", 2)
         summary_file = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
         assert (summary_file["strategy"], summary_file["replicas"]) == ("mirrored", 2)
-    one = single.rows
+    one = single.history
     for name in ("sync", "per_replica"):
         gaps = {key: float(np.max(np.abs(curve(runs[name]["rows"], key) / curve(one, key) - 1)))
                 for key in ("loss", "val_loss")}
@@ -227,7 +228,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
                                rtol=3e-2)
     # The linear scaling rule: lr x replicas.
     scaled = runs["scaled"]["rows"]
-    np.testing.assert_allclose(curve(scaled, "lr"), 2 * curve(scaled_single.rows, "lr"),
+    np.testing.assert_allclose(curve(scaled, "lr"), 2 * curve(scaled_single.history, "lr"),
                                rtol=1e-6)
 
 
@@ -237,31 +238,32 @@ LAUNCHER = """
 import os, sys, time
 from pathlib import Path
 import numpy as np
-from resnet_builder.training import distribute
-from resnet_builder.training import run as trainer
+import keras
+from resnet_builder.training import api, rendezvous
 
-stall = os.environ.get("TEST_STALL_AFTER_EPOCH")
-if stall:  # save epoch N, say so, then hang like a stuck machine until killed
-    save_epoch = trainer._Run._save_epoch
-    def save_then_stall(self, model, optimizer, row, improved):
-        save_epoch(self, model, optimizer, row, improved)
-        if row["epoch"] == int(stall):
+class StallAfterSaving(keras.callbacks.Callback):  # save epoch N, say so, then hang
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == int(os.environ["TEST_STALL_AFTER_EPOCH"]):
             Path(os.environ["TEST_MARKER"]).write_text("saved")
             time.sleep(3600)
-    trainer._Run._save_epoch = save_then_stall
+
+class DumpWeights(keras.callbacks.Callback):  # the final weights of a worker that finished
+    def on_train_end(self, logs=None):
+        if logs["status"] in ("finished", "stopped_early"):
+            np.savez(os.environ["TEST_WEIGHTS"],
+                     *[np.asarray(v.numpy()) for v in self.model.weights])
+
+standard = api.standard_callbacks
+def with_test_callbacks(**kwargs):
+    extra = [StallAfterSaving()] if os.environ.get("TEST_STALL_AFTER_EPOCH") else []
+    return standard(**kwargs) + extra + [DumpWeights()]
+api.standard_callbacks = with_test_callbacks
 if os.environ.get("TEST_DIE_AFTER_RENDEZVOUS"):  # answer the others, then vanish
-    rendezvous = distribute._rendezvous
+    meet = rendezvous.rendezvous
     def rendezvous_then_die(*args, **kwargs):
-        rendezvous(*args, **kwargs)
+        meet(*args, **kwargs)
         os._exit(3)
-    distribute._rendezvous = rendezvous_then_die
-weights = os.environ.get("TEST_WEIGHTS")
-if weights:  # the final weights of this worker, to compare workers
-    fit = trainer._Run.fit
-    def fit_and_dump(self, model, *args):
-        fit(self, model, *args)
-        np.savez(weights, *[np.asarray(v.numpy()) for v in model.weights])
-    trainer._Run.fit = fit_and_dump
+    rendezvous.rendezvous = rendezvous_then_die
 from resnet_builder.cli import main
 main(sys.argv[1:], prog_name="resnet-builder")
 """

@@ -1,4 +1,4 @@
-"""speed.py: the multi-step train function, fused batch-norm training, the matmul yardstick."""
+"""The one training step (several steps per call), fused batch norm, the matmul yardstick."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from resnet_builder import build_model
-from resnet_builder.training import speed
+from resnet_builder.benchmark import machine
+from resnet_builder.training import batchnorm, step
 
 
 def tiny_model(policy: str | None = None, seed: int = 0):
@@ -38,7 +39,7 @@ def sparse_ce():
 
 def test_counts_and_early_stop_at_iterator_end():
     model = tiny_model()
-    fn = speed.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce(),
+    fn = step.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce(),
                                    steps_per_call=2)
     it = iter(learnable_data(n=40, batch=16))  # batches of 16, 16, 8
     loss, correct, count = fn(it)
@@ -55,7 +56,7 @@ def test_matches_a_plain_gradient_tape_step():
     b.set_weights(a.get_weights())
     x, y = next(iter(learnable_data(n=16, batch=16)))
     opt_a, opt_b = keras.optimizers.SGD(0.1, momentum=0.9), keras.optimizers.SGD(0.1, momentum=0.9)
-    fn = speed.make_train_function(a, opt_a, sparse_ce())
+    fn = step.make_train_function(a, opt_a, sparse_ce())
     loss_sum, _, count = fn(iter(tf.data.Dataset.from_tensors((x, y))))
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy()(y, b(x, training=True))
@@ -70,7 +71,7 @@ def test_matches_a_plain_gradient_tape_step():
 def test_loss_goes_down(one_hot):
     model = tiny_model()
     loss_fn = (keras.losses.CategoricalCrossentropy(reduction=None) if one_hot else sparse_ce())
-    fn = speed.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), loss_fn,
+    fn = step.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), loss_fn,
                                    steps_per_call=3)
     data = learnable_data(one_hot=one_hot)
     first = last = None
@@ -87,8 +88,8 @@ def test_under_a_strategy_and_with_xla():
     with strategy.scope():
         model = tiny_model()
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-    speed.fuse_batch_norm(model)
-    fn = speed.make_train_function(model, optimizer, sparse_ce(), strategy=strategy,
+    batchnorm.fuse_batch_norm(model)
+    fn = step.make_train_function(model, optimizer, sparse_ce(), strategy=strategy,
                                    steps_per_call=4, jit_compile=True)
     it = iter(strategy.experimental_distribute_dataset(learnable_data()))
     loss, _, count = fn(it)
@@ -97,8 +98,8 @@ def test_under_a_strategy_and_with_xla():
 
 def test_mixed_bfloat16_model_trains():
     model = tiny_model("mixed_bfloat16")
-    speed.fuse_batch_norm(model)
-    fn = speed.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce(),
+    batchnorm.fuse_batch_norm(model)
+    fn = step.make_train_function(model, keras.optimizers.SGD(0.05, momentum=0.9), sparse_ce(),
                                    steps_per_call=3)
     loss, _, count = fn(iter(learnable_data()))
     assert float(count) == 48 and np.isfinite(float(loss))
@@ -118,8 +119,8 @@ def test_fused_batch_norm_matches_keras(axis):
 
     plain, fused = layer(), layer()
     model = keras.Sequential([fused])
-    assert speed.fuse_batch_norm(model) == 1
-    assert speed.fuse_batch_norm(model) == 0  # already done
+    assert batchnorm.fuse_batch_norm(model) == 1
+    assert batchnorm.fuse_batch_norm(model) == 0  # already done
     w = tf.random.stateless_normal(x.shape, seed=(3, 4))
     outs, grads = [], []
     for bn in (plain, fused):
@@ -140,7 +141,7 @@ def test_fused_batch_norm_matches_keras(axis):
 
 def test_fused_model_saves_as_plain_keras(tmp_path):
     model = tiny_model()
-    speed.fuse_batch_norm(model)
+    batchnorm.fuse_batch_norm(model)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -152,18 +153,18 @@ def test_fused_model_saves_as_plain_keras(tmp_path):
 
 
 def test_matmul_gflops_and_threads():
-    assert speed.matmul_gflops(seconds=0.05, n=128) > 0
-    intra, inter = speed.configure_cpu_threads()  # None, None: reads, changes nothing
+    assert machine.matmul_gflops(seconds=0.05, n=128) > 0
+    intra, inter = machine.configure_cpu_threads()  # None, None: reads, changes nothing
     assert intra >= 0 and inter >= 0
-    assert speed.cpu_count() >= 1
+    assert machine.cpu_count() >= 1
 
 
 def test_with_dtype_policy_round_trip():
     model = tiny_model()
-    bf16 = speed.with_dtype_policy(model, "mixed_bfloat16")
+    bf16 = machine.with_dtype_policy(model, "mixed_bfloat16")
     assert bf16.backbone.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert bf16.layers[-1].compute_dtype == "float32"
-    back = speed.with_dtype_policy(bf16, "float32")
+    back = machine.with_dtype_policy(bf16, "float32")
     assert {layer.dtype_policy.name for layer in back.backbone.layers} == {"float32"}
     for u, v in zip(model.get_weights(), back.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)
@@ -176,19 +177,19 @@ def test_fused_inference_and_xla():
     model = tiny_model()
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
     before = model.predict(x, verbose=0)
-    speed.fuse_batch_norm(model)
+    batchnorm.fuse_batch_norm(model)
     np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
-    fn = speed.make_train_function(model, keras.optimizers.SGD(0.05), sparse_ce(),
+    fn = step.make_train_function(model, keras.optimizers.SGD(0.05), sparse_ce(),
                                    steps_per_call=2, jit_compile=True)
     loss, _, count = fn(iter(learnable_data()))
     assert float(count) == 32 and np.isfinite(float(loss))
 
 
 def test_recommended_settings():
-    cpu = speed.recommended_settings("cpu")
+    cpu = machine.recommended_settings("cpu")
     assert cpu["fuse_batch_norm"] and not cpu["jit_compile"]
-    assert cpu["policy"] == ("mixed_bfloat16" if speed.cpu_has_bf16() else "float32")
-    gpu = speed.recommended_settings("gpu")
+    assert cpu["policy"] == ("mixed_bfloat16" if machine.cpu_has_bf16() else "float32")
+    gpu = machine.recommended_settings("gpu")
     assert gpu["policy"] == "mixed_float16" and gpu["jit_compile"]
 
 
@@ -197,8 +198,9 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from resnet_builder.training import speed
-from tests.test_speed import learnable_data, sparse_ce
+from resnet_builder.benchmark import machine
+from resnet_builder.training import batchnorm, step
+from tests.test_step import learnable_data, sparse_ce
 
 def train(strategy):
     with strategy.scope():
@@ -207,7 +209,7 @@ def train(strategy):
                                   keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense(3, activation="softmax")])
         opt = keras.optimizers.SGD(0.05, momentum=0.9)
-    fn = speed.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
+    fn = step.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
     it = iter(strategy.experimental_distribute_dataset(learnable_data(n=48, batch=16)))
     loss, correct, count = fn(it)
     return float(loss), float(count), model.get_weights()
@@ -220,13 +222,13 @@ assert abs(one[0] - two[0]) < 1e-4 * abs(one[0]), (one[0], two[0])
 for a, b in zip(one[2], two[2], strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
-from tests.test_speed import tiny_model  # our ResNet with fused BN on two replicas
+from tests.test_step import tiny_model  # our ResNet with fused BN on two replicas
 strategy = mirrored
 with strategy.scope():
     model = tiny_model()
     opt = keras.optimizers.SGD(0.05, momentum=0.9)
-speed.fuse_batch_norm(model)
-fn = speed.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
+batchnorm.fuse_batch_norm(model)
+fn = step.make_train_function(model, opt, sparse_ce(), strategy=strategy, steps_per_call=3)
 loss, _, count = fn(iter(strategy.experimental_distribute_dataset(learnable_data())))
 assert float(count) == 48 and np.isfinite(float(loss))
 """

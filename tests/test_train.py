@@ -19,8 +19,10 @@ from click.testing import CliRunner
 from resnet_builder.cli import main
 from resnet_builder.config import dump_config, load_config
 from resnet_builder.errors import UserError
-from resnet_builder.training import run as trainer
+from resnet_builder.training import api as trainer
+from resnet_builder.training import loop
 from resnet_builder.training.checkpoint import read_meta
+from resnet_builder.training.setup import resolve_precision
 
 TINY = [
     "model.depth=8", "model.block_type=basic", "model.bn_momentum=0.9",
@@ -111,40 +113,36 @@ def test_resume_refuses_model_changes(tmp_path, finished):
 
 
 def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monkeypatch):
-    original = trainer._Run._train_epoch
+    class InterruptInEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:  # Keras counts epochs from 0
+                raise KeyboardInterrupt
 
-    def interrupt_in_epoch_2(self, epoch, *args):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, *args)
-
-    monkeypatch.setattr(trainer._Run, "_train_epoch", interrupt_in_epoch_2)
     with pytest.raises(UserError) as err:
-        trainer.train(tiny_config(tmp_path))
+        trainer.train(tiny_config(tmp_path), callbacks=[InterruptInEpoch2()])
     assert err.value.exit_code == 130
     run = tmp_path / "runs" / "exp"
     assert f"resnet-builder train --resume {run}" in str(err.value)
     assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
-    monkeypatch.setattr(trainer._Run, "_train_epoch", original)
     trainer.resume(run)
     assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = trainer.make_train_step
+    real = loop.make_train_function
 
     def poisoned(*args, **kwargs):
         step = real(*args, **kwargs)
         calls = {"n": 0}
 
-        def wrapped(batch):
+        def wrapped(iterator):
             calls["n"] += 1
-            out = step(batch)
+            out = step(iterator)
             return (float("nan"), out[1], out[2]) if calls["n"] > 7 else out
 
         return wrapped
 
-    monkeypatch.setattr(trainer, "make_train_step", poisoned)
+    monkeypatch.setattr(loop, "make_train_function", poisoned)
     with pytest.raises(UserError, match=r"diverged.*epoch 2"):
         trainer.train(tiny_config(tmp_path))
     run = tmp_path / "runs" / "exp"
@@ -153,8 +151,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, 
 
 
 def test_early_stopping_then_extension(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer._Run, "_evaluate",
-                        lambda self, step, data: (1.0, 0.5, np.zeros(data.num_val, int)))
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate",
+                        lambda self: loop.Evaluation(1.0, 0.5, np.zeros((10, 10), int)))
     cfg = tiny_config(tmp_path, "train.epochs=6", "train.early_stopping_patience=2")
     result = trainer.train(cfg)
     assert result.summary["status"] == "stopped_early"
@@ -249,8 +247,8 @@ def test_cli_train_line_progress_and_resume_messages(tmp_path):
 def test_auto_precision_is_float16_only_with_a_gpu(monkeypatch):
     import tensorflow as tf
 
-    assert trainer.resolve_precision("bfloat16") == "bfloat16"
+    assert resolve_precision("bfloat16") == "bfloat16"
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    assert trainer.resolve_precision("auto") == "off"
+    assert resolve_precision("auto") == "off"
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
-    assert trainer.resolve_precision("auto") == "float16"
+    assert resolve_precision("auto") == "float16"

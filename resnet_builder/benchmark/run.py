@@ -19,13 +19,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder.benchmark.machine import matmul_gflops
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import load_data
 from resnet_builder.model.architecture import Architecture
 from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
 from resnet_builder.model.summary import model_summary
-from resnet_builder.training.speed import fuse_batch_norm, matmul_gflops
-from resnet_builder.training.step import make_loss, make_train_step
+from resnet_builder.training.batchnorm import fuse_batch_norm
+from resnet_builder.training.step import make_loss, make_train_function
 
 
 def _model(arch: Architecture, num_classes: int) -> ResNetV2Classifier:
@@ -42,17 +43,22 @@ def _timed(fn, repeats: int) -> float:
 
 def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
                     warmup: int, xla: bool) -> float:
-    """Images/s of the trainer's own step (SGD momentum, cross-entropy, fused batch norm)."""
+    """Images/s of the trainer's own step (SGD momentum, cross-entropy, fused batch norm).
+
+    The same train function the trainer runs, one step per call, fed by a tf.data
+    iterator as in training.
+    """
     model = _model(arch, int(labels.max()) + 1)
     fuse_batch_norm(model)  # as the trainer does (hardware.fused_batchnorm)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    step = make_train_step(model, optimizer, make_loss(model.num_classes, 0.0),
-                           tf.distribute.get_strategy(), batch_size, jit_compile=xla)
+    train = make_train_function(model, optimizer, make_loss(model.num_classes, 0.0),
+                                global_batch_size=batch_size, jit_compile=xla)
     batch = (tf.constant(images[:batch_size]), tf.constant(labels[:batch_size]))
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
 
     def one():
-        float(step(batch)[0])
+        float(train(iterator)[0])
 
     _timed(one, warmup)
     return steps * batch_size / _timed(one, steps)

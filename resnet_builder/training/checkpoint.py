@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from resnet_builder.errors import UserError
@@ -26,10 +27,22 @@ def _values(variables) -> list[np.ndarray]:
     return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in variables]
 
 
+def optimizer_state(optimizer) -> list:
+    """The optimizer variables a checkpoint holds: the optimizer's own, without loss scaling.
+
+    A float16 run wraps its optimizer in a ``LossScaleOptimizer`` whose loss scale
+    is not part of what was learned; leaving it out lets a run resume under
+    another precision (a GPU run on a CPU, and back).
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer.variables
+    return optimizer.variables
+
+
 def save_checkpoint(path: Path, model, optimizer, meta: dict[str, Any]) -> None:
     """Write model variables, optimizer variables and ``meta`` (JSON-able) atomically."""
     arrays = {f"model_{i}": v for i, v in enumerate(_values(model.variables))}
-    arrays.update({f"opt_{i}": v for i, v in enumerate(_values(optimizer.variables))})
+    arrays.update({f"opt_{i}": v for i, v in enumerate(_values(optimizer_state(optimizer)))})
     arrays["meta"] = np.frombuffer(
         json.dumps({"format": FORMAT_VERSION, **meta}).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -70,7 +83,7 @@ def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
         model_values = [data[f"model_{i}"] for i in range(_count(data, "model_"))]
         opt_values = [data[f"opt_{i}"] for i in range(_count(data, "opt_"))]
     _assign(model.variables, model_values, "model", path)
-    _assign(optimizer.variables, opt_values, "optimizer", path)
+    _assign(optimizer_state(optimizer), opt_values, "optimizer", path)
     return meta
 
 

@@ -1,10 +1,16 @@
-"""The compiled training and evaluation steps, run through a ``tf.distribute`` strategy.
+"""The one compiled training step (trainer and ``bench`` alike) and the evaluation step.
 
 Our own step rather than ``model.fit``: Keras 3's ``fit`` breaks under
 ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), and a compiled step
 is where the speed is. Each replica averages its loss over the *global*
-batch (``tf.nn.compute_average_loss``) so gradients summed across replicas
-equal the single-device gradient.
+batch (``tf.nn.compute_average_loss``), so gradients summed across replicas
+equal the single-device gradient. One loss-scaling path: ``optimizer.scale_loss``
+(a ``LossScaleOptimizer`` scales under float16; every other optimizer returns the
+loss unchanged).
+
+``make_train_function`` runs up to ``steps_per_call`` steps in one call (a
+``tf.range`` loop in the graph), reading batches from an iterator, and returns
+plain sums ``(loss_sum, correct, count)`` for epoch means.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import tensorflow as tf
 
 
 def make_loss(num_classes: int, label_smoothing: float) -> Callable:
-    """Per-example cross-entropy on probabilities, with optional label smoothing."""
+    """Per-example cross-entropy on probabilities and integer labels, optional smoothing."""
     crossentropy = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
                                                         reduction=None)
 
@@ -26,43 +32,100 @@ def make_loss(num_classes: int, label_smoothing: float) -> Callable:
     return loss
 
 
-def _reduce_sum(strategy: tf.distribute.Strategy, values):
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values]
+def _class_ids(labels, probabilities):
+    """Integer labels, whether given as ids or as one-hot (or smoothed) rows."""
+    if labels.shape.rank == probabilities.shape.rank:
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.reshape(tf.cast(labels, tf.int32), [-1])
 
 
-def make_train_step(model, optimizer, loss_fn: Callable, strategy: tf.distribute.Strategy,
-                    global_batch_size: int, *, jit_compile: bool = False) -> Callable:
-    """``step(batch) -> (loss_sum, correct, count)`` summed over replicas.
+def _replica_step(model, optimizer, loss_fn: Callable, global_batch_size: int | None):
+    """One training step on one replica's batch -> (loss sum, correct, count) of that batch."""
 
-    Trains only the variables trainable when it is made; make a new step
-    after freezing or unfreezing layers.
-    """
-    variables = model.trainable_variables
-    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def replica_step(images, labels):
+    def step(images, labels):
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            per_example = loss_fn(labels, probabilities)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            scaled = optimizer.scale_loss(loss) if scales_loss else loss
+            per_example = tf.cast(tf.reshape(loss_fn(labels, probabilities), [-1]), tf.float32)
+            batch = global_batch_size or tf.shape(per_example)[0] * (
+                tf.distribute.get_strategy().num_replicas_in_sync)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+            if model.losses:  # regularizers, divided across replicas
+                loss += tf.nn.scale_regularization_loss(
+                    tf.add_n([tf.cast(term, tf.float32) for term in model.losses]))
+            scaled = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        truth = _class_ids(labels, probabilities)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, truth), tf.float32))
+        count = tf.cast(tf.size(truth), tf.float32)
         return tf.reduce_sum(per_example), correct, count
-
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-    def step(batch):
-        images, labels = batch
-        return _reduce_sum(strategy, strategy.run(replica_step, args=(images, labels)))
 
     return step
 
 
+def make_train_function(
+    model,
+    optimizer,
+    loss_fn: Callable,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    steps_per_call: int = 1,
+    jit_compile: bool = False,
+    global_batch_size: int | None = None,
+) -> Callable:
+    """A compiled function ``train(iterator) -> (loss_sum, correct, count)``.
+
+    Each call runs up to ``steps_per_call`` steps on the (images, labels) batches
+    ``iterator`` yields, stopping early when it ends, and returns float32 scalars
+    summed over the steps and replicas; ``count == 0`` means the iterator was
+    already exhausted. ``loss_fn(labels, probabilities)`` returns per-example
+    losses (labels as ids or one-hot). ``strategy``: the one the model and
+    optimizer were made under (default: the current one); the iterator then comes
+    from ``strategy.experimental_distribute_dataset``. ``global_batch_size``: what
+    the loss is averaged over (default: the replica batch times the replicas).
+    ``jit_compile`` compiles the per-replica step with XLA (slower than oneDNN on a
+    CPU; turn it on for GPUs). Trains the variables trainable when it is made:
+    make a new one after freezing or unfreezing layers.
+    """
+    if steps_per_call < 1:
+        raise ValueError(f"`steps_per_call` must be >= 1. Received: {steps_per_call!r}")
+    strategy = strategy or tf.distribute.get_strategy()
+    if not optimizer.built:  # slots made here, not lazily inside the traced function
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+    step = _replica_step(model, optimizer, loss_fn, global_batch_size)
+    if jit_compile:
+        step = tf.function(step, jit_compile=True, reduce_retracing=True)
+
+    def run_step(images, labels):
+        sums = strategy.run(step, args=(images, labels))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    @tf.function
+    def train(iterator):
+        loss_sum, correct, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(steps_per_call):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            images, labels = batch.get_value()[:2]
+            step_loss, step_correct, step_count = run_step(images, labels)
+            loss_sum += step_loss
+            correct += step_correct
+            count += step_count
+        return loss_sum, correct, count
+
+    return train
+
+
 def make_eval_step(model, loss_fn: Callable, strategy: tf.distribute.Strategy) -> Callable:
-    """``step(batch) -> (loss_sum, predictions, labels)``, predictions gathered from replicas."""
+    """``step(batch) -> (loss_sum, predictions, labels)``, both gathered from the replicas.
+
+    Predictions and labels come back in the same order, so a confusion matrix
+    pairs them correctly under any strategy.
+    """
 
     def replica_step(images, labels):
         probabilities = model(images, training=False)
@@ -78,41 +141,3 @@ def make_eval_step(model, loss_fn: Callable, strategy: tf.distribute.Strategy) -
                 strategy.gather(predicted, axis=0), strategy.gather(truth, axis=0))
 
     return step
-
-
-def batchnorm_layers(layer):
-    """Every ``BatchNormalization`` layer inside ``layer`` (nested models included)."""
-    for sub in getattr(layer, "layers", []):
-        if isinstance(sub, keras.layers.BatchNormalization):
-            yield sub
-        else:
-            yield from batchnorm_layers(sub)
-
-
-def make_moving_stats_sync(model, strategy: tf.distribute.Strategy) -> Callable[[], None]:
-    """``sync()`` averages the batch-norm moving statistics over all replicas.
-
-    Keras 3 creates them without an aggregation, so under a strategy each
-    replica (on several machines: each worker) tracks its own from its share
-    of the batches, and the workers' models drift apart. The moving average
-    is linear, so averaging the replicas' copies once per epoch gives exactly
-    the statistics of averaging every step (what tf.keras 2 did), at the cost
-    of one all-reduce per epoch. A no-op on one replica.
-    """
-    variables = [v for layer in batchnorm_layers(model)
-                 for v in (layer.moving_mean, layer.moving_variance)]
-    if strategy.num_replicas_in_sync == 1 or not variables:
-        return lambda: None
-
-    def replica_step():
-        ctx = tf.distribute.get_replica_context()
-        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value)
-                                                              for v in variables])
-        for var, mean in zip(variables, means, strict=True):
-            var.assign(mean)  # no aggregation: each replica sets its own copy
-
-    @tf.function
-    def sync():
-        strategy.run(replica_step)
-
-    return sync

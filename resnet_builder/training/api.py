@@ -1,0 +1,208 @@
+"""``train`` and ``resume``: the trainer's Python API (the CLI's ``train`` calls these).
+
+Setting a run up happens here (machine, strategy, data, run folder, model,
+optimizer, resume point); the epochs run in ``loop.TrainingLoop``; everything
+a run writes or shows is a ``keras.callbacks.Callback`` (``callbacks.py``), and
+a caller's own callbacks run after those.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from resnet_builder import runs
+from resnet_builder.config import Config, apply_overrides, dump_config, load_config
+from resnet_builder.data import DataBundle, load_data
+from resnet_builder.errors import UserError
+from resnet_builder.training import progress
+from resnet_builder.training.batchnorm import fuse_batch_norm, synchronize_batchnorm
+from resnet_builder.training.callbacks import standard_callbacks
+from resnet_builder.training.loop import TrainingLoop
+from resnet_builder.training.report import end_line, run_summary, start_line
+from resnet_builder.training.resume import check_overrides, resume_meta
+from resnet_builder.training.schedules import build_schedule
+from resnet_builder.training.setup import (
+    configure_hardware,
+    make_model,
+    make_optimizer,
+    resolve_precision,
+)
+from resnet_builder.training.state import RunState
+from resnet_builder.training.strategy import StrategyInfo, make_strategy
+from resnet_builder.training.workers import cluster_failure, restore, start_together
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or early-stopped) run gives back."""
+
+    run_dir: Path
+    summary: dict[str, Any]  # summary.json
+    history: list[dict[str, Any]]  # the results.csv rows, as numbers
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        return self.summary["best_val_accuracy"]
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.summary["best_epoch"]
+
+
+def train(config: Config | str | os.PathLike, overrides: Sequence[str] = (),
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train a new run from ``config`` (a YAML path or a loaded ``Config``).
+
+    ``overrides`` are ``--set`` strings such as ``"train.epochs=2"``; ``callbacks``
+    are Keras callbacks run after the trainer's own. With ``distribute.strategy:
+    multi_worker`` the run folder is ``run.project/run.name`` exactly, and running
+    the same command again continues it (what a restarted worker does).
+    """
+    if isinstance(config, Config):
+        cfg = apply_overrides(config, overrides)
+    else:
+        cfg = load_config(config, overrides)
+    return _run(cfg, None, None, callbacks)
+
+
+def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
+           callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Continue ``run_dir`` after its last completed epoch (``overrides`` may extend it)."""
+    paths = runs.RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)",
+                        hint="pass a folder made by resnet-builder train, e.g. runs/train/exp")
+    check_overrides(overrides)
+    cfg = load_config(paths.config, overrides)
+    if not paths.checkpoint.exists():
+        progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")
+        return _run(cfg, paths.root, None, callbacks)
+    meta = resume_meta(paths.root, cfg, load_config(paths.config))
+    return _run(cfg, paths.root, meta, callbacks)
+
+
+# Keras callbacks that need a compiled model (``model.optimizer``), and what does their job here.
+NEEDS_COMPILED_MODEL = {
+    "BackupAndRestore": "the run folder's checkpoint.npz does this, with the optimizer state "
+                        "and the data order: resume with resnet_builder.resume(run_dir) or "
+                        "resnet-builder train --resume RUN",
+    "TensorBoard": "set run.tensorboard: true (epoch scalars in the run folder's tensorboard/)",
+    "ReduceLROnPlateau": "the learning rate follows the schedule section (warm-up, step, cosine)",
+    "LearningRateScheduler": "the learning rate follows the schedule section (warm-up, step, "
+                             "cosine)",
+}
+
+
+def check_callbacks(callbacks: Sequence[keras.callbacks.Callback]) -> None:
+    """Refuse, with the alternative, Keras callbacks that cannot work in this loop."""
+    for callback in callbacks:
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise UserError(f"{callback!r} is not a keras.callbacks.Callback",
+                            hint="pass instances of keras.callbacks.Callback subclasses")
+        name = type(callback).__name__
+        for base in type(callback).__mro__:
+            if base.__module__.startswith("keras") and base.__name__ in NEEDS_COMPILED_MODEL:
+                raise UserError(f"keras.callbacks.{base.__name__} ({name}) needs a compiled "
+                                "model, which the trainer does not use",
+                                hint=NEEDS_COMPILED_MODEL[base.__name__], exit_code=2)
+
+
+@dataclass
+class _Setup:
+    cfg: Config
+    precision: str
+    dist: StrategyInfo
+    data: DataBundle
+    run_dir: Path
+    meta: dict | None
+
+
+def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
+    """The machine, the strategy, the data and the run folder every worker agrees on."""
+    if cfg.distribute.strategy == "multi_worker" and cfg.hardware.seed is None:
+        raise UserError("distribute.strategy multi_worker needs hardware.seed",
+                        hint="every worker must shuffle and augment the same way; set "
+                             "hardware.seed to a number (the default is 0)", exit_code=2)
+    precision = resolve_precision(cfg.hardware.mixed_precision)  # on this machine, every time
+    configure_hardware(cfg, precision)
+    dist = make_strategy(cfg.distribute.strategy,
+                         connect_timeout=cfg.distribute.connect_timeout,
+                         say=lambda text: progress.say(cfg.run.progress, text))
+    if os.environ.get("TF_CONFIG") and dist.name != "multi_worker":
+        progress.say(cfg.run.progress,
+                     f"note: TF_CONFIG is set but the strategy is {dist.name}; training on "
+                     f"this machine only (use --strategy multi_worker to join the cluster)")
+    data = load_data(cfg.data, cfg.augment, cfg.hardware.seed)
+    if data.num_train == 0:
+        raise UserError("the training split is empty", hint="check data.path / data.limit")
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
+                                     or data.num_classes))
+    try:
+        if dist.name == "multi_worker":
+            run_dir, meta = start_together(cfg, run_dir, meta, dist, data)
+        elif run_dir is None:
+            run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
+    except tf.errors.OpError as exc:
+        raise _cluster_error(exc, dist, meta) from None
+    if dist.is_chief:
+        dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"
+    return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
+
+
+def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:
+    if dist.name != "multi_worker":
+        return exc
+    return cluster_failure(exc, dist, int((meta or {}).get("epochs_completed", 0)))
+
+
+def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
+         user_callbacks: Sequence[keras.callbacks.Callback]) -> TrainResult:
+    check_callbacks(user_callbacks)
+    s = _start(cfg, run_dir, meta)
+    cfg, dist, paths = s.cfg, s.dist, runs.RunPaths(s.run_dir)
+    steps_per_epoch = math.ceil(s.data.num_train / cfg.data.batch_size)
+    lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
+    schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs, steps_per_epoch)
+    backup = (dist.backup_dir(Path(cfg.run.project) / cfg.run.name) / "checkpoint.npz"
+              if dist.name == "multi_worker" and not dist.is_chief else None)
+    try:
+        with dist.strategy.scope():
+            model = make_model(cfg, s.data)
+            optimizer = make_optimizer(cfg, schedule, s.precision)
+            optimizer.build(model.trainable_variables)
+        if cfg.distribute.sync_batchnorm and dist.replicas > 1:
+            synchronize_batchnorm(model)
+        elif cfg.hardware.fused_batchnorm:
+            fuse_batch_norm(model)  # the same weights; TensorFlow's one-kernel batch norm
+        if s.meta is not None:
+            restore(paths, backup, model, optimizer, dist, s.meta, cfg.run.progress)
+    except tf.errors.OpError as exc:
+        raise _cluster_error(exc, dist, s.meta) from None
+    state = RunState.from_meta(s.meta)
+
+    def summary() -> dict[str, Any]:
+        return run_summary(state, cfg, dist, paths.root, s.precision)
+
+    own = standard_callbacks(cfg=cfg, paths=paths, state=state, optimizer=optimizer,
+                             summary=summary, class_names=s.data.class_names,
+                             steps_per_epoch=steps_per_epoch, is_chief=dist.is_chief,
+                             backup=backup)
+    callbacks = keras.callbacks.CallbackList([*own, *user_callbacks], model=model)
+    loop = TrainingLoop(cfg, dist, model, optimizer, s.data, schedule, state, callbacks, paths)
+    progress.say(cfg.run.progress,
+                 start_line(cfg, state, paths.root, s.data, model.count_params(), dist, lr))
+    try:
+        loop.run()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    result = summary()
+    progress.say(cfg.run.progress, end_line(result))
+    return TrainResult(paths.root, result, state.history)

@@ -1,0 +1,182 @@
+"""The trainer's own ``keras.callbacks``: everything a run does besides training.
+
+The loop (``loop.py``) only trains, evaluates and records; it tells a
+``keras.callbacks.CallbackList`` what happened, as Keras documents for custom
+loops: ``on_train_begin/end``, ``on_epoch_begin/end`` (0-based epoch index, logs
+holding every results.csv column plus ``images_per_second``) and
+``on_train_batch_end`` (running ``loss``/``accuracy``). Progress, early stopping,
+the run folder, TensorBoard and the plots are callbacks below, in that order;
+a user's callbacks come after them (so they see the epoch's files written) and
+may stop the run with ``self.model.stop_training = True``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnet_builder import plots
+from resnet_builder.files import atomic_save, write_json
+from resnet_builder.runs import RunPaths, write_results
+from resnet_builder.training import checkpoint, progress
+from resnet_builder.training.state import RunState
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """A tqdm bar per epoch on a terminal, one line per epoch elsewhere (``run.progress``)."""
+
+    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, state: RunState) -> None:
+        super().__init__()
+        self.mode, self.epochs, self.steps, self.state = mode, epochs, steps_per_epoch, state
+        self.bar: progress.EpochProgress | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.bar = progress.EpochProgress(self.mode, epoch + 1, self.epochs, self.steps)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if self.bar is not None:
+            self.bar.update(1, logs["loss"], logs["accuracy"], logs["images_per_second"])
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close(logs or {}, (logs or {})["images_per_second"],
+                           "(best)" if self.state.improved else "")
+            self.bar = None
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Stop after ``patience`` epochs without a better val_accuracy.
+
+    The count lives in the run state (saved in the checkpoint), so a resumed run
+    keeps its patience; Keras' own ``EarlyStopping`` also works in this loop but
+    starts counting afresh on every resume.
+    """
+
+    def __init__(self, patience: int, state: RunState, say: Callable[[str], None]) -> None:
+        super().__init__()
+        self.patience, self.state, self.say = patience, state, say
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.patience or (logs or {}).get("val_accuracy") is None:
+            return
+        if self.state.stale_epochs >= self.patience:
+            self.state.status = "stopped_early"
+            self.model.stop_training = True
+            self.say(f"early stopping: no better val_accuracy for {self.patience} epochs "
+                     f"(best {self.state.best_val_accuracy:.4f} at epoch "
+                     f"{self.state.best_epoch})")
+
+
+class RunFolderWriter(keras.callbacks.Callback):
+    """Per epoch: results.csv, last.keras, best.keras, checkpoint.npz (last), summary.json.
+
+    The checkpoint is written last: it is the commit point a resumed run restarts
+    from. A worker that is not the chief writes only its own resume checkpoint
+    (``backup``), outside the run folder, and removes it when the run ends well.
+    """
+
+    def __init__(self, paths: RunPaths, state: RunState, optimizer, summary: Callable[[], dict],
+                 *, is_chief: bool, backup: Path | None) -> None:
+        super().__init__()
+        self.paths, self.state, self.optimizer, self.summary = paths, state, optimizer, summary
+        self.is_chief, self.backup = is_chief, backup
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.is_chief:
+            if self.backup is not None:
+                self.backup.parent.mkdir(parents=True, exist_ok=True)
+                checkpoint.save_checkpoint(self.backup, self.model, self.optimizer,
+                                           self.state.to_meta())
+            return
+        write_results(self.paths.results, self.state.history)
+        atomic_save(self.paths.last, self.model.save)
+        if self.state.improved:  # the same bytes: copying beats saving the model twice
+            atomic_save(self.paths.best, lambda tmp: shutil.copyfile(self.paths.last, tmp))
+        checkpoint.save_checkpoint(self.paths.checkpoint, self.model, self.optimizer,
+                                   self.state.to_meta())
+        write_json(self.paths.summary, self.summary())
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.is_chief:
+            write_json(self.paths.summary, self.summary())
+        elif self.backup is not None and self.state.status in ("finished", "stopped_early"):
+            remove_backup(self.backup.parent)
+
+
+class PlotsCallback(keras.callbacks.Callback):
+    """curves.png and the best epoch's validation confusion matrix, when the run ends."""
+
+    def __init__(self, paths: RunPaths, state: RunState, class_names: list[str]) -> None:
+        super().__init__()
+        self.paths, self.state, self.class_names = paths, state, class_names
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.state.history:
+            return
+        plots.plot_curves(self.state.history, self.paths.curves)
+        if self.state.best_confusion is not None:
+            plots.plot_confusion_matrix(np.asarray(self.state.best_confusion), self.class_names,
+                                        self.paths.confusion_matrix,
+                                        title=f"validation, best epoch {self.state.best_epoch}")
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Epoch scalars (loss, accuracy, val_loss, val_accuracy, lr) for TensorBoard.
+
+    Keras' own ``TensorBoard`` callback reads ``model.optimizer``, which only a
+    compiled model has; our models stay uncompiled so their ``.keras`` files hold
+    no optimizer state, hence this small writer over ``tf.summary``.
+    """
+
+    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder, self.writer = folder, None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.writer = tf.summary.create_file_writer(str(self.folder))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        with self.writer.as_default(step=epoch + 1):
+            for key in self.KEYS:
+                if (logs or {}).get(key) is not None:
+                    tf.summary.scalar(key, logs[key])
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def remove_backup(folder: Path) -> None:
+    """Delete a worker's backup folder, and its parents when that leaves them empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+def standard_callbacks(*, cfg: Any, paths: RunPaths, state: RunState, optimizer,
+                       summary: Callable[[], dict], class_names: list[str], steps_per_epoch: int,
+                       is_chief: bool, backup: Path | None) -> list[keras.callbacks.Callback]:
+    """The callbacks every run has, in order; the chief alone draws and logs."""
+    say = lambda text: progress.say(cfg.run.progress, text)  # noqa: E731
+    found: list[keras.callbacks.Callback] = [
+        ProgressCallback(cfg.run.progress, cfg.train.epochs, steps_per_epoch, state),
+        EarlyStopping(cfg.train.early_stopping_patience, state, say),
+        RunFolderWriter(paths, state, optimizer, summary, is_chief=is_chief, backup=backup),
+    ]
+    if is_chief and cfg.run.tensorboard:
+        found.append(TensorBoardLogger(paths.tensorboard))
+    if is_chief and cfg.run.plots:
+        found.append(PlotsCallback(paths, state, class_names))
+    return found

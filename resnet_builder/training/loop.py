@@ -1,0 +1,166 @@
+"""The epoch loop: train, evaluate, record, and tell the callbacks; nothing else.
+
+Epoch ``k``'s data order and augmentation depend only on (seed, k), so a resumed
+run sees the same batches as an uninterrupted one. Everything written or shown
+happens in callbacks (``callbacks.py``); the loop turns a NaN loss, Ctrl-C and a
+lost worker into a message that says how to go on, after telling the callbacks
+that training ended (so summary.json and the plots are written).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnet_builder.data import DataBundle
+from resnet_builder.errors import UserError
+from resnet_builder.plots import confusion_matrix
+from resnet_builder.runs import RunPaths
+from resnet_builder.training import progress
+from resnet_builder.training.batchnorm import make_moving_stats_sync
+from resnet_builder.training.step import make_eval_step, make_loss, make_train_function
+from resnet_builder.training.strategy import StrategyInfo, distribute_dataset
+from resnet_builder.training.workers import cluster_failure
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"epoch {epoch} step {step}")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    confusion: np.ndarray
+
+
+class TrainingLoop:
+    """One run's epochs, from the state's next epoch to ``train.epochs``."""
+
+    def __init__(self, cfg: Any, dist: StrategyInfo, model, optimizer, data: DataBundle,
+                 schedule, state, callbacks: keras.callbacks.CallbackList,
+                 paths: RunPaths) -> None:
+        self.cfg, self.dist, self.model, self.optimizer = cfg, dist, model, optimizer
+        self.data, self.schedule, self.state, self.callbacks = data, schedule, state, callbacks
+        self.paths = paths
+        self.loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing)
+        self.steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)
+        val = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
+        self.val_batches = None if val is None else distribute_dataset(dist, val)
+        self.eval_step = make_eval_step(model, self.loss_fn, dist.strategy)
+
+    def run(self) -> None:
+        """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
+        self.model.stop_training = False
+        self.callbacks.on_train_begin()
+        try:
+            self._epochs()
+        except Diverged as nan:
+            self._end("diverged")
+            raise UserError(
+                f"training diverged: the loss became NaN or infinite at epoch {nan.epoch}, "
+                f"step {nan.step}; the last good checkpoint (epoch "
+                f"{self.state.epochs_completed}) is kept in {self.paths.root}",
+                hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
+            ) from None
+        except tf.errors.OpError as exc:
+            if self.dist.name != "multi_worker":
+                raise
+            self._end("worker_lost")
+            raise cluster_failure(exc, self.dist, self.state.epochs_completed) from None
+        except KeyboardInterrupt:
+            self._end("interrupted")
+            raise UserError(
+                f"interrupted; {self.state.epochs_completed} completed epoch(s) are saved in "
+                f"{self.paths.root}",
+                hint=f"resume with: resnet-builder train --resume {self.paths.root}",
+                exit_code=130) from None
+        if self.state.status == "running":  # a callback set model.stop_training
+            self.state.status = "stopped"
+        self._end(self.state.status)
+
+    def _end(self, status: str) -> None:
+        self.state.status = status
+        self.callbacks.on_train_end({"status": status})
+
+    def _epochs(self) -> None:
+        cfg, train_fn, frozen = self.cfg, None, None
+        sync_moving_stats = make_moving_stats_sync(self.model, self.dist.strategy)
+        for epoch in range(self.state.epochs_completed + 1, cfg.train.epochs + 1):
+            want_frozen = epoch <= cfg.model.freeze_backbone_epochs
+            if train_fn is None or want_frozen != frozen:
+                frozen = want_frozen
+                train_fn = self._train_function(frozen)
+            self.callbacks.on_epoch_begin(epoch - 1)
+            logs = self.train_epoch(epoch, train_fn)
+            sync_moving_stats()  # before evaluating and saving: one model on every replica
+            evaluation = self.evaluate()
+            if evaluation is not None:
+                logs["val_loss"], logs["val_accuracy"] = evaluation.loss, evaluation.accuracy
+            self.state.record({k: v for k, v in logs.items() if k != "images_per_second"},
+                              None if evaluation is None else evaluation.confusion,
+                              last=epoch == cfg.train.epochs)
+            self.callbacks.on_epoch_end(epoch - 1, logs)
+            if self.model.stop_training:
+                break
+
+    def _train_function(self, frozen: bool):
+        """A train function over the variables trainable now (the backbone may be frozen)."""
+        self.model.backbone.trainable = not frozen
+        if frozen:
+            progress.say(self.cfg.run.progress,
+                         f"backbone frozen (batch-norm in inference mode) for epochs "
+                         f"1-{self.cfg.model.freeze_backbone_epochs}")
+        return make_train_function(self.model, self.optimizer, self.loss_fn,
+                                   strategy=self.dist.strategy,
+                                   global_batch_size=self.cfg.data.batch_size,
+                                   jit_compile=self.cfg.hardware.xla)
+
+    def train_epoch(self, epoch: int, train_fn) -> dict[str, Any]:
+        """One pass over the training split -> the epoch's logs (results.csv columns)."""
+        batch = self.cfg.data.batch_size
+        iterator = iter(distribute_dataset(self.dist, self.data.train_dataset(epoch - 1, batch)))
+        loss_sum = correct = count = 0.0
+        step, start = 0, time.perf_counter()
+        while True:
+            b_loss, b_correct, b_count = (float(v) for v in train_fn(iterator))
+            if b_count == 0:
+                break
+            step += 1
+            if not math.isfinite(b_loss):
+                raise Diverged(epoch, step)
+            loss_sum, correct, count = loss_sum + b_loss, correct + b_correct, count + b_count
+            ips = count / max(time.perf_counter() - start, 1e-9)
+            self.callbacks.on_train_batch_end(step - 1, {
+                "loss": loss_sum / count, "accuracy": correct / count, "images_per_second": ips})
+        seconds = time.perf_counter() - start
+        self.state.train_images += count
+        self.state.train_seconds += seconds
+        return {"epoch": epoch, "time": seconds,
+                "lr": self.schedule.value(epoch * self.steps_per_epoch - 1),
+                "loss": loss_sum / count, "accuracy": correct / count,
+                "images_per_second": count / max(seconds, 1e-9)}
+
+    def evaluate(self) -> Evaluation | None:
+        """Loss, accuracy and confusion matrix on the validation split (None without one)."""
+        if self.val_batches is None:
+            return None
+        loss_sum, predictions, labels = 0.0, [], []
+        for batch in self.val_batches:
+            b_loss, b_predicted, b_labels = self.eval_step(batch)
+            loss_sum += float(b_loss)
+            predictions.append(b_predicted.numpy())
+            labels.append(b_labels.numpy())  # gathered with the predictions: same order
+        predicted, truth = np.concatenate(predictions), np.concatenate(labels)
+        return Evaluation(loss_sum / len(truth), float(np.mean(predicted == truth)),
+                          confusion_matrix(truth, predicted, self.model.num_classes))

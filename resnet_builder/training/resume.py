@@ -1,0 +1,56 @@
+"""What a resumed run may change, and whether a run folder can go on.
+
+A resumed run continues after its last completed epoch from ``checkpoint.npz``.
+It may change how long it runs, how it reports and the machine it runs on:
+every ``hardware`` key but the seed (precision ``auto`` re-resolves on the
+machine that resumes; the checkpoint holds the optimizer's own state, without
+float16 loss scaling, so a GPU run resumes on a CPU and back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from resnet_builder.config import Config, dump_config, key_specs
+from resnet_builder.errors import UserError
+from resnet_builder.runs import RunPaths
+from resnet_builder.training import checkpoint, progress
+
+RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "run.progress", "run.plots",
+                  "run.tensorboard", "distribute.strategy", "distribute.connect_timeout",
+                  *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse ``--set`` keys that would make the resumed run a different run."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"--set {key} cannot change when resuming",
+                            hint=f"a resumed run may change only: {', '.join(RESUMABLE_KEYS)}",
+                            exit_code=2)
+
+
+def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
+    """The checkpoint's metadata, after checking that the run can go on with ``cfg``."""
+    paths = RunPaths(run_dir)
+    meta = checkpoint.read_meta(paths.checkpoint)
+    done = meta["epochs_completed"]
+    extended = cfg.train.epochs != original.train.epochs
+    if meta["status"] == "stopped_early" and not extended:
+        raise UserError(f"{run_dir} stopped early after {done} epochs",
+                        hint=f"to train further: resnet-builder train --resume {run_dir} "
+                             f"--set train.epochs=N (N > {done})")
+    if done >= cfg.train.epochs:
+        raise UserError(f"{run_dir} already finished its {done} epochs",
+                        hint=f"to extend it: resnet-builder train --resume {run_dir} "
+                             f"--set train.epochs=N (N > {done})")
+    if cfg != original:
+        dump_config(cfg, paths.config)  # the run folder's config says how it runs now
+    if extended:
+        progress.say(cfg.run.progress,
+                     f"extending {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
+                     f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
+        meta["stale_epochs"] = 0  # an extended run gets a fresh patience
+    return meta

@@ -1,0 +1,103 @@
+"""Setting a run up: the machine (threads, seed, precision), the model and the optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from resnet_builder.config import Config, model_arguments
+from resnet_builder.data import DataBundle
+from resnet_builder.errors import UserError
+from resnet_builder.model.classifier import ResNetV2Classifier, build_model
+from resnet_builder.model.presets import PRESETS
+from resnet_builder.model.weights import load_preset_weights
+
+
+def configure_hardware(cfg: Config, precision: str) -> None:
+    """Threads, seed, op determinism and the Keras dtype policy for ``precision``."""
+    hw = cfg.hardware
+    if hw.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(hw.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, hw.threads))
+        except RuntimeError:
+            pass  # TensorFlow already started in this process; its thread pools stay
+    if hw.seed is not None:
+        keras.utils.set_random_seed(hw.seed)  # once: re-seeding retraces every tf.function
+    if hw.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    keras.mixed_precision.set_global_policy(policy[precision])
+
+
+def resolve_precision(setting: str) -> str:
+    """``auto``: float16 where it pays (a GPU), float32 on a CPU (bfloat16 is a choice)."""
+    if setting != "auto":
+        return setting
+    return "float16" if tf.config.list_physical_devices("GPU") else "off"
+
+
+def make_model(cfg: Config, data: DataBundle) -> ResNetV2Classifier:
+    """The classifier the config describes, sized and normalised for ``data``."""
+    args = model_arguments(cfg)
+    num_classes = args.pop("num_classes", data.num_classes)
+    if num_classes != data.num_classes:
+        raise UserError(f"model.num_classes is {num_classes} but the data has "
+                        f"{data.num_classes} classes", hint="set model.num_classes: null")
+    normalize = cfg.data.normalize
+    args["input_shape"] = (data.image_size, data.image_size, data.channels)
+    model = build_model(
+        **args, num_classes=num_classes,
+        include_rescaling=False if normalize else None,
+        mean=data.mean if normalize else None, std=data.std if normalize else None,
+        class_names=data.class_names,
+    )
+    if cfg.model.weights:
+        load_initial_weights(model, cfg.model.weights)
+    return model
+
+
+def load_initial_weights(model: ResNetV2Classifier, source: str) -> None:
+    """Start from a preset's pretrained weights, a saved ``.keras`` model or a weights file."""
+    if source in PRESETS:
+        load_preset_weights(model.backbone, source)
+        return
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"model.weights {source!r} is neither a preset with weights nor a file",
+                        hint="use e.g. resnet50_v2_imagenet, or a path to a .keras or "
+                             ".weights.h5 file")
+    try:
+        if path.suffix == ".keras":
+            donor = keras.models.load_model(path, compile=False)
+            donor_backbone = getattr(donor, "backbone", donor)
+            model.backbone.set_weights(donor_backbone.get_weights())
+            if getattr(donor, "num_classes", None) == model.num_classes:
+                model.set_weights(donor.get_weights())
+        else:
+            try:
+                model.load_weights(path)
+            except ValueError:
+                model.backbone.load_weights(path)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"model.weights {source} does not fit this model ({exc})",
+                        hint="the file must come from a network with the same architecture"
+                        ) from None
+
+
+def make_optimizer(cfg: Config, schedule, precision: str) -> keras.optimizers.Optimizer:
+    """The config's optimizer; Keras 3 applies ``weight_decay`` decoupled, to the variables."""
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        opt = keras.optimizers.SGD(schedule, momentum=o.momentum, nesterov=o.nesterov,
+                                   weight_decay=o.weight_decay or None)
+    elif o.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule, weight_decay=o.weight_decay or None)
+    else:
+        opt = keras.optimizers.AdamW(schedule, weight_decay=o.weight_decay)
+    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    if precision == "float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt

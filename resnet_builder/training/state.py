@@ -1,0 +1,80 @@
+"""What a run knows between epochs, and how it is saved so a resumed run continues it.
+
+``RunState`` is the one record the loop updates and the callbacks read: the
+results.csv rows, the best epoch (which chooses best.keras and drives early
+stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
+checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STATUSES = ("running", "finished", "stopped_early", "stopped", "diverged", "interrupted",
+            "worker_lost")
+
+
+@dataclass
+class RunState:
+    history: list[dict[str, Any]] = field(default_factory=list)  # the results.csv rows
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    best_confusion: list[list[int]] | None = None  # validation confusion matrix at best_epoch
+    stale_epochs: int = 0  # epochs since the last better val_accuracy (early stopping)
+    status: str = "running"
+    wall_before: float = 0.0  # wall seconds of earlier sessions of this run
+    train_images: float = 0.0
+    train_seconds: float = 0.0
+    improved: bool = False  # the latest epoch set a new best (not saved)
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> RunState:
+        """The state a checkpoint's metadata describes (a fresh one for ``None``)."""
+        meta = meta or {}
+        return cls(history=list(meta.get("history", [])),
+                   best_val_accuracy=meta.get("best_val_accuracy"),
+                   best_epoch=meta.get("best_epoch"),
+                   best_confusion=meta.get("best_confusion"),
+                   stale_epochs=int(meta.get("stale_epochs", 0)),
+                   wall_before=float(meta.get("wall_seconds", 0.0)),
+                   train_images=float(meta.get("train_images", 0.0)),
+                   train_seconds=float(meta.get("train_seconds", 0.0)))
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"epochs_completed": self.epochs_completed, "history": self.history,
+                "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
+                "best_confusion": self.best_confusion, "status": self.status,
+                "wall_seconds": self.wall_seconds, "train_images": self.train_images,
+                "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs}
+
+    @property
+    def epochs_completed(self) -> int:
+        return len(self.history)
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.wall_before + (time.perf_counter() - self.started)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / max(self.train_seconds, 1e-9)
+
+    def record(self, row: dict[str, Any], confusion: np.ndarray | None, last: bool) -> None:
+        """Add a finished epoch: a new best resets the patience count, else it grows."""
+        self.improved = False
+        if row.get("val_accuracy") is not None:
+            self.improved = (self.best_val_accuracy is None
+                             or row["val_accuracy"] > self.best_val_accuracy)
+            if self.improved:
+                self.best_val_accuracy, self.best_epoch = row["val_accuracy"], row["epoch"]
+                self.best_confusion = None if confusion is None else confusion.tolist()
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
+        self.history.append(row)
+        self.status = "finished" if last else "running"

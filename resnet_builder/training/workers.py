@@ -1,0 +1,173 @@
+"""Several workers, one run: agreeing on the facts at start-up, restoring, naming a lost peer.
+
+The chief decides (its run folder is the record) and tells the others through
+the strategy's collectives; a worker whose config or data differs stops every
+worker with a message instead of training on different batches. A restarted
+cluster continues in place from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from resnet_builder import runs
+from resnet_builder.config import Config, config_to_dict, load_config
+from resnet_builder.data import DataBundle
+from resnet_builder.errors import UserError
+from resnet_builder.runs import RunPaths
+from resnet_builder.training import checkpoint, progress
+from resnet_builder.training.callbacks import remove_backup
+from resnet_builder.training.resume import RESUMABLE_KEYS, resume_meta
+from resnet_builder.training.strategy import (
+    StrategyInfo,
+    all_workers,
+    json_from_chief,
+    variables_from_chief,
+)
+
+# Keys the workers of one multi-worker run may set differently: they change where things go
+# and what is shown on each machine, not what is computed.
+LOCAL_KEYS = ("run.project", "run.exist_ok", "run.progress", "run.plots", "run.tensorboard",
+              "hardware.threads", "distribute.connect_timeout", "data.path")
+
+
+def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> UserError:
+    """A collective that TensorFlow aborted (a peer died or restarted), said plainly."""
+    text = exc.message or str(exc)
+    me = dist.cluster.me if dist.cluster else None
+    lost = []
+    for kind, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text):
+        task = next((t for t in (dist.cluster.tasks if dist.cluster else ())
+                     if t.type == kind and t.index == int(index)), None)
+        if task is not None and task != me and str(task) not in lost:
+            lost.append(str(task))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if re.search(r"abort|unhealthy|unavailable|connect",
+                                                        line, re.I)), lines[-1] if lines else "")
+    who = ", ".join(lost) if lost else "another task of the cluster"
+    return UserError(
+        f"lost contact with {who} ({detail[:300]}); this task is {dist.task}",
+        hint=f"restart the same command on every machine: each worker resumes from the last "
+             f"completed epoch ({done})")
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    flat = {f"{section}.{key}": value
+            for section, keys in config_to_dict(cfg).items() for key, value in keys.items()}
+    return json.loads(json.dumps(flat))  # the form it has after travelling as JSON
+
+
+def _differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
+                    ignore: tuple[str, ...]) -> list[str]:
+    return [k for k in sorted(set(mine) | set(theirs))
+            if k not in ignore and mine.get(k) != theirs.get(k)]
+
+
+def _data_fingerprint(data: DataBundle) -> dict[str, Any]:
+    """What every worker must see the same of the data (the images themselves are not sent)."""
+    return json.loads(json.dumps({
+        "num_train": data.num_train, "num_val": data.num_val, "classes": data.class_names,
+        "mean": [round(float(v), 4) for v in data.mean],
+        "std": [round(float(v), 4) for v in data.std]}))
+
+
+def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
+    """Multi-worker restart: the chief continues ``run_dir`` when it holds this run's checkpoint."""
+    paths = runs.RunPaths(run_dir)
+    if not paths.checkpoint.exists():
+        return None
+    if not paths.config.exists():
+        raise UserError(f"{run_dir} has a checkpoint but no config.yaml",
+                        hint="use another run.name (--name) for a new run")
+    original = load_config(paths.config)
+    differ = _differing_keys(_flat_config(cfg), _flat_config(original),
+                             RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
+    if differ:
+        raise UserError(f"{run_dir} holds a run with another config (differs in "
+                        f"{', '.join(differ[:6])})",
+                        hint="multi-worker runs continue in place when restarted: use another "
+                             "run.name (--name) for a new run, or the run's own config.yaml")
+    progress.say(cfg.run.progress, f"{run_dir} holds this run's checkpoint: continuing it")
+    return resume_meta(run_dir, cfg, original)
+
+
+def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: StrategyInfo,
+                    data: DataBundle) -> tuple[Path, dict | None]:
+    """Every worker agrees on the run folder, the resume point, the config and the data.
+
+    The chief decides (its run folder is the record) and tells the others; a worker whose
+    config or data differs stops every worker with a message instead of training on
+    different batches.
+    """
+    view: dict[str, Any]
+    refusal = None
+    if dist.is_chief:
+        try:
+            if run_dir is None:  # no exp2 numbering: every worker must name the same folder
+                run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
+                meta = _continue_in_place(cfg, run_dir)
+            view = {"run_dir": str(run_dir), "meta": meta, "config": _flat_config(cfg),
+                    "data": _data_fingerprint(data)}
+        except UserError as exc:
+            refusal = exc
+            view = {"error": exc.message, "hint": exc.hint}
+    else:
+        view = {}
+    chief = json_from_chief(dist, view)
+    if refusal is not None:
+        raise refusal
+    if "error" in chief:
+        raise UserError(f"the chief, {dist.cluster.chief if dist.cluster else 'task 0'}, "
+                        f"refused to start: {chief['error']}", hint=chief.get("hint"))
+    problem = None
+    if not dist.is_chief:
+        differ = _differing_keys(_flat_config(cfg), chief["config"], LOCAL_KEYS)
+        if differ:
+            problem = ("this worker's config differs from the chief's in "
+                       + ", ".join(f"{k} ({_flat_config(cfg).get(k)!r} here, "
+                                   f"{chief['config'].get(k)!r} on the chief)"
+                                   for k in differ[:6]))
+        elif _data_fingerprint(data) != chief["data"]:
+            problem = (f"this worker's data differs from the chief's (here "
+                       f"{_data_fingerprint(data)}, on the chief {chief['data']})")
+    if not all_workers(dist, problem is None):
+        raise UserError(problem or "a worker's config or data differs from the chief's; its "
+                        "output says which", hint="start every worker with the same config "
+                        "(only " + ", ".join(LOCAL_KEYS) + " may differ) and the same data")
+    meta = chief["meta"]
+    if not dist.is_chief and meta is None:  # a new run: forget an older run's backup
+        remove_backup(dist.backup_dir(Path(cfg.run.project) / cfg.run.name))
+    return Path(chief["run_dir"]), meta
+
+
+def restore(paths: RunPaths, backup: Path | None, model, optimizer, dist: StrategyInfo,
+            meta: dict, progress_mode: str) -> None:
+    """Load the resume point: the chief from the run folder, other workers from their backup.
+
+    A worker without a backup of that epoch (a new machine, a cleaned temp folder) gets the
+    chief's weights through the collectives instead.
+    """
+    if dist.is_chief:
+        checkpoint.load_checkpoint(paths.checkpoint, model, optimizer)
+        have = True
+    else:
+        have = False
+        if backup is not None and backup.exists():
+            try:
+                have = (checkpoint.read_meta(backup)["epochs_completed"]
+                        == meta["epochs_completed"])
+            except UserError:
+                have = False
+            if have:
+                checkpoint.load_checkpoint(backup, model, optimizer)
+    if dist.name == "multi_worker" and not all_workers(dist, have):
+        progress.say(progress_mode,
+                     f"a worker has no backup of epoch {meta['epochs_completed']}: every "
+                     f"worker takes the chief's weights and optimizer state")
+        variables_from_chief(dist, [*model.variables, *optimizer.variables])

@@ -1,0 +1,103 @@
+"""The command line as a whole: error classes and exit codes, start-up cost, flag spellings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from resnet_builder import cli
+from resnet_builder.cli import main
+from resnet_builder.errors import ArgumentError, UserError
+
+
+def run_with(monkeypatch, error: Exception) -> click.testing.Result:
+    """``resnet-builder presets`` with its table lookup raising ``error``."""
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("resnet_builder.model.presets.PRESETS", _Raising(broken))
+    return CliRunner().invoke(main, ["presets"])
+
+
+class _Raising(dict):
+    def __init__(self, raise_it) -> None:
+        super().__init__()
+        self.raise_it = raise_it
+
+    def items(self):
+        self.raise_it()
+
+
+def test_a_bug_is_not_reported_as_a_usage_error(monkeypatch):
+    monkeypatch.delenv("RESNET_BUILDER_DEBUG", raising=False)
+    result = run_with(monkeypatch, ValueError("boom"))
+    assert result.exit_code == 1
+    assert "ValueError: boom" in result.output and "bug" in result.output
+    assert "RESNET_BUILDER_DEBUG=1" in result.output and "Traceback" not in result.output
+
+
+def test_user_and_argument_errors_keep_their_exit_codes(monkeypatch):
+    monkeypatch.delenv("RESNET_BUILDER_DEBUG", raising=False)
+    result = run_with(monkeypatch, ArgumentError("depth must be 6n+2"))
+    assert result.exit_code == 2 and "depth must be 6n+2" in result.output
+    assert "bug" not in result.output
+    result = run_with(monkeypatch, UserError("no such file", hint="give another", exit_code=1))
+    assert result.exit_code == 1 and "hint: give another" in result.output
+
+
+def test_debug_shows_the_real_exception(monkeypatch):
+    monkeypatch.setenv("RESNET_BUILDER_DEBUG", "1")
+    result = run_with(monkeypatch, ValueError("boom"))
+    assert isinstance(result.exception, ValueError)
+
+
+def test_bad_depth_is_a_usage_error_with_exit_2():
+    result = CliRunner().invoke(main, ["build", "--depth", "57"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_no_deprecated_click_api_is_used():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        result = CliRunner().invoke(main, ["depths", "--max", "20"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("argv", [["-m", "resnet_builder", "--help"],
+                                  ["-m", "resnet_builder", "depths", "--max", "20"]])
+def test_python_dash_m_does_not_import_tensorflow(argv):
+    out = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "resnet_builder.cli" in imported
+    assert not {"tensorflow", "keras"} & imported
+
+
+def test_train_accepts_config_as_an_option(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epoch: 5\n")  # a typo: the check runs, so the file was read
+    for args in (["train", str(path)], ["train", "--config", str(path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "did you mean 'epochs'" in result.output, args
+    other = tmp_path / "other.yaml"
+    other.write_text("")
+    both = CliRunner().invoke(main, ["train", str(path), "--config", str(other)])
+    assert both.exit_code == 2 and "give the config once" in both.output
+
+
+def test_flag_choices_come_from_the_config_schema():
+    from resnet_builder.config import key_specs
+
+    options = {p.name: p for p in cli.train.params}
+    assert tuple(options["progress"].type.choices) == tuple(key_specs()["run"]["progress"].choices)
+    assert tuple(options["strategy"].type.choices) == tuple(
+        key_specs()["distribute"]["strategy"].choices)
