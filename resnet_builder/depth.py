@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resnet_builder.errors import ArgumentError
+
 BASIC = "basic_block"
 BOTTLENECK = "block"
 
@@ -20,24 +22,26 @@ BOTTLENECK = "block"
 LAYERS_PER_UNIT = {BOTTLENECK: 9, BASIC: 6}
 RULE_NAMES = {BOTTLENECK: "9n+2 (bottleneck units)", BASIC: "6n+2 (basic units)"}
 
-# Every spelling a user may give for a block type, mapped to keras-cv's names.
+# Every spelling a user may give for a block type, mapped to keras-cv's names; the CLI's
+# and the config's choices are its keys.
 BLOCK_TYPE_ALIASES = {
-    "block": BOTTLENECK,
-    "bottleneck": BOTTLENECK,
-    "basic_block": BASIC,
     "basic": BASIC,
+    "bottleneck": BOTTLENECK,
+    BASIC: BASIC,
+    BOTTLENECK: BOTTLENECK,
 }
-DEFAULT_BLOCK_TYPE = BOTTLENECK
+# The paper's short word for each block type, as the CLI suggests it ("--block-type basic").
+SHORT_NAMES = {name: alias for alias, name in BLOCK_TYPE_ALIASES.items() if alias != name}
 
 
 def normalize_block_type(block_type: str) -> str:
     """Map ``basic``/``bottleneck`` (and keras-cv's names) to keras-cv's names."""
     key = str(block_type).strip().lower()
     if key not in BLOCK_TYPE_ALIASES:
-        raise ValueError(
-            "`block_type` must be one of 'basic_block' (alias 'basic') or 'block' "
-            f"(alias 'bottleneck'). Received: block_type={block_type!r}"
-        )
+        spellings = " or ".join(f"{name!r} (alias {short!r})"
+                                for name, short in sorted(SHORT_NAMES.items()))
+        raise ArgumentError(f"`block_type` must be one of {spellings}. "
+                            f"Received: block_type={block_type!r}")
     return BLOCK_TYPE_ALIASES[key]
 
 
@@ -75,7 +79,7 @@ def nearest_valid(depth: int, block_type: str) -> tuple[int | None, int]:
     return below, per_unit * n_above + 2
 
 
-def _depth_error(depth: object, block_type: str | None) -> ValueError:
+def _depth_error(depth: object, block_type: str | None) -> ArgumentError:
     rules = [block_type] if block_type else [BOTTLENECK, BASIC]
     lines = []
     for rule in rules:
@@ -86,7 +90,7 @@ def _depth_error(depth: object, block_type: str | None) -> ValueError:
             near = f"smallest: {LAYERS_PER_UNIT[rule] + 2}"
         lines.append(f"{RULE_NAMES[rule]}: {near}")
     fits = " or ".join(RULE_NAMES[r] for r in rules)
-    return ValueError(
+    return ArgumentError(
         f"depth {depth!r} is not a valid ResNet depth: it must be {fits} with n >= 1 "
         f"({'; '.join(lines)})."
     )
@@ -95,8 +99,8 @@ def _depth_error(depth: object, block_type: str | None) -> ValueError:
 def resolve_depth(depth: object, block_type: str | None = None) -> DepthRule:
     """Check ``depth`` against the rules and say which network it means.
 
-    Raises ``ValueError`` naming both rules and the nearest valid depths when
-    it fits neither (or not the requested block type).
+    Raises ``ArgumentError`` (a ``ValueError``) naming both rules and the
+    nearest valid depths when it fits neither (or not the requested block type).
     """
     if isinstance(depth, bool) or not isinstance(depth, int):
         try:

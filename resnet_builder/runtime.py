@@ -1,4 +1,4 @@
-"""Starting TensorFlow quietly and setting up the hardware a run asked for.
+"""Starting TensorFlow quietly: the CLI imports it only for the commands that need it.
 
 TensorFlow 2.21 logs several lines from C++ (oneDNN notes, missing CUDA) at
 import and first device use, before its log level can apply; the CLI hides

@@ -70,6 +70,7 @@ def trained(tmp_path_factory):
         config_file(tmp), overrides=[f"run.project={tmp / 'runs'}", "run.name=api"],
         callbacks=[recorder, keras.callbacks.CSVLogger(str(csv_file)),
                    keras.callbacks.TerminateOnNaN(),
+                   keras.callbacks.ModelCheckpoint(str(tmp / "keras_checkpoint.keras")),
                    keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: lambdas.append(e))])
     return result, recorder, csv_file, lambdas
 
@@ -90,17 +91,21 @@ def test_callbacks_see_every_event_and_every_results_column(trained):
     assert recorder.events == ["train_begin", "epoch_begin 0", "epoch_end 0", "epoch_begin 1",
                                "epoch_end 1", "train_end finished"]
     assert recorder.batches == 2 * 4  # 200 images, batch 50, 2 epochs
-    for logs in recorder.epoch_logs:
-        assert set(RESULTS_COLUMNS) <= set(logs)
+    for logs in recorder.epoch_logs:  # epoch is the callback's argument, as in fit
+        assert set(RESULTS_COLUMNS) - {"epoch"} <= set(logs) and "epoch" not in logs
     assert recorder.epoch_logs[-1]["val_accuracy"] == result.history[-1]["val_accuracy"]
     assert lambdas == [0, 1]
     assert isinstance(recorder.model, resnet_builder.ResNetV2Classifier)
 
 
-def test_keras_csv_logger_writes_the_same_numbers(trained):
+def test_keras_csv_logger_and_model_checkpoint_work(trained):
     result, _, csv_file, _ = trained
+    saved = keras.models.load_model(csv_file.parent / "keras_checkpoint.keras")
+    assert saved.count_params() == keras.models.load_model(
+        result.run_dir / "last.keras").count_params()
     logged = rows(csv_file)
     assert len(logged) == 2 and set(RESULTS_COLUMNS) <= set(logged[0])
+    assert [row["epoch"] for row in logged] == ["0", "1"]  # Keras counts from 0
     assert [float(r["val_accuracy"]) for r in logged] == pytest.approx(
         [r["val_accuracy"] for r in result.history])
 

@@ -18,6 +18,8 @@ from resnet_builder import (
     build_model,
     resolve_architecture,
 )
+from resnet_builder.model.backbone import KERAS_LAYERS
+from resnet_builder.model.head import head_layers
 from resnet_builder.model.summary import model_summary
 
 DATA = Path(__file__).parent / "data"
@@ -195,3 +197,25 @@ def test_tutorial_variant_is_options():
     assert model.get_layer("fc1").units == 512
     assert model.get_layer("dropout").rate == 0.5
     assert build_model(11, head="tutorial", dropout=0.3).get_layer("dropout").rate == 0.3
+
+
+def test_from_preset_doc_lists_every_preset():
+    """As keras-cv's: the docstring names each preset, and those with weights."""
+    doc = ResNetV2Backbone.from_preset.__doc__
+    for name in PRESETS:
+        assert f'"{name}"' in doc, name
+    assert 'choose one of\n                "resnet50_v2_imagenet".' in doc
+    assert ResNet18V2Backbone.from_preset.__doc__ == doc
+
+
+@pytest.mark.parametrize(("head", "dropout"), [("gap", 0.0), ("gap", 0.2), ("tutorial", 0.0)])
+def test_head_description_is_the_built_head(head, dropout):
+    """head.py lists the classifier's head: names, Keras classes, weight shapes, in order."""
+    model = build_model(8, num_classes=5, head=head, dropout=dropout)
+    ops = head_layers(model.backbone.output_shape[-1], 5, head, dropout)
+    built = model.layers[-len(ops):]
+    assert [layer.name for layer in built] == [op.name for op in ops]
+    assert [type(layer) for layer in built] == [KERAS_LAYERS[op.kind] for op in ops]
+    assert [[tuple(w.shape) for w in layer.weights] for layer in built] == [
+        [shape for _, shape in op.weights] for op in ops]
+    assert model.layers[-len(ops) - 1] is model.backbone

@@ -10,6 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_builder.cli import main
+from resnet_builder.model import keras_writer
+from resnet_builder.model.architecture import resolve_architecture
+from resnet_builder.model.summary import format_summary, model_summary
 
 
 def run(*args: str):
@@ -122,3 +125,31 @@ def test_config_show_and_check(tmp_path):
     assert checked.exit_code == 0 and "epochs: 3" in checked.output
     bad = run("config", "configs/digits.yaml", "--set", "train.epoch=3")
     assert bad.exit_code == 2 and "did you mean 'epochs'" in bad.output
+
+
+def test_format_summary_shows_the_rule_counts_files_and_note():
+    """summary.format_summary is build's terminal form: the depth rule, counts, files, note."""
+    s = model_summary(resolve_architecture(56), 10)
+    s.update(output="m.keras", note="wrote with keras.Model.save: the fast writer is verified "
+                                    "for Keras 3.15, this is 3.16", build_seconds=0.5)
+    text = format_summary(s)
+    assert "ResNetV2-56: rule 9n+2 (bottleneck units), n=6 (default block type)" in text
+    assert "also fits 6n+2 (basic units): pass --block-type basic" in text
+    assert "601,674 total, 593,578 trainable, 8,096 non-trainable" in text
+    assert "multiply-adds: 87.21M per image" in text
+    assert "wrote m.keras\nnote: wrote with keras.Model.save: the fast writer is verified for " \
+           "Keras 3.15, this is 3.16\ndone in 0.50 s" in text
+    basic = model_summary(resolve_architecture(20, block_type="basic"), 10)
+    text = format_summary({**basic, "build_seconds": 0.1})
+    assert "pass --block-type bottleneck" in text and "note" not in text
+
+
+def test_build_output_on_unverified_keras_notes_the_keras_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(keras_writer, "keras_version", lambda: "3.16.0")
+    path = tmp_path / "m.keras"
+    result = run("build", "--depth", "11", "--num-classes", "3", "--output", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["note"] == ("wrote with keras.Model.save: the fast writer is verified for "
+                               "Keras 3.15, this is 3.16")
+    assert keras.models.load_model(path).count_params() == summary["params_total"]

@@ -4,12 +4,15 @@ import pytest
 
 from resnet_builder.depth import (
     BASIC,
+    BLOCK_TYPE_ALIASES,
     BOTTLENECK,
+    SHORT_NAMES,
     nearest_valid,
     normalize_block_type,
     resolve_depth,
     valid_depths,
 )
+from resnet_builder.errors import ArgumentError
 
 
 @pytest.mark.parametrize(
@@ -42,6 +45,16 @@ def test_block_type_aliases():
     assert normalize_block_type("basic") == BASIC
     with pytest.raises(ValueError, match="block_type='resnext'"):
         normalize_block_type("resnext")
+
+
+def test_block_type_spellings_have_one_table():
+    """Every spelling the CLI and config accept, and the short name each type is offered as."""
+    assert list(BLOCK_TYPE_ALIASES) == ["basic", "bottleneck", "basic_block", "block"]
+    assert all(normalize_block_type(alias) == name for alias, name in BLOCK_TYPE_ALIASES.items())
+    assert SHORT_NAMES == {BASIC: "basic", BOTTLENECK: "bottleneck"}
+    with pytest.raises(ArgumentError) as err:  # a ValueError the CLI knows is ours: exit 2
+        normalize_block_type("wide")
+    assert "'basic_block' (alias 'basic') or 'block' (alias 'bottleneck')" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 
 from resnet_builder.model import keras_writer as keras_file
+from resnet_builder.model import saving
 from resnet_builder.model.architecture import resolve_architecture
 from resnet_builder.model.classifier import ResNetV2Classifier, build_model
 from resnet_builder.model.keras_writer import (
@@ -33,6 +35,7 @@ from resnet_builder.model.keras_writer import (
     functional_layer_order,
     write_model_file,
 )
+from resnet_builder.model.saving import save_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,7 +243,39 @@ def test_replaces_an_existing_file_with_normal_permissions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "plain"]
 
 
-def test_other_keras_version_warns_but_writes(tmp_path, monkeypatch):
+def test_other_keras_version_saves_with_keras_and_says_so(tmp_path, monkeypatch):
+    """Correct first, fast second: an unverified Keras writes the file with model.save."""
+    monkeypatch.setattr(keras_file, "keras_version", lambda: "3.99.0")
+    target = tmp_path / "m.keras"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        facts = save_model_file(resolve_architecture(depth=11), output=str(target), plot=None,
+                                num_classes=3, head="tutorial")
+    assert facts["note"] == ("wrote with keras.Model.save: the fast writer is verified for "
+                             "Keras 3.15, this is 3.99")
+    assert facts["output"] == str(target) and facts["output_bytes"] == target.stat().st_size
+    metadata = json.loads(zipfile.ZipFile(target).read("metadata.json"))
+    assert metadata["keras_version"] == keras.__version__  # Keras wrote it, not our writer
+    loaded = keras.models.load_model(target)
+    assert isinstance(loaded, ResNetV2Classifier) and loaded.head == "tutorial"
+    assert loaded.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape == (1, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temporary file left
+
+
+def test_verified_keras_version_uses_the_fast_writer(tmp_path, monkeypatch):
+    def no_keras(*args, **kwargs):
+        raise AssertionError("built a Keras model on the verified Keras version")
+
+    monkeypatch.setattr(saving, "keras_classifier", no_keras)
+    target = tmp_path / "m.keras"
+    facts = save_model_file(resolve_architecture(depth=11), output=str(target), plot=None,
+                            num_classes=3)
+    assert "note" not in facts
+    assert keras.models.load_model(target).count_params() == build_model(
+        11, num_classes=3).count_params()
+
+
+def test_writer_called_directly_on_other_keras_warns_but_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(keras_file, "keras_version", lambda: "3.99.0")
     target = tmp_path / "m.keras"
     with pytest.warns(RuntimeWarning, match="verified with Keras"):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,7 +15,9 @@ import pytest
 from resnet_builder import ResNetV2Backbone, build_model
 from resnet_builder.errors import UserError
 from resnet_builder.model import presets
-from resnet_builder.model.weights import keras_applications_name
+from resnet_builder.model.weights import keras_applications_name, load_preset_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {"stackwise_filters": [8, 16], "stackwise_blocks": [2, 2], "stackwise_strides": [1, 2],
         "include_rescaling": True, "block_type": "block"}
@@ -121,3 +127,23 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
 def test_preset_without_weights_refuses_load_weights():
     with pytest.raises(ValueError, match="no pretrained weights"):
         ResNetV2Backbone.from_preset("resnet18_v2", load_weights=True)
+
+
+def test_preset_table_is_pure_and_weights_load_from_weights_module(tmp_path):
+    """presets.py is data: importing it (and the architecture checks) loads no Keras."""
+    code = (
+        "import sys\n"
+        "sys.argv[0] = 'resnet-builder'\n"
+        "from resnet_builder.model import architecture, presets\n"
+        "assert presets.presets_with_weights() == ['resnet50_v2_imagenet']\n"
+        "assert architecture.resolve_architecture(preset='resnet20_cifar').backbone == "
+        "architecture.resolve_architecture(20, block_type='basic').backbone\n"
+        "loaded = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_preset_weights.__module__ == "resnet_builder.model.weights"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from resnet_builder.depth import BLOCK_TYPE_ALIASES, LAYERS_PER_UNIT
+from resnet_builder.depth import BLOCK_TYPE_ALIASES
 from resnet_builder.runs import TRAIN_PROJECT
 
 
@@ -28,10 +28,8 @@ def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | 
     return field(default=default, metadata=meta)
 
 
-# Every block-type spelling depth.py accepts: ours (basic, bottleneck) before keras-cv's
-# (basic_block, block), fewer layers per unit first.
-BLOCK_TYPES = tuple(sorted(BLOCK_TYPE_ALIASES, key=lambda name: (
-    name in LAYERS_PER_UNIT, LAYERS_PER_UNIT[BLOCK_TYPE_ALIASES[name]])))
+# Every block-type spelling depth.py accepts, in its order (ours before keras-cv's).
+BLOCK_TYPES = tuple(BLOCK_TYPE_ALIASES)
 
 
 @dataclass

@@ -9,28 +9,50 @@ which can also be inspected without building anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import textwrap
+from collections.abc import Callable, Sequence
 
 import keras
 
-from resnet_builder.depth import normalize_block_type
+from resnet_builder.depth import BOTTLENECK, normalize_block_type
 from resnet_builder.model.architecture import backbone_plan
 from resnet_builder.model.plan import Op, Plan
-from resnet_builder.model.presets import PRESETS
+from resnet_builder.model.presets import (
+    PRESETS,
+    backbone_config,
+    get_preset,
+    presets_with_weights,
+)
+from resnet_builder.model.weights import load_preset_weights
 
-KERAS_LAYERS = {
+KERAS_LAYERS = {  # an Op's kind -> its Keras layer (backbone ops and the head's, head.py)
     "conv": keras.layers.Conv2D,
     "bn": keras.layers.BatchNormalization,
     "relu": keras.layers.Activation,
     "max_pool": keras.layers.MaxPooling2D,
     "add": keras.layers.Add,
     "rescaling": keras.layers.Rescaling,
+    "gap": keras.layers.GlobalAveragePooling2D,
+    "dense": keras.layers.Dense,
+    "dropout": keras.layers.Dropout,
 }
 
 
 def make_layer(op: Op) -> keras.layers.Layer:
     """The Keras layer for one planned op."""
     return KERAS_LAYERS[op.kind](name=op.name, **op.args)
+
+
+def _lists_presets(method: Callable) -> Callable:
+    """Write the preset names into ``method``'s docstring from the table, as keras-cv does."""
+    def names(found: list[str]) -> str:
+        return textwrap.fill(", ".join(f'"{n}"' for n in found), width=72,
+                             subsequent_indent=" " * 16)
+
+    method.__doc__ = method.__doc__.format(names=names(list(PRESETS)),
+                                           with_weights=names(presets_with_weights()))
+    return method
 
 
 def apply_plan(plan: Plan, inputs: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
@@ -64,7 +86,7 @@ class ResNetV2Backbone(keras.Model):
         stackwise_dilations: Sequence[int] | None = None,
         input_shape: Sequence[int | None] = (None, None, 3),
         input_tensor: keras.KerasTensor | None = None,
-        block_type: str = "block",
+        block_type: str = BOTTLENECK,
         stem: str = "imagenet",
         stem_filters: int = 64,
         stride_position: str = "last",
@@ -130,12 +152,35 @@ class ResNetV2Backbone(keras.Model):
         return cls(**config)
 
     @classmethod
+    @_lists_presets
     def from_preset(cls, preset: str, load_weights: bool | None = None,
+                    weights_file: str | os.PathLike | None = None,
                     **kwargs) -> ResNetV2Backbone:
-        """A preset's network, with its weights when it has them (see presets.py)."""
-        from resnet_builder.model.presets import backbone_from_preset
+        """A preset's network, with its pretrained weights when it has them.
 
-        return backbone_from_preset(preset, load_weights=load_weights, **kwargs)
+        Args:
+            preset: string. Must be one of
+                {names}.
+                If looking for a preset with pretrained weights, choose one of
+                {with_weights}.
+            load_weights: whether to load the pretrained weights. ``None`` (the
+                default) follows whether the preset has them, as keras-cv.
+            weights_file: a local copy of the weights file; otherwise the Keras
+                cache, otherwise a download, each checked against the MD5.
+            **kwargs: constructor arguments that replace the preset's
+                (``input_shape``, ``include_rescaling``, ...).
+
+        Example::
+
+            backbone = ResNetV2Backbone.from_preset("resnet50_v2_imagenet")
+            untrained = ResNetV2Backbone.from_preset("resnet18_v2", input_shape=(64, 64, 3))
+        """
+        has_weights = "weights" in get_preset(preset)
+        # Not cls(...): the ResNet{N}V2Backbone aliases route their __new__ through here.
+        backbone = ResNetV2Backbone(**backbone_config(preset, **kwargs))
+        if load_weights or (load_weights is None and has_weights):
+            load_preset_weights(backbone, preset, weights_file)
+        return backbone
 
     presets = PRESETS  # name -> {"config", "params", "description", ["weights"]}
 
@@ -159,6 +204,8 @@ def _alias(preset: str, layers: int) -> type:
     return type(f"ResNet{layers}V2Backbone", (ResNetV2Backbone,),
                 {"__new__": __new__, "__doc__": doc, "__module__": __name__})
 
+
+backbone_from_preset = ResNetV2Backbone.from_preset  # its old name in presets.py
 
 ResNet18V2Backbone = _alias("resnet18_v2", 18)
 ResNet34V2Backbone = _alias("resnet34_v2", 34)

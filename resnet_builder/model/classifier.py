@@ -13,12 +13,16 @@ from typing import Any
 
 import keras
 
+from resnet_builder.errors import ArgumentError
 from resnet_builder.model.architecture import (
     Architecture,
     check_classifier_args,
+    check_normalize_args,
     resolve_architecture,
 )
-from resnet_builder.model.backbone import ResNetV2Backbone
+from resnet_builder.model.backbone import ResNetV2Backbone, make_layer
+from resnet_builder.model.head import head_layers
+from resnet_builder.model.weights import load_preset_weights
 
 
 @keras.saving.register_keras_serializable(package="resnet_builder")
@@ -27,9 +31,7 @@ class Normalize(keras.layers.Layer):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"Normalize needs one positive std per mean. Received: "
-                             f"mean={list(mean)!r}, std={list(std)!r}")
+        check_normalize_args(mean, std)
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
 
@@ -53,6 +55,7 @@ class ResNetV2Classifier(keras.Model):
     ``head="gap"``: global average pooling, optional dropout, Dense.
     ``head="tutorial"``: the tutorial's head after the backbone's own BN-ReLU:
     pooling, Dense(512, relu), BN, Dropout (``dropout`` or 0.5), Dense.
+    The head's layers are listed in ``head.py``.
     """
 
     def __init__(
@@ -74,16 +77,9 @@ class ResNetV2Classifier(keras.Model):
         if mean is not None or std is not None:
             x = Normalize(mean, std, name="normalize")(x)
         x = backbone(x)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if head == "tutorial":
-            x = keras.layers.Dense(512, activation="relu", name="fc1")(x)
-            x = keras.layers.BatchNormalization(name="fc1_bn")(x)
-            x = keras.layers.Dropout(dropout or 0.5, name="dropout")(x)
-        elif dropout:
-            x = keras.layers.Dropout(dropout, name="dropout")(x)
-        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                     name="predictions")(x)
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        for op in head_layers(x.shape[-1], num_classes, head, dropout):
+            x = make_layer(op)(x)
+        super().__init__(inputs=inputs, outputs=x, **kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
         self.head = head
@@ -162,10 +158,8 @@ def build_model(
     backbone = build_backbone(arch)
     if load_weights:
         if arch.preset is None:
-            raise ValueError("load_weights=True needs a preset with weights. "
-                             f"Received: preset={preset!r}")
-        from resnet_builder.model.presets import load_preset_weights
-
+            raise ArgumentError("load_weights=True needs a preset with weights. "
+                                f"Received: preset={preset!r}")
         load_preset_weights(backbone, arch.preset, weights_file)
     kwargs = {"name": name} if name else {}
     return ResNetV2Classifier(backbone, num_classes, head=head, dropout=dropout, mean=mean,

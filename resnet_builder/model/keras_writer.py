@@ -27,8 +27,9 @@ What must match Keras exactly, and how it is matched:
 
 ``tests/test_keras_file.py`` compares our files with ``build_model(...).save``
 member by member. The layout was verified with Keras ``VERIFIED_KERAS``; with
-another Keras version the file is still written (with a warning), and the
-tests say whether it still matches.
+another Keras version ``build --output`` saves with Keras itself instead
+(``saving.save_model_file`` asks ``unverified_keras``), and a direct call here
+still writes, with a warning; the tests say whether the layout still matches.
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from resnet_builder.depth import normalize_block_type
+from resnet_builder.depth import BOTTLENECK, normalize_block_type
+from resnet_builder.errors import ArgumentError
 from resnet_builder.files import atomic_open
-from resnet_builder.model.architecture import Architecture, check_classifier_args, head_layers
+from resnet_builder.model.architecture import (
+    IMAGENET_LAYOUT,
+    Architecture,
+    check_classifier_args,
+)
+from resnet_builder.model.head import head_layers
 from resnet_builder.model.plan import Op, Plan
 
 VERIFIED_KERAS = "3.15"  # major.minor whose file layout this module reproduces
@@ -71,9 +78,6 @@ GROUP_NAMES = {
     "dropout": "dropout",  # Dropout
 }
 
-# Variables in the order Layer.save_own_variables numbers them (trainable first).
-BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
-
 
 def keras_version() -> str:
     """The installed Keras version, read from package metadata (Keras is not imported)."""
@@ -85,11 +89,23 @@ def keras_version() -> str:
         return VERIFIED_KERAS + ".0"
 
 
+def major_minor(version: str) -> str:
+    """``"3.15"`` for ``"3.15.1"``."""
+    return ".".join(version.split(".")[:2])
+
+
+def unverified_keras() -> str | None:
+    """The installed Keras major.minor when this writer was not verified on it, else None."""
+    installed = major_minor(keras_version())
+    return None if installed == VERIFIED_KERAS else installed
+
+
 def _check_keras_version(installed: str) -> None:
-    if ".".join(installed.split(".")[:2]) != VERIFIED_KERAS:
+    if major_minor(installed) != VERIFIED_KERAS:
         warnings.warn(
             f"resnet_builder's fast .keras writer was verified with Keras {VERIFIED_KERAS}.x; "
-            f"Keras {installed} is installed. The file is written anyway; run "
+            f"Keras {installed} is installed. The file is written anyway (`resnet-builder "
+            f"build --output` saves with Keras itself instead); run "
             f"tests/test_keras_file.py to check that Keras {installed} still saves the same "
             "layout.",
             RuntimeWarning,
@@ -163,8 +179,9 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
                  dropout: float = 0.0, mean=None, std=None, class_names=None,
                  name: str | None = None) -> dict:
     """What Keras writes to ``config.json`` for ``build_model(...)`` with these arguments."""
-    bb = arch.backbone
-    dilations = bb.get("stackwise_dilations")
+    # The constructor's defaults first, for an Architecture made by hand.
+    bb = {**IMAGENET_LAYOUT, "block_type": BOTTLENECK, **arch.backbone}
+    dilations = bb["stackwise_dilations"]
     backbone = {
         "name": BACKBONE_NAME,
         "trainable": True,
@@ -175,10 +192,10 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "stackwise_dilations": None if dilations is None else list(dilations),
         "input_shape": list(plan.input_shape),
         "input_tensor": None,
-        "block_type": normalize_block_type(bb.get("block_type", "block")),
-        "stem": bb.get("stem", "imagenet"),
-        "stem_filters": bb.get("stem_filters", 64),
-        "stride_position": bb.get("stride_position", "last"),
+        "block_type": normalize_block_type(bb["block_type"]),
+        "stem": bb["stem"],
+        "stem_filters": bb["stem_filters"],
+        "stride_position": bb["stride_position"],
         "bn_momentum": plan.bn_momentum,
     }
     classifier = {
@@ -265,16 +282,8 @@ def weight_entries(plan: Plan, *, num_classes: int, head: str, dropout: float,
             kind, weights = ops[layer].kind, ops[layer].weights
         entries.append((f"{bb_path}/layers/{_unique(GROUP_NAMES[kind], bb_used)}", layer,
                         weights, kind))
-    top("gap", "avg_pool")
-    head_weights = {n: (kind, w) for n, kind, w in head_layers(plan.shape(plan.output)[2],
-                                                                num_classes, head)}
-    if head == "tutorial":
-        top("dense", "fc1", head_weights["fc1"][1])
-        top("bn", "fc1_bn", head_weights["fc1_bn"][1])
-        top("dropout", "dropout")
-    elif dropout:
-        top("dropout", "dropout")
-    top("dense", "predictions", head_weights["predictions"][1])
+    for op in head_layers(plan.shape(plan.output)[2], num_classes, head, dropout):
+        top(op.kind, op.name, op.weights)
     return entries
 
 
@@ -349,13 +358,13 @@ def write_model_file(
     ``ResNetV2Classifier`` whose config equals the built model's, with freshly
     initialised weights drawn as Keras draws them (``seed`` makes them
     repeatable). The file is written to a temporary name in the same folder
-    and renamed, so ``path`` never holds half a file. Raises ``ValueError``
+    and renamed, so ``path`` never holds half a file. Raises ``ArgumentError``
     for arguments ``build_model`` would refuse.
     """
     path = os.fspath(path)
     if not str(path).endswith(".keras"):
-        raise ValueError(f"Invalid `filepath` argument: expected a `.keras` extension. "
-                         f"Received: filepath={path}")
+        raise ArgumentError(f"Invalid `filepath` argument: expected a `.keras` extension. "
+                            f"Received: filepath={path}")
     plan, _ = arch.plan()  # checks the backbone arguments
     check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                            plan.input_shape[2])

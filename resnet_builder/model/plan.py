@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 Shape = tuple[int | None, int | None, int]
 
 BN_EPSILON = 1.001e-5  # keras-cv's (and keras.applications') batch-norm epsilon
+# A batch norm's variables in the order Keras creates and saves them (trainable first).
+BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,10 @@ class Op:
     """One layer: what it is, what it reads, what it makes."""
 
     name: str
-    kind: str  # conv | bn | relu | max_pool | add | rescaling
+    kind: str  # conv | bn | relu | max_pool | add | rescaling; the head adds gap | dense | dropout
     inputs: tuple[str, ...]
     args: dict
-    shape: Shape  # output (height, width, channels); None where the input size is open
+    shape: tuple[int | None, ...]  # output (h, w, channels), None where open; head: (units,)
     weights: tuple[tuple[str, tuple[int, ...]], ...] = ()
     macs: int = 0  # multiply-adds per image (0 when the input size is open)
 
@@ -85,7 +87,7 @@ class Plan:
 
     def bn(self, x: str, *, name: str) -> str:
         c = self.shape(x)[2]
-        weights = tuple((w, (c,)) for w in ("gamma", "beta", "moving_mean", "moving_variance"))
+        weights = tuple((w, (c,)) for w in BN_WEIGHTS)
         args = {"axis": 3, "epsilon": BN_EPSILON, "momentum": self.bn_momentum}
         return self._add(Op(name, "bn", (x,), args, self.shape(x), weights))
 

@@ -1,8 +1,9 @@
 """Named networks: keras-cv's ResNetV2 presets and the paper's CIFAR networks.
 
-The table is plain data, read in one place. Parameter counts are the
-backbone's (keras-cv counts batch-norm moving statistics too) and are checked
-by the tests against the built model. The ImageNet weights are
+The table is plain data, read in one place; this module builds nothing (the
+backbone's ``from_preset`` does) and imports no Keras until a download. Parameter
+counts are the backbone's (keras-cv counts batch-norm moving statistics too) and
+are checked by the tests against the built model. The ImageNet weights are
 keras.applications' ResNet50V2 weights (the ones keras-cv ported), fetched
 with an MD5 check into the Keras cache; with no network, the error says which
 file to put where.
@@ -11,11 +12,13 @@ file to put where.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from resnet_builder.errors import UserError
+from resnet_builder.depth import BASIC, BOTTLENECK, units_for
+from resnet_builder.errors import ArgumentError, UserError
 
 _IMAGENET = {"stackwise_filters": [64, 128, 256, 512], "stackwise_strides": [1, 2, 2, 2],
              "include_rescaling": True}
@@ -24,33 +27,38 @@ _V2_DOC = ("ResNet model with {} layers where the batch normalization and ReLU a
 KERAS_APPS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 
 
-def _cifar(depth: int, block_type: str) -> dict[str, Any]:
-    """He et al.'s CIFAR network: 3x3/16 stem, widths 16/32/64, stride at stage start."""
-    n = (depth - 2) // (9 if block_type == "block" else 6)
-    return {"stackwise_filters": [16, 32, 64], "stackwise_blocks": [n, n, n],
-            "stackwise_strides": [1, 2, 2], "include_rescaling": False,
-            "block_type": block_type, "stem": "cifar", "stem_filters": 16,
-            "stride_position": "first"}
+def cifar_backbone(depth: int, block_type: str, width: int = 16) -> dict[str, Any]:
+    """He et al.'s CIFAR network of a valid ``depth``, as backbone arguments.
+
+    A 3x3 stem of ``width`` filters, three stages of widths w/2w/4w with the
+    stride in each stage's first unit. The depth way and the ``*_cifar`` presets
+    both come from here.
+    """
+    n = units_for(depth, block_type)
+    return {"stackwise_filters": [width, 2 * width, 4 * width], "stackwise_blocks": [n, n, n],
+            "stackwise_strides": [1, 2, 2], "stackwise_dilations": None,
+            "include_rescaling": False, "block_type": block_type, "stem": "cifar",
+            "stem_filters": width, "stride_position": "first"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "resnet18_v2": {"config": {**_IMAGENET, "stackwise_blocks": [2, 2, 2, 2],
-                               "block_type": "basic_block"},
+                               "block_type": BASIC},
                     "params": 11_183_488, "description": _V2_DOC.format(18)},
     "resnet34_v2": {"config": {**_IMAGENET, "stackwise_blocks": [3, 4, 6, 3],
-                               "block_type": "basic_block"},
+                               "block_type": BASIC},
                     "params": 21_299_072, "description": _V2_DOC.format(34)},
     "resnet50_v2": {"config": {**_IMAGENET, "stackwise_blocks": [3, 4, 6, 3],
-                               "block_type": "block"},
+                               "block_type": BOTTLENECK},
                     "params": 23_564_800, "description": _V2_DOC.format(50)},
     "resnet101_v2": {"config": {**_IMAGENET, "stackwise_blocks": [3, 4, 23, 3],
-                                "block_type": "block"},
+                                "block_type": BOTTLENECK},
                      "params": 42_626_560, "description": _V2_DOC.format(101)},
     "resnet152_v2": {"config": {**_IMAGENET, "stackwise_blocks": [3, 8, 36, 3],
-                                "block_type": "block"},
+                                "block_type": BOTTLENECK},
                      "params": 58_331_648, "description": _V2_DOC.format(152)},
     "resnet50_v2_imagenet": {
-        "config": {**_IMAGENET, "stackwise_blocks": [3, 4, 6, 3], "block_type": "block"},
+        "config": {**_IMAGENET, "stackwise_blocks": [3, 4, 6, 3], "block_type": BOTTLENECK},
         "params": 23_564_800,
         "description": _V2_DOC.format(50) + " Trained on Imagenet 2012 classification task.",
         "weights": {
@@ -60,32 +68,37 @@ PRESETS: dict[str, dict[str, Any]] = {
             "layout": "keras_applications",
         },
     },
-    "resnet20_cifar": {"config": _cifar(20, "basic_block"), "params": 273_120,
+    "resnet20_cifar": {"config": cifar_backbone(20, BASIC), "params": 273_120,
                        "description": "He et al. 2015/2016 CIFAR ResNet-20, basic units (6n+2, "
                                       "n=3), pre-activation."},
-    "resnet56_cifar": {"config": _cifar(56, "basic_block"), "params": 859_104,
+    "resnet56_cifar": {"config": cifar_backbone(56, BASIC), "params": 859_104,
                        "description": "CIFAR ResNet-56, basic units (6n+2, n=9), "
                                       "pre-activation."},
-    "resnet110_cifar": {"config": _cifar(110, "basic_block"), "params": 1_738_080,
+    "resnet110_cifar": {"config": cifar_backbone(110, BASIC), "params": 1_738_080,
                         "description": "CIFAR ResNet-110 of He et al. 2016, basic units "
                                        "(6n+2, n=18): 1.7M parameters."},
-    "resnet164_cifar": {"config": _cifar(164, "block"), "params": 1_733_440,
+    "resnet164_cifar": {"config": cifar_backbone(164, BOTTLENECK), "params": 1_733_440,
                         "description": "CIFAR pre-activation ResNet-164 of He et al. 2016, "
                                        "bottleneck units (9n+2, n=18): 1.7M parameters."},
-    "resnet1001_cifar": {"config": _cifar(1001, "block"), "params": 10_524_544,
+    "resnet1001_cifar": {"config": cifar_backbone(1001, BOTTLENECK), "params": 10_524_544,
                          "description": "CIFAR pre-activation ResNet-1001 of He et al. 2016, "
                                         "bottleneck units (9n+2, n=111): 10.2M parameters."},
 }
 
 
 def get_preset(name: str) -> dict[str, Any]:
-    """The preset's table entry, or a ValueError that suggests the closest names."""
+    """The preset's table entry, or an ``ArgumentError`` that suggests the closest names."""
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), list(PRESETS), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown preset {name!r}.{hint} Available presets: "
-                         f"{', '.join(PRESETS)}. Received: preset={name!r}")
+        raise ArgumentError(f"Unknown preset {name!r}.{hint} Available presets: "
+                            f"{', '.join(PRESETS)}. Received: preset={name!r}")
     return PRESETS[name]
+
+
+def presets_with_weights() -> list[str]:
+    """The presets that have pretrained weights."""
+    return [name for name, entry in PRESETS.items() if "weights" in entry]
 
 
 def cache_dir() -> Path:
@@ -95,8 +108,6 @@ def cache_dir() -> Path:
 
 
 def _md5(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -126,7 +137,7 @@ def weights_path(preset: str, weights_file: str | os.PathLike | None = None) -> 
         raise UserError(f"weights file {weights_file} does not exist",
                         hint=f"download {spec['url']} and pass its path")
     try:
-        from keras.utils import get_file
+        from keras.utils import get_file  # Keras (and its backend) only when downloading
 
         return Path(get_file(spec["file"], spec["url"], file_hash=spec["md5"],
                              cache_dir=str(target.parent.parent), cache_subdir="models"))
@@ -141,30 +152,3 @@ def weights_path(preset: str, weights_file: str | os.PathLike | None = None) -> 
 def backbone_config(preset: str, **overrides: Any) -> dict[str, Any]:
     """The preset's constructor arguments with the caller's overriding them."""
     return {**get_preset(preset)["config"], **overrides}
-
-
-def load_preset_weights(backbone, preset: str,
-                        weights_file: str | os.PathLike | None = None) -> None:
-    """Load the preset's pretrained weights (found or fetched by ``weights_path``)."""
-    from resnet_builder.model.weights import load_backbone_weights
-
-    spec = get_preset(preset).get("weights")
-    if spec is None:
-        raise ValueError(f"Preset {preset!r} has no pretrained weights; presets with "
-                         f"weights: {[p for p in PRESETS if 'weights' in PRESETS[p]]}.")
-    load_backbone_weights(backbone, weights_path(preset, weights_file), layout=spec["layout"])
-
-
-def backbone_from_preset(preset: str, load_weights: bool | None = None,
-                         weights_file: str | os.PathLike | None = None, **kwargs: Any):
-    """Build the preset's backbone; load weights when it has them (or when asked).
-
-    ``load_weights=None`` follows whether the preset has weights, as keras-cv.
-    """
-    from resnet_builder.model.backbone import ResNetV2Backbone
-
-    has_weights = "weights" in get_preset(preset)
-    backbone = ResNetV2Backbone(**backbone_config(preset, **kwargs))
-    if load_weights or (load_weights is None and has_weights):
-        load_preset_weights(backbone, preset, weights_file)
-    return backbone

@@ -1,7 +1,11 @@
 """Writing ``.keras`` files and architecture drawings for ``build``.
 
-``keras_file.write_model_file`` writes to a temporary name beside the target
-and renames it, so an interrupted write never leaves a half file behind.
+Correct first, fast second: with the Keras version the fast writer
+(``keras_writer``) was verified on, the file is written straight from the plan
+without starting TensorFlow; with any other version the classifier is built and
+saved by ``keras.Model.save``, and the returned facts say so (``note``). Either
+way the file is written under a temporary name and renamed (``files``), so an
+interrupted write never leaves half a file behind.
 """
 
 from __future__ import annotations
@@ -12,14 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from resnet_builder.errors import UserError
+from resnet_builder.files import atomic_save
 from resnet_builder.model.architecture import Architecture
-from resnet_builder.model.keras_writer import write_model_file
+from resnet_builder.model.keras_writer import VERIFIED_KERAS, unverified_keras, write_model_file
+from resnet_builder.runtime import import_tensorflow_quietly
 
 
-def _check_suffix(output: str) -> None:
+def _check_output(output: str) -> None:
     if not str(output).endswith(".keras"):
         raise UserError(f"--output {output} must end in .keras",
                         hint="Keras 3 model files use the .keras suffix")
+    if not Path(output).resolve().parent.exists():
+        raise UserError(f"folder {Path(output).parent} does not exist", hint="create it first")
+
+
+def keras_classifier(arch: Architecture, num_classes: int, head: str, dropout: float,
+                     **model_args: Any):
+    """The Keras classifier for ``arch`` (imports Keras, quietly when TensorFlow runs it)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow_quietly()
+    # Imported here: `build --output` on the verified Keras must not start Keras at all.
+    from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
+
+    return ResNetV2Classifier(build_backbone(arch), num_classes, head=head, dropout=dropout,
+                              **model_args)
 
 
 def save_model_file(arch: Architecture, *, output: str | None, plot: str | None,
@@ -27,28 +47,28 @@ def save_model_file(arch: Architecture, *, output: str | None, plot: str | None,
                     **model_args: Any) -> dict[str, Any]:
     """Write the classifier to ``output`` and/or draw it; returns facts for the summary.
 
-    The file is written straight from the plan (``keras_file``), without
-    TensorFlow; only drawing builds the Keras model.
+    The facts hold ``output``, ``output_bytes``, ``save_seconds`` and ``plot``
+    when written, and ``note`` when the file was saved by Keras rather than the
+    fast writer (another Keras version than ``VERIFIED_KERAS``).
     """
     facts: dict[str, Any] = {}
+    model = None
     if output:
-        _check_suffix(output)
-        if not Path(output).resolve().parent.exists():
-            raise UserError(f"folder {Path(output).parent} does not exist",
-                            hint="create it first")
+        _check_output(output)
         start = time.perf_counter()
-        write_model_file(output, arch, num_classes=num_classes, head=head, dropout=dropout,
-                         **model_args)
+        installed = unverified_keras()
+        if installed is None:
+            write_model_file(output, arch, num_classes=num_classes, head=head, dropout=dropout,
+                             **model_args)
+        else:
+            model = keras_classifier(arch, num_classes, head, dropout, **model_args)
+            atomic_save(output, model.save)
+            facts["note"] = (f"wrote with keras.Model.save: the fast writer is verified for "
+                             f"Keras {VERIFIED_KERAS}, this is {installed}")
         facts.update(output=str(output), output_bytes=os.path.getsize(output),
                      save_seconds=round(time.perf_counter() - start, 3))
     if plot:
-        from resnet_builder.runtime import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
-        from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
-
-        model = ResNetV2Classifier(build_backbone(arch), num_classes, head=head, dropout=dropout,
-                                   **model_args)
+        model = model or keras_classifier(arch, num_classes, head, dropout, **model_args)
         draw_model(model, plot)
         facts["plot"] = str(plot)
     return facts

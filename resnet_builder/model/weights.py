@@ -4,20 +4,20 @@ Two layouts: Keras 3 ``.weights.h5`` files (ours, or saved from a keras-cv
 ``ResNetV2Backbone``: same layer order, so Keras loads them directly) and the
 Keras 2 HDF5 files of ``keras.applications`` (the ImageNet weights), matched by
 layer name: ``conv3_block2_preact_bn`` is keras-cv's
-``v2_stack_1_block2_use_preactivation_bn``.
+``v2_stack_1_block2_use_preactivation_bn``. A preset's weights are found (or
+fetched) by ``presets.weights_path`` and loaded by ``load_preset_weights``.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-from resnet_builder.errors import UserError
-
-_APPS_NAME = re.compile(r"^conv(\d+)_block(\d+)_(.+)$")
+from resnet_builder.errors import ArgumentError, UserError
+from resnet_builder.model.presets import get_preset, presets_with_weights, weights_path
 
 
 def keras_applications_name(name: str) -> str:
@@ -46,7 +46,7 @@ def _read_legacy_h5(path: Path) -> dict[str, list[np.ndarray]]:
     return found
 
 
-def load_keras_applications_weights(backbone, path: str | PathLike) -> None:
+def load_keras_applications_weights(backbone, path: str | os.PathLike) -> None:
     """Copy a keras.applications HDF5 file's weights into ``backbone`` by layer name."""
     try:
         stored = _read_legacy_h5(Path(path))
@@ -70,7 +70,7 @@ def load_keras_applications_weights(backbone, path: str | PathLike) -> None:
         layer.set_weights(values)
 
 
-def load_backbone_weights(backbone, path: str | PathLike, layout: str = "keras") -> None:
+def load_backbone_weights(backbone, path: str | os.PathLike, layout: str = "keras") -> None:
     """Load ``path`` into ``backbone``; any mismatch becomes a clear ``UserError``."""
     path = Path(path)
     if not path.exists():
@@ -84,3 +84,13 @@ def load_backbone_weights(backbone, path: str | PathLike, layout: str = "keras")
         raise UserError(f"could not load weights from {path}: {exc}",
                         hint="the file must be a .weights.h5 saved from the same network "
                              "(ours or keras-cv's ResNetV2Backbone)") from None
+
+
+def load_preset_weights(backbone, preset: str,
+                        weights_file: str | os.PathLike | None = None) -> None:
+    """Load the preset's pretrained weights (found or fetched by ``weights_path``)."""
+    spec = get_preset(preset).get("weights")
+    if spec is None:
+        raise ArgumentError(f"Preset {preset!r} has no pretrained weights; presets with "
+                            f"weights: {presets_with_weights()}.")
+    load_backbone_weights(backbone, weights_path(preset, weights_file), layout=spec["layout"])

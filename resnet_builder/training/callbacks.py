@@ -3,7 +3,7 @@
 The loop (``loop.py``) only trains, evaluates and records; it tells a
 ``keras.callbacks.CallbackList`` what happened, as Keras documents for custom
 loops: ``on_train_begin/end``, ``on_epoch_begin/end`` (0-based epoch index, logs
-holding every results.csv column plus ``images_per_second``) and
+holding every other results.csv column plus ``images_per_second``) and
 ``on_train_batch_end`` (running ``loss``/``accuracy``). Progress, early stopping,
 the run folder, TensorBoard and the plots are callbacks below, in that order;
 a user's callbacks come after them (so they see the epoch's files written) and
@@ -46,7 +46,7 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.bar is not None:
-            self.bar.close(logs or {}, (logs or {})["images_per_second"],
+            self.bar.close(self.state.history[-1], (logs or {})["images_per_second"],
                            "(best)" if self.state.improved else "")
             self.bar = None
 

@@ -107,8 +107,8 @@ class TrainingLoop:
             evaluation = self.evaluate()
             if evaluation is not None:
                 logs["val_loss"], logs["val_accuracy"] = evaluation.loss, evaluation.accuracy
-            self.state.record({k: v for k, v in logs.items() if k != "images_per_second"},
-                              None if evaluation is None else evaluation.confusion,
+            row = {"epoch": epoch, **{k: v for k, v in logs.items() if k != "images_per_second"}}
+            self.state.record(row, None if evaluation is None else evaluation.confusion,
                               last=epoch == cfg.train.epochs)
             self.callbacks.on_epoch_end(epoch - 1, logs)
             if self.model.stop_training:
@@ -127,7 +127,11 @@ class TrainingLoop:
                                    jit_compile=self.cfg.hardware.xla)
 
     def train_epoch(self, epoch: int, train_fn) -> dict[str, Any]:
-        """One pass over the training split -> the epoch's logs (results.csv columns)."""
+        """One pass over the training split -> the epoch's logs.
+
+        Every results.csv column but ``epoch``, which callbacks get as their argument
+        (0-based, as in ``fit``; Keras' ``ModelCheckpoint`` formats ``epoch`` from it).
+        """
         batch = self.cfg.data.batch_size
         iterator = iter(distribute_dataset(self.dist, self.data.train_dataset(epoch - 1, batch)))
         loss_sum = correct = count = 0.0
@@ -146,7 +150,7 @@ class TrainingLoop:
         seconds = time.perf_counter() - start
         self.state.train_images += count
         self.state.train_seconds += seconds
-        return {"epoch": epoch, "time": seconds,
+        return {"time": seconds,
                 "lr": self.schedule.value(epoch * self.steps_per_epoch - 1),
                 "loss": loss_sum / count, "accuracy": correct / count,
                 "images_per_second": count / max(seconds, 1e-9)}

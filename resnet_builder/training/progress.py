@@ -12,8 +12,6 @@ from typing import Any
 
 import click
 
-MODES = ("auto", "bar", "line", "none")
-
 
 def resolve_mode(mode: str) -> str:
     if mode == "auto":
