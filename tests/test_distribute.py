@@ -207,6 +207,10 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
     for name in ("sync", "per_replica"):
         summary = runs[name]["summary"]
         assert (summary["strategy"], summary["replicas"]) == ("mirrored", 2)
+        # the confusion matrix pairs each gathered prediction with its own gathered label
+        matrix = np.asarray(read_meta(tmp_path / "runs" / name / "checkpoint.npz")[
+            "best_confusion"])
+        assert np.trace(matrix) / matrix.sum() == pytest.approx(summary["best_val_accuracy"])
         summary_file = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
         assert (summary_file["strategy"], summary_file["replicas"]) == ("mirrored", 2)
     one = single.history

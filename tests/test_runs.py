@@ -1,0 +1,47 @@
+"""Run folders: numbering that two runs started together cannot share, the layout."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from resnet_builder import runs
+from resnet_builder.runs import RunPaths, new_run_dir
+
+
+def test_numbering(tmp_path: Path) -> None:
+    assert [new_run_dir(tmp_path, "exp").name for _ in range(3)] == ["exp", "exp2", "exp3"]
+    assert new_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"
+
+
+def test_a_folder_taken_after_the_listing_moves_to_the_next_number(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """The race: another run creates exp between our listing and our mkdir."""
+    (tmp_path / "exp").mkdir()
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(()) if self == tmp_path
+                        else real_iterdir(self))
+    assert new_run_dir(tmp_path, "exp").name == "exp2"
+
+
+def test_runs_started_together_get_different_folders(tmp_path: Path) -> None:
+    made: list[Path] = []
+    start = threading.Barrier(8)
+
+    def one() -> None:
+        start.wait()
+        made.append(new_run_dir(tmp_path, "exp"))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({p.name for p in made}) == 8
+
+
+def test_run_paths_name_every_file(tmp_path: Path) -> None:
+    paths = RunPaths(tmp_path)
+    assert paths.checkpoint == tmp_path / "checkpoint.npz"
+    assert paths.best.name == "best.keras" and paths.tensorboard.name == "tensorboard"
+    assert runs.TRAIN_PROJECT == runs.DEFAULT_PROJECTS["train"] == "runs/train"
