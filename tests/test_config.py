@@ -139,8 +139,10 @@ def test_yaml_1_2_scalars_off_is_text_and_exponents_are_numbers(tmp_path: Path) 
 
 
 def test_yes_is_not_a_boolean(tmp_path: Path) -> None:
-    msg = str(error(write(tmp_path, "data:\n  cache: yes\n")))
-    assert "x.yaml:2: data.cache must be true or false, got 'yes' (a string)" in msg
+    msg = str(error(write(tmp_path, "data:\n  normalize: yes\n")))
+    assert "x.yaml:2: data.normalize must be true or false, got 'yes' (a string)" in msg
+    msg = str(error(write(tmp_path, "data:\n  cache: yes\n")))  # true, false or disk
+    assert "x.yaml:2: data.cache must be one of true, false, disk; got 'yes'" in msg
 
 
 # ----------------------------------------------------------------------------- file problems
@@ -206,7 +208,8 @@ def test_unknown_key_names_key_file_line_and_closest_key(tmp_path: Path) -> None
     path = write(tmp_path, text)
     err = error(path)
     assert err.message == f"{path}:7: 'epoch' is not a key of train; did you mean 'epochs'?"
-    assert err.hint == "keys of train: epochs, early_stopping_patience, eval_batch_size"
+    assert err.hint == ("keys of train: epochs, early_stopping_patience, eval_batch_size, "
+                        "checkpoint_every")
 
 
 def test_unknown_key_without_close_match_lists_keys(tmp_path: Path) -> None:
@@ -270,7 +273,8 @@ def test_malformed_set(override: str, expected: str) -> None:
                                  "(a boolean)"),
     ("optim:\n  lr: false\n", "x.yaml:2: optim.lr must be a number, got false (a boolean)"),
     ("optim:\n  lr: .nan\n", "x.yaml:2: optim.lr must be a finite number, got .nan"),
-    ("data:\n  cache: 1\n", "x.yaml:2: data.cache must be true or false, got 1 (an integer)"),
+    ("data:\n  normalize: 1\n",
+     "x.yaml:2: data.normalize must be true or false, got 1 (an integer)"),
     ("run:\n  name: 5\n", "x.yaml:2: run.name must be a string, got 5 (an integer)"),
     ("train:\n  epochs: null\n", "x.yaml:2: train.epochs cannot be null"),
     ("schedule:\n  milestones: 30\n", "x.yaml:2: schedule.milestones must be a list of "
@@ -312,7 +316,7 @@ def test_not_a_choice_suggests_the_closest(tmp_path: Path) -> None:
     err = error(write(tmp_path, "data:\n  source: cifar\n"))
     assert err.message.endswith(
         "x.yaml:2: data.source must be one of digits, cifar10, cifar100, folder, npz, "
-        "synthetic; got 'cifar'; did you mean 'cifar10'?")
+        "synthetic, tfrecord; got 'cifar'; did you mean 'cifar10'?")
 
 
 def test_int_choices(tmp_path: Path) -> None:
@@ -706,3 +710,25 @@ def test_config_module_does_not_import_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("hardware.steps_per_call=fast", "must be an integer >= 1 or auto, got 'fast'"),
+    ("hardware.steps_per_call=0", "must be >= 1, got 0"),
+    ("train.checkpoint_every=soon",
+     "must be an integer >= 1 or minutes such as '10min', or null, got 'soon'"),
+    ("train.checkpoint_every=0min", "got '0min'"),
+    ("data.cache=ram", "data.cache must be one of true, false, disk; got 'ram'"),
+])
+def test_keys_that_take_a_number_or_words(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [setting])
+
+
+def test_number_or_words_keys_accept_both() -> None:
+    cfg = load_config(None, ["hardware.steps_per_call=4", "train.checkpoint_every=10min",
+                             "data.cache=disk", "run.log_every=5"])
+    assert (cfg.hardware.steps_per_call, cfg.train.checkpoint_every) == (4, "10min")
+    assert (cfg.data.cache, cfg.run.log_every) == ("disk", 5)
+    assert load_config(None, ["train.checkpoint_every=200"]).train.checkpoint_every == 200
+    assert load_config(None).hardware.steps_per_call == "auto"

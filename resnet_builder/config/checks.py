@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Any, get_args, get_origin
 
 from resnet_builder.config.messages import (
     Where,
+    allowed,
     choices_text,
     kind_of,
     range_words,
@@ -70,6 +72,11 @@ def _type_error(spec: KeySpec, name: str, value: Any, at: str, wanted: str) -> C
 
 def _check_scalar(spec: KeySpec, name: str, value: Any, at: str) -> None:
     """Choices and range of one typed value (as received); name is 'train.epochs' or 'x[2]'."""
+    if isinstance(value, str) and spec.text:
+        if not re.fullmatch(spec.text[0], value):
+            raise ConfigError(f"{at}: {name} must be {allowed(spec)}, got {show(value)}",
+                              hint=f"{spec.dotted}: {spec.help}")
+        return
     if spec.choices and value not in spec.choices:
         close = difflib.get_close_matches(value, [str(c) for c in spec.choices], n=1) \
             if isinstance(value, str) else []

@@ -63,7 +63,7 @@ def range_words(spec: KeySpec) -> str:
 
 
 def choices_text(spec: KeySpec) -> str:
-    return ", ".join(str(c) for c in spec.choices or ())
+    return ", ".join(yaml_text(c) for c in spec.choices or ())
 
 
 def allowed(spec: KeySpec) -> str:
@@ -71,9 +71,11 @@ def allowed(spec: KeySpec) -> str:
     if spec.choices:
         words = "one of " + choices_text(spec)
     else:
-        words = " or ".join(type_words(t) for t in spec.types)
+        words = " or ".join(type_words(t) for t in spec.types if not (spec.text and t is str))
         if rng := range_words(spec):
             words += " " + rng
+        if spec.text:
+            words += f" or {spec.text[1]}"
     return words + (", or null" if spec.nullable else "")
 
 

@@ -19,10 +19,15 @@ from resnet_builder.runs import TRAIN_PROJECT
 
 
 def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-         max: float | None = None, nullable: bool = False, types: tuple | None = None) -> Any:
-    """A dataclass field with the facts validation and docs need."""
+         max: float | None = None, nullable: bool = False, types: tuple | None = None,
+         text: tuple[str, str] | None = None) -> Any:
+    r"""A dataclass field with the facts validation and docs need.
+
+    ``text``: for a number key that also takes words, (regex, the words for messages),
+    e.g. ``("auto", "auto")`` or ``(r"[1-9]\d*min", "minutes such as '10min'")``.
+    """
     meta = {"help": help, "choices": choices, "min": min, "max": max, "nullable": nullable,
-            "types": types}
+            "types": types, "text": text}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -74,14 +79,24 @@ class DataConfig:
     """Where images come from and how they are batched."""
 
     source: str = _key("digits", "Where images come from.",
-                       choices=("digits", "cifar10", "cifar100", "folder", "npz", "synthetic"))
-    path: str | None = _key(None, "Folder or file for cifar10/cifar100/folder/npz.", nullable=True)
+                       choices=("digits", "cifar10", "cifar100", "folder", "npz", "synthetic",
+                                "tfrecord"))
+    path: str | None = _key(None, "Folder or file for cifar10/cifar100/folder/npz; for tfrecord "
+                            "the folder `resnet-builder pack` wrote (a local path or any "
+                            "tf.io.gfile URL such as gs://bucket/data).", nullable=True)
     image_size: int = _key(32, "Images are resized to image_size x image_size.", min=8, max=4096)
     channels: int = _key(3, "1 (grayscale) or 3 (RGB).", choices=(1, 3))
     batch_size: int = _key(128, "Global batch size (split across replicas).", min=1)
     validation_split: float = _key(0.2, "Share held out for validation when the source has no "
                                    "validation split of its own.", min=0.0, max=0.9)
-    cache: bool = _key(True, "Cache decoded images in memory when they fit.")
+    cache: bool | str = _key(True, "true: keep decoded images in memory when they fit the "
+                             "memory budget, else stream them from disk; false: always stream; "
+                             "disk: cache decoded images in a file (tf.data cache) for slow "
+                             "storage.", choices=(True, False, "disk"))
+    verify: bool = _key(False, "folder source: decode every file once before training and "
+                        "leave out unreadable ones up front (slow on big folders); by default "
+                        "files are only listed, and a file that fails to decode is skipped, "
+                        "counted and listed in the run's skipped.csv.")
     normalize: bool = _key(True, "Per-channel mean/std computed on the training split, stored "
                            "in the model.")
     synthetic_samples: int = _key(512, "Images in the synthetic source.", min=2)
@@ -146,6 +161,10 @@ class TrainConfig:
                                         "val_accuracy. 0 = off.", min=0)
     eval_batch_size: int | None = _key(None, "Validation batch size; null = data.batch_size.",
                                        min=1, nullable=True)
+    checkpoint_every: int | str | None = _key(
+        None, "Also write a mid-epoch checkpoint every N steps (a number) or every N minutes "
+        "('10min'); train --resume continues at that step. null = at epoch ends only.",
+        min=1, nullable=True, text=(r"[1-9]\d*min", "minutes such as '10min'"))
 
 
 @dataclass
@@ -160,6 +179,9 @@ class RunConfig:
                          choices=("auto", "bar", "line", "none"))
     tensorboard: bool = _key(True, "Write TensorBoard logs to <run>/tensorboard.")
     plots: bool = _key(True, "Write curves.png and confusion_matrix.png.")
+    log_every: int = _key(10, "Read the running loss and accuracy back from the device every "
+                          "this many steps (progress bar, NaN check); the epoch's numbers are "
+                          "exact either way.", min=1)
 
 
 @dataclass
@@ -181,6 +203,9 @@ class HardwareConfig:
                                 "float16 (with loss scaling) or bfloat16 (fast on CPUs with "
                                 "AVX512_BF16).", choices=("auto", "off", "float16", "bfloat16"))
     xla: bool = _key(False, "Compile the training step with XLA (jit_compile).")
+    steps_per_call: int | str = _key("auto", "Training steps per compiled call: auto (1 on a "
+                                     "CPU, 8 with a GPU) or a number.", min=1,
+                                     text=("auto", "auto"))
     threads: int = _key(0, "CPU threads for TensorFlow ops; 0 = TensorFlow's choice.", min=0)
 
 
@@ -239,6 +264,7 @@ class KeySpec:
     min: float | None
     max: float | None
     nullable: bool
+    text: tuple[str, str] | None = None  # (regex, words) of the strings a number key takes
 
     @property
     def dotted(self) -> str:
@@ -259,7 +285,7 @@ def _spec(section: str, f: dataclasses.Field, annotation: Any) -> KeySpec:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return KeySpec(section, f.name, _accepted_types(annotation, meta.get("types")), default,
                    meta["help"], meta.get("choices"), meta.get("min"), meta.get("max"),
-                   bool(meta.get("nullable")))
+                   bool(meta.get("nullable")), meta.get("text"))
 
 
 @cache
