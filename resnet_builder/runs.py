@@ -47,6 +47,20 @@ class RunPaths:
     curves = _member("curves.png", "Loss, accuracy and learning rate per epoch.")
     confusion_matrix = _member("confusion_matrix.png", "Validation, at the best epoch.")
     tensorboard = _member("tensorboard", "TensorBoard event files.")
+    skipped = _member("skipped.csv", "Image files that could not be read, with the reason.")
+
+
+def skipped_csv_text(rows: Iterable[tuple[str, str]]) -> str:
+    """skipped.csv: one (path, reason) row per file left out (train, predict, evaluate, pack)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_skipped_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:
+    atomic_write_text(path, skipped_csv_text(rows))
 
 
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -215,7 +215,7 @@ def test_folder_bad_files_are_skipped_with_reasons(tmp_path):
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored silently
     with pytest.warns(SkippedFilesWarning) as caught:
         bundle = load_data(_cfg(source="folder", path=str(tmp_path), image_size=8,
-                                validation_split=0.0), seed=0)
+                                validation_split=0.0, verify=True), seed=0)
     reasons = {Path(f).name: r for f, r in bundle.skipped}
     assert reasons["truncated.png"] == "truncated file"
     assert reasons["garbage.jpg"].startswith("not an image")
@@ -230,15 +230,20 @@ def test_folder_bad_files_are_skipped_with_reasons(tmp_path):
     _labels_match_colours(bundle, bundle.train_dataset(0, 4))
 
 
-def test_folder_without_cache_decodes_on_demand_identically(tmp_path):
+@pytest.mark.parametrize("verify", [True, False])
+def test_folder_without_cache_decodes_on_demand_identically(tmp_path, verify):
     for i, name in enumerate(COLOURS):
         for j in range(4):
             pixels = np.random.default_rng(i * 10 + j).integers(0, 256, (12, 9, 3), np.uint8)
             (tmp_path / name).mkdir(exist_ok=True)
             Image.fromarray(pixels).save(tmp_path / name / f"{j}.png")
-    bundles = [load_data(_cfg(source="folder", path=str(tmp_path), image_size=8, cache=cache),
-                         AugmentConfig(random_crop_padding=1), seed=0) for cache in (True, False)]
-    assert bundles[0]._train.ready is not None and bundles[1]._train.ready is None
+    bundles = [load_data(_cfg(source="folder", path=str(tmp_path), image_size=8, cache=cache,
+                              verify=verify), AugmentConfig(random_crop_padding=1), seed=0)
+               for cache in (True, False)]
+    if verify:  # decoded up front: kept in memory as arrays
+        assert bundles[0]._train.ready is not None and bundles[1]._train.ready is None
+    else:  # streamed: decoded images kept as they are read
+        assert bundles[0]._train.store is not None and bundles[1]._train.store is None
     for a, b in zip(_first_batch(bundles[0], 1), _first_batch(bundles[1], 1), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(*[_arrays(b.val_dataset(4))[0] for b in bundles])
@@ -246,7 +251,8 @@ def test_folder_without_cache_decodes_on_demand_identically(tmp_path):
     np.testing.assert_array_equal(bundles[0].sample_images(3), bundles[1].sample_images(3))
 
 
-def test_folder_converts_image_modes(tmp_path):
+@pytest.mark.parametrize("verify", [True, False])
+def test_folder_converts_image_modes(tmp_path, verify):
     (tmp_path / "gray").mkdir()
     (tmp_path / "odd").mkdir()
     Image.new("L", (4, 4), 90).save(tmp_path / "gray" / "l.png")
@@ -256,7 +262,7 @@ def test_folder_converts_image_modes(tmp_path):
     pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
     pal.save(tmp_path / "odd" / "p.gif")
     bundle = load_data(_cfg(source="folder", path=str(tmp_path), image_size=4,
-                            validation_split=0.0), seed=0)
+                            validation_split=0.0, verify=verify), seed=0)
     x = bundle.sample_images(4)  # sorted picks: gray/g16, gray/l, odd/clear, odd/p
     np.testing.assert_array_equal(x[:, 0, 0], [[60] * 3, [90] * 3, [255] * 3, [10, 20, 30]])
 
@@ -295,7 +301,8 @@ def test_folder_class_with_only_bad_files_is_an_error(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(SkippedFilesWarning), pytest.raises(UserError, match=r"class.*cat"):
-        load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0), seed=0)
+        load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0, verify=True),
+                  seed=0)
 
 
 # ------------------------------------------------------------------------------- npz

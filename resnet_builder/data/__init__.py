@@ -13,14 +13,18 @@ yields the same batches whether or not training was resumed.
 
 Memory: prepared images are kept in memory when ``data.cache`` is on and both splits
 fit in ``CACHE_BUDGET_BYTES``; otherwise each image is resized (arrays) or decoded
-(files) on demand in a parallel ``tf.data`` map.
+(files) on demand in a parallel ``tf.data`` map. Folders stream: files are listed, not
+decoded, before training; a file that fails to decode gives label -1 and is named by
+``DataBundle.take_skipped``. ``train_dataset(..., shard, num_shards, first_batch)`` reads
+one worker's rows of each global batch, from any batch on.
 
 Modules: ``loading`` (``load_data``), ``bundle`` (``DataBundle``, seeded streams),
 ``augment``, ``splits`` (validation split, ``data.limit``, mean/std), ``sources`` (what
 the sources share), one module per source (``digits``, ``cifar``, ``npz``,
-``synthetic``, ``folder``), ``images`` (reading one image file) and ``folders``
-(the class-folder scanner). This room imports config, model and the top-level
-helpers, never training, inference, benchmark or the CLI.
+``synthetic``, ``folder``), ``images`` (reading one image file with Pillow), ``decode``
+(encoded images -> pixels in tf.data, failure-safe), ``stream`` (streamed files, the
+decoded-image store) and ``folders`` (the class-folder scanner). This room imports
+config, model and the top-level helpers, never training, inference, benchmark or the CLI.
 """
 
 from resnet_builder.data.bundle import CACHE_BUDGET_BYTES, DataBundle

@@ -16,11 +16,14 @@ import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.augment import augmenter
+from resnet_builder.data.decode import SkipLog
+from resnet_builder.data.stream import ImageStore, file_images
+from resnet_builder.errors import UserError
 
 CACHE_BUDGET_BYTES = 2_000_000_000  # decoded images kept in memory up to this (and < 2 GiB)
 
 # Independent random streams derived from the one seed.
-SPLIT_STREAM, LIMIT_STREAM, SYNTH_STREAM, SAMPLE_STREAM, ORDER_STREAM = range(1, 6)
+SPLIT_STREAM, LIMIT_STREAM, SYNTH_STREAM, SAMPLE_STREAM, ORDER_STREAM, STATS_STREAM = range(1, 7)
 
 
 def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
@@ -29,18 +32,29 @@ def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
 
 
 def fits_in_cache(count: int, data: DataConfig) -> bool:
-    """Whether ``count`` prepared images may be kept decoded in memory."""
+    """Whether ``count`` prepared images may be kept decoded in memory.
+
+    ``data.cache: disk`` counts as on here: array sources are in memory already, and the
+    folder source checks for ``disk`` first.
+    """
     size = count * data.image_size**2 * data.channels
-    return data.cache and size <= CACHE_BUDGET_BYTES
+    return bool(data.cache) and size <= CACHE_BUDGET_BYTES
 
 
 @dataclass
 class Split:
-    """One split's labels and its images: prepared in memory (``ready``) or per index."""
+    """One split's labels and its images: in memory (``ready``), per index, or streamed files.
+
+    A streamed split (``files``) is decoded in tf.data; a file that fails there comes out
+    with label -1 and is recorded in ``skips``; ``store`` keeps decoded images (stream.py).
+    """
 
     labels: np.ndarray  # int32 [N]
     ready: np.ndarray | None = None  # uint8 [N, S, S, C]
     prepare: Callable[[int], np.ndarray] | None = None  # index -> uint8 [S, S, C]
+    files: list[str] | None = None
+    store: ImageStore | None = None
+    skips: SkipLog = field(default_factory=SkipLog)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,22 +89,36 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def train_dataset(self, epoch: int, batch_size: int) -> tf.data.Dataset:
+    def train_dataset(self, epoch: int, batch_size: int, *, shard: int = 0, num_shards: int = 1,
+                      first_batch: int = 0) -> tf.data.Dataset:
         """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches.
 
-        Images are augmented a whole batch at a time (a few vectorised ops per
-        batch instead of per image), seeded by (seed, epoch, batch number).
+        ``batch_size`` is the global batch. With ``num_shards`` > 1 this shard reads (and
+        decodes) only rows ``[shard*b, (shard+1)*b)`` of each global batch (b = batch_size /
+        num_shards), so the shards cover every image once per epoch, and its images and
+        their augmentation equal those rows of the unsharded batch. ``first_batch=k``
+        starts at global batch k of the same epoch (a mid-epoch resume). Images are
+        augmented a whole batch at a time, seeded by (seed, epoch, global batch number).
+        Streamed files that cannot be decoded come out with label -1 (``take_skipped``).
         """
         if epoch < 0 or batch_size < 1:
             raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
+        check_sharding(batch_size, shard, num_shards, first_batch)
         assert self._train is not None
         order = seeded_rng(self._seed, ORDER_STREAM, epoch).permutation(self.num_train)
-        dataset = self._batches(self._train, "train", order.astype(np.int64), batch_size)
+        local = batch_size // num_shards
+        picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
+        dataset = self._batches(self._train, "train", picks, local)
         augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch)
         if augment is not None:
-            dataset = dataset.enumerate().map(
-                lambda i, batch: (augment(batch[0], i), batch[1]),
-                num_parallel_calls=tf.data.AUTOTUNE)
+            total = self.num_train
+
+            def apply(number: tf.Tensor, batch: tuple) -> tuple:
+                rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
+                return augment(batch[0], number, rows, shard * local), batch[1]
+
+            dataset = dataset.enumerate(start=first_batch).map(
+                apply, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
@@ -99,6 +127,18 @@ class DataBundle:
             return None
         order = np.arange(self.num_val, dtype=np.int64)
         return self._batches(self._val, "val", order, batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def take_skipped(self) -> list[tuple[str, str]]:
+        """(file, reason) of streamed files that failed to decode since the last call, once each.
+
+        Such files still fill their place in a batch, as zeros with label -1, so batches
+        keep their size; the trainer names them at each epoch end.
+        """
+        found: dict[tuple[str, str], None] = {}
+        for split in (self._train, self._val):
+            if split is not None and split.files is not None:
+                found.update({(split.files[k], reason): None for k, reason in split.skips.take()})
+        return list(found)
 
     def _batches(self, split: Split, name: str, order: np.ndarray,
                  batch_size: int) -> tf.data.Dataset:
@@ -118,7 +158,8 @@ class DataBundle:
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
 
-        The choice is seeded, so an export repeats exactly.
+        The choice is seeded, so an export repeats exactly. Streamed files that cannot be
+        decoded are left out of the sample.
         """
         assert self._train is not None
         n = min(n, self.num_train)
@@ -127,7 +168,9 @@ class DataBundle:
         shape = (0, self.image_size, self.image_size, self.channels)
         if n == 0:
             return np.zeros(shape, np.uint8)
-        return np.stack([self._train.image(int(i)) for i in picks])
+        if self._train.files is None:
+            return np.stack([self._train.image(int(i)) for i in picks])
+        return decoded_images(self._lookup("train", self._train), picks, shape)
 
     def _lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
         """Graph function index -> (uint8 image, int32 label), from memory or decoded on demand."""
@@ -142,6 +185,9 @@ class DataBundle:
                 return tf.gather(images, index), tf.gather(labels, index)
 
             return from_memory
+        if split.files is not None:
+            return file_images(split.files, split.labels, self.image_size, self.channels,
+                               split.skips, split.store)
         prepare = split.prepare
         assert prepare is not None
 
@@ -154,3 +200,32 @@ class DataBundle:
             return image, tf.gather(labels, index)
 
         return on_demand
+
+
+def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: int) -> None:
+    """Shards split each global batch evenly; a bad combination is the caller's mistake."""
+    if num_shards < 1 or not 0 <= shard < num_shards or first_batch < 0:
+        raise ValueError(f"need 0 <= shard < num_shards and first_batch >= 0, got shard={shard}, "
+                         f"num_shards={num_shards}, first_batch={first_batch}")
+    if batch_size % num_shards:
+        raise UserError(f"the global batch size {batch_size} does not split evenly over "
+                        f"{num_shards} workers", hint=f"use a data.batch_size that is a multiple "
+                        f"of {num_shards}")
+
+
+def shard_order(order: np.ndarray, batch_size: int, shard: int, num_shards: int,
+                first_batch: int = 0) -> np.ndarray:
+    """The indices one shard reads, in order: its rows of each global batch from ``first_batch``."""
+    local = batch_size // num_shards
+    position = np.arange(len(order))
+    mine = ((position % batch_size) // local == shard) & (position // batch_size >= first_batch)
+    return order[mine]
+
+
+def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
+                   shape: tuple[int, ...]) -> np.ndarray:
+    """The images of ``picks`` through a lookup, leaving out those that failed (label < 0)."""
+    dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64))
+    dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    kept = [images[labels >= 0] for images, labels in dataset.as_numpy_iterator()]
+    return np.concatenate(kept) if kept else np.zeros(shape, np.uint8)

@@ -1,28 +1,48 @@
 """The ``folder`` source: one sub-folder of images per class, optionally train/ and val/.
 
-Bad files: every file is decoded once up front; unreadable ones are left out,
-listed in ``DataBundle.skipped`` and reported in one ``SkippedFilesWarning``. Only
-layout mistakes (no classes, an empty class, ...) stop. The class folders are found
-by ``resnet_builder.data.folders.scan_class_folders``, the scanner every command uses.
+Files are only listed (``data.folders.scan_class_folders``, the scanner every command
+uses) and decoded as each epoch asks, in ``tf.data`` with TensorFlow's kernels
+(``data.decode``): no pass over the images before training. A file that fails to decode
+then comes out as label -1 and is named by ``DataBundle.take_skipped``; layout mistakes
+(no classes, an empty class, ...) still stop at once, and files left out by name or place
+are listed in one ``SkippedFilesWarning``.
+
+``data.verify: true`` decodes every file once up front instead: unreadable ones are left
+out, listed in ``DataBundle.skipped`` and in the warning, as before streaming existed.
+Decoded images are kept (``data.stream.ImageStore``) in memory with ``data.cache: true``
+when both splits fit ``CACHE_BUDGET_BYTES``, in a file with ``data.cache: disk``.
+
+Mean/std: over the whole training split when it is decoded up front (verify), else
+over a seeded sample of up to ``STATS_SAMPLE`` training images, decoded once (all of
+them when there are fewer).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from resnet_builder.config import DataConfig
-from resnet_builder.data.bundle import DataBundle, Split, fits_in_cache
+from resnet_builder.data.bundle import (
+    STATS_STREAM,
+    DataBundle,
+    Split,
+    decoded_images,
+    fits_in_cache,
+    seeded_rng,
+)
+from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
 from resnet_builder.data.folders import scan_class_folders
-from resnet_builder.data.images import ImageError, prepare_image
 from resnet_builder.data.sources import required_path
 from resnet_builder.data.splits import ChannelStats, apply_limit, stratified_split
+from resnet_builder.data.stream import ImageStore, disk_store_path, file_images
 from resnet_builder.errors import UserError
 
+STATS_SAMPLE = 500  # streamed training images decoded once for mean/std (time to first batch)
 _VAL_DIRS = ("val", "valid", "validation")
 _LAYOUT_HINT = ("use <path>/<class>/<images> (split by data.validation_split) or "
                 "<path>/train/<class>/ with <path>/val/<class>/")
@@ -32,9 +52,47 @@ class SkippedFilesWarning(UserWarning):
     """Some files in an image folder were left out (listed with reasons)."""
 
 
+@dataclass
+class _Listing:
+    """The files of both splits (after split and limit) and what was left out by name."""
+
+    train_dir: Path
+    class_names: list[str]
+    train: tuple[list[str], np.ndarray]
+    val: tuple[list[str], np.ndarray]
+    skipped: list[tuple[str, str]]
+
+
 def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
-    """One sub-folder per class; bad files are skipped with a warning, never fatal."""
-    train_dir, val_dir = _folder_layout(required_path(data, "a folder of class folders"))
+    """One sub-folder per class; bad files are skipped (and named), never fatal."""
+    found = list_files(data, seed)
+    cache = data.cache is True and fits_in_cache(len(found.train[0]) + len(found.val[0]), data)
+    root = str(Path(data.path or "").expanduser().resolve())
+    skipped = found.skipped
+    if data.verify:
+        stats = ChannelStats(data.channels)
+        train, bad = _check_files(*found.train, data, cache, stats)
+        val, val_bad = _check_files(*found.val, data, cache, None)
+        skipped += bad + val_bad
+        _warn_skipped(skipped)
+        _every_class_readable(found.train_dir, found.class_names, found.train[1], train.labels)
+        mean, std = stats.result()
+        if not cache:  # stream the good files (with the disk cache if asked)
+            train = _streamed(train.files or [], train.labels, data, False, root)
+            val = _streamed(val.files or [], val.labels, data, False, root)
+    else:
+        _warn_skipped(skipped)
+        train = _streamed(*found.train, data, cache, root)
+        val = _streamed(*found.val, data, cache, root)
+        mean, std = _sample_stats(train, data, seed)
+    return DataBundle(class_names=found.class_names, num_train=len(train), num_val=len(val),
+                      image_size=data.image_size, channels=data.channels, mean=mean, std=std,
+                      skipped=skipped, _train=train, _val=val if len(val) else None)
+
+
+def list_files(data: DataConfig, seed: int) -> _Listing:
+    """Scan the class folders, split (when there is no val/) and apply data.limit."""
+    train_dir, val_dir = folder_layout(required_path(data, "a folder of class folders"))
     train_files, skipped = _scan_classes(train_dir)
     class_names = sorted(train_files)
     index = {name: k for k, name in enumerate(class_names)}
@@ -50,21 +108,41 @@ def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
         train_paths, train_labels = [train_paths[i] for i in tr], train_labels[tr]
     keep = apply_limit(train_labels, data.limit, len(class_names), seed)
     train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]
+    return _Listing(train_dir, class_names, ([str(p) for p in train_paths], train_labels),
+                    ([str(p) for p in val_paths], val_labels), skipped)
 
-    cache = fits_in_cache(len(train_paths) + len(val_paths), data)
+
+def _streamed(files: list[str], labels: np.ndarray, data: DataConfig, cache: bool,
+              root: str) -> Split:
+    """A split decoded as the epochs ask; decoded images kept per ``data.cache``."""
+    shape = (data.image_size, data.image_size, data.channels)
+    store = None
+    if data.cache == "disk" and files:
+        path = disk_store_path(root, files, data.image_size, data.channels)
+        store = ImageStore(len(files), shape, path)
+    elif cache:
+        store = ImageStore(len(files), shape)
+    return Split(labels, files=files, store=store)
+
+
+def _sample_stats(split: Split, data: DataConfig, seed: int) -> tuple[list, list]:
+    """Mean/std over a seeded sample of up to ``STATS_SAMPLE`` streamed training images."""
+    count = len(split)
+    picks = np.arange(count)
+    if count > STATS_SAMPLE:
+        picks = np.sort(seeded_rng(seed, STATS_STREAM).choice(count, STATS_SAMPLE, replace=False))
+    assert split.files is not None
+    lookup = file_images(split.files, split.labels, data.image_size, data.channels, SkipLog(),
+                         split.store)
+    shape = (0, data.image_size, data.image_size, data.channels)
     stats = ChannelStats(data.channels)
-    train, bad = _check_files(train_paths, train_labels, data, cache, stats)
-    val, val_bad = _check_files(val_paths, val_labels, data, cache, None)
-    skipped += bad + val_bad
-    _warn_skipped(skipped)
-    _every_class_readable(train_dir, class_names, train_labels, train.labels)
-    mean, std = stats.result()
-    return DataBundle(class_names=class_names, num_train=len(train), num_val=len(val),
-                      image_size=data.image_size, channels=data.channels, mean=mean, std=std,
-                      skipped=skipped, _train=train, _val=val if len(val) else None)
+    images = decoded_images(lookup, picks, shape)
+    for start in range(0, len(images), 1024):
+        stats.add(images[start:start + 1024])
+    return stats.result()
 
 
-def _folder_layout(root: Path) -> tuple[Path, Path | None]:
+def folder_layout(root: Path) -> tuple[Path, Path | None]:
     """(train folder, val folder or None): ``train/`` + ``val|valid|validation/``, or one folder."""
     if not root.is_dir():
         raise UserError(f"data.path is not a folder: {root}", hint=_LAYOUT_HINT)
@@ -109,46 +187,43 @@ def _same_classes(train_dir: Path, train: list[str], val_dir: Path, val: list[st
                     "to split train/ by data.validation_split")
 
 
-def _flatten(files: dict[str, list[Path]], index: dict[str, int]) -> tuple[list[Path], np.ndarray]:
+def _flatten(files: dict[str, list[Path]],
+             index: dict[str, int]) -> tuple[list[Path], np.ndarray]:
     """(paths, labels) with labels looked up by class name."""
     paths = [p for name in sorted(files) for p in files[name]]
     labels = [index[name] for name in sorted(files) for _ in files[name]]
     return paths, np.array(labels, np.int32)
 
 
-def _check_files(paths: list[Path], labels: np.ndarray, data: DataConfig, cache: bool,
+def _check_files(paths: list[str], labels: np.ndarray, data: DataConfig, cache: bool,
                  stats: ChannelStats | None) -> tuple[Split, list[tuple[str, str]]]:
-    """Decode every file once (in threads): bad ones are listed, good ones cached or indexed."""
+    """Decode every file once (``data.verify``): bad ones are listed, good ones kept or streamed.
+
+    Decoding is the streaming path's (TensorFlow's kernels in a parallel map), so a
+    verified split has the same pixels as a streamed one.
+    """
     size, channels = data.image_size, data.channels
-
-    def attempt(path: Path) -> np.ndarray | ImageError:
-        try:
-            return prepare_image(path, size, channels)
-        except ImageError as exc:
-            return exc
-
-    good: list[Path] = []
-    good_labels: list[int] = []
+    skips = SkipLog()
+    elements = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype=np.int64), tf.constant(paths, tf.string),
+         labels.astype(np.int32)))
+    decoded = decode_or_skip(elements, size, channels, skips, from_files=True).batch(256)
+    good = np.ones(len(paths), bool)
     kept: list[np.ndarray] = []
-    skipped: list[tuple[str, str]] = []
-    workers = min(8, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        for path, label, result in zip(paths, labels, pool.map(attempt, paths), strict=True):
-            if isinstance(result, ImageError):
-                skipped.append((str(path), result.reason))
-                continue
-            good.append(path)
-            good_labels.append(int(label))
-            if stats is not None:
-                stats.add(result)
-            if cache:
-                kept.append(result)
-    split_labels = np.array(good_labels, np.int32)
+    for images, got in decoded.as_numpy_iterator():
+        ok = got != SKIPPED_LABEL
+        if stats is not None and ok.any():
+            stats.add(images[ok])
+        if cache:
+            kept.append(images[ok])
+    for key, _ in (entries := sorted(skips.take())):
+        good[key] = False
+    skipped = [(paths[key], reason) for key, reason in entries]
+    split_labels = labels[good].astype(np.int32)
     if cache:
-        shape = (0, size, size, channels)
-        ready = np.stack(kept) if kept else np.zeros(shape, np.uint8)
+        ready = np.concatenate(kept) if kept else np.zeros((0, size, size, channels), np.uint8)
         return Split(split_labels, ready=ready), skipped
-    return Split(split_labels, prepare=lambda i: prepare_image(good[i], size, channels)), skipped
+    return Split(split_labels, files=[p for p, g in zip(paths, good, strict=True) if g]), skipped
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], shown: int = 50) -> None:

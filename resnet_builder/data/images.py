@@ -19,6 +19,7 @@ Choices, stated once:
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,20 +78,37 @@ def find_images(root: str | os.PathLike) -> list[Path]:
 
 def load_image(path: str | os.PathLike, channels: int) -> np.ndarray:
     """Decode ``path`` fully into uint8 ``H x W x channels`` (1 or 3); raises ``ImageError``."""
+    _check_channels(channels)
+    _check_file(path)
+    return _decode(path, str(path), channels)
+
+
+def decode_image_bytes(data: bytes, channels: int, name: str = "<bytes>") -> np.ndarray:
+    """``load_image`` for an encoded file already in memory (a TFRecord, the tf.data fallback)."""
+    _check_channels(channels)
+    if not data:
+        raise ImageError(name, "empty file")
+    return _decode(io.BytesIO(data), name, channels)
+
+
+def _check_channels(channels: int) -> None:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    _check_file(path)
+
+
+def _decode(source: str | os.PathLike | io.BytesIO, name: str, channels: int) -> np.ndarray:
+    """Pillow decodes ``source`` (a path or bytes) completely; failures become ``ImageError``."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.seek(0)  # first frame of animations
             img.load()
             pixels = _to_array(_upright(img))
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image (or an unsupported format)") from None
+        raise ImageError(name, "not an image (or an unsupported format)") from None
     except Image.DecompressionBombError:
-        raise ImageError(path, "image too large (Pillow's decompression-bomb limit)") from None
+        raise ImageError(name, "image too large (Pillow's decompression-bomb limit)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(path, _decode_reason(exc)) from None
+        raise ImageError(name, _decode_reason(exc)) from None
     return to_channels(pixels, channels)
 
 

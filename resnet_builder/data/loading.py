@@ -13,12 +13,14 @@ from resnet_builder.data.digits import digits_bundle
 from resnet_builder.data.folder import folder_bundle
 from resnet_builder.data.npz import npz_bundle
 from resnet_builder.data.synthetic import synthetic_bundle
+from resnet_builder.data.tfrecord import tfrecord_bundle
 from resnet_builder.errors import UserError
 
 log = logging.getLogger(__name__)
 
 _SOURCES = {"digits": digits_bundle, "cifar10": cifar_bundle, "cifar100": cifar_bundle,
-            "folder": folder_bundle, "npz": npz_bundle, "synthetic": synthetic_bundle}
+            "folder": folder_bundle, "npz": npz_bundle, "synthetic": synthetic_bundle,
+            "tfrecord": tfrecord_bundle}
 
 
 def load_data(data: DataConfig, augment: AugmentConfig | None = None,

@@ -10,16 +10,14 @@
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_builder.data.images import is_image_file, walk_files
-from resnet_builder.files import atomic_write_bytes
+from resnet_builder.runs import write_skipped_csv
 
 
 @dataclass(frozen=True)
@@ -40,11 +38,7 @@ class Skipped:
 
 def write_skipped(path: Path, skipped: Sequence[Skipped]) -> None:
     """skipped.csv: path, reason (predict and evaluate write it)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "reason"])
-    writer.writerows([s.path, s.reason] for s in skipped)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_skipped_csv(path, [(s.path, s.reason) for s in skipped])
 
 
 def _glob_base(pattern: str) -> Path:

@@ -1,0 +1,237 @@
+"""pack + the tfrecord source: files, counts, skipped files, epochs, worker shards, round trip."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from resnet_builder.cli import main
+from resnet_builder.config import AugmentConfig, DataConfig, load_config
+from resnet_builder.data import load_data
+from resnet_builder.data.pack import pack_folder
+from resnet_builder.data.tfrecord import FEATURES
+from resnet_builder.errors import UserError
+from resnet_builder.training import api as trainer
+
+CLASSES = ("ant", "bee", "cat")
+PER_CLASS = 20
+NO_AUGMENT = AugmentConfig(random_crop_padding=0, horizontal_flip=False, random_scale=0.0)
+
+
+def make_folder(root: Path) -> Path:
+    """3 classes x 20 noisy images (every 4th a PNG), 24x28, plus one corrupt JPEG."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            pixels = rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)
+            pixels[..., c] = 240  # each class has its own strong channel
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.{'jpg' if i % 4 else 'png'}")
+    (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("images") / "photos")
+
+
+@pytest.fixture(scope="module")
+def packed(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed") / "out"
+    return pack_folder(folder, str(out), shards=3), out
+
+
+def bundle(out: Path, augment: AugmentConfig = NO_AUGMENT, **data):
+    return load_data(DataConfig(source="tfrecord", path=str(out), image_size=16, **data),
+                     augment, seed=0)
+
+
+def epoch(b, number: int, batch: int = 8, **shard) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in b.train_dataset(number, batch, **shard)],
+                 strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fingerprints(images: np.ndarray) -> list[str]:
+    return [hashlib.sha1(image.tobytes()).hexdigest() for image in images]
+
+
+def test_pack_writes_shards_counts_and_skipped_csv(packed):
+    report, out = packed
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["class_names"] == list(CLASSES)
+    train, val = info["splits"]["train"], info["splits"]["val"]
+    assert [s["file"] for s in train["shards"]] == [
+        f"train-0000{k}-of-00003.tfrecord" for k in range(3)]
+    assert [s["file"] for s in val["shards"]] == ["val-00000-of-00001.tfrecord"]
+    assert train["count"] + val["count"] == 3 * PER_CLASS  # the broken file left out
+    for split in (train, val):
+        assert sum(s["count"] for s in split["shards"]) == split["count"]
+        assert sum(split["per_class"].values()) == split["count"]
+    assert all(train["per_class"][c] + val["per_class"][c] == PER_CLASS for c in CLASSES)
+    assert val["count"] == 13  # ceil(0.2 * 61 listed files), stratified
+    assert len(info["mean"]["rgb"]) == 3 and len(info["std"]["gray"]) == 1
+    assert info["stats"]["images"] == train["count"]  # fewer than 2,000: all of them
+    assert sorted(p.name for p in out.iterdir()) == sorted(report.files)
+    with open(out / "skipped.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["broken.jpg"]
+    assert rows[0]["reason"]
+    assert report.images_per_second > 0
+
+
+def test_records_hold_the_files_as_they_are_on_disk(packed, folder):
+    _, out = packed
+    record = next(iter(tf.data.TFRecordDataset(str(out / "val-00000-of-00001.tfrecord"))))
+    example = tf.io.parse_single_example(record, FEATURES)
+    path = example["path"].numpy().decode()
+    assert example["image"].numpy() == (folder / path).read_bytes()
+    assert CLASSES[int(example["label"])] == path.split("/")[0]
+
+
+def test_image_size_reencodes_smaller_jpegs(folder, tmp_path):
+    pack_folder(folder, str(tmp_path / "small"), shards=1, image_size=12)
+    record = next(iter(tf.data.TFRecordDataset(str(tmp_path / "small" /
+                                                   "train-00000-of-00001.tfrecord"))))
+    image = Image.open(io.BytesIO(tf.io.parse_single_example(record, FEATURES)["image"].numpy()))
+    assert image.format == "JPEG" and min(image.size) == 12 and max(image.size) == 14
+
+
+def test_an_epoch_reads_every_record_once_in_a_seeded_order(packed):
+    _, out = packed
+    b = bundle(out)
+    info = json.loads((out / "dataset.json").read_text())["splits"]["train"]
+    images, labels = epoch(b, 0)
+    assert (b.num_train, b.num_val) == (info["count"], 13)
+    assert np.bincount(labels).tolist() == [info["per_class"][c] for c in CLASSES]
+    assert len(set(fingerprints(images))) == b.num_train
+    again_images, again_labels = epoch(bundle(out), 0)
+    assert np.array_equal(images, again_images) and np.array_equal(labels, again_labels)
+    next_images, _ = epoch(b, 1)
+    assert fingerprints(next_images) != fingerprints(images)
+    assert sorted(fingerprints(next_images)) == sorted(fingerprints(images))
+    assert b.take_skipped() == []
+
+
+def test_two_workers_read_disjoint_shard_files_covering_the_epoch(packed):
+    _, out = packed
+    b = bundle(out)
+    whole = set(fingerprints(epoch(b, 0)[0]))
+    parts = []
+    for w in range(2):
+        images, labels = epoch(b, 0, shard=w, num_shards=2)
+        parts.append((fingerprints(images[labels >= 0]), len(labels)))
+    (first, n_first), (second, n_second) = parts
+    assert n_first == n_second  # the smaller share is padded with label -1
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == whole and len(first) + len(second) == len(whole)
+
+
+def test_first_batch_continues_the_same_epoch(packed):
+    _, out = packed
+    b = bundle(out, AugmentConfig(random_crop_padding=2, horizontal_flip=True))
+    whole = [x.numpy() for x, _ in b.train_dataset(3, 8)]
+    rest = [x.numpy() for x, _ in b.train_dataset(3, 8, first_batch=2)]
+    assert len(rest) == len(whole) - 2
+    assert all(np.array_equal(a, c) for a, c in zip(whole[2:], rest, strict=True))
+    with pytest.raises(UserError, match="does not split evenly"):
+        b.train_dataset(0, 9, shard=0, num_shards=2)
+    with pytest.raises(UserError, match="only 3 training shard"):
+        b.train_dataset(0, 8, shard=0, num_shards=4)
+
+
+def test_pack_and_read_through_a_gfile_url(folder):
+    url = f"ram://resnet-builder-test-{id(folder)}/packed"  # TensorFlow's in-memory file system
+    report = pack_folder(folder, url, shards=2)
+    assert sorted(tf.io.gfile.listdir(url)) == sorted(report.files)
+    b = bundle(url)
+    assert len(epoch(b, 0)[1]) == b.num_train == report.counts["train"]
+
+
+def test_validation_is_unaugmented_and_in_file_order(packed):
+    _, out = packed
+    b = bundle(out, AugmentConfig(random_crop_padding=2, horizontal_flip=True))
+    first = [(x.numpy(), y.numpy()) for x, y in b.val_dataset(5)]
+    second = [(x.numpy(), y.numpy()) for x, y in b.val_dataset(5)]
+    assert sum(len(y) for _, y in first) == 13
+    assert all(np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
+               for a, c in zip(first, second, strict=True))
+    gray = bundle(out, channels=1)
+    assert next(iter(gray.val_dataset(4)))[0].shape == (4, 16, 16, 1)
+    assert len(gray.mean) == 1
+
+
+def test_limit_takes_the_first_records_in_pack_order(packed):
+    _, out = packed
+    b = bundle(out, limit=10)
+    assert b.num_train == 10 and len(epoch(b, 0)[1]) == 10
+
+
+def test_missing_pieces_are_user_errors_that_say_how_to_pack(packed, tmp_path):
+    _, out = packed
+    with pytest.raises(UserError, match=r"no dataset\.json") as caught:
+        bundle(tmp_path)
+    assert "resnet-builder pack FOLDER OUT" in str(caught.value)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "dataset.json").write_text((out / "dataset.json").read_text())
+    with pytest.raises(UserError, match="missing") as caught:
+        bundle(copy)
+    assert "train-00000-of-00003.tfrecord" in str(caught.value)
+
+
+def test_pack_refuses_a_used_folder_unless_told(folder, tmp_path):
+    out = tmp_path / "out"
+    pack_folder(folder, str(out), shards=3)
+    with pytest.raises(UserError, match="not empty"):
+        pack_folder(folder, str(out), shards=2)
+    pack_folder(folder, str(out), shards=2, overwrite=True)
+    assert sorted(p.name for p in out.glob("*.tfrecord")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "val-00000-of-00001.tfrecord"]
+
+
+def test_train_val_layout_keeps_its_split(tmp_path):
+    root = tmp_path / "data"
+    make_folder(root / "train")
+    make_folder(root / "val")
+    pack_folder(root, str(tmp_path / "out"), shards=2)
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert info["splits"]["val"]["count"] == info["splits"]["train"]["count"] == 3 * PER_CLASS
+    assert info["validation_split"] is None
+
+
+def test_cli_pack_names_the_files(folder, tmp_path):
+    result = CliRunner().invoke(main, ["pack", str(folder), str(tmp_path / "out"),
+                                       "--shards", "2"])
+    assert result.exit_code == 0, result.output
+    for name in ("train-00000-of-00002.tfrecord", "val-00000-of-00001.tfrecord",
+                 "dataset.json", "skipped.csv", "images/s"):
+        assert name in result.output
+    missing = CliRunner().invoke(main, ["pack", str(tmp_path / "nope"), str(tmp_path / "o2")])
+    assert missing.exit_code != 0 and "hint:" in missing.output
+    assert "Traceback" not in missing.output and isinstance(missing.exception, SystemExit)
+
+
+@pytest.mark.slow
+def test_pack_then_train_round_trip(packed, tmp_path):
+    _, out = packed
+    cfg = load_config(None, [
+        "model.depth=8", "model.block_type=basic", "data.source=tfrecord", f"data.path={out}",
+        "data.image_size=16", "data.batch_size=16", "train.epochs=2", "run.progress=none",
+        "run.plots=false", "run.tensorboard=false", f"run.project={tmp_path / 'runs'}"])
+    result = trainer.train(cfg)
+    with open(result.run_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)

@@ -1,0 +1,260 @@
+"""Streaming folders and shards: decoded in tf.data like Pillow, bad files named, shards exact."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from resnet_builder.config import AugmentConfig, DataConfig
+from resnet_builder.data import decode, load_data
+from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng, shard_order
+from resnet_builder.data.images import prepare_image
+from resnet_builder.errors import UserError
+
+AUG = AugmentConfig(random_crop_padding=2, horizontal_flip=True, random_scale=0.2)
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth colours plus noise: compresses like a photo, so JPEG is exercised for real."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8))
+    smooth = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC)).astype(int)
+    return np.clip(smooth + rng.integers(-10, 10, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def _tree(root: Path, per_class: int, size: int = 12, ext: str = "png") -> Path:
+    for k, name in enumerate(("ant", "bee", "cat")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(_photo(size, size, 10 * k + i)).save(root / name / f"{i}.{ext}")
+    return root
+
+
+def _epoch(dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# ------------------------------------------------------------------ pixels as Pillow's
+
+
+def _nasty(path: Path) -> dict[str, Path]:
+    """Every kind of file that needs care, written with Pillow."""
+    made = {}
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        made[name] = path / name
+        img.save(path / name, **kw)
+
+    photo = _photo(45, 60)
+    save("rgb.jpg", Image.fromarray(photo), quality=90)
+    save("gray.jpg", Image.fromarray(photo).convert("L"))
+    save("rgb.png", Image.fromarray(photo))
+    save("cmyk.jpg", Image.fromarray(photo).convert("CMYK"))
+    save("g16.png", Image.fromarray(photo[..., 0].astype(np.uint16) * 257 + 100))
+    rgba = np.dstack([photo, np.linspace(0, 255, 60, dtype=np.uint8)[None].repeat(45, 0)])
+    save("rgba.png", Image.fromarray(rgba, "RGBA"))
+    save("la.png", Image.fromarray(rgba, "RGBA").convert("LA"))
+    pal = Image.fromarray(photo).convert("P", palette=Image.Palette.ADAPTIVE, colors=200)
+    save("pal.png", pal)
+    save("pal_t.png", pal, transparency=3)
+    save("pal_t.gif", pal, transparency=3)
+    save("rgb.bmp", Image.fromarray(photo))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save("rot.jpg", Image.fromarray(photo), exif=exif)
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    save("upright.jpg", Image.fromarray(photo), exif=upright)
+    return made
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [16, 40, 64])
+def test_native_decode_matches_pillow(tmp_path, channels, size):
+    for name, path in _nasty(tmp_path).items():
+        want = prepare_image(path, size, channels)
+        got = decode.decode_and_resize(tf.constant(path.read_bytes()), size, channels).numpy()
+        assert got.shape == want.shape, name
+        assert np.abs(got.astype(int) - want).max() <= 1, name
+
+
+def test_only_odd_files_take_the_pillow_route(tmp_path):
+    routed = {name for name, path in _nasty(tmp_path).items()
+              if decode.needs_pil(tf.constant(path.read_bytes())).numpy()}
+    assert routed == {"g16.png", "pal_t.png", "pal_t.gif", "rot.jpg"}
+
+
+# ---------------------------------------------------------------------- bad files
+
+
+def _with_bad_files(root: Path) -> dict[str, str]:
+    _tree(root, 4, ext="jpg")
+    good = (root / "ant" / "0.jpg").read_bytes()
+    (root / "ant" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "bee" / "noise.png").write_bytes(os.urandom(400))
+    (root / "cat" / "empty.png").write_bytes(b"")
+    return {"truncated.jpg": "truncated file", "noise.png": "not an image",
+            "empty.png": "empty file"}
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_streaming_skips_bad_files_with_label_minus_one_and_names_them(tmp_path, cache):
+    bad = _with_bad_files(tmp_path)
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=16,
+                                  validation_split=0.0, cache=cache), AUG, seed=0)
+    assert bundle.num_train == 15 and bundle.skipped == []
+    for epoch in range(2):
+        x, y = _epoch(bundle.train_dataset(epoch, 4))
+        assert x.shape == (15, 16, 16, 3)
+        assert sorted(y[y >= 0].tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+        assert (y == -1).sum() == 3
+        named = {Path(f).name: reason for f, reason in bundle.take_skipped()}
+        assert set(named) == set(bad)
+        assert all(named[name].startswith(reason) for name, reason in bad.items())
+    assert bundle.take_skipped() == []  # each failure is named once per epoch
+
+
+def test_streaming_validation_split_names_bad_files_too(tmp_path):
+    _tree(tmp_path / "train", 2)
+    _tree(tmp_path / "val", 1)
+    (tmp_path / "val" / "bee" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=8), seed=0)
+    _, y = _epoch(bundle.val_dataset(2))
+    assert (y == -1).sum() == 1 and len(y) == 4
+    assert [Path(f).name for f, _ in bundle.take_skipped()] == ["bad.png"]
+
+
+def test_verify_leaves_bad_files_out_up_front(tmp_path):
+    bad = _with_bad_files(tmp_path)
+    with pytest.warns(UserWarning):
+        bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=16,
+                                      validation_split=0.0, verify=True), seed=0)
+    assert bundle.num_train == 12
+    assert {Path(f).name for f, _ in bundle.skipped} == set(bad)
+    _, y = _epoch(bundle.train_dataset(0, 5))
+    assert (y >= 0).all()
+
+
+# ------------------------------------------------------------------------- sharding
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(image_size=12, channels=1, validation_split=0.1), AUG, seed=4)
+
+
+@pytest.mark.parametrize("num_shards", [2, 4])
+def test_shards_cover_the_epoch_and_equal_the_global_batch_rows(digits, num_shards):
+    batch = 64  # 1617 images: the last global batch is partial
+    whole = [(x.numpy(), y.numpy()) for x, y in digits.train_dataset(2, batch)]
+    shards = [[(x.numpy(), y.numpy()) for x, y in
+               digits.train_dataset(2, batch, shard=k, num_shards=num_shards)]
+              for k in range(num_shards)]
+    for b, (x, y) in enumerate(whole):
+        parts = [s[b] for s in shards if b < len(s)]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+    assert sum(len(y) for s in shards for _, y in s) == digits.num_train
+
+
+def test_shard_indices_cover_every_image_once():
+    order = np.random.default_rng(0).permutation(103)
+    parts = [shard_order(order, 12, k, 3) for k in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    np.testing.assert_array_equal(parts[1][:4], order[4:8])
+
+
+def test_first_batch_is_the_tail_of_the_epoch(digits):
+    x, y = _epoch(digits.train_dataset(1, 50))
+    x5, y5 = _epoch(digits.train_dataset(1, 50, first_batch=5))
+    np.testing.assert_array_equal(x5, x[250:])
+    np.testing.assert_array_equal(y5, y[250:])
+    xs, _ = _epoch(digits.train_dataset(1, 50, shard=1, num_shards=2, first_batch=5))
+    np.testing.assert_array_equal(xs[:25], x[275:300])
+
+
+def test_uneven_global_batch_is_a_user_error(digits):
+    with pytest.raises(UserError, match="does not split evenly"):
+        digits.train_dataset(0, 10, shard=0, num_shards=3)
+
+
+def test_each_shard_decodes_only_its_share(tmp_path, monkeypatch):
+    _tree(tmp_path, 8, ext="gif")  # GIFs take the Pillow route, where decodes can be counted
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=8,
+                                  validation_split=0.0, cache=False), seed=0)
+    calls = []
+    original = decode.pil_prepare
+    monkeypatch.setattr(decode, "pil_prepare", lambda *a: calls.append(1) or original(*a))
+    seen = []
+    for shard in range(2):
+        calls.clear()
+        _, y = _epoch(bundle.train_dataset(0, 6, shard=shard, num_shards=2))
+        seen.append(len(y))
+        assert len(calls) == len(y)
+    assert seen == [12, 12]
+
+
+# ------------------------------------------------------------------- memory and cache
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_memory_stays_flat_while_streaming_many_files(tmp_path):
+    for i in range(3000):
+        folder = tmp_path / f"c{i % 3}"
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (6, 6), (i % 256, 7, 9)).save(folder / f"{i}.png")
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=64,
+                                  validation_split=0.0, cache=False), seed=0)
+    _epoch(bundle.train_dataset(0, 100))  # warm-up: graphs, thread pools, allocator
+    before = _rss_mb()
+    for epoch in (1, 2):
+        for _ in bundle.train_dataset(epoch, 100):
+            pass
+    growth = _rss_mb() - before
+    # Keeping the decoded images would take 3000 * 64*64*3 B = 35 MiB per epoch's worth;
+    # streaming holds only a few batches (100 * 48 KiB each), so 15 MiB is a clear bound.
+    assert growth < 15, f"resident memory grew by {growth:.1f} MiB"
+
+
+def test_disk_cache_is_written_then_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    data = tmp_path / "data"
+    _tree(data, 3)
+    cfg = DataConfig(source="folder", path=str(data), image_size=8, validation_split=0.0,
+                     cache="disk")
+    bundle = load_data(cfg, seed=0)
+    first = _epoch(bundle.train_dataset(0, 4))
+    cached = list((tmp_path / "tmp" / "resnet_builder_cache").glob("*.npy"))
+    assert len(cached) == 2  # images and their state
+    assert bundle._train.store.filled == 9
+    for image in data.rglob("*.png"):
+        image.write_bytes(b"")  # from now on only the cache can give the pixels
+    x, y = _epoch(bundle.train_dataset(0, 4))
+    np.testing.assert_array_equal(x, first[0])
+    assert (y >= 0).all() and bundle.take_skipped() == []
+    again = load_data(cfg, seed=0)  # a new run finds the same cache file
+    np.testing.assert_array_equal(_epoch(again.train_dataset(0, 4))[0], first[0])
+
+
+def test_photo_jpeg_decodes_like_pillow_through_the_bundle(tmp_path):
+    _tree(tmp_path, 2, size=50, ext="jpg")
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=16,
+                                  validation_split=0.0, cache=False), seed=0)
+    x, _ = _epoch(bundle.train_dataset(0, 3))
+    files = sorted(tmp_path.rglob("*.jpg"))
+    order = seeded_rng(0, ORDER_STREAM, 0).permutation(len(files))
+    want = np.stack([prepare_image(files[i], 16, 3) for i in order])
+    assert np.abs(x - want).max() <= 1
