@@ -14,6 +14,7 @@ import time
 
 import click
 
+from resnet_builder.cli_data import pack
 from resnet_builder.cli_inference import evaluate, export_command, predict
 from resnet_builder.config import key_specs
 from resnet_builder.depth import BLOCK_TYPE_ALIASES
@@ -76,7 +77,7 @@ def _choices(dotted: str) -> tuple[str, ...]:
 
 
 # Commands that always load TensorFlow; it is started (quietly) before they run.
-NEEDS_TENSORFLOW = {"train", "predict", "evaluate", "export", "bench"}
+NEEDS_TENSORFLOW = {"train", "predict", "evaluate", "export", "bench", "pack"}
 
 
 def int_list(value: str | None, name: str) -> list[int] | None:
@@ -305,6 +306,7 @@ def train(config_path, config_option, overrides, resume_dir, name, project, exis
 main.add_command(predict)
 main.add_command(evaluate)
 main.add_command(export_command)
+main.add_command(pack)
 
 
 # --------------------------------------------------------------------------- bench
@@ -317,14 +319,19 @@ main.add_command(export_command)
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--xla", is_flag=True, help="Compile our step with XLA.")
 @click.option("--no-pipelines", is_flag=True, help="Skip the input-pipeline measurements.")
+@click.option("--mixed-precision", type=click.Choice(["off", "float16", "bfloat16"]),
+              default="off", show_default=True,
+              help="Compute dtype for our step, the trainer loop and fit alike.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(batch_size, steps, warmup, xla, no_pipelines, as_json, **opts) -> None:
+def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json,
+          **opts) -> None:
     """Measure our training step against model.fit, prediction and the machine (synthetic data)."""
     from resnet_builder.benchmark.run import run_benchmark
 
     arch, model_args = architecture_from_options(opts)
     result = run_benchmark(arch, num_classes=model_args["num_classes"], batch_size=batch_size,
-                           steps=steps, warmup=warmup, xla=xla, pipelines=not no_pipelines)
+                           steps=steps, warmup=warmup, xla=xla, pipelines=not no_pipelines,
+                           mixed_precision=mixed_precision)
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -67,7 +67,8 @@ def trained(tmp_path_factory):
     csv_file = tmp / "keras_csv_logger.csv"
     lambdas: list[int] = []
     result = resnet_builder.train(
-        config_file(tmp), overrides=[f"run.project={tmp / 'runs'}", "run.name=api"],
+        config_file(tmp), overrides=[f"run.project={tmp / 'runs'}", "run.name=api",
+                                     "run.log_every=1"],
         callbacks=[recorder, keras.callbacks.CSVLogger(str(csv_file)),
                    keras.callbacks.TerminateOnNaN(),
                    keras.callbacks.ModelCheckpoint(str(tmp / "keras_checkpoint.keras")),
@@ -90,7 +91,7 @@ def test_callbacks_see_every_event_and_every_results_column(trained):
     result, recorder, _, lambdas = trained
     assert recorder.events == ["train_begin", "epoch_begin 0", "epoch_end 0", "epoch_begin 1",
                                "epoch_end 1", "train_end finished"]
-    assert recorder.batches == 2 * 4  # 200 images, batch 50, 2 epochs
+    assert recorder.batches == 2 * 4  # 200 images, batch 50, 2 epochs, read every step
     for logs in recorder.epoch_logs:  # epoch is the callback's argument, as in fit
         assert set(RESULTS_COLUMNS) - {"epoch"} <= set(logs) and "epoch" not in logs
     assert recorder.epoch_logs[-1]["val_accuracy"] == result.history[-1]["val_accuracy"]

@@ -11,7 +11,7 @@ FIELDS = {
     "predict_images_per_second", "baseline_predict_images_per_second",
     "predict_vs_keras_predict", "macs_per_image", "train_gflops", "matmul_gflops",
     "fraction_of_matmul", "pipeline_digits_images_per_second",
-    "pipeline_folder_images_per_second",
+    "pipeline_folder_images_per_second", "trainer_loop_images_per_second", "loop_vs_step",
 }
 
 
@@ -23,5 +23,17 @@ def test_bench_json_has_every_field():
     report = json.loads(result.output.strip().splitlines()[-1])
     assert set(report) >= FIELDS
     assert all(report[k] > 0 for k in FIELDS)
+    assert report["mixed_precision"] == "off"
     expected = 6 * report["macs_per_image"] * report["train_images_per_second"] / 1e9
     assert abs(report["train_gflops"] - expected) <= 0.01 + 1e-3 * expected
+
+
+def test_bench_mixed_precision_applies_to_every_training_number():
+    result = CliRunner().invoke(main, ["bench", "--depth", "8", "--block-type", "basic",
+                                       "--batch-size", "8", "--input-shape", "16,16,3",
+                                       "--steps", "2", "--warmup", "1", "--no-pipelines",
+                                       "--mixed-precision", "bfloat16", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["mixed_precision"] == "bfloat16"
+    assert report["trainer_loop_images_per_second"] > 0 and report["train_vs_fit"] > 0

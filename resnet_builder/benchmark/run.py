@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder.benchmark.loop import precision, trainer_loop_rate
 from resnet_builder.benchmark.machine import matmul_gflops
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import load_data
@@ -42,7 +43,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
-                    warmup: int, xla: bool) -> float:
+                    warmup: int, xla: bool, mixed_precision: str = "off") -> float:
     """Images/s of the trainer's own step (SGD momentum, cross-entropy, fused batch norm).
 
     The same train function the trainer runs, one step per call, fed by a tf.data
@@ -51,6 +52,8 @@ def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: 
     model = _model(arch, int(labels.max()) + 1)
     fuse_batch_norm(model)  # as the trainer does (hardware.fused_batchnorm)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    if mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
     train = make_train_function(model, optimizer, make_loss(model.num_classes, 0.0),
                                 global_batch_size=batch_size, jit_compile=xla)
@@ -121,16 +124,24 @@ def _png_folder(root: Path, size: int, per_class: int = 128) -> Path:
 
 def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int = 128,
                   steps: int = 10, warmup: int = 3, xla: bool = False,
-                  pipelines: bool = True) -> dict[str, Any]:
-    """Every number ``bench`` reports, as one JSON-ready dict."""
+                  pipelines: bool = True, mixed_precision: str = "off") -> dict[str, Any]:
+    """Every number ``bench`` reports, as one JSON-ready dict.
+
+    ``mixed_precision`` (off, float16, bfloat16) applies to our step, the trainer's
+    loop and ``fit`` alike, so the ratios compare like with like.
+    """
     h, w, c = arch.input_shape
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch_size, h, w, c)).astype("float32")
     labels = rng.integers(0, num_classes, batch_size).astype("int32")
     labels[:num_classes] = np.arange(min(num_classes, batch_size))
     macs = model_summary(arch, num_classes)["macs_per_image"]
-    train = train_step_rate(arch, images, labels, batch_size, steps, warmup, xla)
-    fit = fit_rate(arch, images, labels, batch_size, steps, warmup)
+    with precision(mixed_precision):
+        train = train_step_rate(arch, images, labels, batch_size, steps, warmup, xla,
+                                mixed_precision)
+        fit = fit_rate(arch, images, labels, batch_size, steps, warmup)
+    loop = trainer_loop_rate(arch, num_classes=num_classes, batch_size=batch_size,
+                             steps=steps + warmup, xla=xla, mixed_precision=mixed_precision)
     ours_predict, keras_predict = predict_rates(arch, np.repeat(images, 2, axis=0), batch_size,
                                                 max(2, steps // 3))
     matmul = matmul_gflops(seconds=2.0)
@@ -140,7 +151,10 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
         "batch_size": batch_size,
         "block_type": arch.backbone["block_type"],
         "macs_per_image": macs,
+        "mixed_precision": mixed_precision,
         "train_images_per_second": round(train, 1),
+        "trainer_loop_images_per_second": round(loop, 1),
+        "loop_vs_step": round(loop / train, 3),
         "baseline_fit_images_per_second": round(fit, 1),
         "train_vs_fit": round(train / fit, 3),
         "predict_images_per_second": round(ours_predict, 1),

@@ -34,6 +34,7 @@ from resnet_builder.training.setup import (
     make_model,
     make_optimizer,
     resolve_precision,
+    resolve_steps_per_call,
 )
 from resnet_builder.training.state import RunState
 from resnet_builder.training.strategy import StrategyInfo, make_strategy
@@ -187,6 +188,7 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, s.meta) from None
     state = RunState.from_meta(s.meta)
+    state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
 
     def summary() -> dict[str, Any]:
         return run_summary(state, cfg, dist, paths.root, s.precision)
@@ -196,7 +198,8 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
                              steps_per_epoch=steps_per_epoch, is_chief=dist.is_chief,
                              backup=backup)
     callbacks = keras.callbacks.CallbackList([*own, *user_callbacks], model=model)
-    loop = TrainingLoop(cfg, dist, model, optimizer, s.data, schedule, state, callbacks, paths)
+    loop = TrainingLoop(cfg, dist, model, optimizer, s.data, schedule, state, callbacks, paths,
+                        steps_per_call=resolve_steps_per_call(cfg.hardware.steps_per_call))
     progress.say(cfg.run.progress,
                  start_line(cfg, state, paths.root, s.data, model.count_params(), dist, lr))
     try:

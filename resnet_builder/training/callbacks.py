@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from resnet_builder import plots
 from resnet_builder.files import atomic_save, write_json
-from resnet_builder.runs import RunPaths, write_results
+from resnet_builder.runs import RunPaths, write_results, write_skipped_csv
 from resnet_builder.training import checkpoint, progress
 from resnet_builder.training.state import RunState
 
@@ -38,17 +38,31 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.bar = progress.EpochProgress(self.mode, epoch + 1, self.epochs, self.steps)
+        resumed = self.state.epoch_progress  # a run resumed from the middle of this epoch
+        self.done = resumed["batches"] if resumed and resumed["epoch"] == epoch + 1 else 0
+        if self.done:
+            self.bar.update(self.done, resumed["loss_sum"] / max(resumed["count"], 1.0),
+                            resumed["correct"] / max(resumed["count"], 1.0), 0.0)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """Called at each read of the running totals (every run.log_every steps)."""
         logs = logs or {}
         if self.bar is not None:
-            self.bar.update(1, logs["loss"], logs["accuracy"], logs["images_per_second"])
+            self.bar.update(batch + 1 - self.done, logs["loss"], logs["accuracy"],
+                            logs["images_per_second"])
+            self.done = batch + 1
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.bar is not None:
             self.bar.close(self.state.history[-1], (logs or {})["images_per_second"],
                            "(best)" if self.state.improved else "")
             self.bar = None
+        if self.state.skipped_now:
+            names = ", ".join(f"{path} ({why})" for path, why in self.state.skipped_now[:5])
+            more = len(self.state.skipped_now) - 5
+            progress.say(self.mode, f"skipped {len(self.state.skipped_now)} unreadable "
+                         f"file(s): {names}{f' and {more} more' if more > 0 else ''} "
+                         "(listed in the run's skipped.csv)")
 
 
 class EarlyStopping(keras.callbacks.Callback):
@@ -88,19 +102,29 @@ class RunFolderWriter(keras.callbacks.Callback):
         self.paths, self.state, self.optimizer, self.summary = paths, state, optimizer, summary
         self.is_chief, self.backup = is_chief, backup
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """A mid-epoch checkpoint when the loop says one is due (train.checkpoint_every,
+        SIGTERM): the model, the optimizer and the epoch's progress, nothing else."""
+        if (logs or {}).get("checkpoint"):
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        path = self.paths.checkpoint if self.is_chief else self.backup
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.save_checkpoint(path, self.model, self.optimizer, self.state.to_meta())
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.is_chief:
-            if self.backup is not None:
-                self.backup.parent.mkdir(parents=True, exist_ok=True)
-                checkpoint.save_checkpoint(self.backup, self.model, self.optimizer,
-                                           self.state.to_meta())
+            self._save_checkpoint()
             return
         write_results(self.paths.results, self.state.history)
+        if self.state.skipped:
+            write_skipped_csv(self.paths.skipped, self.state.skipped.items())
         atomic_save(self.paths.last, self.model.save)
         if self.state.improved:  # the same bytes: copying beats saving the model twice
             atomic_save(self.paths.best, lambda tmp: shutil.copyfile(self.paths.last, tmp))
-        checkpoint.save_checkpoint(self.paths.checkpoint, self.model, self.optimizer,
-                                   self.state.to_meta())
+        self._save_checkpoint()
         write_json(self.paths.summary, self.summary())
 
     def on_train_end(self, logs: dict | None = None) -> None:

@@ -1,10 +1,14 @@
 """The epoch loop: train, evaluate, record, and tell the callbacks; nothing else.
 
 Epoch ``k``'s data order and augmentation depend only on (seed, k), so a resumed
-run sees the same batches as an uninterrupted one. Everything written or shown
-happens in callbacks (``callbacks.py``); the loop turns a NaN loss, Ctrl-C and a
-lost worker into a message that says how to go on, after telling the callbacks
-that training ended (so summary.json and the plots are written).
+run sees the same batches as an uninterrupted one, also from the middle of an
+epoch. The loop does not wait for the device after every step: each compiled
+call adds its sums to running totals on the device, and the host reads them
+every ``run.log_every`` steps (progress, NaN check), at a checkpoint and at the
+epoch's end. Everything written or shown happens in callbacks
+(``callbacks.py``); the loop turns a NaN loss, Ctrl-C, SIGTERM and a lost worker
+into a message that says how to go on, after telling the callbacks that training
+ended (so summary.json and the plots are written).
 """
 
 from __future__ import annotations
@@ -24,8 +28,18 @@ from resnet_builder.plots import confusion_matrix
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import make_moving_stats_sync
+from resnet_builder.training.preemption import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointClock,
+    Preempted,
+    StopFlag,
+)
 from resnet_builder.training.step import make_eval_step, make_loss, make_train_function
-from resnet_builder.training.strategy import StrategyInfo, distribute_dataset
+from resnet_builder.training.strategy import (
+    StrategyInfo,
+    distribute_dataset,
+    distribute_shards,
+)
 from resnet_builder.training.workers import cluster_failure
 
 
@@ -44,32 +58,53 @@ class Evaluation:
     confusion: np.ndarray
 
 
+class EpochTotals:
+    """Loss sum, correct and image count of the epoch so far, kept as float64 device tensors."""
+
+    def __init__(self, progress: dict[str, Any] | None) -> None:
+        start = progress or {}
+        self.sums = [tf.constant(float(start.get(k, 0.0)), tf.float64)
+                     for k in ("loss_sum", "correct", "count")]
+
+    def add(self, call_sums) -> None:
+        self.sums = [total + tf.cast(s, tf.float64) for total, s in zip(self.sums, call_sums,
+                                                                         strict=True)]
+
+    def read(self) -> tuple[float, float, float]:
+        """The host's copy (this waits for the device)."""
+        loss_sum, correct, count = (float(v) for v in self.sums)
+        return loss_sum, correct, count
+
+
 class TrainingLoop:
-    """One run's epochs, from the state's next epoch to ``train.epochs``."""
+    """One run's epochs, from where the state stands to ``train.epochs``."""
 
     def __init__(self, cfg: Any, dist: StrategyInfo, model, optimizer, data: DataBundle,
                  schedule, state, callbacks: keras.callbacks.CallbackList,
-                 paths: RunPaths) -> None:
+                 paths: RunPaths, steps_per_call: int = 1) -> None:
         self.cfg, self.dist, self.model, self.optimizer = cfg, dist, model, optimizer
         self.data, self.schedule, self.state, self.callbacks = data, schedule, state, callbacks
-        self.paths = paths
+        self.paths, self.steps_per_call = paths, steps_per_call
         self.loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing)
         self.steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)
         val = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
         self.val_batches = None if val is None else distribute_dataset(dist, val)
         self.eval_step = make_eval_step(model, self.loss_fn, dist.strategy)
+        self.clock = CheckpointClock(cfg.train.checkpoint_every)
+        self.stop = StopFlag()
 
     def run(self) -> None:
         """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
         self.model.stop_training = False
         self.callbacks.on_train_begin()
         try:
-            self._epochs()
+            with self.stop.catching_sigterm():
+                self._epochs()
         except Diverged as nan:
             self._end("diverged")
             raise UserError(
                 f"training diverged: the loss became NaN or infinite at epoch {nan.epoch}, "
-                f"step {nan.step}; the last good checkpoint (epoch "
+                f"by step {nan.step}; the last good checkpoint (epoch "
                 f"{self.state.epochs_completed}) is kept in {self.paths.root}",
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
             ) from None
@@ -78,6 +113,12 @@ class TrainingLoop:
                 raise
             self._end("worker_lost")
             raise cluster_failure(exc, self.dist, self.state.epochs_completed) from None
+        except Preempted as stop:
+            self._end("preempted")
+            raise UserError(f"stopped by SIGTERM; saved at epoch {stop.epoch}, step "
+                            f"{stop.step} in {self.paths.root}",
+                            hint=f"resume with: resnet-builder train --resume {self.paths.root}",
+                            exit_code=PREEMPTED_EXIT_CODE) from None
         except KeyboardInterrupt:
             self._end("interrupted")
             raise UserError(
@@ -100,21 +141,25 @@ class TrainingLoop:
             want_frozen = epoch <= cfg.model.freeze_backbone_epochs
             if train_fn is None or want_frozen != frozen:
                 frozen = want_frozen
-                train_fn = self._train_function(frozen)
+                train_fn = self.train_function(frozen)
             self.callbacks.on_epoch_begin(epoch - 1)
             logs = self.train_epoch(epoch, train_fn)
             sync_moving_stats()  # before evaluating and saving: one model on every replica
             evaluation = self.evaluate()
+            self.state.note_skipped(self.data.take_skipped())
             if evaluation is not None:
                 logs["val_loss"], logs["val_accuracy"] = evaluation.loss, evaluation.accuracy
             row = {"epoch": epoch, **{k: v for k, v in logs.items() if k != "images_per_second"}}
             self.state.record(row, None if evaluation is None else evaluation.confusion,
                               last=epoch == cfg.train.epochs)
             self.callbacks.on_epoch_end(epoch - 1, logs)
+            self.clock.written(epoch * self.steps_per_epoch)
+            if self.stop.requested:
+                raise Preempted(epoch, self.steps_per_epoch)
             if self.model.stop_training:
                 break
 
-    def _train_function(self, frozen: bool):
+    def train_function(self, frozen: bool):
         """A train function over the variables trainable now (the backbone may be frozen)."""
         self.model.backbone.trainable = not frozen
         if frozen:
@@ -123,37 +168,62 @@ class TrainingLoop:
                          f"1-{self.cfg.model.freeze_backbone_epochs}")
         return make_train_function(self.model, self.optimizer, self.loss_fn,
                                    strategy=self.dist.strategy,
+                                   steps_per_call=self.steps_per_call,
                                    global_batch_size=self.cfg.data.batch_size,
                                    jit_compile=self.cfg.hardware.xla)
 
     def train_epoch(self, epoch: int, train_fn) -> dict[str, Any]:
-        """One pass over the training split -> the epoch's logs.
+        """One pass over the training split (or its rest, after a mid-epoch resume) -> logs.
 
         Every results.csv column but ``epoch``, which callbacks get as their argument
         (0-based, as in ``fit``; Keras' ``ModelCheckpoint`` formats ``epoch`` from it).
         """
+        resumed = self.state.epoch_progress
+        resumed = resumed if resumed and resumed["epoch"] == epoch else None
+        step = resumed["batches"] if resumed else 0
+        before = resumed["seconds"] if resumed else 0.0
+        totals = EpochTotals(resumed)
         batch = self.cfg.data.batch_size
-        iterator = iter(distribute_dataset(self.dist, self.data.train_dataset(epoch - 1, batch)))
-        loss_sum = correct = count = 0.0
-        step, start = 0, time.perf_counter()
-        while True:
-            b_loss, b_correct, b_count = (float(v) for v in train_fn(iterator))
-            if b_count == 0:
-                break
-            step += 1
-            if not math.isfinite(b_loss):
-                raise Diverged(epoch, step)
-            loss_sum, correct, count = loss_sum + b_loss, correct + b_correct, count + b_count
-            ips = count / max(time.perf_counter() - start, 1e-9)
-            self.callbacks.on_train_batch_end(step - 1, {
-                "loss": loss_sum / count, "accuracy": correct / count, "images_per_second": ips})
+
+        def shard_batches(shard: int, num_shards: int):
+            return self.data.train_dataset(epoch - 1, batch, shard=shard, num_shards=num_shards,
+                                           first_batch=step)
+
+        iterator = iter(distribute_shards(self.dist, shard_batches, batch))
+        start, last_read = time.perf_counter(), step
+        while step < self.steps_per_epoch:
+            totals.add(train_fn(iterator))
+            step = min(step + self.steps_per_call, self.steps_per_epoch)
+            due = self.clock.due((epoch - 1) * self.steps_per_epoch + step)
+            if (step - last_read >= self.cfg.run.log_every or due or self.stop.requested
+                    or step == self.steps_per_epoch):
+                last_read = step
+                self._report(epoch, step, totals, before + time.perf_counter() - start, due)
+        loss_sum, correct, count = totals.read()
         seconds = time.perf_counter() - start
-        self.state.train_images += count
+        self.state.train_images += count - (resumed["count"] if resumed else 0.0)
         self.state.train_seconds += seconds
-        return {"time": seconds,
+        return {"time": before + seconds,
                 "lr": self.schedule.value(epoch * self.steps_per_epoch - 1),
-                "loss": loss_sum / count, "accuracy": correct / count,
-                "images_per_second": count / max(seconds, 1e-9)}
+                "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
+                "images_per_second": count / max(before + seconds, 1e-9)}
+
+    def _report(self, epoch: int, step: int, totals: EpochTotals, seconds: float,
+                checkpoint_due: bool) -> None:
+        """Read the totals, stop on NaN, tell the callbacks; checkpoint or leave if asked."""
+        loss_sum, correct, count = totals.read()
+        if not math.isfinite(loss_sum):
+            raise Diverged(epoch, step)
+        self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
+                                     "correct": correct, "count": count, "seconds": seconds}
+        save = (checkpoint_due or self.stop.requested) and step < self.steps_per_epoch
+        self.callbacks.on_train_batch_end(step - 1, {
+            "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
+            "images_per_second": count / max(seconds, 1e-9), "checkpoint": save})
+        if save:
+            self.clock.written((epoch - 1) * self.steps_per_epoch + step)
+        if self.stop.requested and step < self.steps_per_epoch:  # at the end: after saving
+            raise Preempted(epoch, step)
 
     def evaluate(self) -> Evaluation | None:
         """Loss, accuracy and confusion matrix on the validation split (None without one)."""
@@ -166,5 +236,7 @@ class TrainingLoop:
             predictions.append(b_predicted.numpy())
             labels.append(b_labels.numpy())  # gathered with the predictions: same order
         predicted, truth = np.concatenate(predictions), np.concatenate(labels)
-        return Evaluation(loss_sum / len(truth), float(np.mean(predicted == truth)),
+        readable = truth >= 0  # label -1: an image that could not be decoded
+        predicted, truth = predicted[readable], truth[readable]
+        return Evaluation(loss_sum / max(len(truth), 1), float(np.mean(predicted == truth)),
                           confusion_matrix(truth, predicted, self.model.num_classes))

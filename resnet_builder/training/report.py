@@ -43,13 +43,15 @@ def _strategy_words(dist: StrategyInfo) -> str:
 
 def start_line(cfg: Config, state: RunState, run_dir: Path, data: DataBundle, params: int,
                dist: StrategyInfo, lr: float) -> str:
-    what = "resuming" if state.history else "training"
+    progress = state.epoch_progress
+    what = "resuming" if state.history or progress else "training"
+    middle = f" (epoch {progress['epoch']} from step {progress['batches']})" if progress else ""
     scaled = (f", lr {cfg.optim.lr:g} x {dist.replicas} replicas = {lr:g}"
               if cfg.optim.scale_lr_with_replicas and dist.replicas > 1 else "")
     return (f"{what} {run_dir}: {params:,} parameters, "
             f"{data.num_train} train / {data.num_val} val images, {len(data.class_names)} "
-            f"classes, epochs {state.epochs_completed + 1}-{cfg.train.epochs}, global batch "
-            f"{cfg.data.batch_size}{scaled}, {_strategy_words(dist)}")
+            f"classes, epochs {state.epochs_completed + 1}-{cfg.train.epochs}{middle}, "
+            f"global batch {cfg.data.batch_size}{scaled}, {_strategy_words(dist)}")
 
 
 def end_line(s: dict[str, Any]) -> str:

@@ -32,6 +32,13 @@ def configure_hardware(cfg: Config, precision: str) -> None:
     keras.mixed_precision.set_global_policy(policy[precision])
 
 
+def resolve_steps_per_call(setting: int | str) -> int:
+    """``auto``: 8 steps per compiled call with a GPU (it hides Python's dispatch), else 1."""
+    if setting != "auto":
+        return int(setting)
+    return 8 if tf.config.list_physical_devices("GPU") else 1
+
+
 def resolve_precision(setting: str) -> str:
     """``auto``: float16 where it pays (a GPU), float32 on a CPU (bfloat16 is a choice)."""
     if setting != "auto":

@@ -3,7 +3,8 @@
 ``RunState`` is the one record the loop updates and the callbacks read: the
 results.csv rows, the best epoch (which chooses best.keras and drives early
 stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
-checkpoint stores.
+checkpoint stores. ``status`` is one of running, finished, stopped_early, stopped (by a
+callback), diverged, interrupted, preempted (SIGTERM) or worker_lost.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-STATUSES = ("running", "finished", "stopped_early", "stopped", "diverged", "interrupted",
-            "worker_lost")
 
 
 @dataclass
@@ -30,6 +28,11 @@ class RunState:
     train_images: float = 0.0
     train_seconds: float = 0.0
     improved: bool = False  # the latest epoch set a new best (not saved)
+    # The epoch in progress at a mid-epoch checkpoint: {"epoch", "batches" done, "loss_sum",
+    # "correct", "count", "seconds"}; None at epoch boundaries.
+    epoch_progress: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> reason
+    skipped_now: list[tuple[str, str]] = field(default_factory=list)  # new this epoch
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     @classmethod
@@ -43,14 +46,17 @@ class RunState:
                    stale_epochs=int(meta.get("stale_epochs", 0)),
                    wall_before=float(meta.get("wall_seconds", 0.0)),
                    train_images=float(meta.get("train_images", 0.0)),
-                   train_seconds=float(meta.get("train_seconds", 0.0)))
+                   train_seconds=float(meta.get("train_seconds", 0.0)),
+                   epoch_progress=meta.get("epoch_progress"),
+                   skipped=dict(meta.get("skipped", {})))
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
                 "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
                 "best_confusion": self.best_confusion, "status": self.status,
                 "wall_seconds": self.wall_seconds, "train_images": self.train_images,
-                "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs}
+                "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs,
+                "epoch_progress": self.epoch_progress, "skipped": self.skipped}
 
     @property
     def epochs_completed(self) -> int:
@@ -63,6 +69,11 @@ class RunState:
     @property
     def images_per_second(self) -> float:
         return self.train_images / max(self.train_seconds, 1e-9)
+
+    def note_skipped(self, found: list[tuple[str, str]]) -> None:
+        """Remember unreadable files; ``skipped_now`` holds the ones not seen before."""
+        self.skipped_now = [(path, why) for path, why in found if path not in self.skipped]
+        self.skipped.update(self.skipped_now)
 
     def record(self, row: dict[str, Any], confusion: np.ndarray | None, last: bool) -> None:
         """Add a finished epoch: a new best resets the patience count, else it grows."""
@@ -77,4 +88,5 @@ class RunState:
             else:
                 self.stale_epochs += 1
         self.history.append(row)
+        self.epoch_progress = None
         self.status = "finished" if last else "running"

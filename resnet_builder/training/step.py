@@ -39,13 +39,25 @@ def _class_ids(labels, probabilities):
     return tf.reshape(tf.cast(labels, tf.int32), [-1])
 
 
+def _readable(labels, probabilities):
+    """(labels safe to feed the loss, float mask): label -1 marks an image that could not be
+    decoded (the data room keeps its place in the batch so batches stay aligned); it counts
+    in no loss, accuracy or image count."""
+    if labels.shape.rank == probabilities.shape.rank:  # one-hot rows: always readable
+        return labels, tf.ones(tf.shape(labels)[:1], tf.float32)
+    valid = tf.reshape(labels, [-1]) >= 0
+    return tf.maximum(labels, 0), tf.cast(valid, tf.float32)
+
+
 def _replica_step(model, optimizer, loss_fn: Callable, global_batch_size: int | None):
     """One training step on one replica's batch -> (loss sum, correct, count) of that batch."""
 
     def step(images, labels):
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            per_example = tf.cast(tf.reshape(loss_fn(labels, probabilities), [-1]), tf.float32)
+            safe_labels, valid = _readable(labels, probabilities)
+            per_example = valid * tf.cast(tf.reshape(loss_fn(safe_labels, probabilities), [-1]),
+                                          tf.float32)
             batch = global_batch_size or tf.shape(per_example)[0] * (
                 tf.distribute.get_strategy().num_replicas_in_sync)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
@@ -56,11 +68,10 @@ def _replica_step(model, optimizer, loss_fn: Callable, global_batch_size: int | 
         variables = model.trainable_variables
         gradients = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        truth = _class_ids(labels, probabilities)
+        truth = _class_ids(safe_labels, probabilities)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, truth), tf.float32))
-        count = tf.cast(tf.size(truth), tf.float32)
-        return tf.reduce_sum(per_example), correct, count
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, truth), tf.float32) * valid)
+        return tf.reduce_sum(per_example), correct, tf.reduce_sum(valid)
 
     return step
 
@@ -124,12 +135,14 @@ def make_eval_step(model, loss_fn: Callable, strategy: tf.distribute.Strategy) -
     """``step(batch) -> (loss_sum, predictions, labels)``, both gathered from the replicas.
 
     Predictions and labels come back in the same order, so a confusion matrix
-    pairs them correctly under any strategy.
+    pairs them correctly under any strategy; label -1 (an unreadable image) adds no
+    loss, and the caller leaves it out of the counts.
     """
 
     def replica_step(images, labels):
         probabilities = model(images, training=False)
-        per_example = loss_fn(labels, probabilities)
+        safe_labels, valid = _readable(labels, probabilities)
+        per_example = valid * tf.cast(loss_fn(safe_labels, probabilities), tf.float32)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return tf.reduce_sum(per_example), predicted, labels
 

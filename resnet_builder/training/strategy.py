@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,32 @@ def make_strategy(name: str = "auto", *, connect_timeout: float = 120.0,
                         is_chief=cluster.is_chief, workers=len(cluster.tasks), cluster=cluster)
 
 
+def distribute_shards(info: StrategyInfo,
+                      shard_dataset: Callable[[int, int], tf.data.Dataset], global_batch: int):
+    """An epoch's batches for every replica, each worker reading only its own share.
+
+    ``shard_dataset(shard, num_shards)`` gives that worker's rows of each global batch
+    (the data room reads and decodes only those files). One worker: its global batches
+    split over its replicas, as ``distribute_dataset``. Several workers: one input
+    pipeline per worker (``distribute_datasets_from_function``), re-batched to the
+    per-replica batch when a worker has several replicas.
+    """
+    if info.workers == 1:
+        return distribute_dataset(info, shard_dataset(0, 1))
+    per_replica = global_batch // info.replicas
+
+    def worker_dataset(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = shard_dataset(ctx.input_pipeline_id, ctx.num_input_pipelines)
+        return dataset if info.replicas == info.workers else dataset.rebatch(per_replica)
+
+    return info.strategy.distribute_datasets_from_function(worker_dataset)
+
+
 def distribute_dataset(info: StrategyInfo, dataset: tf.data.Dataset):
     """``dataset`` (global batches) split over the replicas; unchanged on one replica.
 
-    Every worker builds the same batches (the order and augmentation depend only on the
-    seed and the epoch) and keeps its own slice of each global batch: DATA sharding, as
-    the data comes from memory or a list of files, not from one file per worker.
+    Every worker builds the same batches and keeps its own slice of each global batch
+    (DATA sharding): used for validation; training reads per worker (``distribute_shards``).
     """
     if info.replicas == 1:
         return dataset

@@ -1,0 +1,191 @@
+"""The loop at scale: steps per call, reads every log_every steps, mid-epoch checkpoints,
+SIGTERM and kill -9 in the middle of an epoch, NaN within one read interval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_builder.config import dump_config, load_config
+from resnet_builder.errors import UserError
+from resnet_builder.training import api, loop
+from resnet_builder.training.checkpoint import read_meta
+from resnet_builder.training.preemption import PREEMPTED_EXIT_CODE, CheckpointClock
+
+# 400 images, batch 20: 20 steps per epoch, so there is a middle to stop in.
+SMALL = [
+    "model.depth=8", "model.block_type=basic", "model.bn_momentum=0.9",
+    "data.source=digits", "data.image_size=8", "data.channels=1", "data.batch_size=20",
+    "data.limit=400", "augment.random_crop_padding=1", "optim.optimizer=adam",
+    "optim.lr=0.01", "schedule.type=cosine", "train.epochs=2", "run.progress=line",
+    "run.plots=false", "run.tensorboard=false", "hardware.seed=0",
+]
+
+
+def config(tmp_path: Path, *extra: str, name: str = "exp"):
+    return load_config(None, [*SMALL, f"run.project={tmp_path / 'runs'}", f"run.name={name}",
+                              *extra])
+
+
+def results(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv") as f:
+        return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every variant must reproduce (apart from the time column)."""
+    return api.train(config(tmp_path_factory.mktemp("reference"))).run_dir
+
+
+def test_clock_counts_steps_and_minutes(monkeypatch):
+    clock = CheckpointClock(5)
+    assert not clock.due(4) and clock.due(5)
+    clock.written(5)
+    assert not clock.due(9) and clock.due(10)
+    assert not CheckpointClock(None).due(10**6)
+    now = [1000.0]
+    monkeypatch.setattr("resnet_builder.training.preemption.time.monotonic", lambda: now[0])
+    timed = CheckpointClock("2min")
+    now[0] += 119
+    assert not timed.due(1)
+    now[0] += 2
+    assert timed.due(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["hardware.steps_per_call=3", "run.log_every=1",
+                                     "train.checkpoint_every=7"])
+def test_results_do_not_depend_on_how_the_loop_reads_or_saves(tmp_path, reference, setting):
+    run = api.train(config(tmp_path, setting)).run_dir
+    assert results(run) == results(reference)
+
+
+def test_nan_stops_within_one_read_interval(tmp_path, monkeypatch):
+    real = loop.make_train_function
+
+    def poisoned(*args, **kwargs):
+        train = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(iterator):
+            calls["n"] += 1
+            out = train(iterator)
+            return (float("nan"), out[1], out[2]) if calls["n"] == 25 else out
+
+        return wrapped
+
+    monkeypatch.setattr(loop, "make_train_function", poisoned)
+    with pytest.raises(UserError, match=r"diverged.*epoch 2, by step (5|6|7|8)\b"):
+        api.train(config(tmp_path, "run.log_every=4"))
+    run = tmp_path / "runs" / "exp"
+    assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
+
+
+def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    path = tmp_path / "cfg.yaml"
+    dump_config(config(tmp_path, *extra), path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_builder", "train", str(path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, tmp_path / "runs" / "exp"
+
+
+def _wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, run: Path) -> dict:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        ckpt = run / "checkpoint.npz"
+        if ckpt.exists():
+            try:
+                meta = read_meta(ckpt)
+            except UserError:  # being replaced right now
+                continue
+            if meta.get("epoch_progress"):
+                return meta
+        assert proc.poll() is None, "training ended before it could be stopped"
+        time.sleep(0.02)
+    pytest.fail("no mid-epoch checkpoint within 240 s")
+
+
+def _resume(run: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "resnet_builder", "train", "--resume", str(run)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_exits_143_and_resumes_exactly(tmp_path, reference):
+    proc, run = _start(tmp_path, "train.checkpoint_every=3")
+    try:
+        _wait_for_mid_epoch_checkpoint(proc, run)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output[-2000:]
+    assert f"resnet-builder train --resume {run}" in output and "Traceback" not in output
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    meta = read_meta(run / "checkpoint.npz")
+    assert meta["epochs_completed"] < 2
+    resumed = _resume(run)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert results(run) == results(reference)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_loses_at_most_checkpoint_every_steps(tmp_path, reference):
+    proc, run = _start(tmp_path, "train.checkpoint_every=2")
+    try:
+        meta = _wait_for_mid_epoch_checkpoint(proc, run)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    meta = read_meta(run / "checkpoint.npz")
+    assert meta["epochs_completed"] < 2
+    resumed = _resume(run)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"resuming {run}" in resumed.stdout
+    progress = meta["epoch_progress"]
+    assert f"(epoch {progress['epoch']} from step {progress['batches']})" in resumed.stdout
+    assert results(run) == results(reference)
+
+
+def test_streaming_with_corrupt_files_names_them_and_finishes(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    (tmp_path / "images" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good = (tmp_path / "images" / "b" / "0.png").read_bytes()
+    (tmp_path / "images" / "b" / "cut.png").write_bytes(good[: len(good) // 2])
+    cfg = load_config(None, [
+        "model.depth=8", "model.block_type=basic", "data.source=folder",
+        f"data.path={tmp_path / 'images'}", "data.image_size=16", "data.batch_size=10",
+        "data.cache=false", "data.validation_split=0.25", "train.epochs=2",
+        "run.progress=line", "run.plots=false", "run.tensorboard=false",
+        f"run.project={tmp_path / 'runs'}"])
+    result = api.train(cfg)
+    assert result.summary["status"] == "finished"
+    with open(result.run_dir / "skipped.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["path"]).name for r in rows) == ["broken.png", "cut.png"]
+    assert all(r["reason"] for r in rows)
+    out = capsys.readouterr().out
+    assert "skipped" in out and "broken.png" in out
+    assert out.count("broken.png") == 1  # named once, not every epoch
