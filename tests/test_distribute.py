@@ -257,9 +257,30 @@ class DumpWeights(keras.callbacks.Callback):  # the final weights of a worker th
             np.savez(os.environ["TEST_WEIGHTS"],
                      *[np.asarray(v.numpy()) for v in self.model.weights])
 
+DECODED = [0]
+if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process decodes
+    import tensorflow as tf
+    from resnet_builder.data import decode
+    decode_and_resize = decode.decode_and_resize
+    def counted(contents, size, channels):
+        def bump():
+            DECODED[0] += 1
+            return np.int64(0)
+        with tf.control_dependencies([tf.numpy_function(bump, [], tf.int64)]):
+            return tf.identity(decode_and_resize(contents, size, channels))
+    decode.decode_and_resize = counted
+
+class CountDecodes(keras.callbacks.Callback):  # files decoded while training, per process
+    def on_train_begin(self, logs=None):
+        DECODED[0] = 0
+    def on_train_end(self, logs=None):
+        Path(os.environ["TEST_COUNT_DECODES"]).write_text(str(DECODED[0]))
+
 standard = api.standard_callbacks
 def with_test_callbacks(**kwargs):
     extra = [StallAfterSaving()] if os.environ.get("TEST_STALL_AFTER_EPOCH") else []
+    if os.environ.get("TEST_COUNT_DECODES"):
+        extra.append(CountDecodes())
     return standard(**kwargs) + extra + [DumpWeights()]
 api.standard_callbacks = with_test_callbacks
 if os.environ.get("TEST_DIE_AFTER_RENDEZVOUS"):  # answer the others, then vanish
@@ -473,3 +494,32 @@ def test_a_worker_with_another_config_stops_every_worker(tmp_path):
     assert ("this worker's config differs from the chief's in data.batch_size (40 here, 50 on "
             "the chief)") in other.output()
     assert "a worker's config or data differs from the chief's" in chief.output()
+
+
+@pytest.mark.slow
+def test_each_worker_decodes_only_its_share_of_the_files(tmp_path):
+    """Two workers on a folder: each decodes half the training files per epoch, not all."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("val", 4)):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = mw_config(tmp_path, "data.source=folder", f"data.path={tmp_path / 'images'}",
+                    "data.limit=null", "data.image_size=8", "data.channels=3",
+                    "data.batch_size=8", "data.cache=false", "run.plots=false",
+                    "run.tensorboard=false")
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    counts = [tmp_path / f"decoded{i}.txt" for i in range(2)]
+    workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i), [str(cfg)],
+                      TEST_COUNT_DECODES=str(counts[i])) for i in range(2)]
+    assert wait_all(workers, 300) == [0, 0], "\n".join(w.output()[-3000:] for w in workers)
+    decoded = [int(path.read_text()) for path in counts]
+    # per epoch: its 16 of the 32 training files, plus all 8 validation files (DATA sharded)
+    assert decoded == [2 * (16 + 8)] * 2, decoded
+    assert epoch_losses(workers[0].output()) == epoch_losses(workers[1].output())
