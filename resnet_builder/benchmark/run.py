@@ -43,13 +43,6 @@ def _timed(fn, repeats: int) -> float:
     return time.perf_counter() - start
 
 
-def train_step_rate(arch: Architecture, images, labels, batch_size: int, steps: int,
-                    warmup: int, xla: bool, mixed_precision: str = "off") -> float:
-    """Images/s of the trainer's own step (SGD momentum, cross-entropy, fused batch norm)."""
-    timed = step_runner(arch, images, labels, batch_size, warmup, xla, mixed_precision)
-    return timed(steps)
-
-
 def step_runner(arch: Architecture, images, labels, batch_size: int, warmup: int, xla: bool,
                 mixed_precision: str = "off") -> Callable[[int], float]:
     """A warmed-up ``run(steps) -> images/s`` of the trainer's own step on one batch.

@@ -35,6 +35,7 @@ class ProgressCallback(keras.callbacks.Callback):
         super().__init__()
         self.mode, self.epochs, self.steps, self.state = mode, epochs, steps_per_epoch, state
         self.bar: progress.EpochProgress | None = None
+        self.done = 0  # steps of this epoch shown so far
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.bar = progress.EpochProgress(self.mode, epoch + 1, self.epochs, self.steps)
