@@ -33,6 +33,9 @@ def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | 
     return field(default=default, metadata=meta)
 
 
+# How a key that counts steps says minutes instead ('10min'); group 1 is the number.
+MINUTES = r"([1-9]\d*)min"
+
 # Every block-type spelling depth.py accepts, in its order (ours before keras-cv's).
 BLOCK_TYPES = tuple(BLOCK_TYPE_ALIASES)
 
@@ -164,7 +167,7 @@ class TrainConfig:
     checkpoint_every: int | str | None = _key(
         None, "Also write a mid-epoch checkpoint every N steps (a number) or every N minutes "
         "('10min'); train --resume continues at that step. null = at epoch ends only.",
-        min=1, nullable=True, text=(r"[1-9]\d*min", "minutes such as '10min'"))
+        min=1, nullable=True, text=(MINUTES, "minutes such as '10min'"))
 
 
 @dataclass

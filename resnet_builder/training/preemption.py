@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from resnet_builder.config.schema import MINUTES
+
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
@@ -27,7 +29,7 @@ class CheckpointClock:
         if isinstance(every, int):
             self.steps = every
         elif isinstance(every, str):
-            minutes = re.fullmatch(r"(\d+)min", every)
+            minutes = re.fullmatch(MINUTES, every)
             if minutes is None:  # the config checks the form; this is a bug if reached
                 raise ValueError(f"checkpoint_every {every!r} is neither steps nor 'Nmin'")
             self.seconds = 60.0 * int(minutes.group(1))
