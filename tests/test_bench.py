@@ -12,6 +12,8 @@ FIELDS = {
     "predict_vs_keras_predict", "macs_per_image", "train_gflops", "matmul_gflops",
     "fraction_of_matmul", "pipeline_digits_images_per_second",
     "pipeline_folder_images_per_second", "trainer_loop_images_per_second", "loop_vs_step",
+    "pipeline_jpeg_images_per_second", "baseline_tfdata_images_per_second",
+    "baseline_keras_directory_images_per_second", "pipeline_jpeg_vs_tfdata",
 }
 
 
@@ -26,6 +28,8 @@ def test_bench_json_has_every_field():
     assert report["mixed_precision"] == "off"
     expected = 6 * report["macs_per_image"] * report["train_images_per_second"] / 1e9
     assert abs(report["train_gflops"] - expected) <= 0.01 + 1e-3 * expected
+    ratio = report["pipeline_jpeg_images_per_second"] / report["baseline_tfdata_images_per_second"]
+    assert abs(report["pipeline_jpeg_vs_tfdata"] - ratio) <= 0.01 * ratio
 
 
 def test_bench_mixed_precision_applies_to_every_training_number():

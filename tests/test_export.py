@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from inference_helpers import trained, write_images
 
 from resnet_builder.cli import main
+from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.errors import UserError
 from resnet_builder.inference import export as export_module
 from resnet_builder.inference.export import resolve_formats
@@ -84,6 +85,10 @@ def test_cli_export_all_formats_agree_with_keras(digits, keras_probs, tmp_path):
     bigger = tf.image.resize(tf.constant(images, tf.float32), (32, 32), method="bilinear")
     resized = serve(images=bigger)["probabilities"].numpy()
     assert resized.shape == (100, 10) and _agreement(resized, reference) >= 0.9
+    how = Resize(images.shape[1])  # the model's own rule, as predict applies it
+    fitted = np.stack([fit_image(tf.cast(tf.round(b), tf.uint8), how).numpy() for b in bigger])
+    want = serve(images=tf.constant(fitted, tf.float32))["probabilities"].numpy()
+    np.testing.assert_allclose(resized, want, atol=1e-5)
 
     # TFLite through tf.lite.Interpreter
     float_probs = run_tflite((out / "model.tflite").read_bytes(), images)

@@ -15,7 +15,8 @@ from inference_helpers import KINDS, save_as, trained, write_images
 from PIL import Image
 
 from resnet_builder.cli import main
-from resnet_builder.data.images import prepare_image
+from resnet_builder.data.resizing import Resize
+from resnet_builder.inference.decode import decoded_batches
 from resnet_builder.inference.loading import load_inference_model
 from resnet_builder.inference.predict import csv_columns
 from resnet_builder.inference.sources import ImageSource, Skipped, collect_images
@@ -86,7 +87,9 @@ def test_every_image_kind_gives_the_training_pixels(digits, tmp_path):
     for kind in KINDS:
         path = tmp_path / f"{kind}.png"
         save_as(pixels, path, kind)
-        got = prepare_image(path, 16, 1)
+        _, images, bad = next(decoded_batches([path], Resize(16), 1, 1))
+        assert bad == [], kind
+        got = images[0]
         if kind == "L32":  # resized down from 32x32: close, not identical
             assert np.abs(got.astype(int) - pixels).mean() < 12
         else:

@@ -4,8 +4,10 @@ Everything is measured in one process after warm-up, on synthetic images held in
 memory: our training step (the one ``train`` uses), ``keras.Model.fit`` on the
 same model, batch and data, our compiled forward pass against
 ``model.predict``, the machine's float32 matmul rate, and the input pipelines
-of two real sources. Ratios measured side by side are the numbers to trust on
-a busy machine.
+(digits in memory, a PNG folder streamed, and photo-size JPEGs against a
+hand-written tf.data pipeline and ``image_dataset_from_directory``, see
+``pipelines.py``). Ratios measured side by side are the numbers to trust on a
+busy machine.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ import tensorflow as tf
 
 from resnet_builder.benchmark.loop import loop_runner, precision
 from resnet_builder.benchmark.machine import matmul_gflops
-from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import load_data
+from resnet_builder.benchmark.pipelines import (
+    compare_folder_pipelines,
+    make_jpegs,
+    pipeline_rate,
+    png_folder,
+)
+from resnet_builder.config import DataConfig
 from resnet_builder.model.architecture import Architecture
 from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
 from resnet_builder.model.summary import model_summary
 from resnet_builder.training.batchnorm import fuse_batch_norm
 from resnet_builder.training.step import make_loss, make_train_function
+
+BENCH_JPEGS = 256  # photo-size JPEGs the pipeline comparison decodes per pass
 
 
 def _model(arch: Architecture, num_classes: int) -> ResNetV2Classifier:
@@ -101,28 +110,6 @@ def predict_rates(arch: Architecture, images, batch_size: int, repeats: int) -> 
     return n / _timed(ours, repeats), n / _timed(keras_predict, repeats)
 
 
-def pipeline_rate(data_cfg: DataConfig, batch_size: int, epochs: int = 3) -> float:
-    """Images/s the training input pipeline delivers for a real source (decoding included)."""
-    bundle = load_data(data_cfg, AugmentConfig(random_crop_padding=2, horizontal_flip=True), 0)
-    count, start = 0, time.perf_counter()
-    for epoch in range(epochs):
-        for images, _ in bundle.train_dataset(epoch, batch_size):
-            count += int(images.shape[0])
-    return count / (time.perf_counter() - start)
-
-
-def _png_folder(root: Path, size: int, per_class: int = 128) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label in ("a", "b", "c", "d"):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
-    return root
-
-
 def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int = 128,
                   steps: int = 10, warmup: int = 3, xla: bool = False,
                   pipelines: bool = True, mixed_precision: str = "off") -> dict[str, Any]:
@@ -170,12 +157,25 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
         "xla": xla,
     }
     if pipelines:
-        size = h or 32
-        result["pipeline_digits_images_per_second"] = round(pipeline_rate(
-            DataConfig(source="digits", image_size=size, channels=c, cache=True), batch_size), 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = _png_folder(Path(tmp) / "images", size)
-            result["pipeline_folder_images_per_second"] = round(pipeline_rate(
-                DataConfig(source="folder", path=str(folder), image_size=size, channels=c,
-                           cache=False), batch_size), 1)
+        result.update(_pipeline_fields(h or 32, c, batch_size))
     return result
+
+
+def _pipeline_fields(size: int, channels: int, batch_size: int) -> dict[str, float]:
+    """Digits in memory, a PNG folder streamed, and photo JPEGs: ours vs two baselines."""
+    out = {"pipeline_digits_images_per_second": round(pipeline_rate(
+        DataConfig(source="digits", image_size=size, channels=channels, cache=True),
+        batch_size), 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = png_folder(Path(tmp) / "images", size)
+        out["pipeline_folder_images_per_second"] = round(pipeline_rate(
+            DataConfig(source="folder", path=str(folder), image_size=size, channels=channels,
+                       cache=False), batch_size), 1)
+        make_jpegs(Path(tmp) / "photos", BENCH_JPEGS)
+        rates = compare_folder_pipelines(Path(tmp) / "photos", size, min(batch_size, 64),
+                                         rounds=2, channels=channels)
+    out["pipeline_jpeg_images_per_second"] = round(rates["ours"], 1)
+    out["baseline_tfdata_images_per_second"] = round(rates["tfdata"], 1)
+    out["baseline_keras_directory_images_per_second"] = round(rates["keras_directory"], 1)
+    out["pipeline_jpeg_vs_tfdata"] = round(rates["ours"] / rates["tfdata"], 3)
+    return out

@@ -1,16 +1,16 @@
 """Encoded images -> uint8 pixels inside ``tf.data``, with TensorFlow's kernels, never stopping.
 
-Pixels match ``images.prepare_image`` (the Pillow path ``predict`` and ``data.verify`` use):
-JPEGs are decoded with the accurate integer DCT (bit-identical to Pillow's libjpeg), alpha
-is composited on white with the same integer rounding, RGB -> gray uses the same luma
-formula, and the resize is TensorFlow's antialiased bilinear, which is Pillow's filter
-(max difference 1 grey level on examples/digits at 32 and 64, 0 at 8 and 16).
+Training, ``predict``, ``evaluate`` and ``data.verify`` all decode here, then resize with
+the one rule of ``resizing.fit_image``, so a model sees the pixels it was trained on.
+Decoded pixels match ``images.load_image`` (Pillow): JPEGs are decoded with the accurate
+integer DCT (bit-identical to Pillow's libjpeg), alpha is composited on white with the same
+integer rounding, RGB -> gray uses the same luma formula.
 
 What TensorFlow decodes differently goes through Pillow in ``tf.numpy_function``, chosen
 in the graph from the first bytes: PNGs that are not 8 bits deep (16-bit is scaled with
 rounding, not cut) or palette PNGs with transparency, GIFs (palette transparency, first
-frame), BMPs that are not 24-bit, and any file with an EXIF orientation other than 1.
-CMYK JPEGs decode the same in TensorFlow, so they stay native.
+frame), BMPs that are not 24-bit, WebP and TIFF, and any file with an EXIF orientation
+other than 1. CMYK JPEGs decode the same in TensorFlow, so they stay native.
 
 ``decode_or_skip`` is the failure-safe transform the streaming sources share: a file that
 cannot be decoded becomes a zero image with label -1 (batches keep their size, so shards
@@ -26,7 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.data.images import ImageError, decode_image_bytes, prepare_image, resize_image
+from resnet_builder.data.images import ImageError, decode_image_bytes, load_image
+from resnet_builder.data.resizing import Resize, decode_jpeg_for, fit_image
 
 SKIPPED_LABEL = -1  # label of an element whose file could not be decoded
 HEADER_BYTES = 65536  # searched for EXIF orientation and a PNG tRNS chunk
@@ -39,7 +40,7 @@ _ORIENTATION = ((b"\x12\x01\x03\x00\x01\x00\x00\x00", b"\x01\x00"),
 
 
 def needs_pil(contents: tf.Tensor) -> tf.Tensor:
-    """Scalar bool: whether these bytes must go through Pillow to match ``prepare_image``."""
+    """Scalar bool: whether these bytes must go through Pillow to match ``images.load_image``."""
     header = tf.strings.substr(contents, 0, HEADER_BYTES)
     png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG)
     depth = tf.strings.substr(contents, 24, 1)
@@ -48,7 +49,13 @@ def needs_pil(contents: tf.Tensor) -> tf.Tensor:
     gif = tf.equal(tf.strings.substr(contents, 0, 3), b"GIF")
     bmp = tf.equal(tf.strings.substr(contents, 0, 2), b"BM")
     odd_bmp = bmp & tf.not_equal(tf.strings.substr(contents, 28, 2), b"\x18\x00")
-    return odd_png | gif | odd_bmp | _rotated(header)
+    # WebP (RIFF....WEBP) and TIFF (II*\0, MM\0*): TensorFlow reads no TIFF, and its WebP
+    # decoder is not the one predict uses; Pillow decodes both exactly as load_image.
+    webp = (tf.equal(tf.strings.substr(contents, 0, 4), b"RIFF")
+            & tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"))
+    tiff = tf.reduce_any(tf.equal(tf.strings.substr(contents, 0, 4),
+                                  [b"II*\x00", b"MM\x00*"]))  # little/big-endian
+    return odd_png | gif | odd_bmp | webp | tiff | _rotated(header)
 
 
 def _contains(text: tf.Tensor, part: bytes) -> tf.Tensor:
@@ -66,12 +73,13 @@ def _rotated(header: tf.Tensor) -> tf.Tensor:
     return found
 
 
-def decode_native(contents: tf.Tensor) -> tf.Tensor:
-    """uint8 [H, W, 1..4] with TensorFlow's decoders (content decides the format)."""
+def decode_native(contents: tf.Tensor, how: Resize) -> tf.Tensor:
+    """uint8 [H, W, 1..4] with TensorFlow's decoders (content decides the format); JPEGs
+    DCT-scaled as far as ``how`` allows (``resizing.decode_jpeg_for``)."""
     jpeg = tf.equal(tf.strings.substr(contents, 0, 3), _JPEG)
     return tf.cond(
         jpeg,
-        lambda: tf.io.decode_jpeg(contents, channels=0, dct_method="INTEGER_ACCURATE"),
+        lambda: decode_jpeg_for(contents, how),
         lambda: tf.io.decode_image(contents, channels=0, expand_animations=False))
 
 
@@ -79,7 +87,14 @@ def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     """uint8 [H, W, 1..4] -> [H, W, channels]: alpha on white, gray repeated, RGB to luma.
 
     The same integer arithmetic as ``images.composite_on_white`` and ``images.to_channels``.
+    An image that already has ``channels`` is returned as it is (no integer copy).
     """
+    done = tf.equal(tf.shape(image)[-1], channels)
+    converted = tf.cond(done, lambda: image, lambda: _convert_channels(image, channels))
+    return tf.ensure_shape(converted, [None, None, channels])
+
+
+def _convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     have = tf.shape(image)[-1]
     wide = tf.cast(image, tf.int32)
 
@@ -100,21 +115,9 @@ def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     return tf.cast(wide, tf.uint8)
 
 
-def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 [H, W, C] -> [size, size, C]: bilinear, antialiased when shrinking, like Pillow."""
-    shape = tf.shape(image)
-    same = tf.equal(shape[0], size) & tf.equal(shape[1], size)
-
-    def scaled() -> tf.Tensor:
-        out = tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
-
-    return tf.cond(same, lambda: image, scaled)
-
-
-def pil_prepare(contents: bytes | np.ndarray, size: int, channels: int) -> np.ndarray:
-    """``prepare_image`` for encoded bytes; raises ``ImageError``."""
-    return resize_image(decode_image_bytes(_as_bytes(contents), channels), size)
+def pil_decode(contents: bytes | np.ndarray, channels: int) -> np.ndarray:
+    """``images.load_image`` for encoded bytes: uint8 [H, W, channels]; raises ``ImageError``."""
+    return decode_image_bytes(_as_bytes(contents), channels)
 
 
 def _as_bytes(value: bytes | np.ndarray) -> bytes:
@@ -122,21 +125,22 @@ def _as_bytes(value: bytes | np.ndarray) -> bytes:
     return value.item() if isinstance(value, np.ndarray) else value
 
 
-def decode_and_resize(contents: tf.Tensor, size: int, channels: int) -> tf.Tensor:
-    """Encoded image bytes (scalar string) -> uint8 [size, size, channels], as ``prepare_image``.
+def decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
+    """Encoded image bytes (scalar string) -> uint8 [size, size, channels] by ``how``.
 
     Raises (inside tf.data: an error the pipeline sees) when the bytes are not a usable
     image; wrap the dataset with ``decode_or_skip`` to skip such files instead.
     """
     def with_pil() -> tf.Tensor:
-        return tf.numpy_function(lambda data: pil_prepare(data, size, channels), [contents],
-                                 tf.uint8, stateful=False)
+        image = tf.numpy_function(lambda data: pil_decode(data, channels), [contents],
+                                  tf.uint8, stateful=False)
+        return tf.ensure_shape(image, (None, None, channels))
 
     def native() -> tf.Tensor:
-        return resize(to_channels(decode_native(contents), channels), size)
+        return to_channels(decode_native(contents, how), channels)
 
-    image = tf.cond(needs_pil(contents), with_pil, native)
-    return tf.ensure_shape(image, (size, size, channels))
+    image = fit_image(tf.cond(needs_pil(contents), with_pil, native), how)
+    return tf.ensure_shape(image, (how.size, how.size, channels))
 
 
 class SkipLog:
@@ -157,13 +161,14 @@ class SkipLog:
         return entries
 
 
-def skipping_decoder(size: int, channels: int, skips: SkipLog, *,
+def skipping_decoder(how: Resize, channels: int, skips: SkipLog, *,
                      from_files: bool) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]:
     """Graph function (key int64, source string, label int32) -> (uint8 [S, S, C], label).
 
     ``source`` is a file path (``from_files``) or the encoded bytes. An element that fails
-    natively gets a second chance in Pillow (which may read what TensorFlow refuses); if that
-    fails too it becomes zeros with label -1 and (key, reason) goes to ``skips``.
+    natively, or that only Pillow reads like ``images.load_image`` (``needs_pil``), is
+    decoded by Pillow; if that fails too it becomes zeros with label -1 and (key, reason)
+    goes to ``skips``.
 
     Errors are caught per element with ``from_tensors(x).map(decode).ignore_errors()
     .concatenate(fallback).take(1)``: the fallback only runs on failure. Inside a parallel
@@ -171,14 +176,14 @@ def skipping_decoder(size: int, channels: int, skips: SkipLog, *,
     would crash on a bad file (500 photo-size JPEGs at 224 on 2 busy cores: 189 vs 182 and
     171 vs 189 images/s; bench/pipeline_folder.py repeats it).
     """
-    blank = np.zeros((size, size, channels), np.uint8)
-    shape = (size, size, channels)
+    blank = np.zeros((how.size, how.size, channels), np.uint8)
+    shape = (how.size, how.size, channels)
 
     def rescue(key: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.int32]:
         try:
             if from_files:
-                return prepare_image(os.fsdecode(_as_bytes(source)), size, channels), np.int32(0)
-            return pil_prepare(source, size, channels), np.int32(0)
+                return load_image(os.fsdecode(_as_bytes(source)), channels), np.int32(0)
+            return pil_decode(source, channels), np.int32(0)
         except ImageError as exc:
             reason = exc.reason
         except Exception as exc:  # anything a decoder throws must skip only this element
@@ -188,11 +193,12 @@ def skipping_decoder(size: int, channels: int, skips: SkipLog, *,
 
     def decode(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
         contents = tf.io.read_file(source) if from_files else source
-        return decode_and_resize(contents, size, channels), label
+        return decode_and_resize(contents, how, channels), label
 
     def fallback(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
         image, flag = tf.numpy_function(rescue, [key, source], [tf.uint8, tf.int32],
                                         stateful=True)
+        image = fit_image(tf.ensure_shape(image, (None, None, channels)), how)
         return tf.ensure_shape(image, shape), tf.where(tf.ensure_shape(flag, []) < 0, flag, label)
 
     def guarded(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
@@ -204,12 +210,12 @@ def skipping_decoder(size: int, channels: int, skips: SkipLog, *,
     return guarded
 
 
-def decode_or_skip(dataset: tf.data.Dataset, size: int, channels: int, skips: SkipLog, *,
+def decode_or_skip(dataset: tf.data.Dataset, how: Resize, channels: int, skips: SkipLog, *,
                    from_files: bool) -> tf.data.Dataset:
     """(key int64, source string, label int32) -> (uint8 [S, S, C], label int32), in order.
 
     A parallel map of ``skipping_decoder``: bad elements come out as zeros with label -1
     and are recorded in ``skips`` (see there).
     """
-    guarded = skipping_decoder(size, channels, skips, from_files=from_files)
+    guarded = skipping_decoder(how, channels, skips, from_files=from_files)
     return dataset.map(guarded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

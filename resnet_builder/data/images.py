@@ -1,7 +1,9 @@
-"""Read one image file into a uint8 array, the same way for training data and for `predict`.
+"""Read one image file into a uint8 array with Pillow: the reference decoder.
 
-Training (the ``folder`` source) and prediction both go through ``load_image`` and
-``resize_image`` so a saved model sees pixels prepared exactly as in training.
+TensorFlow's kernels (``decode.py``) decode what they read exactly like ``load_image``;
+Pillow itself reads what they cannot (16-bit, palette transparency, WebP, TIFF, EXIF
+rotation) and checks files up front (``data.verify``, ``pack``). Resizing to the model's
+input is ``resizing.fit_image``, the same for every source and command.
 
 Choices, stated once:
 
@@ -29,7 +31,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_builder.errors import UserError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_KINDS = "jpg, png, bmp, gif, webp or tiff"  # how hints name IMAGE_EXTENSIONS
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = {"RGBA": "RGBA", "RGBa": "RGBA", "LA": "LA", "La": "LA", "PA": "RGBA"}
@@ -184,9 +188,9 @@ def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
 
 
 def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of uint8 ``H x W x C`` to ``size x size`` (antialiased when shrinking).
+    """Pillow's bilinear resize of uint8 ``H x W x C`` to ``size x size``, stretched.
 
-    Non-square images are stretched, not cropped, so nothing is cut off.
+    For ``pack``'s statistics thumbnails only; model inputs go through ``resizing.fit_image``.
     """
     height, width, channels = pixels.shape
     if (height, width) == (size, size):
@@ -194,8 +198,3 @@ def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
     img = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
     out = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
     return out.reshape(size, size, channels)
-
-
-def prepare_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """``load_image`` then ``resize_image``: what the model is fed, in training and predict."""
-    return resize_image(load_image(path, channels), size)

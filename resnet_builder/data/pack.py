@@ -37,7 +37,7 @@ from resnet_builder.config import DataConfig
 from resnet_builder.data.bundle import ORDER_STREAM, STATS_STREAM, seeded_rng
 from resnet_builder.data.folder import STATS_SAMPLE, folder_layout, list_files
 from resnet_builder.data.images import ImageError, decode_image_bytes, resize_image, to_channels
-from resnet_builder.data.splits import ChannelStats
+from resnet_builder.data.splits import STATS_SIZE, ChannelStats
 from resnet_builder.data.tfrecord import (
     DATASET_FILE,
     FORMAT_NAME,
@@ -53,7 +53,6 @@ from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_path
 from resnet_builder.runs import skipped_csv_text
 
-STATS_SIZE = 64  # mean/std sample images are resized to this square: each weighs the same
 JPEG_QUALITY = 95
 CHUNK = 256  # images read ahead per step: memory stays at a chunk's encoded bytes
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.bundle import DataBundle, Split, fits_in_cache
-from resnet_builder.data.images import resize_image
+from resnet_builder.data.resizing import Resize, fit_array, resize_rule
 from resnet_builder.data.splits import apply_limit, split_stats, stratified_split
 from resnet_builder.errors import UserError
 
@@ -43,8 +43,9 @@ def bundle_from_arrays(data: DataConfig, seed: int, class_names: list[str],
     keep = apply_limit(y_train, data.limit, num_classes, seed)
     x_train, y_train = x_train[keep], y_train[keep]
     cache = fits_in_cache(len(x_train) + len(val[0]), data)
-    train_split = array_split(x_train, y_train, data.image_size, cache)
-    val_split = array_split(val[0], val[1], data.image_size, cache)
+    how = resize_rule(data)
+    train_split = array_split(x_train, y_train, how, cache)
+    val_split = array_split(val[0], val[1], how, cache)
     mean, std = split_stats(train_split, data.channels)
     return DataBundle(class_names=class_names, num_train=len(train_split),
                       num_val=len(val_split), image_size=data.image_size,
@@ -52,14 +53,11 @@ def bundle_from_arrays(data: DataConfig, seed: int, class_names: list[str],
                       _train=train_split, _val=val_split if len(val_split) else None)
 
 
-def array_split(images: np.ndarray, labels: np.ndarray, size: int, cache: bool) -> Split:
+def array_split(images: np.ndarray, labels: np.ndarray, how: Resize, cache: bool) -> Split:
     """Resize now when caching (or when already the right size), else per element."""
     labels = labels.astype(np.int32)
-    if images.shape[1:3] == (size, size):
+    if images.shape[1:3] == (how.size, how.size):
         return Split(labels, ready=np.ascontiguousarray(images))
     if cache:
-        ready = np.zeros((len(images), size, size, images.shape[-1]), np.uint8)
-        for i, image in enumerate(images):
-            ready[i] = resize_image(image, size)
-        return Split(labels, ready=ready)
-    return Split(labels, prepare=lambda i: resize_image(images[i], size))
+        return Split(labels, ready=fit_array(images, how))
+    return Split(labels, raw=images)

@@ -15,8 +15,11 @@ crash. With an ``ImageStore`` each image is decoded once and read back afterward
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +27,17 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.data.decode import SkipLog, skipping_decoder
+from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
 
 _NOT_YET = -2  # store state of an image not decoded yet; otherwise its label (>= 0)
 
 
 class ImageStore:
-    """Decoded images by index, in memory or in a file; ``state[i]`` is the label once stored."""
+    """Decoded images by index, in memory or in a file; ``state[i]`` is the label once stored.
+
+    The file (``data.cache: disk``) is shared by the workers of one machine: each stores
+    the images it decodes, and reads the others'.
+    """
 
     def __init__(self, count: int, shape: tuple[int, int, int], path: Path | None = None):
         self.path = path
@@ -38,13 +46,13 @@ class ImageStore:
             self.state = np.full(count, _NOT_YET, np.int32)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        state_path = path.with_suffix(".state.npy")
-        fresh = not (path.exists() and state_path.exists())
-        mode = "w+" if fresh else "r+"
-        self.images = np.lib.format.open_memmap(path, mode, np.uint8, (count, *shape))
-        self.state = np.lib.format.open_memmap(state_path, mode, np.int32, (count,))
-        if fresh:
-            self.state[:] = _NOT_YET
+        kind = _record(shape)
+        if not path.exists():
+            _create_store(path, count, kind)
+        records = np.lib.format.open_memmap(path, "r+")
+        if records.dtype != kind or records.shape != (count,):
+            raise ValueError(f"cache file {path} holds another split; remove it")
+        self.images, self.state = records["image"], records["state"]  # views of one file
 
     def get(self, index: np.ndarray) -> tuple[np.ndarray, np.int32]:
         i = int(index)
@@ -63,21 +71,56 @@ class ImageStore:
         return int(np.count_nonzero(self.state >= 0))
 
 
-def disk_store_path(root: str, files: list[str], size: int, channels: int) -> Path:
-    """The cache file for one split: a hash of the folder, its files, size and channels."""
-    digest = hashlib.sha256(f"{root}\0{size}\0{channels}\0".encode())
+def _record(shape: tuple[int, int, int]) -> np.dtype:
+    """One cache entry: its state (label once stored) and its pixels, side by side."""
+    return np.dtype([("state", "<i4"), ("image", "u1", shape)])
+
+
+def _create_store(path: Path, count: int, kind: np.dtype) -> None:
+    """Make the empty cache file under a private name, then link it into place.
+
+    Several workers on one machine share the cache (each fills the images it decodes):
+    ``os.link`` fails if the name exists, so the first worker's file wins whole and a later
+    one never truncates images another has stored (what opening with mode ``w+`` did).
+    State and pixels live in one file so they can never come from different runs.
+    """
+    fresh = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        records = np.lib.format.open_memmap(fresh, "w+", kind, (count,))
+        records["state"] = _NOT_YET
+        records.flush()
+        del records
+        with contextlib.suppress(FileExistsError):
+            os.link(fresh, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()
+
+
+def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> Path:
+    """The cache file for one split: a hash of the folder, its files, the resize rule (with
+    its version: caches made by an older rule are not reused) and channels."""
+    rule = f"{how.size}\0{how.mode}\0{how.crop_pct}\0{RESIZE_RULE_VERSION}"
+    digest = hashlib.sha256(f"{root}\0{rule}\0{channels}\0".encode())
     for name in files:
         digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
     return Path(tempfile.gettempdir()) / "resnet_builder_cache" / f"{digest.hexdigest()[:24]}.npy"
 
 
-def file_images(files: list[str], labels: np.ndarray, size: int, channels: int, skips: SkipLog,
-                store: ImageStore | None) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """Graph function index -> (uint8 [S, S, C], int32 label; -1 when the file is unusable)."""
+def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,
+                skips: SkipLog, store: ImageStore | None
+                ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """Graph function index -> (uint8 [S, S, C], int32 label; -1 when the file is unusable).
+
+    ``labels`` int32 [N, K] (multilabel rows): the label is that row, all -1 when unusable.
+    """
+    if labels.ndim == 2:
+        return _label_rows(file_images(files, np.arange(len(files), dtype=np.int32), how,
+                                       channels, skips, store), labels)
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
-    decode = skipping_decoder(size, channels, skips, from_files=True)
-    shape = (size, size, channels)
+    decode = skipping_decoder(how, channels, skips, from_files=True)
+    shape = (how.size, how.size, channels)
 
     def from_file(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return decode(index, tf.gather(paths, index), tf.gather(label_table, index))
@@ -100,3 +143,17 @@ def file_images(files: list[str], labels: np.ndarray, size: int, channels: int, 
         return tf.cond(state >= 0, lambda: (image, state), fresh)
 
     return kept
+
+
+def _label_rows(lookup: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]], rows: np.ndarray
+                ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """A lookup whose label is the row index -> one whose label is that row (-1s if skipped):
+    the decoder and the store keep their scalar labels."""
+    table = tf.constant(rows, tf.int32)
+
+    def with_rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image, found = lookup(index)
+        row = tf.gather(table, tf.maximum(found, 0))
+        return image, tf.where(found >= 0, row, -tf.ones_like(row))
+
+    return with_rows

@@ -1,0 +1,136 @@
+"""The one resize rule: any uint8 image -> the model's square input, in TensorFlow.
+
+Training (streamed, cached or packed files), ``predict``, ``evaluate`` and the export's
+calibration images all pass through ``fit_image`` (and, for JPEGs, ``decode_jpeg_for``),
+so a model sees pixels prepared exactly as in training. The rule is stored in the model
+(``resize``, ``crop_pct``):
+
+* ``stretch``: both sides to ``size`` (nothing cut off, shapes distorted);
+* ``crop``: the centre square whose side is ``crop_pct`` of the shorter side, to ``size``
+  (timm's evaluation rule: shorter side to size / crop_pct, then the centre crop);
+* ``pad``: the longer side to ``size``, centred on a ``PAD_VALUE`` grey square
+  (ultralytics' letterbox grey).
+
+Resampling is bilinear without antialiasing after a box-filter reduction by the whole
+factor when shrinking by 2x or more (Pillow's ``reducing_gap`` idea): at 500x375 -> 224 on
+2 cores, decode + this resize ran at 1,472 images/s, decode + antialiased bilinear (what
+Pillow does, the previous rule) at 634 and decode + area at 965 (one run of
+/tmp-style micro-bench, recorded in bench/pipeline_folder.py's docstring). JPEGs at least
+twice the needed size are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (the
+shrink is then nearly free); the scale is chosen so the decoded image still covers the
+output (Pillow's ``draft`` rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from resnet_builder.config import DataConfig
+from resnet_builder.model.architecture import RESIZE_MODES
+
+PAD_VALUE = 114  # grey around a padded image (ultralytics' letterbox value)
+DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg decodes at
+RESIZE_RULE_VERSION = 2  # 1: Pillow's antialiased bilinear (before 2026-11); kept caches name it
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How an image becomes ``size`` x ``size``: the mode and crop_pct stored in the model."""
+
+    size: int
+    mode: str = "stretch"
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {self.mode!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+
+
+def resize_rule(data: DataConfig) -> Resize:
+    """The rule a config trains with (and stores in the model)."""
+    return Resize(data.image_size, data.resize, data.crop_pct)
+
+
+def shrink_factor(height: tf.Tensor, width: tf.Tensor, how: Resize) -> tf.Tensor:
+    """float32 scalar: how many source pixels make one output pixel (>= 1: shrinking)."""
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    if how.mode == "stretch":
+        return tf.minimum(h, w) / how.size
+    if how.mode == "crop":
+        return tf.minimum(h, w) * how.crop_pct / how.size
+    return tf.maximum(h, w) / how.size
+
+
+def fit_image(image: tf.Tensor, how: Resize) -> tf.Tensor:
+    """uint8 [H, W, C] -> uint8 [size, size, C] by ``how`` (see the module docstring)."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    size = how.size
+    if how.mode == "crop":
+        side = tf.maximum(tf.cast(tf.round(tf.cast(tf.minimum(height, width), tf.float32)
+                                           * how.crop_pct), tf.int32), 1)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[top:top + side, left:left + side]
+        return _resample(image, size, size)
+    if how.mode == "stretch":
+        return _resample(image, size, size)
+    scale = size / tf.cast(tf.maximum(height, width), tf.float32)
+    out_h = tf.clip_by_value(tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32),
+                             1, size)
+    out_w = tf.clip_by_value(tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32),
+                             1, size)
+    inner = tf.cast(_resample(image, out_h, out_w), tf.int32) - PAD_VALUE
+    top, left = (size - out_h) // 2, (size - out_w) // 2
+    padded = tf.pad(inner, [[top, size - out_h - top], [left, size - out_w - left], [0, 0]])
+    return tf.cast(padded + PAD_VALUE, tf.uint8)
+
+
+def _resample(image: tf.Tensor, out_h: tf.Tensor | int, out_w: tf.Tensor | int) -> tf.Tensor:
+    """Bilinear to (out_h, out_w), box-reduced first by the whole factor when it is >= 2.
+
+    The uint8 image goes to the resize kernels as it is (they read uint8): an explicit
+    float copy of a 500x375 photo first halved the images/s of decode + resize (measured,
+    bench/pipeline_folder.py's resize section). The same size comes back unchanged.
+    """
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    factor = tf.maximum(tf.minimum(height // out_h, width // out_w), 1)
+
+    def boxed() -> tf.Tensor:
+        reduced = tf.image.resize(image, (height // factor, width // factor), method="area")
+        return tf.image.resize(reduced, (out_h, out_w), method="bilinear")
+
+    out = tf.cond(factor >= 2, boxed,
+                  lambda: tf.image.resize(image, (out_h, out_w), method="bilinear"))
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
+def fit_array(images: np.ndarray, how: Resize, chunk: int = 4096) -> np.ndarray:
+    """uint8 [N, H, W, C] -> [N, size, size, C] by ``fit_image``, in a parallel tf.data map."""
+    out = np.zeros((len(images), how.size, how.size, images.shape[-1]), np.uint8)
+    for start in range(0, len(images), chunk):
+        part = tf.data.Dataset.from_tensor_slices(images[start:start + chunk])
+        part = part.map(lambda image: fit_image(image, how), num_parallel_calls=tf.data.AUTOTUNE)
+        for i, image in enumerate(part.as_numpy_iterator(), start):
+            out[i] = image
+    return out
+
+
+def decode_jpeg_for(contents: tf.Tensor, how: Resize) -> tf.Tensor:
+    """uint8 [h, w, 1..3] from JPEG bytes, DCT-scaled by the largest ratio that still covers
+    the output (1 when the image is less than twice the needed size)."""
+    shape = tf.io.extract_jpeg_shape(contents)
+    factor = shrink_factor(shape[0], shape[1], how)
+    index = tf.reduce_sum(tf.cast(factor >= tf.constant(DCT_RATIOS[1:], tf.float32), tf.int32))
+
+    def at(ratio: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=0, ratio=ratio,
+                                         dct_method="INTEGER_ACCURATE")
+
+    image = tf.switch_case(index, [at(r) for r in DCT_RATIOS])
+    return tf.ensure_shape(image, [None, None, None])
