@@ -204,7 +204,8 @@ def test_from_preset_doc_lists_every_preset():
     doc = ResNetV2Backbone.from_preset.__doc__
     for name in PRESETS:
         assert f'"{name}"' in doc, name
-    assert 'choose one of\n                "resnet50_v2_imagenet".' in doc
+    assert ('choose one of\n                "resnet50_v2_imagenet", "resnet101_v2_imagenet", '
+            '"resnet152_v2_imagenet".') in doc
     assert ResNet18V2Backbone.from_preset.__doc__ == doc
 
 

@@ -208,8 +208,8 @@ def test_unknown_key_names_key_file_line_and_closest_key(tmp_path: Path) -> None
     path = write(tmp_path, text)
     err = error(path)
     assert err.message == f"{path}:7: 'epoch' is not a key of train; did you mean 'epochs'?"
-    assert err.hint == ("keys of train: epochs, early_stopping_patience, eval_batch_size, "
-                        "checkpoint_every")
+    assert err.hint == ("keys of train: epochs, early_stopping_patience, monitor, "
+                        "eval_batch_size, checkpoint_every")
 
 
 def test_unknown_key_without_close_match_lists_keys(tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ def test_not_a_choice_suggests_the_closest(tmp_path: Path) -> None:
     err = error(write(tmp_path, "data:\n  source: cifar\n"))
     assert err.message.endswith(
         "x.yaml:2: data.source must be one of digits, cifar10, cifar100, folder, npz, "
-        "synthetic, tfrecord; got 'cifar'; did you mean 'cifar10'?")
+        "synthetic, tfrecord, csv; got 'cifar'; did you mean 'cifar10'?")
 
 
 def test_int_choices(tmp_path: Path) -> None:
@@ -625,17 +625,20 @@ def test_only_deterministic_turns_on_op_determinism() -> None:
 @pytest.mark.parametrize(("overrides", "expected", "source"), [
     (["model.depth=56", "data.image_size=16", "data.channels=1"],
      {"depth": 56, "bn_momentum": 0.99, "head": "gap", "dropout": 0.0,
-      "input_shape": [16, 16, 1]}, "depth"),
+      "input_shape": [16, 16, 1], "resize": "stretch", "crop_pct": 0.875, "task": "multiclass",
+      "threshold": 0.5}, "depth"),
     (["model.preset=resnet18_v2", "model.num_classes=5", "model.stem_filters=32",
-      "model.head=tutorial", "model.dropout=0.5"],
+      "model.head=tutorial", "model.dropout=0.5", "data.resize=crop", "data.crop_pct=0.9"],
      {"preset": "resnet18_v2", "num_classes": 5, "stem_filters": 32, "bn_momentum": 0.99,
-      "head": "tutorial", "dropout": 0.5, "input_shape": [32, 32, 3]}, "preset"),
+      "head": "tutorial", "dropout": 0.5, "input_shape": [32, 32, 3], "resize": "crop",
+      "crop_pct": 0.9, "task": "multiclass", "threshold": 0.5}, "preset"),
     (["model.stackwise_filters=[16, 32]", "model.stackwise_blocks=[1, 2]",
       "model.stackwise_strides=[1, 2]", "model.block_type=basic", "model.bn_momentum=0.9",
       "model.depth=21"],
      {"stackwise_filters": [16, 32], "stackwise_blocks": [1, 2], "stackwise_strides": [1, 2],
       "block_type": "basic", "bn_momentum": 0.9, "head": "gap", "dropout": 0.0,
-      "input_shape": [32, 32, 3]}, "stackwise"),
+      "input_shape": [32, 32, 3], "resize": "stretch", "crop_pct": 0.875, "task": "multiclass",
+      "threshold": 0.5}, "stackwise"),
 ])
 def test_model_arguments_say_one_way_and_resolve(overrides: list[str], expected: dict,
                                                  source: str) -> None:
@@ -645,7 +648,8 @@ def test_model_arguments_say_one_way_and_resolve(overrides: list[str], expected:
     args = model_arguments(cfg)
     assert args == expected
     arch = resolve_architecture(**{k: v for k, v in args.items()
-                                   if k not in ("num_classes", "head", "dropout")})
+                                   if k not in ("num_classes", "head", "dropout", "resize",
+                                                "crop_pct", "task", "threshold")})
     assert arch.source == source
     assert list(arch.input_shape) == expected["input_shape"]
     for value in args.values():
@@ -732,3 +736,49 @@ def test_number_or_words_keys_accept_both() -> None:
     assert (cfg.data.cache, cfg.run.log_every) == ("disk", 5)
     assert load_config(None, ["train.checkpoint_every=200"]).train.checkpoint_every == 200
     assert load_config(None).hardware.steps_per_call == "auto"
+
+
+# ----------------------------------------------------------------------------- mapping keys
+
+
+def test_mapping_keys_fill_defaults_and_check_each_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, "augment:\n  rand_augment: {num_ops: 3}\n"
+                           "  random_resized_crop: {}\n")
+    cfg = load_config(path)
+    assert cfg.augment.rand_augment == {"num_ops": 3, "magnitude": 9.0}
+    assert cfg.augment.random_resized_crop == {"scale": [0.08, 1.0], "ratio": [0.75, 1.3333]}
+    err = error(write(tmp_path, "augment:\n  rand_augment: {num_op: 3}\n", "b.yaml"))
+    assert err.message.endswith("'num_op' is not an entry of augment.rand_augment; "
+                                "did you mean 'num_ops'?")
+    assert ":2:" in err.message
+    assert "num_ops: an integer in [1, 10] (default 2)" in err.hint
+    err = error(None, ["augment.rand_augment={magnitude: 11}"])
+    assert "augment.rand_augment.magnitude must be in [0, 10], got 11" in err.message
+    err = error(None, ["augment.random_resized_crop={scale: [0.1]}"])
+    assert "augment.random_resized_crop.scale must have 2 items, got 1" in err.message
+    err = error(None, ["augment.random_resized_crop={ratio: [2.0, 1.0]}"])
+    assert "ratio must be [low, high]" in err.message
+    err = error(None, ["augment.rand_augment=3"])
+    assert "must be a mapping, got 3 (an integer)" in err.message
+
+
+def test_class_weight_takes_balanced_or_a_mapping_of_weights() -> None:
+    assert load_config(None, ["data.class_weight=balanced"]).data.class_weight == "balanced"
+    got = load_config(None, ["data.class_weight={cat: 2, dog: 0.5}"]).data.class_weight
+    assert got == {"cat": 2.0, "dog": 0.5}
+    err = error(None, ["data.class_weight=balance"])
+    assert "must be balanced or a mapping {name: a number >= 0}" in err.message
+    assert "did you mean 'balanced'?" in err.message
+    err = error(None, ["data.class_weight={cat: -1}"])
+    assert "data.class_weight.cat must be >= 0, got -1" in err.message
+
+
+def test_list_keys_with_a_length_and_resize_choices() -> None:
+    cfg = load_config(None, ["augment.color_jitter=[0.2, 0.2, 0.1, 0]", "data.resize=pad"])
+    assert cfg.augment.color_jitter == [0.2, 0.2, 0.1, 0.0] and cfg.data.resize == "pad"
+    err = error(None, ["augment.color_jitter=[0.2, 0.2]"])
+    assert "augment.color_jitter must have 4 items, got 2" in err.message
+    err = error(None, ["data.resize=squash"])
+    assert "data.resize must be one of stretch, crop, pad" in err.message
+    shown = re.sub(r"\n\s*# ", " ", default_config_yaml())  # comments unwrapped
+    assert "rand_augment: null" in shown and "[balanced or a mapping {name:" in shown

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any, get_args, get_origin
 
+from resnet_builder.config.keys import Part, part_spec
 from resnet_builder.config.messages import (
     Where,
     allowed,
@@ -43,6 +44,8 @@ def _as_type(value: Any, typ: Any) -> tuple[bool, Any]:
     for float, bool is never an int, and floats must be finite."""
     if get_origin(typ) is list:
         return isinstance(value, list), value
+    if typ is dict:
+        return isinstance(value, dict), value
     if typ is bool or isinstance(value, bool):
         return typ is bool and isinstance(value, bool), value
     if typ is float and isinstance(value, (int, float)):
@@ -81,8 +84,9 @@ def _check_scalar(spec: KeySpec, name: str, value: Any, at: str) -> None:
         close = difflib.get_close_matches(value, [str(c) for c in spec.choices], n=1) \
             if isinstance(value, str) else []
         extra = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{at}: {name} must be one of {choices_text(spec)}; "
-                          f"got {show(value)}{extra}", hint=f"{spec.dotted}: {spec.help}")
+        wanted = allowed(spec) if spec.parts is not None else f"one of {choices_text(spec)}"
+        raise ConfigError(f"{at}: {name} must be {wanted}; got {show(value)}{extra}",
+                          hint=f"{spec.dotted}: {spec.help}")
     below = spec.min is not None and value < spec.min
     above = spec.max is not None and value > spec.max
     if below or above:
@@ -92,6 +96,9 @@ def _check_scalar(spec: KeySpec, name: str, value: Any, at: str) -> None:
 
 def _check_items(spec: KeySpec, item_type: Any, items: list, at: str) -> list:
     """Each entry of a list value, typed and checked; errors name the entry (``x[2]``)."""
+    if spec.length is not None and len(items) != spec.length:
+        raise ConfigError(f"{at}: {spec.dotted} must have {spec.length} items, got {len(items)}",
+                          hint=takes(spec))
     typed_items = []
     for i, item in enumerate(items):
         name = f"{spec.dotted}[{i}]"
@@ -118,8 +125,34 @@ def check_value(spec: KeySpec, value: Any, at: str) -> Any:
         raise _type_error(spec, spec.dotted, value, at, wanted)
     if get_origin(typ) is list:
         return _check_items(spec, get_args(typ)[0], converted, at)
+    if typ is dict:
+        return _check_mapping(spec, converted, at)
     _check_scalar(spec, spec.dotted, value, at)
     return converted
+
+
+def _check_mapping(spec: KeySpec, value: dict, at: str) -> dict:
+    """A mapping key's entries, each checked as a key of its own (``a.b.entry``).
+
+    Named parts: unknown entries are refused, missing ones take their defaults. One
+    ``Part``: any entry name (a string), each value following it.
+    """
+    if isinstance(spec.parts, Part):
+        return {str(name): check_value(part_spec(spec, str(name), spec.parts), item, at)
+                for name, item in value.items()}
+    parts = spec.parts or {}
+    for name in value:
+        if name not in parts:
+            close = difflib.get_close_matches(str(name), list(parts), n=1)
+            extra = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{at}: '{name}' is not an entry of {spec.dotted}{extra}",
+                              hint=takes(spec))
+    return {name: check_value(part_spec(spec, name, part), value[name], at)
+            if name in value else _copy(part.default) for name, part in parts.items()}
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 # ----------------------------------------------------------------------------- unknown keys
@@ -196,8 +229,7 @@ def build(sections: dict[str, dict[str, Any]], where: Where) -> Config:
             if name in given:
                 values[name] = check_value(spec, given[name], where(spec.dotted))
             else:
-                default = spec.default
-                values[name] = list(default) if isinstance(default, list) else default
+                values[name] = _copy(spec.default)
         parts[section] = SECTION_CLASSES[section](**values)
     cfg = Config(**parts)
     check_rules(cfg, where)

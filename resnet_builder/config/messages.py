@@ -12,7 +12,7 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-from resnet_builder.config.schema import KeySpec
+from resnet_builder.config.keys import KeySpec, Part, part_spec
 
 
 def yaml_text(value: Any) -> str:
@@ -44,7 +44,8 @@ def type_words(typ: Any) -> str:
     if get_origin(typ) is list:
         item = get_args(typ)[0]
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}[item]
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping"}[typ]
 
 
 def num(x: float) -> str:
@@ -68,6 +69,8 @@ def choices_text(spec: KeySpec) -> str:
 
 def allowed(spec: KeySpec) -> str:
     """What a key accepts, in words shared by error hints and the docs."""
+    if spec.parts is not None:
+        return _mapping_words(spec) + (", or null" if spec.nullable else "")
     if spec.choices:
         words = "one of " + choices_text(spec)
     else:
@@ -76,7 +79,23 @@ def allowed(spec: KeySpec) -> str:
             words += " " + rng
         if spec.text:
             words += f" or {spec.text[1]}"
+        if spec.length:
+            words += f" ({spec.length} items)"
     return words + (", or null" if spec.nullable else "")
+
+
+def _mapping_words(spec: KeySpec) -> str:
+    """'one of balanced or a mapping {name: a number >= 0}', '{num_ops: ..., magnitude: ...}'."""
+    if isinstance(spec.parts, Part):
+        inner = allowed(part_spec(spec, "name", spec.parts)).removesuffix(", or null")
+        words = f"a mapping {{name: {inner}}}"
+    else:
+        entries = []
+        for name, part in (spec.parts or {}).items():
+            inner = allowed(part_spec(spec, name, part)).removesuffix(", or null")
+            entries.append(f"{name}: {inner} (default {yaml_text(part.default)})")
+        words = "a mapping {" + "; ".join(entries) + "}"
+    return f"{choices_text(spec)} or {words}" if spec.choices else words
 
 
 def takes(spec: KeySpec) -> str:

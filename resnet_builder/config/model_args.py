@@ -27,7 +27,8 @@ def model_arguments(cfg: Config) -> dict[str, Any]:
 
     Exactly one of ``preset``, the three ``stackwise_*`` lists or ``depth``; then
     ``block_type``, ``stem_filters``, ``bn_momentum``, ``head``, ``dropout``,
-    ``input_shape`` (``[image_size, image_size, channels]``) and ``num_classes``
+    ``input_shape`` (``[image_size, image_size, channels]``), ``resize``, ``crop_pct``,
+    ``task``, ``threshold`` (``predict.threshold``) and ``num_classes``
     when ``model.num_classes`` is set. Keys whose value is None are left out, so
     ``build_model``'s own defaults apply. What depends on the data (class count
     from the data, normalisation, class names) is the caller's to add.
@@ -36,5 +37,6 @@ def model_arguments(cfg: Config) -> dict[str, Any]:
     args = {**_way(cfg), "block_type": m.block_type, "stem_filters": m.stem_filters,
             "bn_momentum": m.bn_momentum, "head": m.head, "dropout": m.dropout,
             "input_shape": [d.image_size, d.image_size, d.channels],
-            "num_classes": m.num_classes}
+            "num_classes": m.num_classes, "resize": d.resize, "crop_pct": d.crop_pct,
+            "task": m.task, "threshold": cfg.predict.threshold}
     return {key: value for key, value in args.items() if value is not None}

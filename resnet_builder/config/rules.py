@@ -92,10 +92,10 @@ def _rule_depth(cfg: Config, where: Where) -> None:
 
 
 def _rule_data_path(cfg: Config, where: Where) -> None:
-    """folder and npz have no built-in location."""
+    """folder, npz and csv have no built-in location."""
     d = cfg.data
-    if d.source in ("folder", "npz") and not d.path:
-        what = "the .npz file"
+    if d.source in ("folder", "npz", "csv") and not d.path:
+        what = "the .npz file" if d.source == "npz" else "the CSV file (a path column and labels)"
         if d.source == "folder":
             what = ("the image folder (train/ and val/ sub-folders of one folder per class, "
                     "or one folder per class and data.validation_split)")
@@ -154,9 +154,72 @@ def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
                                "model.preset: resnet50_v2) or freeze_backbone_epochs: 0")
 
 
+def _rule_crop_ranges(cfg: Config, where: Where) -> None:
+    """random_resized_crop's scale and ratio are [low, high] ranges: low first, no empty box."""
+    crop = cfg.augment.random_resized_crop
+    if crop is None:
+        return
+    for name in ("scale", "ratio"):
+        low, high = crop[name]
+        if low > high or high <= 0:
+            raise ConfigError(f"{where('augment.random_resized_crop')}: "
+                              f"augment.random_resized_crop.{name} must be [low, high] with "
+                              f"0 < high and low <= high, got {yaml_text([low, high])}",
+                              hint="e.g. {scale: [0.08, 1.0], ratio: [0.75, 1.3333]}")
+
+
+def _rule_colour_needs_colour(cfg: Config, where: Where) -> None:
+    """Saturation and hue jitter have nothing to change in a one-channel image."""
+    jitter = cfg.augment.color_jitter
+    if cfg.data.channels == 1 and jitter and (jitter[2] or jitter[3]):
+        raise ConfigError(f"{where('augment.color_jitter', 'data.channels')}: "
+                          "augment.color_jitter changes saturation and hue "
+                          f"({num(jitter[2])}, {num(jitter[3])}), which grayscale images "
+                          "(data.channels: 1) do not have",
+                          hint=f"use color_jitter: [{num(jitter[0])}, {num(jitter[1])}, 0, 0] "
+                               "(brightness and contrast only) or data.channels: 3")
+
+
+MULTILABEL_MONITORS = ("val_map", "val_macro_f1", "val_loss")
+
+
+def _rule_multilabel(cfg: Config, where: Where) -> None:
+    """A multilabel run reads its labels from a CSV, has no accuracy to monitor, and has no
+    single class per image to balance, weigh or mix by."""
+    multilabel, d, a = cfg.model.task == "multilabel", cfg.data, cfg.augment
+    monitor = cfg.train.monitor
+    if not multilabel:
+        if monitor == "val_map":
+            raise ConfigError(f"{where('train.monitor', 'model.task')}: train.monitor val_map "
+                              "is a multilabel score, but model.task is multiclass",
+                              hint="use val_accuracy, val_balanced_accuracy, val_macro_f1 or "
+                                   "val_loss, or set model.task: multilabel")
+        return
+    at = where("model.task")
+    if d.source != "csv":
+        raise ConfigError(f"{where('data.source', 'model.task')}: model.task multilabel needs "
+                          f"labels per image from a CSV, but data.source is {d.source}",
+                          hint="set data.source: csv and data.path to a CSV with a path column "
+                               "and labels ('a;b' or one 0/1 column per class)")
+    if monitor not in MULTILABEL_MONITORS:
+        raise ConfigError(f"{where('train.monitor', 'model.task')}: train.monitor {monitor} "
+                          "is a multiclass score; a multilabel run reports val_map, "
+                          "val_micro_f1 and val_macro_f1",
+                          hint=f"set train.monitor to one of: {', '.join(MULTILABEL_MONITORS)}")
+    refused = [(key, value) for key, value in (
+        ("data.class_weight", d.class_weight), ("data.sampler", d.sampler != "uniform"),
+        ("augment.mixup", a.mixup), ("augment.cutmix", a.cutmix)) if value]
+    if refused:
+        key = refused[0][0]
+        raise ConfigError(f"{where(key, 'model.task')}: {key} works with one class per image "
+                          f"and is not supported with model.task multilabel ({at})",
+                          hint=f"leave {key} at its default for a multilabel run")
+
+
 RULES: tuple[Callable[[Config, Where], None], ...] = (
     _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth, _rule_data_path,
-    _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_freeze_needs_weights)
+    _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_freeze_needs_weights,
+    _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
 
 
 def check_rules(cfg: Config, where: Where) -> None:

@@ -3,35 +3,21 @@
 A config is a tree of small dataclasses, one per YAML section. Each field's
 ``metadata`` carries the help text and the allowed values, so validation, the
 ``config --show`` listing, ``train --help`` and the README table all read the
-same facts (through ``key_specs``).
+same facts (through ``key_specs``; how a key is declared: ``keys.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
+from resnet_builder.config.keys import KeySpec, Part, read_spec
+from resnet_builder.config.keys import declare as _key
 from resnet_builder.depth import BLOCK_TYPE_ALIASES
+from resnet_builder.model.architecture import RESIZE_MODES
 from resnet_builder.runs import TRAIN_PROJECT
-
-
-def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-         max: float | None = None, nullable: bool = False, types: tuple | None = None,
-         text: tuple[str, str] | None = None) -> Any:
-    r"""A dataclass field with the facts validation and docs need.
-
-    ``text``: for a number key that also takes words, (regex, the words for messages),
-    e.g. ``("auto", "auto")`` or ``(r"[1-9]\d*min", "minutes such as '10min'")``.
-    """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "nullable": nullable,
-            "types": types, "text": text}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
 
 # How a key that counts steps says minutes instead ('10min'); group 1 is the number.
 MINUTES = r"([1-9]\d*)min"
@@ -72,6 +58,9 @@ class ModelConfig:
     weights: str | None = _key(None, "Start from: a preset with weights (e.g. "
                                "resnet50_v2_imagenet) or a .keras / .weights.h5 file.",
                                nullable=True)
+    task: str = _key("multiclass", "multiclass (one label per image: softmax, cross-entropy) or "
+                     "multilabel (any number of labels per image: sigmoid, binary "
+                     "cross-entropy; needs data.source csv).", choices=("multiclass", "multilabel"))
     freeze_backbone_epochs: int = _key(0, "Epochs to train with the backbone frozen (its "
                                        "batch-norm in inference mode) before fine-tuning all.",
                                        min=0)
@@ -83,8 +72,10 @@ class DataConfig:
 
     source: str = _key("digits", "Where images come from.",
                        choices=("digits", "cifar10", "cifar100", "folder", "npz", "synthetic",
-                                "tfrecord"))
-    path: str | None = _key(None, "Folder or file for cifar10/cifar100/folder/npz; for tfrecord "
+                                "tfrecord", "csv"))
+    path: str | None = _key(None, "Folder or file for cifar10/cifar100/folder/npz; for csv the "
+                            "CSV file (a path column, relative to the CSV's folder, and labels "
+                            "as 'a;b;c' or one 0/1 column per class); for tfrecord "
                             "the folder `resnet-builder pack` wrote (a local path or any "
                             "tf.io.gfile URL such as gs://bucket/data).", nullable=True)
     image_size: int = _key(32, "Images are resized to image_size x image_size.", min=8, max=4096)
@@ -102,6 +93,21 @@ class DataConfig:
                         "counted and listed in the run's skipped.csv.")
     normalize: bool = _key(True, "Per-channel mean/std computed on the training split, stored "
                            "in the model.")
+    resize: str = _key("stretch", "How an image becomes image_size x image_size: stretch "
+                       "(resize both sides), crop (shorter side to image_size / crop_pct, then "
+                       "the centre square: timm's evaluation rule) or pad (longer side to "
+                       "image_size, the rest filled). Stored in the model, so predict, evaluate "
+                       "and exports resize the same way.", choices=RESIZE_MODES)
+    crop_pct: float = _key(0.875, "resize: crop keeps this share of the shorter side (timm: "
+                           "0.875, i.e. 256 -> 224).", min=0.05, max=1.0)
+    class_weight: str | dict | None = _key(
+        None, "Loss weight per class: balanced (n_samples / (n_classes * count), as "
+        "scikit-learn) or a mapping {class name: weight} (classes left out weigh 1). null = "
+        "all 1.", choices=("balanced",), nullable=True, types=(str, dict),
+        parts=Part((float,), None, 0.0))
+    sampler: str = _key("uniform", "uniform (each image once per epoch) or balanced (each "
+                        "epoch draws as many images from every class, seeded by (seed, epoch); "
+                        "the epoch keeps its length).", choices=("uniform", "balanced"))
     synthetic_samples: int = _key(512, "Images in the synthetic source.", min=2)
     synthetic_classes: int = _key(10, "Classes in the synthetic source.", min=2)
     limit: int | None = _key(None, "Use at most this many training images (quick tries).",
@@ -117,6 +123,29 @@ class AugmentConfig:
     horizontal_flip: bool = _key(False, "Random left-right flips.")
     random_scale: float = _key(0.0, "Random zoom in/out by up to this fraction. 0 = off.",
                                min=0.0, max=0.9)
+    random_resized_crop: dict | None = _key(
+        None, "The ImageNet training crop (Inception / timm): a random box covering a share "
+        "`scale` of the image with aspect ratio in `ratio`, resized to image_size; `{}` takes "
+        "the defaults. null = off.", nullable=True,
+        parts={"scale": Part((list[float],), [0.08, 1.0], 0.0, 1.0, 2),
+               "ratio": Part((list[float],), [0.75, 1.3333], 0.01, 100.0, 2)})
+    rand_augment: dict | None = _key(
+        None, "RandAugment (keras.layers.RandAugment): num_ops random ops per image at "
+        "magnitude 0-10 (timm's rand-m9-n2 = {num_ops: 2, magnitude: 9}). null = off.",
+        nullable=True, parts={"num_ops": Part((int,), 2, 1, 10),
+                              "magnitude": Part((float,), 9.0, 0.0, 10.0)})
+    color_jitter: list[float] | None = _key(
+        None, "Random [brightness, contrast, saturation, hue] changes, each a factor in [0, 1] "
+        "(keras.layers.RandomColorJitter; 0 leaves that one off). null = off.",
+        min=0.0, max=1.0, length=4, nullable=True)
+    random_erasing: float = _key(0.0, "Probability of erasing a random rectangle of each image "
+                                 "with noise (keras.layers.RandomErasing; ultralytics: 0.4). "
+                                 "0 = off.", min=0.0, max=1.0)
+    mixup: float = _key(0.0, "MixUp alpha: blend pairs of images and their labels by a "
+                        "Beta(alpha, alpha) weight (0.2 is common). 0 = off.", min=0.0, max=10.0)
+    cutmix: float = _key(0.0, "CutMix alpha: paste a box from another image, labels mixed by "
+                         "area (1.0 is common). 0 = off; with mixup too, each batch takes one of "
+                         "the two at random.", min=0.0, max=10.0)
 
 
 @dataclass
@@ -136,6 +165,19 @@ class OptimConfig:
     label_smoothing: float = _key(0.0, "Label smoothing.", min=0.0, max=0.99)
     scale_lr_with_replicas: bool = _key(False, "Multiply lr by the number of replicas "
                                         "(linear scaling rule; warmup_lr and min_lr stay).")
+    ema: float | None = _key(None, "Decay of an exponential moving average of the weights "
+                             "(Keras' use_ema; batch-norm statistics are not averaged), which "
+                             "is evaluated and saved as best/last.keras. It spans ~1/(1-ema) "
+                             "updates: keep that well below the run's (timm: 0.9998, long runs; "
+                             "ultralytics: 0.9999 with a warm-up Keras lacks). null = off.",
+                             min=0.5, max=0.99999, nullable=True)
+    clipnorm: float | None = _key(None, "Clip each update's gradient to this global L2 norm "
+                                  "(all weights and replicas). null = off.", min=1e-8,
+                                  nullable=True)
+    accumulate_steps: int = _key(1, "Batches per update (gradient accumulation): lr and the "
+                                 "schedule apply to the effective batch data.batch_size * "
+                                 "accumulate_steps and count updates; an epoch's short last "
+                                 "group is applied at its end.", min=1, max=1024)
 
 
 @dataclass
@@ -161,7 +203,12 @@ class TrainConfig:
 
     epochs: int = _key(15, "Epochs to train.", min=1)
     early_stopping_patience: int = _key(0, "Stop after this many epochs without a better "
-                                        "val_accuracy. 0 = off.", min=0)
+                                        "train.monitor. 0 = off.", min=0)
+    monitor: str = _key("val_accuracy", "The validation number that chooses best.keras and "
+                        "early stopping (higher is better, except val_loss). model.task "
+                        "multilabel: val_map, val_macro_f1 or val_loss.",
+                        choices=("val_accuracy", "val_loss", "val_balanced_accuracy",
+                                 "val_macro_f1", "val_map"))
     eval_batch_size: int | None = _key(None, "Validation batch size; null = data.batch_size.",
                                        min=1, nullable=True)
     checkpoint_every: int | str | None = _key(
@@ -180,7 +227,17 @@ class RunConfig:
     exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
     progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",
                          choices=("auto", "bar", "line", "none"))
-    tensorboard: bool = _key(True, "Write TensorBoard logs to <run>/tensorboard.")
+    loggers: list[str] = _key(
+        ["csv", "tensorboard"], "Where each epoch's results.csv numbers go (a list): csv (the "
+        "run folder's results.csv), tensorboard (<run>/tensorboard), mlflow (MLFLOW_TRACKING_URI, "
+        "else MLflow's default store; experiment MLFLOW_EXPERIMENT_NAME, else the last folder "
+        "of run.project; best.keras, results.csv, config, summary and plots as artifacts at the "
+        "end), wandb (project WANDB_PROJECT, else that folder; files in <run>/wandb; "
+        "WANDB_MODE=offline works). mlflow and wandb are extras: pip install "
+        "\"resnet-builder[mlflow]\" / \"resnet-builder[wandb]\". Only the chief worker logs.",
+        choices=("csv", "tensorboard", "mlflow", "wandb"))
+    tensorboard: bool = _key(True, "Older switch, still read: false takes tensorboard out of "
+                             "run.loggers.")
     plots: bool = _key(True, "Write curves.png and confusion_matrix.png.")
     log_every: int = _key(10, "Read the running loss and accuracy back from the device every "
                           "this many steps (progress bar, NaN check); the epoch's numbers are "
@@ -228,6 +285,15 @@ class DistributeConfig:
 
 
 @dataclass
+class PredictConfig:
+    """How predictions are read (stored in the model, so predict and evaluate use them)."""
+
+    threshold: float = _key(0.5, "model.task multilabel: a label is predicted when its "
+                            "probability is at least this (predict --threshold overrides).",
+                            min=0.0, max=1.0)
+
+
+@dataclass
 class Config:
     """The whole training config: one dataclass per YAML section."""
 
@@ -240,6 +306,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
 
 SECTION_CLASSES: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
@@ -254,50 +321,14 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- key facts
 
 
-@dataclass(frozen=True)
-class KeySpec:
-    """Everything known about one key, read once from its dataclass field."""
-
-    section: str
-    name: str
-    types: tuple[Any, ...]  # accepted Python types: bool, int, float, str or list[int]
-    default: Any
-    help: str
-    choices: tuple | None
-    min: float | None
-    max: float | None
-    nullable: bool
-    text: tuple[str, str] | None = None  # (regex, words) of the strings a number key takes
-
-    @property
-    def dotted(self) -> str:
-        return f"{self.section}.{self.name}"
-
-
-def _accepted_types(annotation: Any, override: tuple | None) -> tuple[Any, ...]:
-    """The types a key takes: the field's ``types`` metadata, else its annotation minus None."""
-    if override:
-        return tuple(override)
-    if get_origin(annotation) in (Union, types.UnionType):
-        return tuple(a for a in get_args(annotation) if a is not type(None))
-    return (annotation,)
-
-
-def _spec(section: str, f: dataclasses.Field, annotation: Any) -> KeySpec:
-    meta = f.metadata
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return KeySpec(section, f.name, _accepted_types(annotation, meta.get("types")), default,
-                   meta["help"], meta.get("choices"), meta.get("min"), meta.get("max"),
-                   bool(meta.get("nullable")), meta.get("text"))
-
-
 @cache
 def key_specs() -> dict[str, dict[str, KeySpec]]:
     """Section -> key -> KeySpec, in the order the dataclasses declare them."""
     out: dict[str, dict[str, KeySpec]] = {}
     for section, cls in SECTION_CLASSES.items():
         hints = get_type_hints(cls)
-        out[section] = {f.name: _spec(section, f, hints[f.name]) for f in dataclasses.fields(cls)}
+        out[section] = {f.name: read_spec(section, f, hints[f.name])
+                        for f in dataclasses.fields(cls)}
     return out
 
 

@@ -21,6 +21,12 @@ from resnet_builder.model.head import HEADS
 from resnet_builder.model.plan import Plan
 from resnet_builder.model.presets import backbone_config, cifar_backbone
 
+# How an image becomes the model's square input (data/resizing.py does it; stored in the
+# classifier so every command resizes as training did).
+RESIZE_MODES = ("stretch", "crop", "pad")
+# multiclass: one label per image (softmax); multilabel: any number (sigmoid per class).
+TASKS = ("multiclass", "multilabel")
+
 
 def _int_list(name: str, values: object, *, minimum: int) -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -227,8 +233,18 @@ def _stackwise_backbone(filters, n_blocks, strides, dilations, block_type) -> di
 
 
 def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
-                           channels: int) -> None:
+                          channels: int, resize: str = "stretch",
+                          crop_pct: float = 0.875, task: str = "multiclass",
+                          threshold: float = 0.5) -> None:
     """Check the classifier's own arguments (shared by ``ResNetV2Classifier`` and the writer)."""
+    if task not in TASKS:
+        raise ArgumentError(f"`task` must be one of {TASKS}. Received: task={task!r}")
+    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+        raise ArgumentError(f"`threshold` must be in [0, 1]. Received: threshold={threshold!r}")
+    if resize not in RESIZE_MODES:
+        raise ArgumentError(f"`resize` must be one of {RESIZE_MODES}. Received: resize={resize!r}")
+    if isinstance(crop_pct, bool) or not 0.0 < float(crop_pct) <= 1.0:
+        raise ArgumentError(f"`crop_pct` must be in (0, 1]. Received: crop_pct={crop_pct!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ArgumentError(f"`num_classes` must be a positive integer. "
                             f"Received: num_classes={num_classes!r}")

@@ -50,7 +50,8 @@ class Normalize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="resnet_builder")
 class ResNetV2Classifier(keras.Model):
-    """Images (raw pixel values) -> class probabilities.
+    """Images (raw pixel values) -> class probabilities (``task="multilabel"``: one
+    independent sigmoid probability per class).
 
     ``head="gap"``: global average pooling, optional dropout, Dense.
     ``head="tutorial"``: the tutorial's head after the backbone's own BN-ReLU:
@@ -68,16 +69,21 @@ class ResNetV2Classifier(keras.Model):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
+        resize: str = "stretch",
+        crop_pct: float = 0.875,
+        task: str = "multiclass",
+        threshold: float = 0.5,
         **kwargs: Any,
     ) -> None:
         check_classifier_args(num_classes, head, dropout, mean, std, class_names,
-                              channels=backbone.input_shape[-1])
+                              channels=backbone.input_shape[-1], resize=resize,
+                              crop_pct=crop_pct, task=task, threshold=threshold)
         inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = inputs
         if mean is not None or std is not None:
             x = Normalize(mean, std, name="normalize")(x)
         x = backbone(x)
-        for op in head_layers(x.shape[-1], num_classes, head, dropout):
+        for op in head_layers(x.shape[-1], num_classes, head, dropout, task=task):
             x = make_layer(op)(x)
         super().__init__(inputs=inputs, outputs=x, **kwargs)
         self.backbone = backbone
@@ -87,6 +93,10 @@ class ResNetV2Classifier(keras.Model):
         self.mean = None if mean is None else [float(m) for m in mean]
         self.std = None if std is None else [float(s) for s in std]
         self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.resize = resize
+        self.crop_pct = float(crop_pct)
+        self.task = task
+        self.threshold = float(threshold)
 
     def get_config(self) -> dict:
         return {
@@ -99,6 +109,10 @@ class ResNetV2Classifier(keras.Model):
             "mean": self.mean,
             "std": self.std,
             "class_names": self.class_names,
+            "resize": self.resize,
+            "crop_pct": self.crop_pct,
+            "task": self.task,
+            "threshold": self.threshold,
         }
 
     @classmethod
@@ -140,6 +154,10 @@ def build_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    resize: str = "stretch",
+    crop_pct: float = 0.875,
+    task: str = "multiclass",
+    threshold: float = 0.5,
     load_weights: bool = False,
     weights_file: str | None = None,
     name: str | None = None,
@@ -148,6 +166,10 @@ def build_model(
 
     ``load_weights=True`` loads a preset's pretrained backbone weights
     (``weights_file`` points at a local copy). See ``resolve_architecture``.
+    ``resize``/``crop_pct``: how commands turn an image into the input (stretch, crop or
+    pad; see ``resnet_builder.data.resizing``), stored with the model.
+    ``task``: multiclass (softmax) or multilabel (a sigmoid per class; ``threshold`` is the
+    probability from which predict and evaluate count a label as present), stored too.
     """
     arch = resolve_architecture(
         depth, preset, block_type, stackwise_filters=stackwise_filters,
@@ -163,4 +185,5 @@ def build_model(
         load_preset_weights(backbone, arch.preset, weights_file)
     kwargs = {"name": name} if name else {}
     return ResNetV2Classifier(backbone, num_classes, head=head, dropout=dropout, mean=mean,
-                              std=std, class_names=class_names, **kwargs)
+                              std=std, class_names=class_names, resize=resize,
+                              crop_pct=crop_pct, task=task, threshold=threshold, **kwargs)

@@ -23,13 +23,15 @@ def _dense(name: str, source: str, in_units: int, units: int, **args: object) ->
 
 
 def head_layers(in_channels: int, num_classes: int, head: str = "gap",
-                dropout: float = 0.0, source: str = "backbone") -> list[Op]:
+                dropout: float = 0.0, source: str = "backbone",
+                task: str = "multiclass") -> list[Op]:
     """The head's layers in call order, reading the backbone's output ``source``.
 
     ``head="gap"``: global average pooling, dropout when ``dropout`` > 0, the
     softmax Dense. ``head="tutorial"``: pooling, Dense(512, relu), batch norm,
     dropout (``dropout`` or 0.5), the softmax Dense. The softmax layer computes
-    in float32, also under mixed precision.
+    in float32, also under mixed precision. ``task="multilabel"``: the last Dense is a
+    sigmoid (an independent probability per class) instead of the softmax.
     """
     layers = [Op("avg_pool", "gap", (source,), {}, (in_channels,))]
     width = in_channels
@@ -41,6 +43,7 @@ def head_layers(in_channels: int, num_classes: int, head: str = "gap",
     if dropout:
         layers.append(Op("dropout", "dropout", (layers[-1].name,), {"rate": float(dropout)},
                          (width,)))
+    activation = "sigmoid" if task == "multilabel" else "softmax"
     layers.append(_dense("predictions", layers[-1].name, width, num_classes,
-                         activation="softmax", dtype="float32"))
+                         activation=activation, dtype="float32"))
     return layers

@@ -177,6 +177,8 @@ def _serialized(module: str, class_name: str, config: dict) -> dict:
 
 def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str = "gap",
                  dropout: float = 0.0, mean=None, std=None, class_names=None,
+                 resize: str = "stretch", crop_pct: float = 0.875,
+                 task: str = "multiclass", threshold: float = 0.5,
                  name: str | None = None) -> dict:
     """What Keras writes to ``config.json`` for ``build_model(...)`` with these arguments."""
     # The constructor's defaults first, for an Architecture made by hand.
@@ -208,6 +210,10 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "mean": None if mean is None else [float(m) for m in mean],
         "std": None if std is None else [float(s) for s in std],
         "class_names": None if class_names is None else [str(c) for c in class_names],
+        "resize": resize,
+        "crop_pct": float(crop_pct),
+        "task": task,
+        "threshold": float(threshold),
     }
     return _serialized("resnet_builder.model.classifier", "ResNetV2Classifier", classifier)
 
@@ -348,6 +354,10 @@ def write_model_file(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    resize: str = "stretch",
+    crop_pct: float = 0.875,
+    task: str = "multiclass",
+    threshold: float = 0.5,
     name: str | None = None,
     seed: int | None = None,
 ) -> None:
@@ -367,12 +377,13 @@ def write_model_file(
                             f"Received: filepath={path}")
     plan, _ = arch.plan()  # checks the backbone arguments
     check_classifier_args(num_classes, head, dropout, mean, std, class_names,
-                           plan.input_shape[2])
+                          plan.input_shape[2], resize, crop_pct, task, threshold)
     installed = keras_version()
     _check_keras_version(installed)
     name = name or CLASSIFIER_NAME
     config = model_config(arch, plan, num_classes=num_classes, head=head, dropout=dropout,
-                          mean=mean, std=std, class_names=class_names, name=name)
+                          mean=mean, std=std, class_names=class_names, resize=resize,
+                          crop_pct=crop_pct, task=task, threshold=threshold, name=name)
     now = datetime.datetime.now()
     metadata = {"keras_version": installed, "date_saved": now.strftime("%Y-%m-%d@%H:%M:%S")}
     entries = weight_entries(plan, num_classes=num_classes, head=head, dropout=dropout,

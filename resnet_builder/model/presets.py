@@ -4,7 +4,7 @@ The table is plain data, read in one place; this module builds nothing (the
 backbone's ``from_preset`` does) and imports no Keras until a download. Parameter
 counts are the backbone's (keras-cv counts batch-norm moving statistics too) and
 are checked by the tests against the built model. The ImageNet weights are
-keras.applications' ResNet50V2 weights (the ones keras-cv ported), fetched
+keras.applications' ResNet50V2 / 101V2 / 152V2 weights (keras-cv ported the 50), fetched
 with an MD5 check into the Keras cache; with no network, the error says which
 file to put where.
 """
@@ -41,6 +41,20 @@ def cifar_backbone(depth: int, block_type: str, width: int = 16) -> dict[str, An
             "stem_filters": width, "stride_position": "first"}
 
 
+def imagenet_preset(layers: int, blocks: list[int], params: int, md5: str) -> dict[str, Any]:
+    """A bottleneck ImageNet preset with keras.applications' ResNet{layers}V2 notop weights.
+
+    File name, URL and MD5 are the ones keras.applications' ``resnet.py`` downloads
+    (``WEIGHTS_HASHES[...][1]``, the notop file); the layers match ours by name.
+    """
+    file = f"resnet{layers}v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    description = _V2_DOC.format(layers) + " Trained on Imagenet 2012 classification task."
+    return {"config": {**_IMAGENET, "stackwise_blocks": blocks, "block_type": BOTTLENECK},
+            "params": params, "description": description,
+            "weights": {"file": file, "url": KERAS_APPS_URL + file, "md5": md5,
+                        "layout": "keras_applications"}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "resnet18_v2": {"config": {**_IMAGENET, "stackwise_blocks": [2, 2, 2, 2],
                                "block_type": BASIC},
@@ -57,17 +71,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet152_v2": {"config": {**_IMAGENET, "stackwise_blocks": [3, 8, 36, 3],
                                 "block_type": BOTTLENECK},
                      "params": 58_331_648, "description": _V2_DOC.format(152)},
-    "resnet50_v2_imagenet": {
-        "config": {**_IMAGENET, "stackwise_blocks": [3, 4, 6, 3], "block_type": BOTTLENECK},
-        "params": 23_564_800,
-        "description": _V2_DOC.format(50) + " Trained on Imagenet 2012 classification task.",
-        "weights": {
-            "file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "url": KERAS_APPS_URL + "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "md5": "fac2f116257151a9d068a22e544a4917",
-            "layout": "keras_applications",
-        },
-    },
+    "resnet50_v2_imagenet": imagenet_preset(50, [3, 4, 6, 3], 23_564_800,
+                                            "fac2f116257151a9d068a22e544a4917"),
+    "resnet101_v2_imagenet": imagenet_preset(101, [3, 4, 23, 3], 42_626_560,
+                                             "c0ed64b8031c3730f411d2eb4eea35b5"),
+    "resnet152_v2_imagenet": imagenet_preset(152, [3, 8, 36, 3], 58_331_648,
+                                             "ed17cf2e0169df9d443503ef94b23b33"),
     "resnet20_cifar": {"config": cifar_backbone(20, BASIC), "params": 273_120,
                        "description": "He et al. 2015/2016 CIFAR ResNet-20, basic units (6n+2, "
                                       "n=3), pre-activation."},
