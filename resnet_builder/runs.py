@@ -24,7 +24,18 @@ DEFAULT_PROJECTS = {"train": "runs/train", "predict": "runs/predict",
                     "evaluate": "runs/evaluate", "export": "runs/export"}
 TRAIN_PROJECT = DEFAULT_PROJECTS["train"]
 
-RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy"]
+RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
+                   "val_balanced_accuracy", "val_macro_f1"]
+# A multilabel run's (model.task): accuracy is the per-label accuracy at the threshold;
+# mAP over the classes, micro and macro F1 at the threshold.
+MULTILABEL_RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_loss", "val_map",
+                              "val_micro_f1", "val_macro_f1"]
+
+
+def results_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The results.csv columns of these rows: a multilabel run's rows carry ``val_map``."""
+    multilabel = any("val_map" in row for row in rows)
+    return MULTILABEL_RESULTS_COLUMNS if multilabel else RESULTS_COLUMNS
 
 
 def _member(name: str, doc: str) -> property:
@@ -41,7 +52,7 @@ class RunPaths:
     results = _member("results.csv", "One row per completed epoch.")
     summary = _member("summary.json", "Status, best epoch, speed and set-up.")
     last = _member("last.keras", "The model after the latest epoch.")
-    best = _member("best.keras", "The model of the best validation accuracy.")
+    best = _member("best.keras", "The model of the best epoch by train.monitor.")
     checkpoint = _member("checkpoint.npz", "Everything resuming needs, in one atomically "
                          "written file (see training/checkpoint.py).")
     curves = _member("curves.png", "Loss, accuracy and learning rate per epoch.")
@@ -65,12 +76,14 @@ def write_skipped_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:
 
 def write_results(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Rewrite results.csv whole (atomically) from the rows so far."""
+    rows = list(rows)
+    columns = results_columns(rows)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore",
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in RESULTS_COLUMNS})
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
     atomic_write_text(path, buf.getvalue())
 
 

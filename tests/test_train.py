@@ -62,7 +62,7 @@ def test_run_folder_has_every_file(finished):
     rows = results(run)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert list(rows[0]) == ["epoch", "time", "lr", "loss", "accuracy", "val_loss",
-                             "val_accuracy"]
+                             "val_accuracy", "val_balanced_accuracy", "val_macro_f1"]
     summary = json.loads((run / "summary.json").read_text())
     for key in ("best_epoch", "best_val_accuracy", "epochs_completed", "wall_seconds",
                 "train_images_per_second"):
@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, 
 
 def test_early_stopping_then_extension(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.TrainingLoop, "evaluate",
-                        lambda self: loop.Evaluation(1.0, 0.5, np.zeros((10, 10), int)))
+                        lambda self: loop.Evaluation(1.0, np.eye(10, dtype=int)))
     cfg = tiny_config(tmp_path, "train.epochs=6", "train.early_stopping_patience=2")
     result = trainer.train(cfg)
     assert result.summary["status"] == "stopped_early"

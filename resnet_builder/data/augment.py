@@ -1,4 +1,6 @@
-"""Training-image augmentation: zoom, pad-and-crop shift and flip, a whole batch at a time.
+"""Training-image augmentation, a whole batch at a time: the geometric ops here (random
+resized crop, zoom, pad-and-crop shift, flip), Keras' layers for RandAugment, colour
+jitter and random erasing (policies.py), MixUp / CutMix with soft labels (mixing.py).
 
 Every op is stateless and seeded from ``(seed, epoch, batch number)``, so epoch k
 yields the same images whether or not training was resumed.
@@ -6,36 +8,57 @@ yields the same images whether or not training was resumed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig
+from resnet_builder.data import mixing, policies
+
+# Streams of the batch key, one per policy (zoom, shift and flip split theirs off as before).
+CROP, RAND_AUGMENT, COLOR_JITTER, ERASING, MIXING = range(11, 16)
 
 
-def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int,
-              epoch: int) -> Callable[..., tf.Tensor] | None:
-    """(images float32 [B,H,W,C], batch number[, rows, offset]) -> augmented batch, or None.
+def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch: int,
+              num_classes: int) -> Callable[..., tuple[tf.Tensor, tf.Tensor]] | None:
+    """(images float32 [B,H,W,C], labels int32 [B], batch number[, rows, offset]) ->
+    (augmented images, labels), or None when nothing is on.
+
+    Labels come back as they came, except with mixup / cutmix: float32 [B, num_classes]
+    soft rows (all zeros for an image that could not be decoded, label -1).
 
     ``rows``/``offset``: the images are rows ``[offset, offset + B)`` of a global batch of
     ``rows`` (a shard's slice); the random numbers are drawn for all ``rows`` and sliced,
-    so a shard's images get exactly the changes they get in the whole batch.
+    so a shard's images get exactly the changes they get in the whole batch (mixing pairs
+    stay inside an even slice: ``mixing.check_pairing``).
 
     Padding is filled with the training mean colour, which is zero after the model's
     normalization, as in He et al. (they padded mean-subtracted images with zeros).
     """
-    if not (cfg.random_crop_padding or cfg.horizontal_flip or cfg.random_scale):
+    pixel_ops = image_policies(cfg, len(mean))
+    if not (pixel_ops or cfg.random_resized_crop or cfg.random_crop_padding
+            or cfg.horizontal_flip or cfg.random_scale or mixing.mixing_on(cfg)):
         return None
+    mix = mixing.mixer(cfg, num_classes) if mixing.mixing_on(cfg) else None
     fill = tf.constant(mean, tf.float32)
+    # Only ops that uncover borders need the mean subtracted (two passes over the batch,
+    # 0.8x the images/s of a flip-only 224x224 pipeline when always done).
+    pads = bool(cfg.random_resized_crop or cfg.random_scale or cfg.random_crop_padding)
     epoch_key = tf.constant([seed, epoch], tf.int64)
 
-    def apply(images: tf.Tensor, batch: tf.Tensor, rows: tf.Tensor | None = None,
-              offset: int = 0) -> tf.Tensor:
+    def apply(images: tf.Tensor, labels: tf.Tensor, batch: tf.Tensor,
+              rows: tf.Tensor | None = None, offset: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
         key = tf.random.experimental.stateless_fold_in(epoch_key, batch)
         seeds = tf.random.experimental.stateless_split(key, 3)
         count = tf.shape(images)[0]
-        draw = Draw(count if rows is None else tf.cast(rows, tf.int32), offset, count)
-        images = images - fill
+        rows = count if rows is None else tf.cast(rows, tf.int32)
+        draw = Draw(rows, offset, count)
+        if pads:
+            images = images - fill
+        if cfg.random_resized_crop:
+            images = random_resized_crop(images, stream(key, CROP), cfg.random_resized_crop,
+                                         size, draw)
         if cfg.random_scale:
             images = random_zoom(images, seeds[0], cfg.random_scale, size, draw)
         if cfg.random_crop_padding:
@@ -43,9 +66,36 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int,
         if cfg.horizontal_flip:
             flip = draw.uniform([], seeds[2]) < 0.5
             images = tf.where(flip[:, None, None, None], tf.reverse(images, [2]), images)
-        return tf.ensure_shape(images + fill, (None, size, size, len(mean)))
+        if pads:
+            images = images + fill
+        for number, policy in pixel_ops:
+            images = policy(images, stream(key, number), rows, offset)
+        if pixel_ops:
+            images = tf.clip_by_value(images, 0.0, 255.0)
+        if mix is not None:
+            images, labels = mix(images, labels, stream(key, MIXING), rows, offset)
+        return tf.ensure_shape(images, (None, size, size, len(mean))), labels
 
     return apply
+
+
+def stream(key: tf.Tensor, number: int) -> tf.Tensor:
+    """The batch key's own stream for one policy."""
+    return tf.random.experimental.stateless_fold_in(key, number)
+
+
+def image_policies(cfg: AugmentConfig, channels: int) -> list[tuple[int, Callable]]:
+    """(stream, policy) of the Keras-layer policies that are on, in the order they run."""
+    found: list[tuple[int, Callable]] = []
+    if cfg.rand_augment:
+        found.append((RAND_AUGMENT, policies.rand_augment(
+            int(cfg.rand_augment["num_ops"]), float(cfg.rand_augment["magnitude"]), channels)))
+    if cfg.color_jitter and any(cfg.color_jitter):
+        found.append((COLOR_JITTER,
+                      policies.in_sequence(policies.color_jitter_ops(cfg.color_jitter))))
+    if cfg.random_erasing:
+        found.append((ERASING, policies.random_erasing(cfg.random_erasing)))
+    return found
 
 
 class Draw:
@@ -91,3 +141,33 @@ def random_shift(images: tf.Tensor, seed: tf.Tensor, pad: int, size: int,
     cols = offsets[:, 1:] + window[None, :]
     shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(shifted, cols, axis=2, batch_dims=1)
+
+
+def random_resized_crop(images: tf.Tensor, seed: tf.Tensor, crop: dict, size: int,
+                        draw: Draw | None = None, tries: int = 10) -> tf.Tensor:
+    """The Inception / timm training crop: a box of area share in ``crop['scale']`` and
+    aspect ratio (width / height) log-uniform in ``crop['ratio']``, resized to ``size``.
+
+    Up to ``tries`` draws per image, the first that fits is taken; when none fits, the
+    largest centre box with the aspect ratio clamped into the range (timm's fallback).
+    """
+    count = tf.shape(images)[0]
+    draw = draw or Draw(count, 0, count)
+    area_seed, ratio_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    (area_low, area_high), (ratio_low, ratio_high) = crop["scale"], crop["ratio"]
+    area = draw.uniform([tries], area_seed, area_low, area_high)
+    log_ratio = draw.uniform([tries], ratio_seed, math.log(ratio_low), math.log(ratio_high))
+    width, height = tf.sqrt(area * tf.exp(log_ratio)), tf.sqrt(area / tf.exp(log_ratio))
+    fits = (width <= 1.0) & (height <= 1.0)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    width = tf.gather(width, first, batch_dims=1)
+    height = tf.gather(height, first, batch_dims=1)
+    fallback = (min(1.0, 1.0 / ratio_low), min(1.0, ratio_high))  # (height, width) of a square
+    found = tf.reduce_any(fits, axis=1)
+    height = tf.where(found, height, fallback[0])
+    width = tf.where(found, width, fallback[1])
+    place = draw.uniform([2], place_seed)
+    top = tf.where(found, place[:, 0] * (1.0 - height), (1.0 - height) / 2)
+    left = tf.where(found, place[:, 1] * (1.0 - width), (1.0 - width) / 2)
+    boxes = tf.stack([top, left, top + height, left + width], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(count), (size, size))

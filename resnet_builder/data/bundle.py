@@ -1,7 +1,8 @@
 """The ``DataBundle``: prepared splits that hand out reproducible ``tf.data`` pipelines.
 
 Epoch order is a full permutation drawn from ``(seed, epoch)`` (indices are
-shuffled, not images, so no shuffle buffer is needed); augmentation is seeded from
+shuffled, not images, so no shuffle buffer is needed), or with ``data.sampler:
+balanced`` a class-balanced draw of as many indices (``balance.py``); augmentation is seeded from
 ``(seed, epoch, batch number)``. Every random choice of the data room draws from
 ``seeded_rng`` with its own stream number, so one seed gives independent streams.
 """
@@ -16,7 +17,10 @@ import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.augment import augmenter
+from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
 from resnet_builder.data.decode import SkipLog
+from resnet_builder.data.mixing import check_pairing
+from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.stream import ImageStore, file_images
 from resnet_builder.errors import UserError
 
@@ -49,22 +53,15 @@ class Split:
     with label -1 and is recorded in ``skips``; ``store`` keeps decoded images (stream.py).
     """
 
-    labels: np.ndarray  # int32 [N]
+    labels: np.ndarray  # int32 [N]; multilabel (csv source): int32 [N, K] multi-hot rows
     ready: np.ndarray | None = None  # uint8 [N, S, S, C]
-    prepare: Callable[[int], np.ndarray] | None = None  # index -> uint8 [S, S, C]
+    raw: np.ndarray | None = None  # uint8 [N, H, W, C] not yet resized (resized per element)
     files: list[str] | None = None
     store: ImageStore | None = None
     skips: SkipLog = field(default_factory=SkipLog)
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def image(self, index: int) -> np.ndarray:
-        """One prepared uint8 image."""
-        if self.ready is not None:
-            return self.ready[index]
-        assert self.prepare is not None
-        return self.prepare(index)
 
 
 @dataclass(eq=False)
@@ -83,43 +80,94 @@ class DataBundle:
     _val: Split | None = field(default=None, repr=False)
     _augment: AugmentConfig = field(default_factory=AugmentConfig, repr=False)
     _seed: int = field(default=0, repr=False)
+    _resize: Resize | None = field(default=None, repr=False)  # load_data sets data.resize
+    _sampler: str = field(default="uniform", repr=False)  # data.sampler
+    # data.class_weight resolved for these classes: float32 [num_classes], None = unweighted
+    class_weights: np.ndarray | None = field(default=None, repr=False)
+    # model.task: multilabel batches carry float32 [B, K] multi-hot rows (-1 rows: unreadable)
+    task: str = "multiclass"
     _tensors: dict[str, tf.Tensor] = field(default_factory=dict, repr=False)
+    _lookups: dict[str, Callable] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def resizing(self) -> Resize:
+        """The resize rule images are prepared with (stored in the model as resize/crop_pct)."""
+        return self._resize or Resize(self.image_size)
+
     def train_dataset(self, epoch: int, batch_size: int, *, shard: int = 0, num_shards: int = 1,
                       first_batch: int = 0) -> tf.data.Dataset:
-        """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches.
+        """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches
+        (float32 [B, num_classes] soft labels with augment.mixup / cutmix).
 
         ``batch_size`` is the global batch. With ``num_shards`` > 1 this shard reads (and
         decodes) only rows ``[shard*b, (shard+1)*b)`` of each global batch (b = batch_size /
-        num_shards), so the shards cover every image once per epoch, and its images and
-        their augmentation equal those rows of the unsharded batch. ``first_batch=k``
-        starts at global batch k of the same epoch (a mid-epoch resume). Images are
-        augmented a whole batch at a time, seeded by (seed, epoch, global batch number).
+        num_shards), so the shards cover every place of the epoch's order (``epoch_order``)
+        once, and its images and their augmentation equal those rows of the unsharded batch.
+        ``first_batch=k`` starts at global batch k of the same epoch (a mid-epoch resume).
+        Images are augmented a whole batch at a time, seeded by (seed, epoch, global batch
+        number).
         Streamed files that cannot be decoded come out with label -1 (``take_skipped``).
         """
         if epoch < 0 or batch_size < 1:
             raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
         check_sharding(batch_size, shard, num_shards, first_batch)
         assert self._train is not None
-        order = seeded_rng(self._seed, ORDER_STREAM, epoch).permutation(self.num_train)
+        order = self.epoch_order(epoch)
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
         dataset = self._batches(self._train, "train", picks, local)
-        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch)
+        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch,
+                            self.num_classes)
         if augment is not None:
+            check_pairing(self._augment, batch_size, num_shards)
             total = self.num_train
 
             def apply(number: tf.Tensor, batch: tuple) -> tuple:
                 rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
-                return augment(batch[0], number, rows, shard * local), batch[1]
+                return augment(batch[0], batch[1], number, rows, shard * local)
 
             dataset = dataset.enumerate(start=first_batch).map(
                 apply, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.
+
+        ``data.sampler: uniform``: a permutation (each image once). ``balanced``: as many
+        places per class, images repeated or left out to fill them (``balanced_order``).
+        Either way ``num_train`` places, so epochs, shards and resume points keep their size.
+        """
+        assert self._train is not None
+        rng = seeded_rng(self._seed, ORDER_STREAM, epoch)
+        if self._sampler == "balanced":
+            return balanced_order(self._train.labels, self.num_train, rng)
+        return rng.permutation(self.num_train)
+
+    def train_counts(self) -> np.ndarray | None:
+        """Training images per class (int64 [num_classes]) as listed before decoding; None
+        when the labels are only known while streaming (packed shards)."""
+        if self._train is None:
+            return None
+        if self._train.labels.ndim == 2:  # multilabel: images carrying each label
+            return self._train.labels.sum(axis=0).astype(np.int64)
+        return class_counts(self._train.labels, self.num_classes)
+
+    def use_balance(self, sampler: str, class_weight: str | dict | None) -> None:
+        """Take ``data.sampler`` and resolve ``data.class_weight`` for these classes, so a
+        class name the data lacks is refused before any training."""
+        counts = self.train_counts()
+        if counts is None and "balanced" in (sampler, class_weight):
+            which = "data.sampler" if sampler == "balanced" else "data.class_weight"
+            raise UserError(f"{which}: balanced needs every training label up front, which "
+                            "packed tfrecord shards only give while streaming",
+                            hint="train from the class folder (data.source: folder), or give "
+                                 "data.class_weight as {class name: weight}", exit_code=2)
+        self._sampler = sampler
+        self.class_weights = class_weight_vector(class_weight, self.class_names, counts)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
@@ -153,7 +201,9 @@ class DataBundle:
             dataset = dataset.batch(batch_size).map(lookup)
         else:
             dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        return dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+        label_type = tf.float32 if split.labels.ndim == 2 else tf.int32  # multi-hot rows
+        return dataset.map(lambda images, labels: (tf.cast(images, tf.float32),
+                                                   tf.cast(labels, label_type)))
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
@@ -168,11 +218,24 @@ class DataBundle:
         shape = (0, self.image_size, self.image_size, self.channels)
         if n == 0:
             return np.zeros(shape, np.uint8)
-        if self._train.files is None:
-            return np.stack([self._train.image(int(i)) for i in picks])
+        if self._train.ready is not None:
+            return self._train.ready[picks]
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
     def _lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
+        """Graph function index(es) -> (uint8 image(s), label(s)), traced once per split.
+
+        Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
+        tf.data reuse its graph instead of tracing the decoder again (on a 20,000-file
+        folder that was 0.9 s per epoch before the first batch; measured with
+        bench/pipeline_folder.py's time to first batch).
+        """
+        if name not in self._lookups:
+            self._lookups[name] = tf.function(self._make_lookup(name, split), input_signature=[
+                tf.TensorSpec(None, tf.int64)])
+        return self._lookups[name]
+
+    def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
         """Graph function index -> (uint8 image, int32 label), from memory or decoded on demand."""
         labels = tf.constant(split.labels, tf.int32)
         shape = (self.image_size, self.image_size, self.channels)
@@ -186,18 +249,16 @@ class DataBundle:
 
             return from_memory
         if split.files is not None:
-            return file_images(split.files, split.labels, self.image_size, self.channels,
+            return file_images(split.files, split.labels, self.resizing, self.channels,
                                split.skips, split.store)
-        prepare = split.prepare
-        assert prepare is not None
-
-        def prepare_one(index: np.ndarray) -> np.ndarray:
-            return prepare(int(index))
+        raw = split.raw
+        assert raw is not None
+        how = self.resizing
 
         def on_demand(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = tf.numpy_function(prepare_one, [index], tf.uint8, stateful=False)
-            image.set_shape(shape)
-            return image, tf.gather(labels, index)
+            image = tf.numpy_function(lambda i: raw[int(i)], [index], tf.uint8, stateful=False)
+            image = fit_image(tf.ensure_shape(image, raw.shape[1:]), how)
+            return tf.ensure_shape(image, shape), tf.gather(labels, index)
 
         return on_demand
 
@@ -227,5 +288,6 @@ def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
     """The images of ``picks`` through a lookup, leaving out those that failed (label < 0)."""
     dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64))
     dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    kept = [images[labels >= 0] for images, labels in dataset.as_numpy_iterator()]
+    kept = [images[labels.reshape(len(labels), -1).min(axis=1) >= 0]  # -1 (rows): unreadable
+            for images, labels in dataset.as_numpy_iterator()]
     return np.concatenate(kept) if kept else np.zeros(shape, np.uint8)

@@ -13,8 +13,8 @@ Decoded images are kept (``data.stream.ImageStore``) in memory with ``data.cache
 when both splits fit ``CACHE_BUDGET_BYTES``, in a file with ``data.cache: disk``.
 
 Mean/std: over the whole training split when it is decoded up front (verify), else
-over a seeded sample of up to ``STATS_SAMPLE`` training images, decoded once (all of
-them when there are fewer).
+over a seeded sample of up to ``STATS_SAMPLE`` training images (all of them when there
+are fewer), decoded at most ``splits.STATS_SIZE`` pixels square, as ``pack`` does.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from resnet_builder.data.bundle import (
 )
 from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
 from resnet_builder.data.folders import scan_class_folders
+from resnet_builder.data.images import IMAGE_KINDS
+from resnet_builder.data.resizing import Resize, resize_rule
 from resnet_builder.data.sources import required_path
-from resnet_builder.data.splits import ChannelStats, apply_limit, stratified_split
+from resnet_builder.data.splits import STATS_SIZE, ChannelStats, apply_limit, stratified_split
 from resnet_builder.data.stream import ImageStore, disk_store_path, file_images
 from resnet_builder.errors import UserError
 
@@ -78,13 +80,13 @@ def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
         _every_class_readable(found.train_dir, found.class_names, found.train[1], train.labels)
         mean, std = stats.result()
         if not cache:  # stream the good files (with the disk cache if asked)
-            train = _streamed(train.files or [], train.labels, data, False, root)
-            val = _streamed(val.files or [], val.labels, data, False, root)
+            train = streamed_split(train.files or [], train.labels, data, False, root)
+            val = streamed_split(val.files or [], val.labels, data, False, root)
     else:
         _warn_skipped(skipped)
-        train = _streamed(*found.train, data, cache, root)
-        val = _streamed(*found.val, data, cache, root)
-        mean, std = _sample_stats(train, data, seed)
+        train = streamed_split(*found.train, data, cache, root)
+        val = streamed_split(*found.val, data, cache, root)
+        mean, std = sample_stats(train, data, seed)
     return DataBundle(class_names=found.class_names, num_train=len(train), num_val=len(val),
                       image_size=data.image_size, channels=data.channels, mean=mean, std=std,
                       skipped=skipped, _train=train, _val=val if len(val) else None)
@@ -112,29 +114,30 @@ def list_files(data: DataConfig, seed: int) -> _Listing:
                     ([str(p) for p in val_paths], val_labels), skipped)
 
 
-def _streamed(files: list[str], labels: np.ndarray, data: DataConfig, cache: bool,
-              root: str) -> Split:
+def streamed_split(files: list[str], labels: np.ndarray, data: DataConfig, cache: bool,
+                   root: str) -> Split:
     """A split decoded as the epochs ask; decoded images kept per ``data.cache``."""
     shape = (data.image_size, data.image_size, data.channels)
     store = None
     if data.cache == "disk" and files:
-        path = disk_store_path(root, files, data.image_size, data.channels)
+        path = disk_store_path(root, files, resize_rule(data), data.channels)
         store = ImageStore(len(files), shape, path)
     elif cache:
         store = ImageStore(len(files), shape)
     return Split(labels, files=files, store=store)
 
 
-def _sample_stats(split: Split, data: DataConfig, seed: int) -> tuple[list, list]:
+def sample_stats(split: Split, data: DataConfig, seed: int) -> tuple[list, list]:
     """Mean/std over a seeded sample of up to ``STATS_SAMPLE`` streamed training images."""
     count = len(split)
     picks = np.arange(count)
     if count > STATS_SAMPLE:
         picks = np.sort(seeded_rng(seed, STATS_STREAM).choice(count, STATS_SAMPLE, replace=False))
     assert split.files is not None
-    lookup = file_images(split.files, split.labels, data.image_size, data.channels, SkipLog(),
-                         split.store)
-    shape = (0, data.image_size, data.image_size, data.channels)
+    rule = resize_rule(data)
+    how = Resize(min(rule.size, STATS_SIZE), rule.mode, rule.crop_pct)
+    lookup = file_images(split.files, split.labels, how, data.channels, SkipLog(), None)
+    shape = (0, how.size, how.size, data.channels)
     stats = ChannelStats(data.channels)
     images = decoded_images(lookup, picks, shape)
     for start in range(0, len(images), 1024):
@@ -164,7 +167,7 @@ def _scan_classes(split_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[st
     for name, images in found.classes.items():
         if not images:
             raise UserError(f"class folder {split_dir / name} has no images",
-                            hint="add images (jpg, png, bmp, gif) or remove the folder")
+                            hint=f"add images ({IMAGE_KINDS}) or remove the folder")
     if not found.classes:
         raise UserError(f"no class folders in {split_dir}", hint=_LAYOUT_HINT)
     if len(found.classes) == 1:
@@ -207,7 +210,8 @@ def _check_files(paths: list[str], labels: np.ndarray, data: DataConfig, cache: 
     elements = tf.data.Dataset.from_tensor_slices(
         (np.arange(len(paths), dtype=np.int64), tf.constant(paths, tf.string),
          labels.astype(np.int32)))
-    decoded = decode_or_skip(elements, size, channels, skips, from_files=True).batch(256)
+    decoded = decode_or_skip(elements, resize_rule(data), channels, skips,
+                             from_files=True).batch(256)
     good = np.ones(len(paths), bool)
     kept: list[np.ndarray] = []
     for images, got in decoded.as_numpy_iterator():

@@ -9,9 +9,11 @@ import numpy as np
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.bundle import DataBundle
 from resnet_builder.data.cifar import cifar_bundle
+from resnet_builder.data.csv_source import csv_bundle
 from resnet_builder.data.digits import digits_bundle
 from resnet_builder.data.folder import folder_bundle
 from resnet_builder.data.npz import npz_bundle
+from resnet_builder.data.resizing import resize_rule
 from resnet_builder.data.synthetic import synthetic_bundle
 from resnet_builder.data.tfrecord import tfrecord_bundle
 from resnet_builder.errors import UserError
@@ -20,19 +22,31 @@ log = logging.getLogger(__name__)
 
 _SOURCES = {"digits": digits_bundle, "cifar10": cifar_bundle, "cifar100": cifar_bundle,
             "folder": folder_bundle, "npz": npz_bundle, "synthetic": synthetic_bundle,
-            "tfrecord": tfrecord_bundle}
+            "tfrecord": tfrecord_bundle, "csv": csv_bundle}
 
 
 def load_data(data: DataConfig, augment: AugmentConfig | None = None,
-              seed: int | None = 0) -> DataBundle:
-    """Read ``data.source`` into a bundle; ``seed=None`` draws a fresh seed for this run."""
+              seed: int | None = 0, task: str = "multiclass") -> DataBundle:
+    """Read ``data.source`` into a bundle; ``seed=None`` draws a fresh seed for this run.
+
+    ``task`` (model.task): how the csv source reads its labels (multilabel: multi-hot rows);
+    every other source has one label per image and refuses multilabel.
+    """
     seed = _resolve_seed(seed)
     if data.source not in _SOURCES:
         raise UserError(f"unknown data.source {data.source!r}",
                         hint=f"use one of: {', '.join(_SOURCES)}")
-    bundle = _SOURCES[data.source](data, seed)  # folder's warning stacklevel counts this frame
+    if data.source == "csv":
+        bundle = csv_bundle(data, seed, task)
+    elif task != "multiclass":
+        raise UserError(f"model.task {task} needs data.source csv, got {data.source}",
+                        hint="list the images and their labels in a CSV", exit_code=2)
+    else:  # folder's warning stacklevel counts this frame
+        bundle = _SOURCES[data.source](data, seed)
     bundle._augment = augment or AugmentConfig()
     bundle._seed = seed
+    bundle._resize = resize_rule(data)
+    bundle.use_balance(data.sampler, data.class_weight)
     log.info("data %s: %d train / %d val images, %d classes, %dx%dx%d", data.source,
              bundle.num_train, bundle.num_val, bundle.num_classes, bundle.image_size,
              bundle.image_size, bundle.channels)

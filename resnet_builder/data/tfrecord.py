@@ -184,10 +184,11 @@ class TFRecordBundle(DataBundle):
             images = images.concatenate(tf.data.Dataset.from_tensors(
                 (blank, tf.constant(SKIPPED_LABEL, tf.int32))).repeat(padding))
         batches = images.batch(local).map(_to_float)
-        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch)
+        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch,
+                            len(self.class_names))
         if augment is not None:  # this worker's rows of the global batch's random draws
             batches = batches.enumerate(start=first_batch).map(
-                lambda i, b: (augment(b[0], i, batch_size, shard * local), b[1]),
+                lambda i, b: augment(b[0], b[1], i, batch_size, shard * local),
                 num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE)
 
@@ -246,7 +247,7 @@ class TFRecordBundle(DataBundle):
     def _decoded(self, records: tf.data.Dataset) -> tf.data.Dataset:
         """(key, record) -> (uint8 image, label), failures as label -1 in the skip log."""
         parsed = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return decode_or_skip(parsed, self.image_size, self.channels, self._skips,
+        return decode_or_skip(parsed, self.resizing, self.channels, self._skips,
                               from_files=False)
 
 

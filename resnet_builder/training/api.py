@@ -25,6 +25,8 @@ from resnet_builder.errors import UserError
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import fuse_batch_norm, synchronize_batchnorm
 from resnet_builder.training.callbacks import standard_callbacks
+from resnet_builder.training.ema import EmaWeights
+from resnet_builder.training.loggers import check_loggers
 from resnet_builder.training.loop import TrainingLoop
 from resnet_builder.training.report import end_line, run_summary, start_line
 from resnet_builder.training.resume import check_overrides, resume_meta
@@ -37,6 +39,7 @@ from resnet_builder.training.setup import (
     resolve_steps_per_call,
 )
 from resnet_builder.training.state import RunState
+from resnet_builder.training.step import updates_per_epoch
 from resnet_builder.training.strategy import StrategyInfo, make_strategy
 from resnet_builder.training.workers import cluster_failure, restore, start_together
 
@@ -95,7 +98,8 @@ NEEDS_COMPILED_MODEL = {
     "BackupAndRestore": "the run folder's checkpoint.npz does this, with the optimizer state "
                         "and the data order: resume with resnet_builder.resume(run_dir) or "
                         "resnet-builder train --resume RUN",
-    "TensorBoard": "set run.tensorboard: true (epoch scalars in the run folder's tensorboard/)",
+    "TensorBoard": "keep tensorboard in run.loggers (the default; epoch scalars in the run "
+                   "folder's tensorboard/)",
     "ReduceLROnPlateau": "the learning rate follows the schedule section (warm-up, step, cosine)",
     "LearningRateScheduler": "the learning rate follows the schedule section (warm-up, step, "
                              "cosine)",
@@ -141,7 +145,7 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
         progress.say(cfg.run.progress,
                      f"note: TF_CONFIG is set but the strategy is {dist.name}; training on "
                      f"this machine only (use --strategy multi_worker to join the cluster)")
-    data = load_data(cfg.data, cfg.augment, cfg.hardware.seed)
+    data = load_data(cfg.data, cfg.augment, cfg.hardware.seed, cfg.model.task)
     if data.num_train == 0:
         raise UserError("the training split is empty", hint="check data.path / data.limit")
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
@@ -167,11 +171,13 @@ def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None
 def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
          user_callbacks: Sequence[keras.callbacks.Callback]) -> TrainResult:
     check_callbacks(user_callbacks)
+    check_loggers(cfg.run)  # a missing optional package, before any data or model
     s = _start(cfg, run_dir, meta)
     cfg, dist, paths = s.cfg, s.dist, runs.RunPaths(s.run_dir)
     steps_per_epoch = math.ceil(s.data.num_train / cfg.data.batch_size)
     lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
-    schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs, steps_per_epoch)
+    schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs,  # counts updates
+                              updates_per_epoch(steps_per_epoch, cfg.optim.accumulate_steps))
     backup = (dist.backup_dir(Path(cfg.run.project) / cfg.run.name) / "checkpoint.npz"
               if dist.name == "multi_worker" and not dist.is_chief else None)
     try:
@@ -179,6 +185,7 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
             model = make_model(cfg, s.data)
             optimizer = make_optimizer(cfg, schedule, s.precision)
             optimizer.build(model.trainable_variables)
+            ema = EmaWeights(optimizer, model.trainable_variables)  # optim.ema, else a no-op
         if cfg.distribute.sync_batchnorm and dist.replicas > 1:
             synchronize_batchnorm(model)
         elif cfg.hardware.fused_batchnorm:
@@ -196,10 +203,11 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
     own = standard_callbacks(cfg=cfg, paths=paths, state=state, optimizer=optimizer,
                              summary=summary, class_names=s.data.class_names,
                              steps_per_epoch=steps_per_epoch, is_chief=dist.is_chief,
-                             backup=backup)
+                             backup=backup, ema=ema)
     callbacks = keras.callbacks.CallbackList([*own, *user_callbacks], model=model)
     loop = TrainingLoop(cfg, dist, model, optimizer, s.data, schedule, state, callbacks, paths,
-                        steps_per_call=resolve_steps_per_call(cfg.hardware.steps_per_call))
+                        steps_per_call=resolve_steps_per_call(cfg.hardware.steps_per_call),
+                        ema=ema)
     progress.say(cfg.run.progress,
                  start_line(cfg, state, paths.root, s.data, model.count_params(), dist, lr))
     try:

@@ -5,13 +5,15 @@ The loop (``loop.py``) only trains, evaluates and records; it tells a
 loops: ``on_train_begin/end``, ``on_epoch_begin/end`` (0-based epoch index, logs
 holding every other results.csv column plus ``images_per_second``) and
 ``on_train_batch_end`` (running ``loss``/``accuracy``). Progress, early stopping,
-the run folder, TensorBoard and the plots are callbacks below, in that order;
-a user's callbacks come after them (so they see the epoch's files written) and
-may stop the run with ``self.model.stop_training = True``.
+results.csv, the run folder and the plots are callbacks, in that order, then the
+other loggers of ``run.loggers`` (``loggers.py``); a user's callbacks come after
+them (so they see the epoch's files written) and may stop the run with
+``self.model.stop_training = True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +21,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from resnet_builder import plots
 from resnet_builder.files import atomic_save, write_json
-from resnet_builder.runs import RunPaths, write_results, write_skipped_csv
+from resnet_builder.runs import RunPaths, write_skipped_csv
 from resnet_builder.training import checkpoint, progress
+from resnet_builder.training.ema import EmaWeights
+from resnet_builder.training.loggers import make_loggers
 from resnet_builder.training.state import RunState
 
 
@@ -67,30 +70,32 @@ class ProgressCallback(keras.callbacks.Callback):
 
 
 class EarlyStopping(keras.callbacks.Callback):
-    """Stop after ``patience`` epochs without a better val_accuracy.
+    """Stop after ``patience`` epochs without a better ``monitor`` value (train.monitor).
 
     The count lives in the run state (saved in the checkpoint), so a resumed run
     keeps its patience; Keras' own ``EarlyStopping`` also works in this loop but
     starts counting afresh on every resume.
     """
 
-    def __init__(self, patience: int, state: RunState, say: Callable[[str], None]) -> None:
+    def __init__(self, patience: int, state: RunState, say: Callable[[str], None],
+                 monitor: str = "val_accuracy") -> None:
         super().__init__()
-        self.patience, self.state, self.say = patience, state, say
+        self.patience, self.state, self.say, self.monitor = patience, state, say, monitor
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.patience or (logs or {}).get("val_accuracy") is None:
+        if not self.patience or (logs or {}).get(self.monitor) is None:
             return
         if self.state.stale_epochs >= self.patience:
             self.state.status = "stopped_early"
             self.model.stop_training = True
-            self.say(f"early stopping: no better val_accuracy for {self.patience} epochs "
-                     f"(best {self.state.best_val_accuracy:.4f} at epoch "
-                     f"{self.state.best_epoch})")
+            best = self.state.best_value
+            self.say(f"early stopping: no better {self.monitor} for {self.patience} epochs"
+                     + (f" (best {best:.4f} at epoch {self.state.best_epoch})"
+                        if best is not None else ""))
 
 
 class RunFolderWriter(keras.callbacks.Callback):
-    """Per epoch: results.csv, last.keras, best.keras, checkpoint.npz (last), summary.json.
+    """Per epoch: last.keras, best.keras, checkpoint.npz (last), summary.json.
 
     The checkpoint is written last: it is the commit point a resumed run restarts
     from. A worker that is not the chief writes only its own resume checkpoint
@@ -98,10 +103,10 @@ class RunFolderWriter(keras.callbacks.Callback):
     """
 
     def __init__(self, paths: RunPaths, state: RunState, optimizer, summary: Callable[[], dict],
-                 *, is_chief: bool, backup: Path | None) -> None:
+                 *, is_chief: bool, backup: Path | None, ema: EmaWeights | None = None) -> None:
         super().__init__()
         self.paths, self.state, self.optimizer, self.summary = paths, state, optimizer, summary
-        self.is_chief, self.backup = is_chief, backup
+        self.is_chief, self.backup, self.ema = is_chief, backup, ema
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """A mid-epoch checkpoint when the loop says one is due (train.checkpoint_every,
@@ -113,13 +118,13 @@ class RunFolderWriter(keras.callbacks.Callback):
         path = self.paths.checkpoint if self.is_chief else self.backup
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.save_checkpoint(path, self.model, self.optimizer, self.state.to_meta())
+            with self.ema.raw() if self.ema else contextlib.nullcontext():  # optim.ema
+                checkpoint.save_checkpoint(path, self.model, self.optimizer, self.state.to_meta())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.is_chief:
             self._save_checkpoint()
             return
-        write_results(self.paths.results, self.state.history)
         if self.state.skipped:
             write_skipped_csv(self.paths.skipped, self.state.skipped.items())
         atomic_save(self.paths.last, self.model.save)
@@ -152,34 +157,6 @@ class PlotsCallback(keras.callbacks.Callback):
                                         title=f"validation, best epoch {self.state.best_epoch}")
 
 
-class TensorBoardLogger(keras.callbacks.Callback):
-    """Epoch scalars (loss, accuracy, val_loss, val_accuracy, lr) for TensorBoard.
-
-    Keras' own ``TensorBoard`` callback reads ``model.optimizer``, which only a
-    compiled model has; our models stay uncompiled so their ``.keras`` files hold
-    no optimizer state, hence this small writer over ``tf.summary``.
-    """
-
-    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__()
-        self.folder, self.writer = folder, None
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.writer = tf.summary.create_file_writer(str(self.folder))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        with self.writer.as_default(step=epoch + 1):
-            for key in self.KEYS:
-                if (logs or {}).get(key) is not None:
-                    tf.summary.scalar(key, logs[key])
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def remove_backup(folder: Path) -> None:
     """Delete a worker's backup folder, and its parents when that leaves them empty."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -192,16 +169,18 @@ def remove_backup(folder: Path) -> None:
 
 def standard_callbacks(*, cfg: Any, paths: RunPaths, state: RunState, optimizer,
                        summary: Callable[[], dict], class_names: list[str], steps_per_epoch: int,
-                       is_chief: bool, backup: Path | None) -> list[keras.callbacks.Callback]:
-    """The callbacks every run has, in order; the chief alone draws and logs."""
+                       is_chief: bool, backup: Path | None, ema: EmaWeights | None = None
+                       ) -> list[keras.callbacks.Callback]:
+    """The callbacks every run has, in order; the chief alone draws and logs (run.loggers)."""
     say = lambda text: progress.say(cfg.run.progress, text)  # noqa: E731
+    before, after = make_loggers(cfg, paths, state) if is_chief else ([], [])
     found: list[keras.callbacks.Callback] = [
         ProgressCallback(cfg.run.progress, cfg.train.epochs, steps_per_epoch, state),
-        EarlyStopping(cfg.train.early_stopping_patience, state, say),
-        RunFolderWriter(paths, state, optimizer, summary, is_chief=is_chief, backup=backup),
+        EarlyStopping(cfg.train.early_stopping_patience, state, say, cfg.train.monitor),
+        *before,  # results.csv, before the checkpoint that commits the epoch
+        RunFolderWriter(paths, state, optimizer, summary, is_chief=is_chief, backup=backup,
+                        ema=ema),
     ]
-    if is_chief and cfg.run.tensorboard:
-        found.append(TensorBoardLogger(paths.tensorboard))
     if is_chief and cfg.run.plots:
         found.append(PlotsCallback(paths, state, class_names))
-    return found
+    return found + after

@@ -32,7 +32,10 @@ def optimizer_state(optimizer) -> list:
 
     A float16 run wraps its optimizer in a ``LossScaleOptimizer`` whose loss scale
     is not part of what was learned; leaving it out lets a run resume under
-    another precision (a GPU run on a CPU, and back).
+    another precision (a GPU run on a CPU, and back). With ``optim.ema`` they include
+    Keras' moving averages of the weights, while the model variables saved beside
+    them are the raw weights (``ema.EmaWeights.raw``), so a resumed run is exact.
+    Gradient accumulation sums never need saving: calls end on whole groups.
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return optimizer.inner_optimizer.variables

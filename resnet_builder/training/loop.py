@@ -13,6 +13,7 @@ ended (so summary.json and the plots are written).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,19 +23,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder import scores
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
-from resnet_builder.plots import confusion_matrix
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import make_moving_stats_sync
+from resnet_builder.training.ema import EmaWeights
 from resnet_builder.training.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointClock,
     Preempted,
     StopFlag,
 )
-from resnet_builder.training.step import make_eval_step, make_loss, make_train_function
+from resnet_builder.training.step import (
+    is_multilabel,
+    make_eval_step,
+    make_loss,
+    make_train_function,
+    updates_per_epoch,
+)
 from resnet_builder.training.strategy import (
     StrategyInfo,
     distribute_dataset,
@@ -54,8 +62,17 @@ class Diverged(Exception):
 @dataclass
 class Evaluation:
     loss: float
-    accuracy: float
-    confusion: np.ndarray
+    confusion: np.ndarray | None  # int64 [K, K], rows true, columns predicted (multiclass)
+    labels: scores.LabelScores | None = None  # multilabel: AP and F1 at the threshold
+
+    def logs(self) -> dict[str, float | None]:
+        """The validation columns of results.csv (definitions: ``resnet_builder.scores``)."""
+        if self.labels is not None:
+            return {"val_loss": self.loss, "val_map": self.labels.mean_ap,
+                    "val_micro_f1": self.labels.micro_f1, "val_macro_f1": self.labels.macro_f1}
+        return {"val_loss": self.loss, "val_accuracy": scores.accuracy(self.confusion),
+                "val_balanced_accuracy": scores.balanced_accuracy(self.confusion),
+                "val_macro_f1": scores.macro_f1(self.confusion)}
 
 
 class EpochTotals:
@@ -81,15 +98,25 @@ class TrainingLoop:
 
     def __init__(self, cfg: Any, dist: StrategyInfo, model, optimizer, data: DataBundle,
                  schedule, state, callbacks: keras.callbacks.CallbackList,
-                 paths: RunPaths, steps_per_call: int = 1) -> None:
+                 paths: RunPaths, steps_per_call: int = 1, ema: EmaWeights | None = None
+                 ) -> None:
         self.cfg, self.dist, self.model, self.optimizer = cfg, dist, model, optimizer
         self.data, self.schedule, self.state, self.callbacks = data, schedule, state, callbacks
-        self.paths, self.steps_per_call = paths, steps_per_call
-        self.loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing)
-        self.steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)
+        self.paths, self.steps_per_call, self.ema = paths, steps_per_call, ema
+        task = getattr(model, "task", "multiclass")
+        self.loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing,
+                                 data.class_weights, task)  # validation's stays unweighted
+        self.steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)  # batches
+        # A call trains steps_per_call updates of accumulate_steps batches each, so calls (and
+        # so reads and mid-epoch checkpoints) end on whole groups: no gradient sum to save.
+        self.batches_per_call = steps_per_call * cfg.optim.accumulate_steps
+        self.updates_per_epoch = updates_per_epoch(self.steps_per_epoch,
+                                                   cfg.optim.accumulate_steps)
         val = data.val_dataset(cfg.train.eval_batch_size or cfg.data.batch_size)
         self.val_batches = None if val is None else distribute_dataset(dist, val)
-        self.eval_step = make_eval_step(model, self.loss_fn, dist.strategy)
+        self.eval_step = make_eval_step(
+            model, make_loss(model.num_classes, cfg.optim.label_smoothing, task=task),
+            dist.strategy)
         self.clock = CheckpointClock(cfg.train.checkpoint_every)
         self.stop = StopFlag()
 
@@ -145,19 +172,27 @@ class TrainingLoop:
             self.callbacks.on_epoch_begin(epoch - 1)
             logs = self.train_epoch(epoch, train_fn)
             sync_moving_stats()  # before evaluating and saving: one model on every replica
-            evaluation = self.evaluate()
-            self.state.note_skipped(self.data.take_skipped())
-            if evaluation is not None:
-                logs["val_loss"], logs["val_accuracy"] = evaluation.loss, evaluation.accuracy
-            row = {"epoch": epoch, **{k: v for k, v in logs.items() if k != "images_per_second"}}
-            self.state.record(row, None if evaluation is None else evaluation.confusion,
-                              last=epoch == cfg.train.epochs)
-            self.callbacks.on_epoch_end(epoch - 1, logs)
+            with self.ema.in_model() if self.ema else contextlib.nullcontext():
+                self._end_epoch(epoch, logs)  # optim.ema: the EMA model is evaluated and saved
             self.clock.written(epoch * self.steps_per_epoch)
             if self.stop.requested:
                 raise Preempted(epoch, self.steps_per_epoch)
             if self.model.stop_training:
                 break
+
+    def _end_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Evaluate, record and tell the callbacks (they write the run folder)."""
+        cfg = self.cfg
+        evaluation = self.evaluate()
+        self.state.note_skipped(self.data.take_skipped())
+        if evaluation is not None:
+            logs.update(evaluation.logs())
+        elif is_multilabel(self.model):
+            logs["val_map"] = None  # no validation split: results.csv keeps multilabel columns
+        row = {"epoch": epoch, **{k: v for k, v in logs.items() if k != "images_per_second"}}
+        self.state.record(row, None if evaluation is None else evaluation.confusion,
+                          last=epoch == cfg.train.epochs, monitor=cfg.train.monitor)
+        self.callbacks.on_epoch_end(epoch - 1, logs)
 
     def train_function(self, frozen: bool):
         """A train function over the variables trainable now (the backbone may be frozen)."""
@@ -170,7 +205,9 @@ class TrainingLoop:
                                    strategy=self.dist.strategy,
                                    steps_per_call=self.steps_per_call,
                                    global_batch_size=self.cfg.data.batch_size,
-                                   jit_compile=self.cfg.hardware.xla)
+                                   jit_compile=self.cfg.hardware.xla,
+                                   accumulate_steps=self.cfg.optim.accumulate_steps,
+                                   clipnorm=self.cfg.optim.clipnorm)
 
     def train_epoch(self, epoch: int, train_fn) -> dict[str, Any]:
         """One pass over the training split (or its rest, after a mid-epoch resume) -> logs.
@@ -193,7 +230,7 @@ class TrainingLoop:
         start, last_read = time.perf_counter(), step
         while step < self.steps_per_epoch:
             totals.add(train_fn(iterator))
-            step = min(step + self.steps_per_call, self.steps_per_epoch)
+            step = min(step + self.batches_per_call, self.steps_per_epoch)
             due = self.clock.due((epoch - 1) * self.steps_per_epoch + step)
             if (step - last_read >= self.cfg.run.log_every or due or self.stop.requested
                     or step == self.steps_per_epoch):
@@ -204,7 +241,7 @@ class TrainingLoop:
         self.state.train_images += count - (resumed["count"] if resumed else 0.0)
         self.state.train_seconds += seconds
         return {"time": before + seconds,
-                "lr": self.schedule.value(epoch * self.steps_per_epoch - 1),
+                "lr": self.schedule.value(epoch * self.updates_per_epoch - 1),
                 "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
                 "images_per_second": count / max(before + seconds, 1e-9)}
 
@@ -226,17 +263,35 @@ class TrainingLoop:
             raise Preempted(epoch, step)
 
     def evaluate(self) -> Evaluation | None:
-        """Loss, accuracy and confusion matrix on the validation split (None without one)."""
+        """Loss and confusion matrix on the validation split (None without one).
+
+        Batches are added up on the device and read once; unreadable images (label -1)
+        count nowhere.
+        """
         if self.val_batches is None:
             return None
-        loss_sum, predictions, labels = 0.0, [], []
+        if is_multilabel(self.model):
+            return self._evaluate_labels()
+        k = self.model.num_classes
+        loss_sum, confusion = tf.constant(0.0, tf.float64), tf.zeros((k, k), tf.int64)
         for batch in self.val_batches:
-            b_loss, b_predicted, b_labels = self.eval_step(batch)
-            loss_sum += float(b_loss)
-            predictions.append(b_predicted.numpy())
-            labels.append(b_labels.numpy())  # gathered with the predictions: same order
-        predicted, truth = np.concatenate(predictions), np.concatenate(labels)
-        readable = truth >= 0  # label -1: an image that could not be decoded
-        predicted, truth = predicted[readable], truth[readable]
-        return Evaluation(loss_sum / max(len(truth), 1), float(np.mean(predicted == truth)),
-                          confusion_matrix(truth, predicted, self.model.num_classes))
+            batch_loss, batch_confusion = self.eval_step(batch)
+            loss_sum += tf.cast(batch_loss, tf.float64)
+            confusion += tf.cast(batch_confusion, tf.int64)
+        matrix = confusion.numpy()
+        return Evaluation(float(loss_sum) / max(int(matrix.sum()), 1), matrix)
+
+    def _evaluate_labels(self) -> Evaluation:
+        """Multilabel: every validation probability comes back (kept on the device until the
+        end), then AP, mAP and F1 at the model's threshold; rows of -1 (unreadable) drop."""
+        loss_sum, probabilities, truth = tf.constant(0.0, tf.float64), [], []
+        for batch in self.val_batches:
+            batch_loss, batch_probabilities, batch_truth = self.eval_step(batch)
+            loss_sum += tf.cast(batch_loss, tf.float64)
+            probabilities.append(batch_probabilities)
+            truth.append(batch_truth)
+        rows = np.concatenate([t.numpy() for t in truth])
+        readable = rows.min(axis=1) >= 0
+        found = np.concatenate([p.numpy() for p in probabilities])[readable]
+        labels = scores.label_scores(rows[readable], found, self.model.threshold)
+        return Evaluation(float(loss_sum) / max(int(readable.sum()), 1), None, labels)

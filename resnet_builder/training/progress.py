@@ -39,8 +39,9 @@ class EpochProgress:
                                  img_s=f"{images_per_second:.0f}", refresh=False)
 
     def close(self, row: dict[str, Any], images_per_second: float, note: str = "") -> None:
+        score = ("val_map", "val_map") if "val_map" in row else ("val_acc", "val_accuracy")
         text = (f"{self.prefix}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
-                + (f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+                + (f"  val_loss {row['val_loss']:.4f}  {score[0]} {row[score[1]]:.4f}"
                    if row.get("val_loss") is not None else "")
                 + f"  lr {row['lr']:.3g}  {images_per_second:.0f} img/s  {row['time']:.1f}s"
                 + (f"  {note}" if note else ""))

@@ -17,6 +17,8 @@ def run_summary(state: RunState, cfg: Config, dist: StrategyInfo, run_dir: Path,
     return {
         "status": state.status,
         "best_epoch": state.best_epoch,
+        "monitor": cfg.train.monitor,
+        "best_value": state.best_value,  # the monitored value at best_epoch
         "best_val_accuracy": state.best_val_accuracy,
         "epochs_completed": state.epochs_completed,
         "epochs": cfg.train.epochs,
@@ -55,8 +57,8 @@ def start_line(cfg: Config, state: RunState, run_dir: Path, data: DataBundle, pa
 
 
 def end_line(s: dict[str, Any]) -> str:
-    best = (f"best val_accuracy {s['best_val_accuracy']:.4f} at epoch {s['best_epoch']}"
-            if s["best_val_accuracy"] is not None else "no validation data")
+    best = (f"best {s['monitor']} {s['best_value']:.4f} at epoch {s['best_epoch']}"
+            if s["best_value"] is not None else "no validation data")
     return (f"{s['status']}: {s['epochs_completed']} epochs, {best}, "
             f"{s['wall_seconds']:.1f}s, {s['train_images_per_second']:.0f} train img/s "
             f"-> {s['run_dir']}")

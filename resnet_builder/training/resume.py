@@ -18,7 +18,8 @@ from resnet_builder.runs import RunPaths
 from resnet_builder.training import checkpoint, progress
 
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "run.progress", "run.plots",
-                  "run.tensorboard", "distribute.strategy", "distribute.connect_timeout",
+                  "run.tensorboard", "run.loggers", "distribute.strategy",
+                  "distribute.connect_timeout",
                   *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))
 
 

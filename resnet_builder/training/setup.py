@@ -95,15 +95,22 @@ def load_initial_weights(model: ResNetV2Classifier, source: str) -> None:
 
 
 def make_optimizer(cfg: Config, schedule, precision: str) -> keras.optimizers.Optimizer:
-    """The config's optimizer; Keras 3 applies ``weight_decay`` decoupled, to the variables."""
+    """The config's optimizer; Keras 3 applies ``weight_decay`` decoupled, to the variables.
+
+    ``optim.ema`` is Keras' own ``use_ema``: its averages are optimizer variables, so
+    the checkpoint keeps them, and it works under every strategy (checked on two
+    replicas). ``clipnorm`` and ``accumulate_steps`` are not Keras' (see step.py: its
+    clipping is per replica, its accumulation fails under MirroredStrategy).
+    """
     o = cfg.optim
+    ema = {"use_ema": o.ema is not None, "ema_momentum": 0.99 if o.ema is None else o.ema}
     if o.optimizer == "sgd":
         opt = keras.optimizers.SGD(schedule, momentum=o.momentum, nesterov=o.nesterov,
-                                   weight_decay=o.weight_decay or None)
+                                   weight_decay=o.weight_decay or None, **ema)
     elif o.optimizer == "adam":
-        opt = keras.optimizers.Adam(schedule, weight_decay=o.weight_decay or None)
+        opt = keras.optimizers.Adam(schedule, weight_decay=o.weight_decay or None, **ema)
     else:
-        opt = keras.optimizers.AdamW(schedule, weight_decay=o.weight_decay)
+        opt = keras.optimizers.AdamW(schedule, weight_decay=o.weight_decay, **ema)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     if precision == "float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)

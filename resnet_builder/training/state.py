@@ -1,28 +1,40 @@
 """What a run knows between epochs, and how it is saved so a resumed run continues it.
 
 ``RunState`` is the one record the loop updates and the callbacks read: the
-results.csv rows, the best epoch (which chooses best.keras and drives early
-stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
+results.csv rows, the best epoch by ``train.monitor`` (which chooses best.keras and
+drives early stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
 checkpoint stores. ``status`` is one of running, finished, stopped_early, stopped (by a
 callback), diverged, interrupted, preempted (SIGTERM) or worker_lost.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+LOWER_IS_BETTER = ("val_loss",)  # train.monitor values where smaller is better
+
+
+def is_better(monitor: str, value: float | None, best: float | None) -> bool:
+    """Whether ``value`` of ``monitor`` beats ``best`` (a NaN never does; anything beats None)."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if monitor in LOWER_IS_BETTER else value > best
+
 
 @dataclass
 class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)  # the results.csv rows
-    best_val_accuracy: float | None = None
+    best_value: float | None = None  # train.monitor's value at best_epoch
     best_epoch: int | None = None
     best_confusion: list[list[int]] | None = None  # validation confusion matrix at best_epoch
-    stale_epochs: int = 0  # epochs since the last better val_accuracy (early stopping)
+    stale_epochs: int = 0  # epochs since the monitored value last improved (early stopping)
     status: str = "running"
     wall_before: float = 0.0  # wall seconds of earlier sessions of this run
     train_images: float = 0.0
@@ -37,10 +49,11 @@ class RunState:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> RunState:
-        """The state a checkpoint's metadata describes (a fresh one for ``None``)."""
+        """The state a checkpoint's metadata describes (a fresh one for ``None``); a
+        checkpoint from before ``train.monitor`` monitored val_accuracy."""
         meta = meta or {}
         return cls(history=list(meta.get("history", [])),
-                   best_val_accuracy=meta.get("best_val_accuracy"),
+                   best_value=meta.get("best_value", meta.get("best_val_accuracy")),
                    best_epoch=meta.get("best_epoch"),
                    best_confusion=meta.get("best_confusion"),
                    stale_epochs=int(meta.get("stale_epochs", 0)),
@@ -52,7 +65,8 @@ class RunState:
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
-                "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "best_val_accuracy": self.best_val_accuracy,
+                "best_epoch": self.best_epoch,
                 "best_confusion": self.best_confusion, "status": self.status,
                 "wall_seconds": self.wall_seconds, "train_images": self.train_images,
                 "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs,
@@ -61,6 +75,12 @@ class RunState:
     @property
     def epochs_completed(self) -> int:
         return len(self.history)
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """val_accuracy of the best epoch (whatever ``train.monitor`` chose it by)."""
+        rows = [row for row in self.history if row["epoch"] == self.best_epoch]
+        return rows[0].get("val_accuracy") if rows else None
 
     @property
     def wall_seconds(self) -> float:
@@ -75,14 +95,15 @@ class RunState:
         self.skipped_now = [(path, why) for path, why in found if path not in self.skipped]
         self.skipped.update(self.skipped_now)
 
-    def record(self, row: dict[str, Any], confusion: np.ndarray | None, last: bool) -> None:
-        """Add a finished epoch: a new best resets the patience count, else it grows."""
+    def record(self, row: dict[str, Any], confusion: np.ndarray | None, last: bool,
+               monitor: str = "val_accuracy") -> None:
+        """Add a finished epoch: a better ``monitor`` value resets the patience count, else
+        it grows (epochs without validation data count for neither)."""
         self.improved = False
-        if row.get("val_accuracy") is not None:
-            self.improved = (self.best_val_accuracy is None
-                             or row["val_accuracy"] > self.best_val_accuracy)
+        if row.get(monitor) is not None:
+            self.improved = is_better(monitor, row[monitor], self.best_value)
             if self.improved:
-                self.best_val_accuracy, self.best_epoch = row["val_accuracy"], row["epoch"]
+                self.best_value, self.best_epoch = row[monitor], row["epoch"]
                 self.best_confusion = None if confusion is None else confusion.tolist()
                 self.stale_epochs = 0
             else:

@@ -33,7 +33,7 @@ from resnet_builder.training.strategy import (
 # Keys the workers of one multi-worker run may set differently: they change where things go
 # and what is shown on each machine, not what is computed.
 LOCAL_KEYS = ("run.project", "run.exist_ok", "run.progress", "run.plots", "run.tensorboard",
-              "hardware.threads", "distribute.connect_timeout", "data.path")
+              "run.loggers", "hardware.threads", "distribute.connect_timeout", "data.path")
 
 
 def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> UserError:

@@ -1,0 +1,177 @@
+"""RandAugment, colour jitter and random erasing: Keras' own image layers, our own seeds.
+
+Keras' preprocessing layers draw from a ``SeedGenerator`` variable whose state moves on
+with every call, so inside a parallel ``tf.data`` map their draws depend on the order the
+batches happen to run in, and a resumed run starts the state afresh. Here each layer's
+``get_random_transformation`` gets a ``StatelessSeeds`` instead: its seeds are a pure
+function of the batch's key (seed, epoch, batch number), so the layer's random choices
+are too. The transformation is drawn for all ``rows`` of the global batch and sliced to
+this shard's rows, so a shard's images change exactly as in the whole batch; the layer's
+``transform_images`` then does the work.
+
+Ranges follow timm (rand-m9-n2, ColorJitter) rather than ``keras.layers.RandAugment``
+and ``RandomColorJitter`` as built: those pass one-sided ranges to their ops (at factor
+0.9 Keras' RandAugment rotates by 0-324 degrees, only brightens, only shifts one way) and
+the jitter's saturation factor 0.4 only ever desaturates. The op set is Keras'
+RandAugment's; the ops are chosen per image, as in the paper (Keras picks them per batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+VALUE_RANGE = (0, 255)
+
+
+class StatelessSeeds(keras.random.SeedGenerator):
+    """A ``SeedGenerator`` whose n-th ``next()`` is ``fold_in(key, n)``: no variable, no state.
+
+    Keras layers accept a ``SeedGenerator`` as ``seed=``; this one makes every draw a
+    function of ``key`` and of the order of the draws inside the layer, which is fixed.
+    """
+
+    def __init__(self, key: tf.Tensor) -> None:  # no super().__init__: it makes a variable
+        self._key = key
+        self._count = 0
+
+    def next(self, ordered: bool = True) -> tf.Tensor:
+        self._count += 1
+        return tf.random.experimental.stateless_fold_in(self._key, self._count)
+
+
+def transformation(layer: keras.layers.Layer, key: tf.Tensor, shape: list, rows: tf.Tensor,
+                   offset: int, count: tf.Tensor, index: tf.Tensor | None = None) -> dict | None:
+    """``layer``'s random transformation of rows ``[offset, offset + count)`` of ``rows``.
+
+    Drawn for a stand-in batch of ``rows`` images (the layers read only its shape), then
+    every per-image tensor (rank >= 1: leading axis is the batch) is sliced, and gathered
+    at ``index`` when given; scalars and Python values (image sizes) stay.
+    """
+    layer.backend.set_backend("tensorflow")
+    stand_in = tf.zeros([rows, *shape[1:]], tf.float32)
+    drawn = layer.get_random_transformation(stand_in, training=True, seed=StatelessSeeds(key))
+
+    def mine(value):
+        if isinstance(value, tf.Tensor) and value.shape.rank:
+            value = value[offset:offset + count]
+            return value if index is None else tf.gather(value, index)
+        return value
+
+    return None if drawn is None else tf.nest.map_structure(mine, drawn)
+
+
+def apply_layer(layer: keras.layers.Layer, images: tf.Tensor, key: tf.Tensor, rows: tf.Tensor,
+                offset: int, index: tf.Tensor | None = None) -> tf.Tensor:
+    """``layer`` on a shard's images (those at ``index`` when given), its randomness drawn
+    from ``key`` for all ``rows``.
+
+    ``keras.layers.Equalization`` builds one histogram per channel over the whole batch, so
+    an image's result would depend on the others in its batch (and shard): it runs on one
+    image at a time, as PIL's and timm's equalize do.
+    """
+    count = tf.shape(images)[0]
+    chosen = images if index is None else tf.gather(images, index)
+
+    def run() -> tf.Tensor:
+        if isinstance(layer, keras.layers.Equalization):
+            return tf.map_fn(lambda image: layer.transform_images(image[None], None)[0], chosen)
+        drawn = transformation(layer, key, images.shape, rows, offset, count, index)
+        return layer.transform_images(chosen, drawn, training=True)
+
+    # Some Keras ops assert on an empty batch (reduce_min): a group no image picked is skipped.
+    return tf.cond(tf.shape(chosen)[0] > 0, run, lambda: chosen)
+
+
+def rand_augment_ops(magnitude: float, channels: int) -> list[keras.layers.Layer]:
+    """keras.layers.RandAugment's eleven ops at timm's ranges for ``magnitude`` (0-10).
+
+    f = magnitude / 10: rotate by up to +-30f degrees, shear by up to +-0.3f, translate by
+    up to +-45f % of the side, brightness +-0.45f of the range (about timm's x(1 +- 0.9f) at
+    mid-grey), contrast x(1 +- 0.9f), colour blended up to 0.9f towards grey, sharpness
+    blurred or sharpened by up to 0.9f, posterize to 8 - 4f..7 bits, solarize above a
+    threshold in [(1 - f), 1] x 255, autocontrast, equalize. On one channel the colour op
+    (a no-op on grey images) is left out.
+    """
+    f = magnitude / 10.0
+    layers = keras.layers
+    ops = [
+        layers.RandomRotation(30.0 / 360.0 * f),
+        layers.RandomShear(x_factor=0.3 * f, y_factor=0.3 * f),
+        layers.RandomTranslation(0.45 * f, 0.45 * f),
+        layers.RandomBrightness(0.45 * f, value_range=VALUE_RANGE),
+        layers.RandomContrast(0.9 * f, value_range=VALUE_RANGE),
+        layers.RandomSharpness((0.5 - 0.45 * f, 0.5 + 0.45 * f), value_range=VALUE_RANGE),
+        layers.RandomPosterization((8 - round(4 * f), 8), value_range=VALUE_RANGE),
+        layers.Solarization(threshold_factor=(1.0 - f, 1.0), value_range=VALUE_RANGE),
+        layers.AutoContrast(value_range=VALUE_RANGE),
+        layers.Equalization(value_range=VALUE_RANGE),
+    ]
+    if channels == 3:
+        ops.append(layers.RandomColorDegeneration((0.0, 0.9 * f)))
+    return ops
+
+
+def rand_augment(num_ops: int, magnitude: float, channels: int) -> Callable:
+    """``(images, key, rows, offset) -> images``: ``num_ops`` ops in a row, each chosen per
+    image (Keras' layer computes all eleven on every image and keeps one)."""
+    ops = rand_augment_ops(magnitude, channels)
+
+    def apply(images: tf.Tensor, key: tf.Tensor, rows: tf.Tensor, offset: int) -> tf.Tensor:
+        count = tf.shape(images)[0]
+        pick_key, *slot_keys = tf.unstack(tf.random.experimental.stateless_split(key, num_ops + 1))
+        picks = tf.random.stateless_uniform([rows, num_ops], pick_key, 0, len(ops), tf.int32)
+        picks = picks[offset:offset + count]
+        for slot in range(num_ops):  # each op runs only on the images that picked it
+            op_keys = tf.random.experimental.stateless_split(slot_keys[slot], len(ops))
+            groups = tf.dynamic_partition(tf.range(count), picks[:, slot], len(ops))
+            changed = [apply_layer(op, images, op_keys[number], rows, offset, groups[number])
+                       for number, op in enumerate(ops)]
+            images = tf.dynamic_stitch(groups, changed)
+        return images
+
+    return apply
+
+
+def color_jitter_ops(factors: list[float]) -> list[keras.layers.Layer]:
+    """Brightness +-b of the range, contrast and saturation x(1 +- c), hue +-h/2 of the circle.
+
+    Keras' saturation factor s maps to the multiplier s / (1 - s), so [1 - c, 1 + c]
+    (torchvision's ColorJitter) is the factor range [(1 - c)/(2 - c), (1 + c)/(2 + c)].
+    A factor of 0 leaves that op out.
+    """
+    brightness, contrast, saturation, hue = factors
+    layers = keras.layers
+    ops: list[keras.layers.Layer] = []
+    if brightness:
+        ops.append(layers.RandomBrightness(brightness, value_range=VALUE_RANGE))
+    if contrast:
+        ops.append(layers.RandomContrast(contrast, value_range=VALUE_RANGE))
+    if saturation:
+        low, high = (1 - saturation) / (2 - saturation), (1 + saturation) / (2 + saturation)
+        ops.append(layers.RandomSaturation((low, high), value_range=VALUE_RANGE))
+    if hue:
+        ops.append(layers.RandomHue(hue, value_range=VALUE_RANGE))
+    return ops
+
+
+def in_sequence(ops: list[keras.layers.Layer]) -> Callable:
+    """``(images, key, rows, offset) -> images`` with every op applied in order."""
+
+    def apply(images: tf.Tensor, key: tf.Tensor, rows: tf.Tensor, offset: int) -> tf.Tensor:
+        keys = tf.random.experimental.stateless_split(key, len(ops))
+        for number, op in enumerate(ops):
+            images = apply_layer(op, images, keys[number], rows, offset)
+        return images
+
+    return apply
+
+
+def random_erasing(probability: float) -> Callable:
+    """keras.layers.RandomErasing: with ``probability``, one box of 2-33 % of the image area
+    filled with noise. (Keras' single-float factor p would erase with a probability drawn
+    from [0, p], half of p on average; the pair (p, p) erases with probability p.)"""
+    return in_sequence([keras.layers.RandomErasing(factor=(probability, probability),
+                                                   value_range=VALUE_RANGE)])
