@@ -130,7 +130,8 @@ def model_options(command):
 
 
 def architecture_from_options(opts: dict) -> tuple:
-    """(Architecture, {num_classes, head, dropout}) from the shared model options."""
+    """(Architecture, {num_classes, head, dropout[, resize, crop_pct, task, threshold]}) from
+    the model options."""
     from resnet_builder.model.architecture import resolve_architecture
 
     request = _model_request(opts["config_path"])
@@ -149,7 +150,9 @@ def architecture_from_options(opts: dict) -> tuple:
     if request.get("input_shape") is not None and len(request["input_shape"]) != 3:
         raise click.BadParameter("expected H,W,C", param_hint="--input-shape")
     model_args = {"num_classes": request.pop("num_classes", 10),
-                  "head": request.pop("head", "gap"), "dropout": request.pop("dropout", 0.0)}
+                  "head": request.pop("head", "gap"), "dropout": request.pop("dropout", 0.0),
+                  **{k: request.pop(k) for k in ("resize", "crop_pct", "task", "threshold")
+                     if k in request}}
     return resolve_architecture(**request), model_args
 
 

@@ -13,6 +13,11 @@ import click
 from resnet_builder.errors import UserError
 from resnet_builder.runs import DEFAULT_PROJECTS, TRAIN_PROJECT
 
+TTA_HELP = ("Test-time augmentation: average the probabilities of each image and its "
+            "horizontal flip.")
+THRESHOLD_HELP = ("Multilabel models: a label counts as present from this probability on "
+                  "(default: the one stored in the model, predict.threshold at training).")
+
 
 def _run_options(default_project: str):
     """--project/--name/--exist-ok, as for train: results go to PROJECT/NAME (exp, exp2, ...)."""
@@ -37,7 +42,8 @@ def _show_skipped(skipped, shown: int = 50) -> None:
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "-m", "model_source", type=click.Path(exists=True),
-              help="A .keras file or a run folder (its best.keras). "
+              help="A .keras file, a run folder (its best.keras) or an export (model.tflite, "
+                   "model.onnx, saved_model/ with its export.json). "
                    f"Default: the newest run under {TRAIN_PROJECT}.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top classes per image in the output (capped at the number of classes).")
@@ -49,13 +55,17 @@ def _show_skipped(skipped, shown: int = 50) -> None:
               help="At most this many images on grid.png (the first ones).")
 @click.option("--cam", is_flag=True,
               help="Also write Grad-CAM heatmaps over each image to cam/ (same sub-folders).")
+@click.option("--tta", is_flag=True, help=TTA_HELP)
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help=THRESHOLD_HELP)
 @_run_options(DEFAULT_PROJECTS["predict"])
-def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, project, name,
-            exist_ok) -> None:
+def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, tta, threshold,
+            project, name, exist_ok) -> None:
     """Predict classes of images: SOURCES are image files, folders (recursive) or globs.
 
     Writes PROJECT/NAME/predictions.csv (path, label, probability, then the top-k
-    labels and probabilities) and skipped.csv (files that could not be read, with
+    labels and probabilities; a multilabel model's labels at or above the threshold
+    and their probabilities after path, as a;b) and skipped.csv (files that could not be read, with
     the reason). Unreadable files never stop the run; the exit code is non-zero
     only when nothing could be predicted.
     """
@@ -63,19 +73,26 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
 
     def said(im) -> None:
         note = "" if model_source else f" (newest run under {TRAIN_PROJECT})"
-        click.echo(f"model: {im.source}{note}, input {im.image_size}x{im.image_size}x"
+        kind = "" if im.kind == "keras" else f" ({im.kind} export)"
+        click.echo(f"model: {im.source}{kind}{note}, input {im.image_size}x{im.image_size}x"
                    f"{im.channels}, {im.num_classes} classes")
 
     report = predict_to_folder(sources, model_source, top_k=top_k, batch_size=batch_size,
-                               fmt=fmt, grid=grid, grid_max=grid_max, cam=cam, project=project,
-                               name=name, exist_ok=exist_ok, on_model=said)
+                               fmt=fmt, grid=grid, grid_max=grid_max, cam=cam, tta=tta,
+                               project=project, name=name, exist_ok=exist_ok, on_model=said,
+                               threshold=threshold)
     for p in report.shown:
+        if p.labels is not None:  # multilabel: every label at or above the threshold
+            click.echo(f"{p.path}: " + (", ".join(f"{lab} {prob:.3f}" for lab, prob in p.labels)
+                                        or "(no label)"))
+            continue
         click.echo(f"{p.path}: {p.label} {p.probability:.3f}")
     if report.predicted > len(report.shown):
         click.echo(f"... {report.predicted - len(report.shown)} more in {report.output.name}")
     _show_skipped(report.skipped)
     click.echo(f"predicted {report.predicted} image(s), skipped {len(report.skipped)}, "
-               f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}")
+               f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}"
+               f"{' (with TTA: image and its horizontal flip)' if tta else ''}")
     wrote = [report.output.name, "skipped.csv"]
     if report.grid:
         wrote.append(report.grid.name)
@@ -87,21 +104,27 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "-m", "model_source", type=click.Path(exists=True),
-              help="A .keras file or run folder (default: RUN_DIR's best.keras, else the newest "
-                   f"run under {TRAIN_PROJECT}).")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False),
-              help="A folder of class folders; classes are matched to the model's by name.")
+              help="A .keras file, run folder or export (model.tflite, model.onnx, "
+                   "saved_model/ with its export.json) (default: RUN_DIR's best.keras, else "
+                   f"the newest run under {TRAIN_PROJECT}).")
+@click.option("--data", "data_dir", type=click.Path(exists=True),
+              help="A folder of class folders, or a CSV of image paths and labels (as "
+                   "data.source csv reads); classes are matched to the model's by name.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Evaluate on this config's validation split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="k of the top-k accuracy (capped at the number of classes).")
+@click.option("--tta", is_flag=True,
+              help=TTA_HELP + " Prints the accuracy with and without it.")
 @click.option("--output", "-o", type=click.Path(file_okay=False),
               help="Write here instead of PROJECT/NAME.")
 @_run_options(DEFAULT_PROJECTS["evaluate"])
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
-def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, output, project,
-             name, exist_ok, as_json) -> None:
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help=THRESHOLD_HELP)
+def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, tta, output,
+             project, name, exist_ok, as_json, threshold) -> None:
     """Accuracy, top-k accuracy, per-class precision/recall/F1 and a confusion matrix.
 
     On RUN_DIR's validation split (its config.yaml data and best.keras), on --data
@@ -111,8 +134,9 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, ou
     from resnet_builder.inference.evaluate import evaluate_to_folder, format_metrics
 
     result = evaluate_to_folder(model_source, run=run_dir, data=data_dir, config=config_path,
-                                batch_size=batch_size, top_k=top_k, output=output,
-                                project=project, name=name, exist_ok=exist_ok)
+                                batch_size=batch_size, top_k=top_k, tta=tta, output=output,
+                                project=project, name=name, exist_ok=exist_ok,
+                                threshold=threshold)
     if as_json:
         click.echo(json.dumps(result.metrics))
         return

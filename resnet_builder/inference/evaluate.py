@@ -1,4 +1,5 @@
-"""Evaluating a classifier on labelled images: accuracy, top-k, per-class P/R/F1, confusion.
+"""Evaluating a classifier on labelled images: accuracy, balanced accuracy, macro F1, top-k,
+per-class P/R/F1, confusion.
 
 Labelled images come from one of:
 
@@ -7,7 +8,12 @@ Labelled images come from one of:
 * ``--config CONFIG.yaml``: that config's validation split;
 * ``--data FOLDER``: every image in ``FOLDER/<class>/...``. Classes are matched to
   the model's class names **by name**; a folder class the model does not know is
-  an error, a model class with no folder simply has no support.
+  an error, a model class with no folder simply has no support;
+* ``--data LABELS.csv``: the images and labels a CSV lists (``data.csv_source``'s
+  format), for either task; labels are matched to the model's classes by name.
+
+A multilabel model (``task``) is scored by mAP, per-class AP, precision, recall and F1
+at its threshold, micro and macro F1 (``metrics.LabelTally``).
 
 The metrics' definitions are in ``metrics.py``; the figure is ``plots.plot_confusion_matrix``
 (the one training draws too).
@@ -25,14 +31,21 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.data.folders import scan_class_folders
+from resnet_builder.data.images import IMAGE_KINDS
 from resnet_builder.errors import UserError
 from resnet_builder.files import write_json
 from resnet_builder.inference.decode import decoded_batches
-from resnet_builder.inference.loading import InferenceModel, load_inference_model
-from resnet_builder.inference.metrics import Tally
+from resnet_builder.inference.loading import (
+    InferenceModel,
+    load_inference_model,
+    with_threshold,
+)
+from resnet_builder.inference.metrics import LabelTally, Tally
 from resnet_builder.inference.sources import Skipped, write_skipped
 from resnet_builder.plots import plot_confusion_matrix
 from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, model_path, output_folder
+
+TTA_VIEWS = "horizontal flip"  # what --tta averages over, besides the image itself
 
 # --------------------------------------------------------------------------- sources
 
@@ -80,10 +93,10 @@ def folder_data(folder: str | os.PathLike, im: InferenceModel, batch_size: int) 
                       np.int64)
     if not files:
         raise UserError(f"the class folders in {root} hold no images",
-                        hint="add jpg, png, bmp or gif images")
+                        hint=f"add images ({IMAGE_KINDS})")
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for good, pixels, bad in decoded_batches(files, im.image_size, im.channels, batch_size):
+        for good, pixels, bad in decoded_batches(files, im.resizing, im.channels, batch_size):
             skipped.extend(Skipped(files[i].relative_to(root).as_posix(), reason)
                            for i, reason in bad)
             if len(good):
@@ -91,6 +104,26 @@ def folder_data(folder: str | os.PathLike, im: InferenceModel, batch_size: int) 
 
     return LabelledData(f"folder {root} ({len(files)} images, {len(names)} classes)",
                         batches(), skipped)
+
+
+def csv_data(path: str | os.PathLike, im: InferenceModel, batch_size: int) -> LabelledData:
+    """The images a label CSV lists, labelled as it says (model class ids, or multi-hot
+    rows in the model's class order for a multilabel model)."""
+    from resnet_builder.data.csv_source import read_label_csv
+
+    table = read_label_csv(Path(path), known=im.labels)
+    labels = table.rows if im.multilabel else table.single_labels().astype(np.int64)
+    skipped: list[Skipped] = []
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for good, pixels, bad in decoded_batches(table.paths, im.resizing, im.channels,
+                                                 batch_size):
+            skipped.extend(Skipped(table.paths[i], reason) for i, reason in bad)
+            if len(good):
+                yield pixels, labels[good]
+
+    return LabelledData(f"CSV {path} ({len(table.paths)} images, "
+                        f"{len(table.class_names)} classes)", batches(), skipped)
 
 
 def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> LabelledData:
@@ -107,7 +140,7 @@ def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> La
         raise UserError(f"{where} has hardware.seed: null, so its validation split cannot be "
                         "rebuilt (it may overlap the training images)",
                         hint="pass --data FOLDER with held-out images")
-    bundle = load_data(d, cfg.augment, seed)
+    bundle = load_data(d, cfg.augment, seed, im.task)
     dataset = bundle.val_dataset(batch_size)
     if dataset is None:
         raise UserError(f"{where} has no validation split (data.validation_split is 0)",
@@ -117,7 +150,15 @@ def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> La
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for images, labels in dataset.as_numpy_iterator():
-            yield images, mapping[labels]
+            if labels.ndim == 2:  # multilabel rows: the model's class order; -1 rows unread
+                rows = np.zeros((len(labels), im.num_classes), np.float32)
+                rows[:, mapping] = labels
+                keep = labels.min(axis=1) >= 0
+                yield images[keep], rows[keep]
+            else:  # label -1: a streamed file that could not be decoded
+                keep = labels >= 0
+                yield images[keep], mapping[labels[keep]]
+        skipped.extend(Skipped(path, reason) for path, reason in bundle.take_skipped())
 
     return LabelledData(f"validation split of {where} ({d.source}, {bundle.num_val} images)",
                         batches(), skipped)
@@ -172,48 +213,79 @@ def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike |
     return model, cfg, where
 
 
+def _tally(im: InferenceModel, labelled: LabelledData, top_k: int, tta: bool
+           ) -> tuple[Any, Any]:
+    """(the tally, the tally without TTA when ``tta``): TTA averages image and flip."""
+    def new() -> Tally | LabelTally:
+        return LabelTally(im.threshold) if im.multilabel else Tally(im.num_classes, top_k)
+
+    tally, plain = new(), (new() if tta else None)
+    for images, labels in labelled.batches:
+        if im.multilabel and labels.ndim == 1:  # a class folder: one label per image
+            labels = np.eye(im.num_classes, dtype=np.float32)[labels]
+        if plain is None:
+            tally.add(labels, im.probabilities(images))
+            continue
+        probs, flipped = im.flip_probabilities(images)
+        plain.add(labels, probs)
+        tally.add(labels, (probs + flipped) / 2)
+    return tally, plain
+
+
 def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
              data: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-             batch_size: int = 64, top_k: int = 5) -> Evaluation:
-    """Metrics of a model on a run's validation split, a config's, or a class folder."""
+             batch_size: int = 64, top_k: int = 5, tta: bool = False,
+             threshold: float | None = None) -> Evaluation:
+    """Metrics of a model on a run's validation split, a config's, a class folder or a CSV.
+
+    ``model`` may be an export (model.tflite, model.onnx, a saved_model folder). With
+    ``tta`` the metrics are of the mean over each image and its horizontal flip, and
+    ``metrics["without_tta"]`` holds the overall numbers without it. ``threshold``: a
+    multilabel model's F1 threshold (default: the model's own).
+    """
     source, cfg, where = resolve(run, model, data, config)
-    im = load_inference_model(source)
+    im = with_threshold(load_inference_model(source), threshold)
     start = time.perf_counter()
-    if data is not None:
+    if data is not None and Path(data).is_file():
+        labelled = csv_data(data, im, batch_size)
+    elif data is not None:
         labelled = folder_data(data, im, batch_size)
     else:
         labelled = config_data(cfg, im, batch_size, where)
-    tally = Tally(im.num_classes, top_k)
-    for images, labels in labelled.batches:
-        tally.add(labels, im.probabilities(images))
+    tally, plain = _tally(im, labelled, top_k, tta)
     seconds = time.perf_counter() - start
     if tally.count == 0:
         raise UserError(f"no image could be evaluated in {labelled.description} "
                         f"({len(labelled.skipped)} skipped)")
     metrics = {"model": im.source, "data": labelled.description, **tally.metrics(im.labels),
+               "tta": TTA_VIEWS if tta else None,
                "skipped": len(labelled.skipped), "seconds": round(seconds, 3),
                "images_per_second": round(tally.count / seconds, 1) if seconds else None}
+    if plain is not None:
+        metrics["without_tta"] = {key: value for key, value in plain.metrics(im.labels).items()
+                                  if value is None or isinstance(value, (int, float))}
     return Evaluation(metrics, im.source, labelled.description, labelled.skipped, seconds)
 
 
 def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = None,
                        data: str | os.PathLike | None = None,
                        config: str | os.PathLike | None = None, batch_size: int = 64,
-                       top_k: int = 5, output: str | os.PathLike | None = None,
+                       top_k: int = 5, tta: bool = False,
+                       output: str | os.PathLike | None = None,
                        project: str | os.PathLike = DEFAULT_PROJECTS["evaluate"],
-                       name: str = "exp", exist_ok: bool = False) -> Evaluation:
-    """``evaluate`` and write metrics.json, confusion_matrix.png (and skipped.csv)."""
+                       name: str = "exp", exist_ok: bool = False,
+                       threshold: float | None = None) -> Evaluation:
+    """``evaluate`` and write metrics.json, confusion_matrix.png (multiclass; and
+    skipped.csv)."""
     result = evaluate(model, run=run, data=data, config=config, batch_size=batch_size,
-                      top_k=top_k)
+                      top_k=top_k, tta=tta, threshold=threshold)
     folder = output_folder(output, project, name, exist_ok)
     metrics = result.metrics
     write_json(folder / "metrics.json", metrics)
-    title = "confusion matrix"
-    if metrics["accuracy"] is not None:
-        title += f" (accuracy {metrics['accuracy']:.4f}, {metrics['images']} images)"
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["class_names"],
-                          folder / "confusion_matrix.png", title=title)
-    result.files = ["metrics.json", "confusion_matrix.png"]
+    result.files = ["metrics.json"]
+    if "confusion_matrix" in metrics:
+        _draw_confusion(metrics, folder)
+        result.files.append("confusion_matrix.png")
     if result.skipped:
         write_skipped(folder / "skipped.csv", result.skipped)
         result.files.append("skipped.csv")
@@ -221,19 +293,35 @@ def evaluate_to_folder(model: Any = None, *, run: str | os.PathLike | None = Non
     return result
 
 
+def _draw_confusion(metrics: dict[str, Any], folder: Path) -> None:
+    title = "confusion matrix" + (" with TTA" if metrics["tta"] else "")
+    if metrics["accuracy"] is not None:
+        title += f" (accuracy {metrics['accuracy']:.4f}, {metrics['images']} images)"
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["class_names"],
+                          folder / "confusion_matrix.png", title=title)
+
+
 # --------------------------------------------------------------------------- terminal
 
 
 def format_metrics(m: dict[str, Any], max_rows: int = 30) -> str:
     """The compact terminal table: totals, then one row per class (the worst when many)."""
+    if m.get("task") == "multilabel":
+        return format_label_metrics(m, max_rows)
     k = m["top_k"]
 
     def f(v: float | None) -> str:
         return "    -" if v is None else f"{v:.3f}"
 
-    lines = [f"accuracy {m['accuracy']:.4f}   top-{k} {m[f'top{k}_accuracy']:.4f}   "
-             f"macro P {f(m['macro_precision'])}  R {f(m['macro_recall'])}  "
-             f"F1 {f(m['macro_f1'])}   ({m['images']} images, {m['skipped']} skipped)"]
+    lines = [f"accuracy {m['accuracy']:.4f}   balanced accuracy {f(m['balanced_accuracy'])}   "
+             f"macro F1 {f(m['macro_f1'])}   top-{k} {m[f'top{k}_accuracy']:.4f}   "
+             f"macro P {f(m['macro_precision'])}   ({m['images']} images, "
+             f"{m['skipped']} skipped)"]
+    if m.get("tta"):
+        plain = m["without_tta"]
+        lines.append(f"with TTA ({m['tta']}): accuracy {m['accuracy']:.4f}, top-{k} "
+                     f"{m[f'top{k}_accuracy']:.4f}; without TTA: accuracy "
+                     f"{plain['accuracy']:.4f}, top-{k} {plain[f'top{k}_accuracy']:.4f}")
     rows = list(m["per_class"].items())
     width = max([5, *(len(n) for n, _ in rows[:200])])
     width = min(width, 24)
@@ -249,4 +337,29 @@ def format_metrics(m: dict[str, Any], max_rows: int = 30) -> str:
                      f"{f(c['f1']):>7} {c['support']:>7}")
     if note:
         lines.append(note)
+    return "\n".join(lines)
+
+
+def format_label_metrics(m: dict[str, Any], max_rows: int = 30) -> str:
+    """A multilabel model's table: mAP and F1 at the threshold, then AP/P/R/F1 per class."""
+    def f(v: float | None) -> str:
+        return "    -" if v is None else f"{v:.3f}"
+
+    lines = [f"mAP {f(m['map'])}   micro F1 {f(m['micro_f1'])}   macro F1 {f(m['macro_f1'])}"
+             f"   at threshold {m['threshold']:g}   ({m['images']} images, {m['skipped']} "
+             "skipped)"]
+    if m.get("tta"):
+        plain = m["without_tta"]
+        lines.append(f"with TTA ({m['tta']}): mAP {f(m['map'])}; without TTA: mAP "
+                     f"{f(plain['map'])}, micro F1 {f(plain['micro_f1'])}")
+    rows = list(m["per_class"].items())
+    if len(rows) > max_rows:
+        rows = sorted((r for r in rows if r[1]["ap"] is not None), key=lambda r: r[1]["ap"])
+        rows = rows[:max_rows]
+    width = min(max([5, *(len(n) for n, _ in rows)]), 24)
+    lines.append(f"{'class':<{width}} {'AP':>7} {'precision':>9} {'recall':>7} {'f1':>7} "
+                 f"{'support':>7}")
+    for name, c in rows:
+        lines.append(f"{name[:width]:<{width}} {f(c['ap']):>7} {f(c['precision']):>9} "
+                     f"{f(c['recall']):>7} {f(c['f1']):>7} {c['support']:>7}")
     return "\n".join(lines)

@@ -47,6 +47,7 @@ from resnet_builder.inference.decode import decoded_batches
 from resnet_builder.inference.export_formats import (
     FILES,
     FORMATS,
+    ONNX_HINT,
     disk_size,
     run_export,
     write_export,
@@ -55,7 +56,6 @@ from resnet_builder.inference.loading import InferenceModel, load_inference_mode
 from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, output_folder
 
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "tflite-int8": 0.95, "onnx": 0.99}
-ONNX_HINT = "pip install 'resnet-builder[onnx]' (tf2onnx, onnx and onnxruntime)"
 
 
 # ------------------------------------------------------------------------- formats
@@ -125,7 +125,7 @@ def folder_images(folder: str | os.PathLike, im: InferenceModel, n: int
     if len(files) > n:
         files = [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
     images, skipped = [], []
-    for _good, pixels, bad in decoded_batches(files, im.image_size, im.channels, 64):
+    for _good, pixels, bad in decoded_batches(files, im.resizing, im.channels, 64):
         images.append(pixels)
         skipped += [(str(files[i]), reason) for i, reason in bad]
     images = np.concatenate(images) if images else np.zeros((0,), np.uint8)
@@ -174,7 +174,7 @@ def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
         raise UserError(f"{config} prepares {d.image_size}x{d.image_size}x{d.channels} "
                         f"images, the model takes {im.image_size}x{im.image_size}x{im.channels}")
     seed = 0 if cfg.hardware.seed is None else cfg.hardware.seed
-    bundle = load_data(d, None, seed)
+    bundle = load_data(d, None, seed, im.task)
     calibration = bundle.sample_images(n)
     what = f"{len(calibration)} training images of {config} ({d.source})"
     check, check_what = calibration, what
@@ -235,6 +235,7 @@ def export(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
         model = latest_run()
     config = _run_config(model)
     im = load_inference_model(model)
+    im.keras_model("export")  # an export cannot be exported again
     data = sample_images(im, config=config, calibration=None if calibration is None
                          else str(calibration), n=samples,
                          need_calibration="tflite-int8" in wanted)
@@ -288,6 +289,10 @@ def _summary(im: InferenceModel, data: Samples, results: dict[str, dict[str, Any
         "model": im.source,
         "image_shape": [im.image_size, im.image_size, im.channels],
         "class_names": im.labels,
+        "resize": im.resize,  # how predict turns a file into the input (data.resizing)
+        "crop_pct": im.crop_pct,
+        "task": im.task,  # multilabel: sigmoid outputs, a label per probability >= threshold
+        "threshold": im.threshold,
         "input_values": "raw pixels 0..255 (normalisation is inside every export)",
         "check_images": data.check_source,
         "calibration_images": data.calibration_source or None,

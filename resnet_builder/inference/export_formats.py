@@ -2,8 +2,9 @@
 
 Every export takes **raw pixels** (0..255, the model's channels): the model's own
 normalisation layer is part of the exported graph. ``write_export`` writes one
-format and ``run_export`` runs it on images, for ``export.py`` to compare with
-the Keras model. The converters' log lines are hidden unless
+format; ``open_export`` loads one as a function of raw images, which ``run_export``
+(for ``export.py`` to compare with the Keras model) and ``exported.py`` (``predict`` and
+``evaluate`` with an exported model) use. The converters' log lines are hidden unless
 ``RESNET_BUILDER_DEBUG`` is set.
 """
 
@@ -19,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_write_bytes
 from resnet_builder.inference.loading import InferenceModel
 
 FORMATS = ("savedmodel", "tflite", "tflite-int8", "onnx")
 FILES = {"savedmodel": "saved_model", "tflite": "model.tflite",
          "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
+ONNX_HINT = "pip install 'resnet-builder[onnx]' (tf2onnx, onnx and onnxruntime)"
 
 
 @contextlib.contextmanager
@@ -49,18 +52,28 @@ def _quiet() -> Iterator[None]:
 
 
 def _serving_function(im: InferenceModel) -> Callable:
-    """Raw images of any size (and dtype) -> probabilities, class index and label."""
+    """Raw images of any size (and dtype) -> probabilities, class index and label.
+
+    Images of another size are resized by the model's own rule (``data.resizing``: stretch,
+    crop or pad), as training and ``predict`` prepare them.
+    """
     import tensorflow as tf
 
-    size, channels, model = im.image_size, im.channels, im.model
+    from resnet_builder.data.resizing import fit_image
+
+    size, channels, model, how = im.image_size, im.channels, im.model, im.resizing
     labels = tf.constant(im.labels)
+    fitted = tf.TensorSpec([size, size, channels], tf.uint8)
+
+    def fit(image: tf.Tensor) -> tf.Tensor:
+        return fit_image(tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), how)
 
     def serve(images):
         x = tf.cast(images, tf.float32)
         shape = tf.shape(x)
         same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
-        x = tf.cond(same, lambda: x, lambda: tf.clip_by_value(
-            tf.image.resize(x, (size, size), method="bilinear", antialias=True), 0.0, 255.0))
+        x = tf.cond(same, lambda: x, lambda: tf.cast(
+            tf.map_fn(fit, x, fn_output_signature=fitted), tf.float32))
         x = tf.ensure_shape(x, [None, size, size, channels])
         probs = tf.cast(model(x, training=False), tf.float32)
         index = tf.argmax(probs, axis=-1, output_type=tf.int32)
@@ -90,15 +103,22 @@ def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
             "outputs": ["probabilities", "class_index", "label"]}
 
 
-def run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities from the SavedModel's serving_default signature."""
-    import tensorflow as tf
+class SavedModelRunner:
+    """Probabilities from a SavedModel's serving_default signature (loaded once)."""
 
-    loaded = tf.saved_model.load(str(path))
-    serve = loaded.signatures["serving_default"]
-    out = [serve(images=tf.constant(images[i:i + 64], tf.float32))["probabilities"].numpy()
-           for i in range(0, len(images), 64)]
-    return np.concatenate(out)
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf
+
+        with _quiet():
+            self._loaded = tf.saved_model.load(str(path))  # keeps the signature's variables
+        self._serve = self._loaded.signatures["serving_default"]
+
+    def __call__(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        import tensorflow as tf
+
+        out = [self._serve(images=tf.constant(images[i:i + batch], tf.float32))
+               ["probabilities"].numpy() for i in range(0, len(images), batch)]
+        return np.concatenate(out).astype(np.float32)
 
 
 def _fixed_size_savedmodel(im: InferenceModel, path: Path) -> None:
@@ -157,18 +177,34 @@ def tflite_io(content: bytes) -> dict[str, Any]:
             "output": describe(interp.get_output_details()[0])}
 
 
-def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
-    interp = _interpreter(content)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    results = []
-    allocated = None
-    for start in range(0, len(images), batch):
-        x = images[start:start + batch].astype(np.float32)
-        if allocated != len(x):
+class TFLiteRunner:
+    """Probabilities (float32) from a TFLite model for raw images, quantising if needed.
+
+    One interpreter, resized only when the batch size changes.
+    """
+
+    def __init__(self, content: bytes) -> None:
+        self._interp = _interpreter(content)
+        self._inp = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._allocated: int | None = None
+
+    @property
+    def input_shape(self) -> list[int]:
+        """[B, H, W, C] as the model declares it (B is -1 when resizable)."""
+        return [int(v) for v in self._inp["shape_signature"]]
+
+    def __call__(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        return np.concatenate([self._run(images[i:i + batch])
+                               for i in range(0, len(images), batch)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        interp, inp, out = self._interp, self._inp, self._out
+        x = x.astype(np.float32)
+        if self._allocated != len(x):
             interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
             interp.allocate_tensors()
-            allocated = len(x)
+            self._allocated = len(x)
         if inp["dtype"] != np.float32:
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
@@ -180,8 +216,12 @@ def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarra
         if out["dtype"] != np.float32:
             scale, zero = out["quantization"]
             y = (y.astype(np.float32) - zero) * scale
-        results.append(np.asarray(y, np.float32))
-    return np.concatenate(results)
+        return np.asarray(y, np.float32)
+
+
+def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
+    return TFLiteRunner(content)(images, batch)
 
 
 def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
@@ -194,15 +234,29 @@ def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
                       "values": "raw pixels 0..255"}}
 
 
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities from onnxruntime on the CPU."""
-    import onnxruntime
+class OnnxRunner:
+    """Probabilities from onnxruntime on the CPU (one session)."""
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: images[i:i + 64].astype(np.float32)})[0]
-           for i in range(0, len(images), 64)]
-    return np.concatenate(out).astype(np.float32)
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError(f"running {path} needs onnxruntime, which is not installed",
+                            hint=ONNX_HINT) from None
+        self._session = onnxruntime.InferenceSession(str(path),
+                                                     providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0]
+
+    @property
+    def input_shape(self) -> list[int | None]:
+        """[B, H, W, C] as the model declares it (None where open)."""
+        return [v if isinstance(v, int) else None for v in self._input.shape]
+
+    def __call__(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        out = [self._session.run(None, {self._input.name: images[i:i + batch]
+                                        .astype(np.float32)})[0]
+               for i in range(0, len(images), batch)]
+        return np.concatenate(out).astype(np.float32)
 
 
 def write_export(fmt: str, im: InferenceModel, target: Path, calibration: np.ndarray | None,
@@ -226,11 +280,16 @@ def write_export(fmt: str, im: InferenceModel, target: Path, calibration: np.nda
 
 def run_export(fmt: str, target: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities (float32 [N, K]) of the export written at ``target`` for raw images."""
+    return open_export(fmt, target)(images)
+
+
+def open_export(fmt: str, target: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function raw images (float32 [N, H, W, C]) -> probabilities, for the export at target."""
     if fmt == "savedmodel":
-        return run_savedmodel(target, images)
+        return SavedModelRunner(target)
     if fmt == "onnx":
-        return run_onnx(target, images)
-    return run_tflite(target.read_bytes(), images)
+        return OnnxRunner(target)
+    return TFLiteRunner(target.read_bytes())
 
 
 def disk_size(path: Path) -> int:

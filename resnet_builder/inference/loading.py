@@ -2,20 +2,26 @@
 
 A model object, a ``.keras`` file or a run folder (its best, else last, model)
 becomes an ``InferenceModel``: the Keras model plus the facts every use needs,
-read from the model itself (input size, channels, class names). The model's
-normalisation is a layer inside it, so it is always fed raw 0..255 pixels.
+read from the model itself (input size, channels, class names). An export
+(``model.tflite``, ``model.onnx``, a SavedModel folder) becomes one too, without a
+Keras model (``exported.py``). The model's normalisation is a layer inside it, so it
+is always fed raw 0..255 pixels.
+
+Test-time augmentation (``tta``) averages the softmax over each image and its
+horizontal mirror image, both run in one batch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnet_builder.data.resizing import Resize
 from resnet_builder.errors import UserError
 from resnet_builder.inference.gradcam import gradcam_function
 from resnet_builder.runs import TRAIN_PROJECT, latest_run, model_path
@@ -23,18 +29,36 @@ from resnet_builder.runs import TRAIN_PROJECT, latest_run, model_path
 
 @dataclass(eq=False)
 class InferenceModel:
-    """A loaded classifier plus the facts prediction needs (size, channels, labels)."""
+    """A loaded classifier plus the facts prediction needs (size, channels, labels).
 
-    model: Any  # keras.Model
+    An exported model has no Keras ``model``; its ``runner`` computes the probabilities.
+    """
+
+    model: Any  # keras.Model; None for an export
     source: str  # where it came from, for messages and outputs
     image_size: int
     channels: int
     labels: list[str]
+    runner: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    kind: str = "keras"  # or the export's format: savedmodel, tflite, tflite-int8, onnx
+    resize: str = "stretch"  # the model's resize rule (data.resizing): stretch, crop or pad
+    crop_pct: float = 0.875
+    task: str = "multiclass"  # multilabel: a sigmoid per class, labels at >= threshold
+    threshold: float = 0.5
     _functions: dict[str, Callable] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    @property
+    def resizing(self) -> Resize:
+        """How files become inputs: the rule the model was trained with."""
+        return Resize(self.image_size, self.resize, self.crop_pct)
 
     def input_spec(self) -> Any:
         """tf.TensorSpec of a batch of raw images: float32 [None, S, S, C]."""
@@ -43,8 +67,33 @@ class InferenceModel:
         return tf.TensorSpec([None, self.image_size, self.image_size, self.channels],
                              tf.float32, name="images")
 
-    def probabilities(self, images: Any) -> np.ndarray:
-        """float32 [B, K] for a batch of raw 0..255 images [B, S, S, C]."""
+    def keras_model(self, purpose: str) -> Any:
+        """The Keras model; an export has none, so ``purpose`` gets a UserError."""
+        if self.model is None:
+            raise UserError(f"{purpose} needs the Keras model, and {self.source} is a "
+                            f"{self.kind} export",
+                            hint="pass the .keras file or run folder the export was made from")
+        return self.model
+
+    def probabilities(self, images: Any, *, tta: bool = False) -> np.ndarray:
+        """float32 [B, K] for a batch of raw 0..255 images [B, S, S, C].
+
+        ``tta``: the mean of the image's and its horizontal flip's probabilities.
+        """
+        if tta:
+            plain, flipped = self.flip_probabilities(images)
+            return (plain + flipped) / 2
+        return self._probabilities(images)
+
+    def flip_probabilities(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities of the images, of their horizontal flips), from one batch of 2B."""
+        batch = np.asarray(images)
+        both = self._probabilities(np.concatenate([batch, batch[:, :, ::-1]]))
+        return both[:len(batch)], both[len(batch):]
+
+    def _probabilities(self, images: Any) -> np.ndarray:
+        if self.runner is not None:
+            return np.asarray(self.runner(np.asarray(images, np.float32)), np.float32)
         if "probs" not in self._functions:
             import tensorflow as tf
 
@@ -56,9 +105,19 @@ class InferenceModel:
     def gradcam(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [B, K], heatmaps [B, h, w] in 0..1) for the top class of each image."""
         if "cam" not in self._functions:
-            self._functions["cam"] = gradcam_function(self.model, self.input_spec())
+            model = self.keras_model("Grad-CAM (--cam)")
+            self._functions["cam"] = gradcam_function(model, self.input_spec())
         probs, heat = self._functions["cam"](_as_float(images))
         return np.asarray(probs, np.float32), np.asarray(heat, np.float32)
+
+
+def with_threshold(im: InferenceModel, threshold: float | None) -> InferenceModel:
+    """``im`` with another multilabel threshold (``--threshold``); None keeps the model's."""
+    if threshold is None:
+        return im
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"threshold must be in [0, 1], got {threshold}", exit_code=2)
+    return replace(im, threshold=float(threshold))
 
 
 def _as_float(images: Any) -> Any:
@@ -69,7 +128,10 @@ def _as_float(images: Any) -> Any:
 
 def load_inference_model(model: Any = None, *, project: str | os.PathLike = TRAIN_PROJECT
                          ) -> InferenceModel:
-    """A model object, a ``.keras`` file or a run folder; None = the newest run's best model."""
+    """A model object, a ``.keras`` file, a run folder or an export (``exported.py``).
+
+    None = the newest run's best model.
+    """
     if isinstance(model, InferenceModel):
         return model
     from resnet_builder.runtime import import_tensorflow_quietly
@@ -82,6 +144,11 @@ def load_inference_model(model: Any = None, *, project: str | os.PathLike = TRAI
 
     if isinstance(model, keras.Model):
         return _describe(model, f"<{type(model).__name__} {model.name}>")
+    if model is not None:
+        from resnet_builder.inference.exported import export_kind, load_exported
+
+        if export_kind(Path(model)):
+            return load_exported(Path(model))
     path = model_path(latest_run(project) if model is None else model)
     return _describe(_load_keras_file(path), str(path))
 
@@ -91,7 +158,8 @@ def _load_keras_file(path: Path) -> Any:
 
     if path.suffix != ".keras":
         raise UserError(f"model {path} is not a .keras file",
-                        hint="pass a .keras model file or a run folder (runs/train/exp)")
+                        hint="pass a .keras model file, a run folder (runs/train/exp) or an "
+                             "export (model.tflite, model.onnx, a saved_model folder)")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # a corrupt zip, a foreign model, missing classes...
@@ -109,4 +177,8 @@ def _describe(model: Any, source: str) -> InferenceModel:
     outputs = model.output_shape[-1]
     labels = model.labels() if hasattr(model, "labels") else [str(i) for i in range(outputs)]
     return InferenceModel(model=model, source=source, image_size=int(shape[0]),
-                          channels=int(shape[2]), labels=list(labels))
+                          channels=int(shape[2]), labels=list(labels),
+                          resize=getattr(model, "resize", "stretch"),
+                          crop_pct=float(getattr(model, "crop_pct", 0.875)),
+                          task=getattr(model, "task", "multiclass"),
+                          threshold=float(getattr(model, "threshold", 0.5)))

@@ -1,11 +1,12 @@
-"""Classification metrics, tallied batch by batch: the definitions evaluate reports.
+"""Classification metrics, tallied batch by batch: what evaluate reports.
 
-Rows of the confusion matrix are true classes, columns predicted ones;
+The scores' definitions are ``resnet_builder.scores`` (training's results.csv uses the
+same): rows of the confusion matrix are true classes, columns predicted ones;
 precision = tp / predicted (0 when a class with support was never predicted),
 recall = tp / support, F1 their harmonic mean (0 when both are 0). Metrics
-undefined for a class without support are null, and the macro averages are over
-the classes with support. Ties in the probabilities go to the lower class index,
-as ``numpy.argmax``.
+undefined for a class without support are null, and the macro averages (balanced
+accuracy = macro recall, macro F1) are over the classes with support. Ties in the
+probabilities go to the lower class index, as ``numpy.argmax``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.plots import confusion_matrix
+from resnet_builder.scores import (
+    ClassScores,
+    balanced_accuracy,
+    class_scores,
+    label_scores,
+    macro_f1,
+)
 
 
 class Tally:
@@ -39,40 +47,69 @@ class Tally:
     def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
         """What metrics.json holds (less where the model and data came from)."""
         cm = self.confusion
-        support = cm.sum(axis=1)
-        per_class = {name: _class_metrics(cm, c) for c, name in enumerate(class_names)}
-        present = [per_class[n] for c, n in enumerate(class_names) if support[c] > 0]
+        scores = class_scores(cm)
+        per_class = {name: _class_metrics(scores, c) for c, name in enumerate(class_names)}
+        present = scores.support > 0
+        precision = float(scores.precision[present].mean()) if present.any() else None
         total = self.count
-
-        def macro(key: str) -> float | None:
-            return _num(float(np.mean([p[key] for p in present]))) if present else None
-
         return {
             "images": total,
             "accuracy": _num(np.trace(cm) / total) if total else None,
             "top_k": self.top_k,
             f"top{self.top_k}_accuracy": _num(self.top_k_hits / total) if total else None,
-            "macro_precision": macro("precision"),
-            "macro_recall": macro("recall"),
-            "macro_f1": macro("f1"),
+            "balanced_accuracy": _num(balanced_accuracy(cm)),
+            "macro_precision": _num(precision),
+            "macro_recall": _num(balanced_accuracy(cm)),
+            "macro_f1": _num(macro_f1(cm)),
             "class_names": list(class_names),
             "per_class": per_class,
             "confusion_matrix": cm.tolist(),
         }
 
 
-def _class_metrics(cm: np.ndarray, c: int) -> dict[str, Any]:
-    """Precision, recall, F1, support and times predicted of class ``c``."""
-    tp, support, predicted = cm[c, c], cm[c].sum(), cm[:, c].sum()
-    has = support > 0
-    precision = None if not (has or predicted) else (tp / predicted if predicted else 0.0)
-    recall = tp / support if has else None
-    f1 = None
-    if has:
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": _num(precision), "recall": _num(recall), "f1": _num(f1),
-            "support": int(support), "predicted": int(predicted)}
+def _class_metrics(scores: ClassScores, c: int) -> dict[str, Any]:
+    """Precision, recall, F1 (null where undefined), support and times predicted of ``c``."""
+    return {"precision": _num(scores.precision[c]), "recall": _num(scores.recall[c]),
+            "f1": _num(scores.f1[c]), "support": int(scores.support[c]),
+            "predicted": int(scores.predicted[c])}
 
 
 def _num(value: Any) -> float | None:
-    return None if value is None else round(float(value), 6)
+    return None if value is None or np.isnan(value) else round(float(value), 6)
+
+
+class LabelTally:
+    """Multilabel: every probability and 0/1 truth row kept (AP needs them all), scored at
+    ``threshold`` (``scores.label_scores``: AP as scikit-learn's, macro over the classes
+    with positives)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.truth: list[np.ndarray] = []
+        self.probabilities: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return sum(len(t) for t in self.truth)
+
+    def add(self, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        self.truth.append(np.asarray(labels, np.float64))
+        self.probabilities.append(np.asarray(probabilities, np.float64))
+
+    def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """What metrics.json holds for a multilabel model."""
+        k = len(class_names)
+        truth = np.concatenate(self.truth) if self.truth else np.zeros((0, k))
+        probabilities = np.concatenate(self.probabilities) if self.truth else np.zeros((0, k))
+        s = label_scores(truth, probabilities, self.threshold)
+        exact = (probabilities >= self.threshold) == (truth > 0)
+        per_class = {name: {"ap": _num(s.ap[c]), "precision": _num(s.precision[c]),
+                            "recall": _num(s.recall[c]), "f1": _num(s.f1[c]),
+                            "support": int(s.support[c]), "predicted": int(s.predicted[c])}
+                     for c, name in enumerate(class_names)}
+        return {"images": self.count, "task": "multilabel", "threshold": self.threshold,
+                "map": _num(s.mean_ap), "micro_f1": _num(s.micro_f1),
+                "macro_f1": _num(s.macro_f1),
+                "label_accuracy": _num(exact.mean()) if exact.size else None,
+                "exact_match": _num(exact.all(axis=1).mean()) if exact.size else None,
+                "class_names": list(class_names), "per_class": per_class}

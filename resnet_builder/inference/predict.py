@@ -21,12 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from resnet_builder.data.images import IMAGE_KINDS
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_open
 from resnet_builder.inference.decode import decoded_batches
 from resnet_builder.inference.drawing import MirroredNames, contact_sheet, write_cam
 from resnet_builder.inference.gradcam import split_classifier
-from resnet_builder.inference.loading import InferenceModel, load_inference_model
+from resnet_builder.inference.loading import (
+    InferenceModel,
+    load_inference_model,
+    with_threshold,
+)
 from resnet_builder.inference.sources import ImageSource, Skipped, collect_images, write_skipped
 from resnet_builder.runs import DEFAULT_PROJECTS, new_run_dir
 
@@ -37,7 +42,11 @@ GRID_MAX = 100
 
 @dataclass
 class Prediction:
-    """One image's prediction: the top class and the top-k (label, probability) pairs."""
+    """One image's prediction: the top class and the top-k (label, probability) pairs.
+
+    A multilabel model's also has ``labels``: every (label, probability) at or above the
+    threshold, most probable first (possibly none).
+    """
 
     path: str
     label: str
@@ -46,9 +55,13 @@ class Prediction:
     class_index: int
     file: Path | None = field(default=None, repr=False)
     heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    labels: list[tuple[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "label": self.label, "probability": self.probability,
+        found = {} if self.labels is None else {
+            "labels": [{"label": lab, "probability": p} for lab, p in self.labels]}
+        return {"path": self.path, **found, "label": self.label,
+                "probability": self.probability,
                 "top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]}
 
 
@@ -67,45 +80,63 @@ class Predictions(list):
         return len(self) / self.seconds if self.seconds > 0 else 0.0
 
 
+def _refuse_cam_with_tta(cam: bool, tta: bool) -> None:
+    if cam and tta:
+        raise UserError("--cam and --tta cannot be combined: Grad-CAM explains one image, "
+                        "TTA averages two", hint="drop one of them")
+
+
 def iter_predictions(im: InferenceModel, images: Sequence[ImageSource], *, top_k: int = 5,
-                     batch_size: int = 64, cam: bool = False
+                     batch_size: int = 64, cam: bool = False, tta: bool = False
                      ) -> Iterator[Prediction | Skipped]:
-    """Predictions (and skips) in file order, batch by batch."""
+    """Predictions (and skips) in file order, batch by batch.
+
+    ``tta``: each image's probabilities are the mean over it and its horizontal flip.
+    """
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k}, {batch_size}")
+    _refuse_cam_with_tta(cam, tta)
     k = min(top_k, im.num_classes)
     files = [s.file for s in images]
-    for good, pixels, bad in decoded_batches(files, im.image_size, im.channels, batch_size):
+    for good, pixels, bad in decoded_batches(files, im.resizing, im.channels, batch_size):
         pending: dict[int, Prediction | Skipped] = {
             i: Skipped(images[i].path, reason) for i, reason in bad}
         if len(good):
             if cam:
                 probs, heat = im.gradcam(pixels)
             else:
-                probs, heat = im.probabilities(pixels), None
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                probs, heat = im.probabilities(pixels, tta=tta), None
+            ranked = np.argsort(-probs, axis=1, kind="stable")
+            order = ranked[:, :k]
             for row, i in enumerate(good):
                 top = [(im.labels[c], float(probs[row, c])) for c in order[row]]
+                found = None if not im.multilabel else [
+                    (im.labels[c], float(probs[row, c])) for c in ranked[row]
+                    if probs[row, c] >= im.threshold]
                 pending[int(i)] = Prediction(
                     path=images[i].path, label=top[0][0], probability=top[0][1], top_k=top,
                     class_index=int(order[row, 0]), file=images[i].file,
-                    heatmap=None if heat is None else heat[row])
+                    heatmap=None if heat is None else heat[row], labels=found)
         for i in sorted(pending):
             yield pending[i]
 
 
 def predict(model: Any, paths: str | os.PathLike | Iterable[str | os.PathLike], top_k: int = 5,
-            batch_size: int = 64) -> Predictions:
+            batch_size: int = 64, tta: bool = False,
+            threshold: float | None = None) -> Predictions:
     """Predict image files (files, folders, globs) with a model object, file or run folder.
 
-    Returns a list of ``Prediction`` records (path, label, probability, top_k);
-    ``result.skipped`` lists unreadable files with the reason.
+    ``model`` may also be an export (model.tflite, model.onnx, a saved_model folder, with
+    the export.json beside it). ``tta`` averages each image's probabilities with its
+    horizontal flip's. Returns a list of ``Prediction`` records (path, label,
+    probability, top_k; a multilabel model's ``labels`` too, those at or above
+    ``threshold``, default the model's); ``result.skipped`` lists unreadable files.
     """
-    im = load_inference_model(model)
+    im = with_threshold(load_inference_model(model), threshold)
     images, skipped = collect_images(paths)
     start = time.perf_counter()
     records = []
-    for item in iter_predictions(im, images, top_k=top_k, batch_size=batch_size):
+    for item in iter_predictions(im, images, top_k=top_k, batch_size=batch_size, tta=tta):
         (skipped if isinstance(item, Skipped) else records).append(item)
     return Predictions(records, skipped, time.perf_counter() - start, im.source)
 
@@ -113,28 +144,34 @@ def predict(model: Any, paths: str | os.PathLike | Iterable[str | os.PathLike], 
 # ---------------------------------------------------------------------------- outputs
 
 
-def csv_columns(k: int) -> list[str]:
-    """path, label, probability, then top1_label, top1_probability, ... topk_probability."""
-    columns = ["path", "label", "probability"]
+def csv_columns(k: int, multilabel: bool = False) -> list[str]:
+    """path, label, probability, then top1_label, top1_probability, ... topk_probability;
+    multilabel: labels ('a;b', those at or above the threshold) and their probabilities
+    ('0.97;0.81') after path."""
+    columns = ["path", *(("labels", "probabilities") if multilabel else ()), "label",
+               "probability"]
     for i in range(1, k + 1):
         columns += [f"top{i}_label", f"top{i}_probability"]
     return columns
 
 
 def csv_row(p: Prediction) -> list[Any]:
-    row: list[Any] = [p.path, p.label, f"{p.probability:.6f}"]
+    found = [] if p.labels is None else [";".join(lab for lab, _ in p.labels),
+                                         ";".join(f"{prob:.6f}" for _, prob in p.labels)]
+    row: list[Any] = [p.path, *found, p.label, f"{p.probability:.6f}"]
     for label, prob in p.top_k:
         row += [label, f"{prob:.6f}"]
     return row
 
 
 @contextlib.contextmanager
-def prediction_writer(path: Path, fmt: str, k: int) -> Iterator[Callable[[Prediction], None]]:
+def prediction_writer(path: Path, fmt: str, k: int, multilabel: bool = False
+                      ) -> Iterator[Callable[[Prediction], None]]:
     """A function appending one record to predictions.csv or .json; the file appears whole."""
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         if fmt == "csv":
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(csv_columns(k))
+            writer.writerow(csv_columns(k, multilabel))
             yield lambda p: writer.writerow(csv_row(p))
             return
         written = 0
@@ -169,8 +206,8 @@ class PredictReport:
 
 
 def _write_predictions(report: PredictReport, im: InferenceModel, images: list[ImageSource], *,
-                       fmt: str, top_k: int, batch_size: int, cam: bool, grid_max: int,
-                       show: int) -> list[Prediction]:
+                       fmt: str, top_k: int, batch_size: int, cam: bool, tta: bool,
+                       grid_max: int, show: int) -> list[Prediction]:
     """Stream predictions into ``report.output`` (and cam/); returns the contact sheet's records.
 
     Fills the report's counts, skips, shown records and seconds as it goes.
@@ -179,8 +216,9 @@ def _write_predictions(report: PredictReport, im: InferenceModel, images: list[I
     cam_names = MirroredNames(report.folder / "cam") if cam else None
     for_grid: list[Prediction] = []
     start = time.perf_counter()
-    with prediction_writer(report.output, fmt, k) as write:
-        for item in iter_predictions(im, images, top_k=k, batch_size=batch_size, cam=cam):
+    with prediction_writer(report.output, fmt, k, im.multilabel) as write:
+        for item in iter_predictions(im, images, top_k=k, batch_size=batch_size, cam=cam,
+                                     tta=tta):
             if isinstance(item, Skipped):
                 report.skipped.append(item)
                 continue
@@ -199,30 +237,34 @@ def _write_predictions(report: PredictReport, im: InferenceModel, images: list[I
 
 def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int = 5,
                       batch_size: int = 64, fmt: str = "csv", grid: bool = False,
-                      grid_max: int = GRID_MAX, cam: bool = False,
+                      grid_max: int = GRID_MAX, cam: bool = False, tta: bool = False,
                       project: str | os.PathLike = DEFAULT_PROJECTS["predict"],
                       name: str = "exp", exist_ok: bool = False, show: int = 20,
-                      on_model: Callable[[InferenceModel], None] | None = None
-                      ) -> PredictReport:
-    """Predict ``sources`` into a new run folder; raises UserError if nothing was predicted."""
+                      on_model: Callable[[InferenceModel], None] | None = None,
+                      threshold: float | None = None) -> PredictReport:
+    """Predict ``sources`` into a new run folder; raises UserError if nothing was predicted.
+
+    ``threshold``: a multilabel model's labels at or above it (default: the model's own).
+    """
     if fmt not in ("csv", "json"):
         raise ValueError(f"format must be csv or json, got {fmt!r}")
-    im = load_inference_model(model)
+    _refuse_cam_with_tta(cam, tta)
+    im = with_threshold(load_inference_model(model), threshold)
     if on_model is not None:
         on_model(im)
-    if cam:
-        split_classifier(im.model)  # fail before any work when Grad-CAM cannot apply
+    if cam:  # fail before any work when Grad-CAM cannot apply
+        split_classifier(im.keras_model("Grad-CAM (--cam)"))
     images, skipped = collect_images(sources)
     folder = new_run_dir(project, name, exist_ok)
     report = PredictReport(folder=folder, model=im.source, predicted=0, skipped=skipped,
                            seconds=0.0, output=folder / f"predictions.{fmt}")
     for_grid = _write_predictions(report, im, images, fmt=fmt, top_k=top_k,
-                                  batch_size=batch_size, cam=cam,
+                                  batch_size=batch_size, cam=cam, tta=tta,
                                   grid_max=grid_max if grid else 0, show=show)
     write_skipped(folder / "skipped.csv", report.skipped)
     if report.predicted == 0:
         raise UserError(_nothing_message(report.skipped, folder),
-                        hint="pass image files, folders or globs (jpg, png, bmp, gif)")
+                        hint=f"pass image files, folders or globs ({IMAGE_KINDS})")
     if cam:
         report.cam_folder = folder / "cam"
     if grid:
