@@ -1,6 +1,7 @@
 """Folder input pipeline, side by side in one run: ours vs hand-written tf.data vs Keras.
 
     python bench/pipeline_folder.py [--files 1000] [--size 224] [--first-batch-files 20000]
+                                    [--photo 500x375]
 
 Makes photo-size JPEGs (500x375, quality 90) under a temp folder, then reports the median
 images/s over alternating full passes (``resnet_builder.benchmark.pipelines``) of:
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def resize_rules(files: list[Path], size: int, batch: int) -> None:
+def resize_rules(files: list[Path], size: int, batch: int, photo: str) -> None:
     """Decode + resize alone: our rule (DCT-scaled JPEG decode, box + bilinear) vs others."""
     import tensorflow as tf
 
@@ -48,7 +49,7 @@ def resize_rules(files: list[Path], size: int, batch: int) -> None:
             rates[name].append(images_per_second(
                 lambda load=load: tf.data.Dataset.from_tensor_slices(names)
                 .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)))
-    print(f"decode + resize only, best of 3, images/s (500x375 -> {size}):")
+    print(f"decode + resize only, best of 3, images/s ({photo} -> {size}):")
     for name, values in rates.items():
         print(f"  {name:44s} {max(values):8.0f}")
 
@@ -99,19 +100,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--first-batch-files", type=int, default=20000)
+    parser.add_argument("--photo", default="500x375", help="WIDTHxHEIGHT of the made JPEGs")
     args = parser.parse_args()
+    photo = tuple(int(v) for v in args.photo.split("x"))
 
     from resnet_builder.benchmark.pipelines import compare_folder_pipelines, make_jpegs
 
     work = Path(tempfile.mkdtemp(prefix="pipeline_folder_"))
-    files = make_jpegs(work / "photos", args.files)
+    files = make_jpegs(work / "photos", args.files, photo)
     rates = compare_folder_pipelines(work / "photos", args.size, args.batch)
-    print(f"{args.files} JPEGs 500x375 -> {args.size}, batch {args.batch}, median images/s:")
+    print(f"{args.files} JPEGs {args.photo} -> {args.size}, batch {args.batch}, median images/s:")
     print(f"  ours (streaming folder)          {rates['ours']:8.0f}")
     for name, label in (("tfdata", "hand-written tf.data"),
                         ("keras_directory", "keras image_dataset_from_dir")):
         print(f"  {label:32s} {rates[name]:8.0f}   ours/this = {rates['ours'] / rates[name]:.2f}x")
-    resize_rules(files, args.size, args.batch)
+    resize_rules(files, args.size, args.batch, args.photo)
     if args.first_batch_files:
         first_batch(work / "small", args.first_batch_files, args.size, args.batch)
 

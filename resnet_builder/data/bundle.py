@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data.augment import augmenter
+from resnet_builder.data.augment import traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
 from resnet_builder.data.decode import SkipLog
 from resnet_builder.data.mixing import check_pairing
@@ -120,15 +120,15 @@ class DataBundle:
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
         dataset = self._batches(self._train, "train", picks, local)
-        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch,
-                            self.num_classes)
+        augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
             total = self.num_train
+            epoch_number = tf.constant(epoch, tf.int64)
 
             def apply(number: tf.Tensor, batch: tuple) -> tuple:
                 rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
-                return augment(batch[0], batch[1], number, rows, shard * local)
+                return augment(batch[0], batch[1], number, rows, shard * local, epoch_number)
 
             dataset = dataset.enumerate(start=first_batch).map(
                 apply, num_parallel_calls=tf.data.AUTOTUNE)
@@ -168,6 +168,13 @@ class DataBundle:
                                  "data.class_weight as {class name: weight}", exit_code=2)
         self._sampler = sampler
         self.class_weights = class_weight_vector(class_weight, self.class_names, counts)
+
+    def augment_function(self) -> Callable | None:
+        """The training augmenter, traced once per bundle (``augment.traced_augmenter``)."""
+        if "augment" not in self._lookups:
+            self._lookups["augment"] = traced_augmenter(
+                self._augment, self.image_size, self.mean, self._seed, self.num_classes)
+        return self._lookups["augment"]
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""

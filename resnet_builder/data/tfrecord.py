@@ -28,7 +28,6 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import DataConfig
-from resnet_builder.data.augment import augmenter
 from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, check_sharding, seeded_rng
 from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
 from resnet_builder.errors import UserError
@@ -184,11 +183,12 @@ class TFRecordBundle(DataBundle):
             images = images.concatenate(tf.data.Dataset.from_tensors(
                 (blank, tf.constant(SKIPPED_LABEL, tf.int32))).repeat(padding))
         batches = images.batch(local).map(_to_float)
-        augment = augmenter(self._augment, self.image_size, self.mean, self._seed, epoch,
-                            len(self.class_names))
+        augment = self.augment_function()
         if augment is not None:  # this worker's rows of the global batch's random draws
+            epoch_number = tf.constant(epoch, tf.int64)
             batches = batches.enumerate(start=first_batch).map(
-                lambda i, b: augment(b[0], b[1], i, batch_size, shard * local),
+                lambda i, b: augment(b[0], b[1], i, tf.constant(batch_size, tf.int64),
+                                     shard * local, epoch_number),
                 num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE)
 
