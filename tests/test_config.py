@@ -782,3 +782,11 @@ def test_list_keys_with_a_length_and_resize_choices() -> None:
     assert "data.resize must be one of stretch, crop, pad" in err.message
     shown = re.sub(r"\n\s*# ", " ", default_config_yaml())  # comments unwrapped
     assert "rand_augment: null" in shown and "[balanced or a mapping {name:" in shown
+
+
+def test_readme_key_table_is_the_generated_one() -> None:
+    """README's "All keys" table is markdown_table() verbatim (regenerate it when keys change)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, ("README.md's key table is stale: paste the output of "
+                                        "python -c \"from resnet_builder.config import "
+                                        "markdown_table; print(markdown_table())\"")

@@ -85,7 +85,8 @@ class DataConfig:
                                    "validation split of its own.", min=0.0, max=0.9)
     cache: bool | str = _key(True, "true: keep decoded images in memory when they fit the "
                              "memory budget, else stream them from disk; false: always stream; "
-                             "disk: cache decoded images in a file (tf.data cache) for slow "
+                             "disk: keep decoded images in a memory-mapped file under the "
+                             "system temp folder (shared by the workers of a machine) for slow "
                              "storage.", choices=(True, False, "disk"))
     verify: bool = _key(False, "folder source: decode every file once before training and "
                         "leave out unreadable ones up front (slow on big folders); by default "
