@@ -42,8 +42,8 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
         return None
     mix = mixing.mixer(cfg, num_classes) if mixing.mixing_on(cfg) else None
     fill = tf.constant(mean, tf.float32)
-    # Only ops that uncover borders need the mean subtracted (two passes over the batch,
-    # 0.8x the images/s of a flip-only 224x224 pipeline when always done).
+    # Only ops that uncover borders need the mean subtracted: two passes over the float
+    # batch that a flip-only pipeline does not need.
     pads = bool(cfg.random_resized_crop or cfg.random_scale or cfg.random_crop_padding)
 
     def apply(images: tf.Tensor, labels: tf.Tensor, batch: tf.Tensor,
