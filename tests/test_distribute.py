@@ -261,14 +261,14 @@ DECODED = [0]
 if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process decodes
     import tensorflow as tf
     from resnet_builder.data import decode
-    decode_and_resize = decode.decode_and_resize
+    native_decode_and_resize = decode.native_decode_and_resize
     def counted(contents, how, channels):
         def bump():
             DECODED[0] += 1
             return np.int64(0)
         with tf.control_dependencies([tf.numpy_function(bump, [], tf.int64)]):
-            return tf.identity(decode_and_resize(contents, how, channels))
-    decode.decode_and_resize = counted
+            return tf.identity(native_decode_and_resize(contents, how, channels))
+    decode.native_decode_and_resize = counted
 
 class CountDecodes(keras.callbacks.Callback):  # files decoded while training, per process
     def on_train_begin(self, logs=None):

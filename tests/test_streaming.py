@@ -143,6 +143,43 @@ def test_streaming_skips_bad_files_with_label_minus_one_and_names_them(tmp_path,
     assert bundle.take_skipped() == []  # each failure is named once per epoch
 
 
+def test_batch_decoder_keeps_every_file_in_its_place(tmp_path):
+    """Native, Pillow-only and broken files mixed in one batch: each image lands in its own
+    row, equal to decoding that file alone; broken rows are zeros with label -1."""
+    files = _nasty(tmp_path)
+    (tmp_path / "noise.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(300))
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths = [files["rgb.jpg"], tmp_path / "noise.jpg", files["pal_t.gif"], files["rot.jpg"],
+             files["rgba.png"], tmp_path / "empty.png", files["g16.png"]]
+    how, skips = Resize(20), decode.SkipLog()
+    run = decode.batch_decoder(how, 3, skips, from_files=True)
+    keys = tf.range(10, 10 + len(paths), dtype=tf.int64)
+    images, labels = run(keys, tf.constant([str(p) for p in paths]),
+                         tf.range(len(paths), dtype=tf.int32))
+    assert labels.numpy().tolist() == [0, -1, 2, 3, 4, -1, 6]
+    for row, path in enumerate(paths):
+        if labels[row] < 0:
+            assert not images[row].numpy().any()
+            continue
+        alone = decode.decode_and_resize(tf.constant(path.read_bytes()), how, 3)
+        np.testing.assert_array_equal(images[row].numpy(), alone.numpy(), err_msg=path.name)
+    assert sorted(key for key, _ in skips.take()) == [11, 15]
+    # A batch where nothing decodes natively, or at all, still comes back whole.
+    images, labels = run(keys[:2], tf.constant([str(tmp_path / "empty.png"),
+                                                str(files["pal_t.gif"])]), tf.constant([7, 8]))
+    assert images.shape == (2, 20, 20, 3) and labels.numpy().tolist() == [-1, 8]
+
+
+def test_only_flipped_images_are_mirrored():
+    from resnet_builder.data.augment import flip_some
+
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), np.uint8))
+    flips = tf.constant([True, False, False, True, True])
+    want = tf.where(flips[:, None, None, None], tf.reverse(images, [2]), images)
+    np.testing.assert_array_equal(flip_some(images, flips).numpy(), want.numpy())
+    np.testing.assert_array_equal(flip_some(images, tf.zeros([5], tf.bool)).numpy(), images)
+
+
 def test_streaming_validation_split_names_bad_files_too(tmp_path):
     _tree(tmp_path / "train", 2)
     _tree(tmp_path / "val", 1)
@@ -212,8 +249,8 @@ def test_each_shard_decodes_only_its_share(tmp_path, monkeypatch):
     bundle = load_data(DataConfig(source="folder", path=str(tmp_path), image_size=8,
                                   validation_split=0.0, cache=False), seed=0)
     calls = []
-    original = decode.pil_decode
-    monkeypatch.setattr(decode, "pil_decode", lambda *a: calls.append(1) or original(*a))
+    original = decode.load_image
+    monkeypatch.setattr(decode, "load_image", lambda *a: calls.append(1) or original(*a))
     seen = []
     for shard in range(2):
         calls.clear()

@@ -131,9 +131,9 @@ class DataBundle:
                 rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
                 return augment(batch[0], batch[1], number, rows, shard * local, epoch_number)
 
-            dataset = dataset.enumerate(start=first_batch).map(
-                apply, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+            return dataset.enumerate(start=first_batch).map(
+                apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return dataset.map(to_float).prefetch(tf.data.AUTOTUNE)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.
@@ -182,7 +182,8 @@ class DataBundle:
         if self._val is None or self.num_val == 0:
             return None
         order = np.arange(self.num_val, dtype=np.int64)
-        return self._batches(self._val, "val", order, batch_size).prefetch(tf.data.AUTOTUNE)
+        return (self._batches(self._val, "val", order, batch_size).map(to_float)
+                .prefetch(tf.data.AUTOTUNE))
 
     def take_skipped(self) -> list[tuple[str, str]]:
         """(file, reason) of streamed files that failed to decode since the last call, once each.
@@ -198,20 +199,18 @@ class DataBundle:
 
     def _batches(self, split: Split, name: str, order: np.ndarray,
                  batch_size: int) -> tf.data.Dataset:
-        """Batches of (float32 images, int32 labels) in ``order``.
-
-        In-memory images are gathered a batch at a time; others are decoded
-        one by one in parallel and then batched.
-        """
+        """Batches of (uint8 images, int32 labels) in ``order``: the lookup takes a batch
+        of indices at a time (a gather in memory; files decoded in parallel within it, and
+        several batches at once)."""
         lookup = self._lookup(name, split)
-        dataset = tf.data.Dataset.from_tensor_slices(order)
+        dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
         if split.ready is not None:
-            dataset = dataset.batch(batch_size).map(lookup)
+            dataset = dataset.map(lookup)
         else:
-            dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        label_type = tf.float32 if split.labels.ndim == 2 else tf.int32  # multi-hot rows
-        return dataset.map(lambda images, labels: (tf.cast(images, tf.float32),
-                                                   tf.cast(labels, label_type)))
+            dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+        if split.labels.ndim == 2:  # multi-hot rows
+            dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
+        return dataset
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
@@ -231,7 +230,7 @@ class DataBundle:
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
     def _lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
-        """Graph function index(es) -> (uint8 image(s), label(s)), traced once per split.
+        """Graph function indices [b] -> (uint8 images, labels), traced once per split.
 
         Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
         tf.data reuse its graph instead of tracing the decoder again (on a 20,000-file
@@ -240,11 +239,11 @@ class DataBundle:
         """
         if name not in self._lookups:
             self._lookups[name] = tf.function(self._make_lookup(name, split), input_signature=[
-                tf.TensorSpec(None, tf.int64)])
+                tf.TensorSpec([None], tf.int64)])
         return self._lookups[name]
 
     def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
-        """Graph function index -> (uint8 image, int32 label), from memory or decoded on demand."""
+        """Graph function indices [b] -> (uint8 images, labels), from memory or decoded."""
         labels = tf.constant(split.labels, tf.int32)
         shape = (self.image_size, self.image_size, self.channels)
         if split.ready is not None:
@@ -263,12 +262,20 @@ class DataBundle:
         assert raw is not None
         how = self.resizing
 
-        def on_demand(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = tf.numpy_function(lambda i: raw[int(i)], [index], tf.uint8, stateful=False)
-            image = fit_image(tf.ensure_shape(image, raw.shape[1:]), how)
-            return tf.ensure_shape(image, shape), tf.gather(labels, index)
+        def on_demand(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            images = tf.numpy_function(lambda i: raw[i], [indices], tf.uint8, stateful=False)
+            images = tf.map_fn(lambda image: fit_image(image, how),
+                               tf.ensure_shape(images, (None, *raw.shape[1:])),
+                               fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+            return images, tf.gather(labels, indices)
 
         return on_demand
+
+
+def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 batches -> float32 0..255, as every source hands them to the model. Done last
+    (after the augmenter, which takes uint8) so batches stay a quarter the size until then."""
+    return tf.cast(images, tf.float32), labels
 
 
 def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: int) -> None:
@@ -293,9 +300,10 @@ def shard_order(order: np.ndarray, batch_size: int, shard: int, num_shards: int,
 
 def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
                    shape: tuple[int, ...]) -> np.ndarray:
-    """The images of ``picks`` through a lookup, leaving out those that failed (label < 0)."""
-    dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64))
-    dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    """The images of ``picks`` through a (batch) lookup, leaving out those that failed
+    (label < 0)."""
+    dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64)).batch(64)
+    dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
     kept = [images[labels.reshape(len(labels), -1).min(axis=1) >= 0]  # -1 (rows): unreadable
             for images, labels in dataset.as_numpy_iterator()]
     return np.concatenate(kept) if kept else np.zeros(shape, np.uint8)

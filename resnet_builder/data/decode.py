@@ -6,15 +6,16 @@ Decoded pixels match ``images.load_image`` (Pillow): JPEGs are decoded with the 
 integer DCT (bit-identical to Pillow's libjpeg), alpha is composited on white with the same
 integer rounding, RGB -> gray uses the same luma formula.
 
-What TensorFlow decodes differently goes through Pillow in ``tf.numpy_function``, chosen
-in the graph from the first bytes: PNGs that are not 8 bits deep (16-bit is scaled with
-rounding, not cut) or palette PNGs with transparency, GIFs (palette transparency, first
-frame), BMPs that are not 24-bit, WebP and TIFF, and any file with an EXIF orientation
-other than 1. CMYK JPEGs decode the same in TensorFlow, so they stay native.
+What TensorFlow decodes differently goes through Pillow in ``tf.numpy_function``, told
+apart in the graph by the header bytes (``needs_pil``): PNGs that are not 8 bits deep
+(16-bit is scaled with rounding, not cut) or palette PNGs with transparency, GIFs (palette
+transparency, first frame), BMPs that are not 24-bit, WebP and TIFF, and any file with an
+EXIF rotation. CMYK JPEGs decode the same in TensorFlow, so they stay native.
 
-``decode_or_skip`` is the failure-safe transform the streaming sources share: a file that
-cannot be decoded becomes a zero image with label -1 (batches keep their size, so shards
-stay aligned and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
+``batch_decoder`` (and ``decode_or_skip``, the same element-wise) is the failure-safe
+transform the streaming sources share: a file that cannot be decoded becomes a zero image
+with label -1 in its own place (batches keep their size and order, so shards stay aligned
+and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
 """
 
 from __future__ import annotations
@@ -30,57 +31,56 @@ from resnet_builder.data.images import ImageError, decode_image_bytes, load_imag
 from resnet_builder.data.resizing import Resize, decode_jpeg_for, fit_image
 
 SKIPPED_LABEL = -1  # label of an element whose file could not be decoded
-HEADER_BYTES = 65536  # searched for EXIF orientation and a PNG tRNS chunk
+HEADER_BYTES = 4096  # searched for EXIF orientation and a PNG tRNS chunk
 
-_PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
-# EXIF tag 0x0112 (orientation), type SHORT, count 1, in both byte orders; the value follows.
-_ORIENTATION = ((b"\x12\x01\x03\x00\x01\x00\x00\x00", b"\x01\x00"),
-                (b"\x01\x12\x00\x03\x00\x00\x00\x01", b"\x00\x01"))
+# What only Pillow decodes like ``images.load_image``, as one RE2 match over the header
+# (``\C`` is any byte; the pattern itself stays ASCII, so RE2 reads it as bytes):
+_NEEDS_PIL = (
+    r"(?s)(?:"
+    r"\CPNG\r\n\x1a\n\C{16}(?:[^\x08]|\x08\x03\C*tRNS)"  # not 8 bits deep; palette + tRNS
+    r"|GIF"  # palette transparency, first frame
+    r"|BM\C{26}(?:[^\x18]|\x18[^\x00])"  # a BMP that is not 24-bit
+    r"|RIFF\C{4}WEBP|II\*\x00|MM\x00\*"  # WebP; TIFF (either byte order)
+    # EXIF orientation 2-8 (tag 0x0112, SHORT, count 1), either byte order, anywhere:
+    r"|\C*(?:\x12\x01\x03\x00\x01\x00\x00\x00[\x02-\x08]\x00"
+    r"|\x01\x12\x00\x03\x00\x00\x00\x01\x00[\x02-\x08])"
+    r")\C*")
 
 
 def needs_pil(contents: tf.Tensor) -> tf.Tensor:
-    """Scalar bool: whether these bytes must go through Pillow to match ``images.load_image``."""
+    """Bool (per element of ``contents``): whether these bytes must go through Pillow to
+    match ``images.load_image``.
+
+    PNGs not 8 bits deep (16-bit is scaled with rounding, not cut) or palette PNGs with
+    transparency, GIFs, BMPs that are not 24-bit, WebP and TIFF (TensorFlow reads no TIFF,
+    and its WebP decoder is not the one predict uses), and any image whose EXIF says it is
+    rotated (orientation 2-8, the values Pillow's ``exif_transpose`` turns). Two ops: each
+    op in a tf.data map costs ~10 us per image on this machine, and the check written with
+    ``tf.strings`` ops (30 of them) cost 350 us per image, a third of a JPEG's decode.
+    """
     header = tf.strings.substr(contents, 0, HEADER_BYTES)
-    png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG)
-    depth = tf.strings.substr(contents, 24, 1)
-    palette = tf.equal(tf.strings.substr(contents, 25, 1), b"\x03")
-    odd_png = png & (tf.not_equal(depth, b"\x08") | (palette & _contains(header, b"tRNS")))
-    gif = tf.equal(tf.strings.substr(contents, 0, 3), b"GIF")
-    bmp = tf.equal(tf.strings.substr(contents, 0, 2), b"BM")
-    odd_bmp = bmp & tf.not_equal(tf.strings.substr(contents, 28, 2), b"\x18\x00")
-    # WebP (RIFF....WEBP) and TIFF (II*\0, MM\0*): TensorFlow reads no TIFF, and its WebP
-    # decoder is not the one predict uses; Pillow decodes both exactly as load_image.
-    webp = (tf.equal(tf.strings.substr(contents, 0, 4), b"RIFF")
-            & tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"))
-    tiff = tf.reduce_any(tf.equal(tf.strings.substr(contents, 0, 4),
-                                  [b"II*\x00", b"MM\x00*"]))  # little/big-endian
-    return odd_png | gif | odd_bmp | webp | tiff | _rotated(header)
+    return tf.strings.regex_full_match(header, _NEEDS_PIL)
 
 
-def _contains(text: tf.Tensor, part: bytes) -> tf.Tensor:
-    """Byte-exact substring test (RE2 cannot match bytes that are not UTF-8)."""
-    return tf.size(tf.strings.split(text, part, maxsplit=1)) > 1
+def decode_native(contents: tf.Tensor, how: Resize, channels: int = 0) -> tf.Tensor:
+    """uint8 [H, W, C] with TensorFlow's decoders (content decides the format); JPEGs
+    DCT-scaled as far as ``how`` allows (``resizing.decode_jpeg_for``).
 
+    ``channels`` 0 keeps the file's channels (1..4); 1 or 3 converts by ``to_channels``,
+    except that a JPEG asked for 3 comes from libjpeg as RGB directly (gray replicated,
+    CMYK converted: the same pixels, fewer ops on the hot path).
+    """
+    def jpeg() -> tf.Tensor:
+        image = decode_jpeg_for(contents, how, 3 if channels == 3 else 0)
+        return image if channels in (0, 3) else to_channels(image, channels)
 
-def _rotated(header: tf.Tensor) -> tf.Tensor:
-    """An EXIF orientation tag whose value is not 1 (upright)."""
-    found = tf.constant(False)
-    for tag, upright in _ORIENTATION:
-        parts = tf.strings.split(header, tag, maxsplit=1)
-        value = tf.strings.substr(parts[-1], 0, 2)
-        found |= (tf.size(parts) > 1) & tf.not_equal(value, upright)
-    return found
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(contents, channels=0, expand_animations=False)
+        return to_channels(image, channels) if channels else image
 
-
-def decode_native(contents: tf.Tensor, how: Resize) -> tf.Tensor:
-    """uint8 [H, W, 1..4] with TensorFlow's decoders (content decides the format); JPEGs
-    DCT-scaled as far as ``how`` allows (``resizing.decode_jpeg_for``)."""
-    jpeg = tf.equal(tf.strings.substr(contents, 0, 3), _JPEG)
-    return tf.cond(
-        jpeg,
-        lambda: decode_jpeg_for(contents, how),
-        lambda: tf.io.decode_image(contents, channels=0, expand_animations=False))
+    image = tf.cond(tf.equal(tf.strings.substr(contents, 0, 3), _JPEG), jpeg, other)
+    return tf.ensure_shape(image, [None, None, channels or None])
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -129,7 +129,7 @@ def decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Ten
     """Encoded image bytes (scalar string) -> uint8 [size, size, channels] by ``how``.
 
     Raises (inside tf.data: an error the pipeline sees) when the bytes are not a usable
-    image; wrap the dataset with ``decode_or_skip`` to skip such files instead.
+    image; the streaming sources use ``batch_decoder`` instead, which skips such files.
     """
     def with_pil() -> tf.Tensor:
         image = tf.numpy_function(lambda data: pil_decode(data, channels), [contents],
@@ -137,9 +137,23 @@ def decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Ten
         return tf.ensure_shape(image, (None, None, channels))
 
     def native() -> tf.Tensor:
-        return to_channels(decode_native(contents, how), channels)
+        return decode_native(contents, how, channels)
 
     image = fit_image(tf.cond(needs_pil(contents), with_pil, native), how)
+    return tf.ensure_shape(image, (how.size, how.size, channels))
+
+
+def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
+    """``decode_and_resize`` for what TensorFlow's kernels decode like Pillow, failing (an
+    error tf.data can drop) for the rest: the fast path of ``batch_decoder``.
+
+    Routing by failure rather than by ``tf.cond`` keeps the per-image graph to the decode
+    and resize themselves (a cond with a Pillow branch ran decode + resize at 0.75x).
+    """
+    usable = tf.debugging.Assert(tf.logical_not(needs_pil(contents)),
+                                 ["only Pillow decodes this file like predict does"])
+    with tf.control_dependencies([usable]):
+        image = fit_image(decode_native(contents, how, channels), how)
     return tf.ensure_shape(image, (how.size, how.size, channels))
 
 
@@ -161,25 +175,62 @@ class SkipLog:
         return entries
 
 
-def skipping_decoder(how: Resize, channels: int, skips: SkipLog, *,
-                     from_files: bool) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]:
-    """Graph function (key int64, source string, label int32) -> (uint8 [S, S, C], label).
+def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool
+                  ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """Graph function (keys int64 [b], sources string [b], labels int32 [b]) ->
+    (uint8 [b, S, S, C], int32 [b]), never failing.
 
-    ``source`` is a file path (``from_files``) or the encoded bytes. An element that fails
-    natively, or that only Pillow reads like ``images.load_image`` (``needs_pil``), is
-    decoded by Pillow; if that fails too it becomes zeros with label -1 and (key, reason)
-    goes to ``skips``.
+    ``sources`` are file paths (``from_files``) or encoded bytes. The images are decoded
+    by ``native_decode_and_resize`` in a parallel map whose failures ``ignore_errors``
+    drops; the places left empty (a broken file, or one only Pillow reads like
+    ``images.load_image``: ``needs_pil``) are decoded by Pillow, and if that fails too
+    become zeros with label -1, their (key, reason) going to ``skips``.
 
-    Errors are caught per element with ``from_tensors(x).map(decode).ignore_errors()
-    .concatenate(fallback).take(1)``: the fallback only runs on failure. Inside a parallel
-    map (``get_single_element``) this measured within noise of a bare parallel map that
-    would crash on a bad file (500 photo-size JPEGs at 224 on 2 busy cores: 189 vs 182 and
-    171 vs 189 images/s; bench/pipeline_folder.py repeats it).
+    Why per batch: errors can only be caught by a tf.data dataset, and one nested dataset
+    per image (the previous guard) ran the folder pipeline at 0.44x a bare map; one per
+    batch costs nothing measurable (``python bench/pipeline_folder.py``).
     """
+    shape = (how.size, how.size, channels)
+    rescue = _pillow_rescue(how, channels, skips, from_files=from_files)
+
+    def native(slot: tf.Tensor, source: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        contents = tf.io.read_file(source) if from_files else source
+        return slot, native_decode_and_resize(contents, how, channels)
+
+    def decode_batch(keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor) -> tuple:
+        count = tf.shape(keys, out_type=tf.int64)[0]
+        none = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64),
+                                             tf.zeros((0, *shape), tf.uint8)))
+        slots, images = (
+            tf.data.Dataset.from_tensor_slices((tf.range(count), sources))
+            .map(native, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .ignore_errors(log_warning=False).batch(tf.maximum(count, 1))
+            .concatenate(none).take(1).get_single_element())
+        placed = tf.scatter_nd(slots[:, None], images,
+                               tf.concat([[count], tf.constant(shape, tf.int64)], 0))
+        found = tf.scatter_nd(slots[:, None], tf.ones_like(slots), [count]) > 0
+        missing = tf.where(tf.logical_not(found))[:, 0]
+
+        def rescued() -> tuple[tf.Tensor, tf.Tensor]:
+            got, flags = tf.map_fn(
+                lambda i: rescue(keys[i], sources[i], labels[i]), missing,
+                fn_output_signature=(tf.TensorSpec(shape, tf.uint8),
+                                     tf.TensorSpec([], tf.int32)))
+            return (tf.tensor_scatter_nd_update(placed, missing[:, None], got),
+                    tf.tensor_scatter_nd_update(labels, missing[:, None], flags))
+
+        return tf.cond(tf.size(missing) > 0, rescued, lambda: (placed, labels))
+
+    return decode_batch
+
+
+def _pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool
+                   ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]:
+    """Graph function (key, source, label) -> (uint8 [S, S, C], label or -1) by Pillow."""
     blank = np.zeros((how.size, how.size, channels), np.uint8)
     shape = (how.size, how.size, channels)
 
-    def rescue(key: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.int32]:
+    def load(key: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.int32]:
         try:
             if from_files:
                 return load_image(os.fsdecode(_as_bytes(source)), channels), np.int32(0)
@@ -191,31 +242,25 @@ def skipping_decoder(how: Resize, channels: int, skips: SkipLog, *,
         skips.add(int(key), reason)
         return blank, np.int32(SKIPPED_LABEL)
 
-    def decode(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
-        contents = tf.io.read_file(source) if from_files else source
-        return decode_and_resize(contents, how, channels), label
-
-    def fallback(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
-        image, flag = tf.numpy_function(rescue, [key, source], [tf.uint8, tf.int32],
+    def rescue(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
+        image, flag = tf.numpy_function(load, [key, source], [tf.uint8, tf.int32],
                                         stateful=True)
         image = fit_image(tf.ensure_shape(image, (None, None, channels)), how)
         return tf.ensure_shape(image, shape), tf.where(tf.ensure_shape(flag, []) < 0, flag, label)
 
-    def guarded(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
-        element = tf.data.Dataset.from_tensors((key, source, label))
-        first = element.map(decode).ignore_errors(log_warning=False)
-        image, label = first.concatenate(element.map(fallback)).take(1).get_single_element()
-        return tf.ensure_shape(image, shape), tf.ensure_shape(label, [])
+    return rescue
 
-    return guarded
+
+DECODE_CHUNK = 32  # elements per batch_decoder call when a source decodes element-wise
 
 
 def decode_or_skip(dataset: tf.data.Dataset, how: Resize, channels: int, skips: SkipLog, *,
                    from_files: bool) -> tf.data.Dataset:
     """(key int64, source string, label int32) -> (uint8 [S, S, C], label int32), in order.
 
-    A parallel map of ``skipping_decoder``: bad elements come out as zeros with label -1
-    and are recorded in ``skips`` (see there).
+    ``batch_decoder`` over chunks of ``DECODE_CHUNK`` elements, in a parallel map: bad
+    elements come out as zeros with label -1 and are recorded in ``skips``.
     """
-    guarded = skipping_decoder(how, channels, skips, from_files=from_files)
-    return dataset.map(guarded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    decode = batch_decoder(how, channels, skips, from_files=from_files)
+    return (dataset.batch(DECODE_CHUNK)
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch())

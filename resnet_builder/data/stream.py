@@ -1,8 +1,9 @@
 """Streaming image files: decoded in ``tf.data`` as the epoch asks, optionally kept once decoded.
 
-A streamed split lists its files; ``file_images`` maps indices to (uint8 image, label)
-with ``decode.skipping_decoder``, so a bad file becomes label -1 and is recorded, never a
-crash. With an ``ImageStore`` each image is decoded once and read back afterwards:
+A streamed split lists its files; ``file_images`` maps a batch of indices to (uint8
+images, labels) with ``decode.batch_decoder``, so a bad file becomes label -1 in its place
+and is recorded, never a crash. With an ``ImageStore`` each image is decoded once and read
+back afterwards:
 
 * ``data.cache: true`` (when the split fits the memory budget): a zero-filled array, whose
   pages the system commits only as images are stored, so memory grows with what was read;
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.data.decode import SkipLog, skipping_decoder
+from resnet_builder.data.decode import SkipLog, batch_decoder
 from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
 
 _NOT_YET = -2  # store state of an image not decoded yet; otherwise its label (>= 0)
@@ -54,16 +55,15 @@ class ImageStore:
             raise ValueError(f"cache file {path} holds another split; remove it")
         self.images, self.state = records["image"], records["state"]  # views of one file
 
-    def get(self, index: np.ndarray) -> tuple[np.ndarray, np.int32]:
-        i = int(index)
-        return np.asarray(self.images[i]), np.int32(self.state[i])
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images, states) of a batch of indices; a state < 0: not stored yet."""
+        return np.asarray(self.images[indices]), np.asarray(self.state[indices], np.int32)
 
-    def put(self, index: np.ndarray, image: np.ndarray, label: np.ndarray) -> np.int32:
-        """Keep a decoded image; a skipped one (label < 0) is tried again next time."""
-        i = int(index)
-        if label >= 0:
-            self.images[i] = image
-            self.state[i] = label
+    def put(self, indices: np.ndarray, images: np.ndarray, labels: np.ndarray) -> np.int32:
+        """Keep decoded images; a skipped one (label < 0) is tried again next time."""
+        good = labels >= 0
+        self.images[indices[good]] = images[good]
+        self.state[indices[good]] = labels[good]
         return np.int32(0)
 
     @property
@@ -110,37 +110,41 @@ def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> 
 def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,
                 skips: SkipLog, store: ImageStore | None
                 ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """Graph function index -> (uint8 [S, S, C], int32 label; -1 when the file is unusable).
+    """Graph function indices int64 [b] -> (uint8 [b, S, S, C], int32 [b] labels; -1 where
+    the file is unusable). A whole batch at a time (``decode.batch_decoder``).
 
-    ``labels`` int32 [N, K] (multilabel rows): the label is that row, all -1 when unusable.
+    ``labels`` int32 [N, K] (multilabel rows): the labels are those rows, all -1 when unusable.
     """
     if labels.ndim == 2:
         return _label_rows(file_images(files, np.arange(len(files), dtype=np.int32), how,
                                        channels, skips, store), labels)
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
-    decode = skipping_decoder(how, channels, skips, from_files=True)
+    decode = batch_decoder(how, channels, skips, from_files=True)
     shape = (how.size, how.size, channels)
 
-    def from_file(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode(index, tf.gather(paths, index), tf.gather(label_table, index))
+    def from_files(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode(indices, tf.gather(paths, indices), tf.gather(label_table, indices))
 
     if store is None:
-        return from_file
+        return from_files
 
-    def kept(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, state = tf.numpy_function(store.get, [index], [tf.uint8, tf.int32],
-                                         stateful=True)
-        image, state = tf.ensure_shape(image, shape), tf.ensure_shape(state, [])
+    def kept(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images, states = tf.numpy_function(store.get, [indices], [tf.uint8, tf.int32],
+                                           stateful=True)
+        images, states = tf.ensure_shape(images, (None, *shape)), tf.ensure_shape(states, [None])
+        new = tf.where(states < 0)[:, 0]
 
         def fresh() -> tuple[tf.Tensor, tf.Tensor]:
-            decoded, label = from_file(index)
-            done = tf.numpy_function(store.put, [index, decoded, label], tf.int32,
+            wanted = tf.gather(indices, new)
+            decoded, found = from_files(wanted)
+            done = tf.numpy_function(store.put, [wanted, decoded, found], tf.int32,
                                      stateful=True)
             with tf.control_dependencies([done]):
-                return tf.identity(decoded), tf.identity(label)
+                return (tf.tensor_scatter_nd_update(images, new[:, None], decoded),
+                        tf.tensor_scatter_nd_update(states, new[:, None], found))
 
-        return tf.cond(state >= 0, lambda: (image, state), fresh)
+        return tf.cond(tf.size(new) > 0, fresh, lambda: (images, states))
 
     return kept
 
@@ -151,9 +155,9 @@ def _label_rows(lookup: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]], rows
     the decoder and the store keep their scalar labels."""
     table = tf.constant(rows, tf.int32)
 
-    def with_rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, found = lookup(index)
-        row = tf.gather(table, tf.maximum(found, 0))
-        return image, tf.where(found >= 0, row, -tf.ones_like(row))
+    def with_rows(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images, found = lookup(indices)
+        rows = tf.gather(table, tf.maximum(found, 0))
+        return images, tf.where(found[:, None] >= 0, rows, -tf.ones_like(rows))
 
     return with_rows

@@ -28,7 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import DataConfig
-from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, check_sharding, seeded_rng
+from resnet_builder.data.bundle import (
+    ORDER_STREAM,
+    DataBundle,
+    check_sharding,
+    seeded_rng,
+    to_float,
+)
 from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
 from resnet_builder.errors import UserError
 
@@ -182,7 +188,7 @@ class TFRecordBundle(DataBundle):
             blank = tf.zeros((self.image_size, self.image_size, self.channels), tf.uint8)
             images = images.concatenate(tf.data.Dataset.from_tensors(
                 (blank, tf.constant(SKIPPED_LABEL, tf.int32))).repeat(padding))
-        batches = images.batch(local).map(_to_float)
+        batches = images.batch(local)
         augment = self.augment_function()
         if augment is not None:  # this worker's rows of the global batch's random draws
             epoch_number = tf.constant(epoch, tf.int64)
@@ -190,6 +196,8 @@ class TFRecordBundle(DataBundle):
                 lambda i, b: augment(b[0], b[1], i, tf.constant(batch_size, tf.int64),
                                      shard * local, epoch_number),
                 num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            batches = batches.map(to_float)
         return batches.prefetch(tf.data.AUTOTUNE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
@@ -197,7 +205,7 @@ class TFRecordBundle(DataBundle):
         if self.num_val == 0:
             return None
         images = self._decoded(self._records(self.val_shards, "val", parallel=False))
-        return images.batch(batch_size).map(_to_float).prefetch(tf.data.AUTOTUNE)
+        return images.batch(batch_size).map(to_float).prefetch(tf.data.AUTOTUNE)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """The first ``n`` training records in pack order (a seeded random sample), uint8."""
@@ -255,8 +263,3 @@ def _parse(key: tf.Tensor, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.
     """(key, serialized example) -> (key, encoded image, int32 label)."""
     example = tf.io.parse_single_example(record, FEATURES)
     return key, example["image"], tf.cast(example["label"], tf.int32)
-
-
-def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Float batches, as every source hands them to the model."""
-    return tf.cast(images, tf.float32), labels
