@@ -18,7 +18,7 @@ import tensorflow as tf
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.augment import traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
-from resnet_builder.data.decode import SkipLog
+from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.stream import ImageStore, file_images
@@ -206,6 +206,8 @@ class DataBundle:
         dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
         if split.ready is not None:
             dataset = dataset.map(lookup)
+        elif split.files is not None:  # each call decodes its batch on every core
+            dataset = dataset.map(lookup, num_parallel_calls=BATCHES_AT_ONCE)
         else:
             dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
         if split.labels.ndim == 2:  # multi-hot rows
@@ -239,7 +241,7 @@ class DataBundle:
         """
         if name not in self._lookups:
             self._lookups[name] = tf.function(self._make_lookup(name, split), input_signature=[
-                tf.TensorSpec([None], tf.int64)])
+                tf.TensorSpec([None], tf.int64)], autograph=False)  # plain TF ops: see decode
         return self._lookups[name]
 
     def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
@@ -303,7 +305,8 @@ def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
     """The images of ``picks`` through a (batch) lookup, leaving out those that failed
     (label < 0)."""
     dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64)).batch(64)
-    dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+    plain = tf.autograph.experimental.do_not_convert(lookup)  # see decode.batch_decoder
+    dataset = dataset.map(plain, num_parallel_calls=tf.data.AUTOTUNE)
     kept = [images[labels.reshape(len(labels), -1).min(axis=1) >= 0]  # -1 (rows): unreadable
             for images, labels in dataset.as_numpy_iterator()]
     return np.concatenate(kept) if kept else np.zeros(shape, np.uint8)

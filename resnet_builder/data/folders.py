@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_builder.data.images import is_image_file, walk_files
+from resnet_builder.data.images import IMAGE_EXTENSIONS, walk_names
 
 
 @dataclass
@@ -42,8 +42,13 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
         if not entry.is_dir():
             found.skipped.append((entry, "not inside a class folder"))
             continue
-        files = sorted(walk_files(entry), key=lambda p: p.relative_to(entry).as_posix())
-        found.classes[entry.name] = [f for f in files if is_image_file(f)]
-        found.skipped += [(f, f"not an image file (extension {f.suffix or 'none'!r})")
-                          for f in files if not is_image_file(f)]
+        images: list[Path] = []
+        for _, full in sorted(walk_names(entry)):
+            extension = os.path.splitext(full)[1]
+            if extension.lower() in IMAGE_EXTENSIONS:
+                images.append(Path(full))
+            else:
+                found.skipped.append((Path(full), "not an image file (extension "
+                                      f"{extension or 'none'!r})"))
+        found.classes[entry.name] = images
     return found

@@ -51,22 +51,32 @@ class ImageError(UserError):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the file name has an image extension (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def walk_files(root: str | os.PathLike) -> Iterator[Path]:
     """Every non-hidden file below ``root``, following folder links once (no loops)."""
+    for _, full in walk_names(root):
+        yield Path(full)
+
+
+def walk_names(root: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """(path relative to ``root`` with '/', full path) of ``walk_files``, as plain strings:
+    listing 20,000 files as ``Path`` objects took 0.9 s, most of a streamed folder's start."""
+    top = os.fspath(root)
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        relative = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
         for name in filenames:
             if not name.startswith("."):
-                yield Path(dirpath) / name
+                yield prefix + name, os.path.join(dirpath, name)
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
