@@ -1,4 +1,5 @@
-"""Starting TensorFlow quietly: the CLI imports it only for the commands that need it.
+"""Starting TensorFlow quietly: the CLI imports it only for the commands that need it;
+and how many cores this process may use.
 
 TensorFlow 2.21 logs several lines from C++ (oneDNN notes, missing CUDA) at
 import and first device use, before its log level can apply; the CLI hides
@@ -47,3 +48,11 @@ def import_tensorflow_quietly():
 
             tf.config.list_physical_devices()
     return tf
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -8,18 +8,9 @@ makes a bfloat16 / float16 copy of a float32 model for the training variants.
 
 from __future__ import annotations
 
-import os
 import time
 
 import tensorflow as tf
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the host's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_has_bf16() -> bool:

@@ -29,12 +29,12 @@ import tensorflow as tf
 
 from resnet_builder.data.images import ImageError, decode_image_bytes, load_image
 from resnet_builder.data.resizing import Resize, decode_jpeg_for, fit_image
+from resnet_builder.runtime import cpu_count
 
 SKIPPED_LABEL = -1  # label of an element whose file could not be decoded
 # Images one batch_decoder call decodes at once: the cores this process may use (nested
 # tf.data maps are not autotuned, and AUTOTUNE there measured slower).
-DECODE_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-    os.cpu_count() or 1)
+DECODE_THREADS = cpu_count()
 HEADER_BYTES = 4096  # searched for EXIF orientation and a PNG tRNS chunk
 
 _JPEG = b"\xff\xd8\xff"
