@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_builder.data.images import IMAGE_EXTENSIONS, walk_names
+from resnet_builder.data.images import is_image_file, walk_names
 
 
 @dataclass
@@ -44,10 +44,10 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
             continue
         images: list[Path] = []
         for _, full in sorted(walk_names(entry)):
-            extension = os.path.splitext(full)[1]
-            if extension.lower() in IMAGE_EXTENSIONS:
+            if is_image_file(full):
                 images.append(Path(full))
             else:
+                extension = os.path.splitext(full)[1]
                 found.skipped.append((Path(full), "not an image file (extension "
                                       f"{extension or 'none'!r})"))
         found.classes[entry.name] = images
