@@ -173,11 +173,13 @@ def test_batch_decoder_keeps_every_file_in_its_place(tmp_path):
 def test_only_flipped_images_are_mirrored():
     from resnet_builder.data.augment import flip_some
 
-    images = tf.constant(np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), np.uint8))
+    pixels = tf.constant(np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), np.uint8))
     flips = tf.constant([True, False, False, True, True])
-    want = tf.where(flips[:, None, None, None], tf.reverse(images, [2]), images)
-    np.testing.assert_array_equal(flip_some(images, flips).numpy(), want.numpy())
-    np.testing.assert_array_equal(flip_some(images, tf.zeros([5], tf.bool)).numpy(), images)
+    for images in (pixels, tf.cast(pixels, tf.float32)):  # stitched (uint8), gathered (float)
+        want = tf.where(flips[:, None, None, None], tf.reverse(images, [2]), images)
+        np.testing.assert_array_equal(flip_some(images, flips).numpy(), want.numpy())
+        np.testing.assert_array_equal(flip_some(images, tf.zeros([5], tf.bool)).numpy(),
+                                      images.numpy())
 
 
 def test_streaming_validation_split_names_bad_files_too(tmp_path):
