@@ -8,13 +8,13 @@ yields the same images whether or not training was resumed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig
 from resnet_builder.data import mixing, policies
+from resnet_builder.data.crops import Draw, crop_boxes, crop_draws
 
 # Streams of the batch key, one per policy (zoom, shift and flip split theirs off as before).
 CROP, RAND_AUGMENT, COLOR_JITTER, ERASING, MIXING = range(11, 16)
@@ -47,9 +47,7 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
               rows: tf.Tensor | None = None, offset: int = 0,
               at_epoch: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``at_epoch`` overrides the epoch given to ``augmenter`` (a traced epoch)."""
-        epoch_key = tf.stack([tf.constant(seed, tf.int64),
-                              tf.cast(epoch if at_epoch is None else at_epoch, tf.int64)])
-        key = tf.random.experimental.stateless_fold_in(epoch_key, batch)
+        key = batch_key(seed, epoch if at_epoch is None else at_epoch, batch)
         seeds = tf.random.experimental.stateless_split(key, 3)
         count = tf.shape(images)[0]
         rows = count if rows is None else tf.cast(rows, tf.int32)
@@ -132,6 +130,21 @@ def flip_some(images: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
     return tf.gather(images, columns, axis=2, batch_dims=1)
 
 
+def batch_key(seed: int, epoch: int | tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """The random key of one global batch: every policy's numbers derive from it."""
+    epoch_key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(epoch_key, batch)
+
+
+def decoder_crop_draws(crop: dict, seed: int, epoch: tf.Tensor, batch: tf.Tensor,
+                       rows: tf.Tensor, offset: int, count: tf.Tensor) -> tf.Tensor:
+    """``crops.crop_draws`` for rows ``[offset, offset + count)`` of global batch ``batch``:
+    the numbers ``random_resized_crop`` would draw, for a decoder that takes the crop from
+    the file (``decode.batch_decoder`` with ``crop``)."""
+    draw = Draw(tf.cast(rows, tf.int32), offset, count)
+    return crop_draws(stream(batch_key(seed, epoch, batch), CROP), crop, draw)
+
+
 def stream(key: tf.Tensor, number: int) -> tf.Tensor:
     """The batch key's own stream for one policy."""
     return tf.random.experimental.stateless_fold_in(key, number)
@@ -149,18 +162,6 @@ def image_policies(cfg: AugmentConfig, channels: int) -> list[tuple[int, Callabl
     if cfg.random_erasing:
         found.append((ERASING, policies.random_erasing(cfg.random_erasing)))
     return found
-
-
-class Draw:
-    """Per-image random numbers for rows ``[offset, offset + count)`` of a batch of ``rows``."""
-
-    def __init__(self, rows: tf.Tensor, offset: int, count: tf.Tensor) -> None:
-        self.rows, self.offset, self.count = rows, offset, count
-
-    def uniform(self, shape: list[int], seed: tf.Tensor, low: float = 0.0, high: float = 1.0,
-                dtype: tf.DType = tf.float32) -> tf.Tensor:
-        values = tf.random.stateless_uniform([self.rows, *shape], seed, low, high, dtype=dtype)
-        return values[self.offset:self.offset + self.count]
 
 
 def random_zoom(images: tf.Tensor, seed: tf.Tensor, amount: float, size: int,
@@ -197,30 +198,12 @@ def random_shift(images: tf.Tensor, seed: tf.Tensor, pad: int, size: int,
 
 
 def random_resized_crop(images: tf.Tensor, seed: tf.Tensor, crop: dict, size: int,
-                        draw: Draw | None = None, tries: int = 10) -> tf.Tensor:
-    """The Inception / timm training crop: a box of area share in ``crop['scale']`` and
-    aspect ratio (width / height) log-uniform in ``crop['ratio']``, resized to ``size``.
-
-    Up to ``tries`` draws per image, the first that fits is taken; when none fits, the
-    largest centre box with the aspect ratio clamped into the range (timm's fallback).
-    """
+                        draw: Draw | None = None) -> tf.Tensor:
+    """The Inception / timm training crop (``crops.crop_boxes``) of square images already at
+    the model's size, resized back to ``size``. Streamed files take the same crop inside
+    the decoder instead, before resizing (``decode.batch_decoder`` with crop draws)."""
     count = tf.shape(images)[0]
     draw = draw or Draw(count, 0, count)
-    area_seed, ratio_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    (area_low, area_high), (ratio_low, ratio_high) = crop["scale"], crop["ratio"]
-    area = draw.uniform([tries], area_seed, area_low, area_high)
-    log_ratio = draw.uniform([tries], ratio_seed, math.log(ratio_low), math.log(ratio_high))
-    width, height = tf.sqrt(area * tf.exp(log_ratio)), tf.sqrt(area / tf.exp(log_ratio))
-    fits = (width <= 1.0) & (height <= 1.0)
-    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
-    width = tf.gather(width, first, batch_dims=1)
-    height = tf.gather(height, first, batch_dims=1)
-    fallback = (min(1.0, 1.0 / ratio_low), min(1.0, ratio_high))  # (height, width) of a square
-    found = tf.reduce_any(fits, axis=1)
-    height = tf.where(found, height, fallback[0])
-    width = tf.where(found, width, fallback[1])
-    place = draw.uniform([2], place_seed)
-    top = tf.where(found, place[:, 0] * (1.0 - height), (1.0 - height) / 2)
-    left = tf.where(found, place[:, 1] * (1.0 - width), (1.0 - width) / 2)
-    boxes = tf.stack([top, left, top + height, left + width], axis=1)
-    return tf.image.crop_and_resize(images, boxes, tf.range(count), (size, size))
+    boxes = crop_boxes(crop_draws(seed, crop, draw), tf.ones([count]), crop)
+    corners = tf.concat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    return tf.image.crop_and_resize(images, corners, tf.range(count), (size, size))

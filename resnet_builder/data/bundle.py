@@ -10,14 +10,15 @@ balanced`` a class-balanced draw of as many indices (``balance.py``); augmentati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data.augment import traced_augmenter
+from resnet_builder.data.augment import decoder_crop_draws, traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
+from resnet_builder.data.crops import DRAWS_PER_IMAGE
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
@@ -120,7 +121,10 @@ class DataBundle:
         order = self.epoch_order(epoch)
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
-        dataset = self._batches(self._train, "train", picks, local)
+        crop = self.decoder_crop()
+        cropped = None if crop is None else self._crop_decoder(
+            crop, epoch, batch_size, shard * local, first_batch)
+        dataset = self._batches(self._train, "train", picks, local, cropped)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
@@ -171,11 +175,42 @@ class DataBundle:
         self.class_weights = class_weight_vector(class_weight, self.class_names, counts)
 
     def augment_function(self) -> Callable | None:
-        """The training augmenter, traced once per bundle (``augment.traced_augmenter``)."""
+        """The training augmenter, traced once per bundle (``augment.traced_augmenter``);
+        without the random resized crop when the decoder takes it (``decoder_crop``)."""
         if self._augment_run is None:
-            self._augment_run = (traced_augmenter(self._augment, self.image_size, self.mean,
-                                                  self._seed, self.num_classes),)
+            cfg = self._augment
+            if self.decoder_crop() is not None:
+                cfg = replace(cfg, random_resized_crop=None)
+            self._augment_run = (traced_augmenter(cfg, self.image_size, self.mean, self._seed,
+                                                  self.num_classes),)
         return self._augment_run[0]
+
+    def decoder_crop(self) -> dict | None:
+        """``augment.random_resized_crop`` when training files are decoded as the batches
+        are made (streamed, no store): the crop is then taken from each file before it is
+        resized (``decode.decode_cropped``; a JPEG is decoded only inside its box) rather
+        than from the image already resized to ``image_size``."""
+        split = self._train
+        streamed = split is not None and split.files is not None and split.store is None
+        return self._augment.random_resized_crop if streamed else None
+
+    def _crop_decoder(self, crop: dict, epoch: int, batch_size: int, offset: int,
+                      first_batch: int) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+        """Batches of training indices -> (images, labels), each file's random resized crop
+        drawn from (seed, epoch, global batch number) like the augmenter's own."""
+        assert self._train is not None
+        lookup = self._lookup("train", self._train, crop)
+        epoch_number, total = tf.constant(epoch, tf.int64), self.num_train
+
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+        def decode(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
+            draws = decoder_crop_draws(crop, self._seed, epoch_number, number, rows, offset,
+                                       tf.shape(indices)[0])
+            return lookup(indices, draws)
+
+        return lambda batches: batches.enumerate(start=first_batch).map(
+            decode, num_parallel_calls=BATCHES_AT_ONCE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
@@ -197,19 +232,19 @@ class DataBundle:
                 found.update({(split.files[k], reason): None for k, reason in split.skips.take()})
         return list(found)
 
-    def _batches(self, split: Split, name: str, order: np.ndarray,
-                 batch_size: int) -> tf.data.Dataset:
+    def _batches(self, split: Split, name: str, order: np.ndarray, batch_size: int,
+                 cropped: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None
+                 ) -> tf.data.Dataset:
         """Batches of (uint8 images, int32 labels) in ``order``: the lookup takes a batch
         of indices at a time (a gather in memory; files decoded in parallel within it, and
-        several batches at once)."""
-        lookup = self._lookup(name, split)
+        several batches at once). ``cropped`` replaces the lookup (``_crop_decoder``)."""
         dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        if split.ready is not None:
-            dataset = dataset.map(lookup)
-        elif split.files is not None:  # each call decodes its batch on every core
-            dataset = dataset.map(lookup, num_parallel_calls=BATCHES_AT_ONCE)
-        else:
-            dataset = dataset.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+        if cropped is not None:
+            dataset = cropped(dataset)
+        else:  # files: each call decodes its batch on every core
+            parallel = (None if split.ready is not None else
+                        BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
+            dataset = dataset.map(self._lookup(name, split), num_parallel_calls=parallel)
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
         return dataset
@@ -231,18 +266,28 @@ class DataBundle:
             return self._train.ready[picks]
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
-    def _lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
-        """Graph function indices [b] -> (uint8 images, labels), traced once per split.
+    def _lookup(self, name: str, split: Split, crop: dict | None = None
+                ) -> Callable[..., tuple]:
+        """Graph function indices [b] -> (uint8 images, labels), traced once per split (and
+        once more with ``crop``: (indices, crop draws), ``stream.file_images``).
 
         Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
         tf.data reuse its graph instead of tracing the decoder again (on a 20,000-file
         folder the first epoch's build, which traces, took 0.7 s; a later epoch's build and
         first batch together 0.5 s; timed around ``train_dataset`` and ``next``).
         """
-        if name not in self._lookups:
-            self._lookups[name] = tf.function(self._make_lookup(name, split), input_signature=[
-                tf.TensorSpec([None], tf.int64)], autograph=False)  # plain TF ops: see decode
-        return self._lookups[name]
+        key = name if crop is None else f"{name} cropped"
+        if key not in self._lookups:
+            signature = [tf.TensorSpec([None], tf.int64)]
+            if crop is not None:
+                lookup = file_images(split.files, split.labels, self.resizing, self.channels,
+                                     split.skips, None, crop)
+                signature.append(tf.TensorSpec([None, DRAWS_PER_IMAGE], tf.float32))
+            else:
+                lookup = self._make_lookup(name, split)
+            self._lookups[key] = tf.function(lookup, input_signature=signature,
+                                             autograph=False)  # plain TF ops: see decode
+        return self._lookups[key]
 
     def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
         """Graph function indices [b] -> (uint8 images, labels), from memory or decoded."""

@@ -27,8 +27,17 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder.data.crops import box_window, crop_boxes
 from resnet_builder.data.images import ImageError, decode_image_bytes, load_image
-from resnet_builder.data.resizing import Resize, decode_jpeg_for, fit_image
+from resnet_builder.data.resizing import (
+    Resize,
+    centre_window,
+    decode_jpeg_for,
+    decode_jpeg_window,
+    fit_image,
+    resample,
+    shrink_factor,
+)
 from resnet_builder.runtime import cpu_count
 
 SKIPPED_LABEL = -1  # label of an element whose file could not be decoded
@@ -76,15 +85,81 @@ def decode_native(contents: tf.Tensor, how: Resize, channels: int = 0) -> tf.Ten
     CMYK converted: the same pixels, fewer ops on the hot path).
     """
     def jpeg() -> tf.Tensor:
-        image = decode_jpeg_for(contents, how, 3 if channels == 3 else 0)
-        return image if channels in (0, 3) else to_channels(image, channels)
+        return _jpeg_channels(decode_jpeg_for(contents, how, _jpeg_asks(channels)), channels)
+
+    image = tf.cond(is_jpeg(contents), jpeg, lambda: _decode_other(contents, channels))
+    return tf.ensure_shape(image, [None, None, channels or None])
+
+
+def is_jpeg(contents: tf.Tensor) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(contents, 0, 3), _JPEG)
+
+
+def _jpeg_asks(channels: int) -> int:
+    """The channels to ask libjpeg for: RGB directly when RGB is wanted, else as stored."""
+    return 3 if channels == 3 else 0
+
+
+def _jpeg_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    return image if channels in (0, 3) else to_channels(image, channels)
+
+
+def _decode_other(contents: tf.Tensor, channels: int) -> tf.Tensor:
+    image = tf.io.decode_image(contents, channels=0, expand_animations=False)
+    return to_channels(image, channels) if channels else image
+
+
+def decode_fitted(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
+    """``fit_image(decode_native(...))``; with ``resize: crop`` a JPEG's centre window is
+    decoded alone (``resizing.decode_jpeg_window``: the same pixels, less decoding)."""
+    if how.mode != "crop":
+        return fit_image(decode_native(contents, how, channels), how)
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.io.extract_jpeg_shape(contents)
+        image = decode_jpeg_window(contents, shape, shrink_factor(shape[0], shape[1], how),
+                                   lambda height, width: centre_window(height, width, how),
+                                   _jpeg_asks(channels))
+        return resample(_jpeg_channels(image, channels), how.size, how.size)
+
+    return tf.cond(is_jpeg(contents), jpeg,
+                   lambda: fit_image(_decode_other(contents, channels), how))
+
+
+def decode_cropped(contents: tf.Tensor, draws: tf.Tensor, crop: dict, size: int,
+                   channels: int) -> tf.Tensor:
+    """uint8 [size, size, C]: the random resized crop ``crops.crop_boxes`` draws from
+    ``draws`` (one image's row of ``crops.crop_draws``), taken from the file as decoded and
+    resized to ``size``. A JPEG is decoded only inside the box, DCT-scaled as far as the
+    box's size allows."""
+    def jpeg() -> tf.Tensor:
+        shape = tf.io.extract_jpeg_shape(contents)
+        box = _box(draws, shape[0], shape[1], crop)
+        sides = box[2:] * tf.cast(shape[:2], tf.float32)
+        image = decode_jpeg_window(contents, shape, tf.reduce_min(sides) / size,
+                                   lambda height, width: box_window(box, height, width),
+                                   _jpeg_asks(channels))
+        return _jpeg_channels(image, channels)
 
     def other() -> tf.Tensor:
-        image = tf.io.decode_image(contents, channels=0, expand_animations=False)
-        return to_channels(image, channels) if channels else image
+        return crop_to_box(_decode_other(contents, channels), draws, crop)
 
-    image = tf.cond(tf.equal(tf.strings.substr(contents, 0, 3), _JPEG), jpeg, other)
-    return tf.ensure_shape(image, [None, None, channels or None])
+    image = tf.cond(is_jpeg(contents), jpeg, other)
+    return resample(tf.ensure_shape(image, [None, None, channels]), size, size)
+
+
+def crop_to_box(image: tf.Tensor, draws: tf.Tensor, crop: dict) -> tf.Tensor:
+    """A decoded image's random resized crop box (``decode_cropped`` for what is decoded
+    whole: other formats, and files only Pillow reads)."""
+    shape = tf.shape(image)
+    box = _box(draws, shape[0], shape[1], crop)
+    top, left, rows, cols = tf.unstack(box_window(box, shape[0], shape[1]))
+    return image[top:top + rows, left:left + cols]
+
+
+def _box(draws: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop: dict) -> tf.Tensor:
+    aspect = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
+    return crop_boxes(draws[None], aspect[None], crop)[0]
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -140,16 +215,18 @@ def decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Ten
                                   tf.uint8, stateful=False)
         return tf.ensure_shape(image, (None, None, channels))
 
-    def native() -> tf.Tensor:
-        return decode_native(contents, how, channels)
-
-    image = fit_image(tf.cond(needs_pil(contents), with_pil, native), how)
+    image = tf.cond(needs_pil(contents), lambda: fit_image(with_pil(), how),
+                    lambda: decode_fitted(contents, how, channels))
     return tf.ensure_shape(image, (how.size, how.size, channels))
 
 
-def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
+def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int,
+                             draws: tf.Tensor | None = None, crop: dict | None = None
+                             ) -> tf.Tensor:
     """``decode_and_resize`` for what TensorFlow's kernels decode like Pillow, failing (an
-    error tf.data can drop) for the rest: the fast path of ``batch_decoder``.
+    error tf.data can drop) for the rest: the fast path of ``batch_decoder``. With ``crop``
+    (augment.random_resized_crop's settings) the image is the random resized crop that
+    ``draws`` (this image's row of ``crops.crop_draws``) picks.
 
     Routing by failure rather than by ``tf.cond`` keeps the per-image graph to the decode
     and resize themselves (a cond with a Pillow branch ran decode + resize at 0.75x).
@@ -157,7 +234,10 @@ def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) ->
     usable = tf.debugging.Assert(tf.logical_not(needs_pil(contents)),
                                  ["only Pillow decodes this file like predict does"])
     with tf.control_dependencies([usable]):
-        image = fit_image(decode_native(contents, how, channels), how)
+        if crop is None:
+            image = decode_fitted(contents, how, channels)
+        else:
+            image = decode_cropped(contents, draws, crop, how.size, channels)
     return tf.ensure_shape(image, (how.size, how.size, channels))
 
 
@@ -179,16 +259,19 @@ class SkipLog:
         return entries
 
 
-def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool
-                  ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """Graph function (keys int64 [b], sources string [b], labels int32 [b]) ->
+def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
+                  crop: dict | None = None) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+    """Graph function (keys int64 [b], sources string [b], labels int32 [b][, draws]) ->
     (uint8 [b, S, S, C], int32 [b]), never failing.
 
     ``sources`` are file paths (``from_files``) or encoded bytes. The images are decoded
     by ``native_decode_and_resize`` in a parallel map whose failures ``ignore_errors``
     drops; the places left empty (a broken file, or one only Pillow reads like
     ``images.load_image``: ``needs_pil``) are decoded by Pillow, and if that fails too
-    become zeros with label -1, their (key, reason) going to ``skips``.
+    become zeros with label -1, their (key, reason) going to ``skips``. With ``crop``
+    (``augment.random_resized_crop``'s settings) the function takes ``draws`` float32
+    [b, n] (``crops.crop_draws``) and each image is its random resized crop, taken from
+    the file before resizing (``decode_cropped``) instead of the resize rule.
 
     Why per batch: errors can only be caught by a tf.data dataset, and one nested dataset
     per image (the previous guard) ran the folder pipeline at 0.44x a bare map. Map this
@@ -197,22 +280,26 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     0.69x of a flat map on 2 cores, with 2 batches x 2 images at once 0.86x.
     """
     shape = (how.size, how.size, channels)
-    rescue = _pillow_rescue(how, channels, skips, from_files=from_files)
+    rescue = _pillow_rescue(how, channels, skips, from_files=from_files, crop=crop)
 
     # Plain TF ops, no Python control flow on tensors: AutoGraph's conversion of these
     # functions was most of a streamed folder's time to its first batch (~1.5 s, profiled).
     @tf.autograph.experimental.do_not_convert
-    def native(slot: tf.Tensor, source: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def native(slot: tf.Tensor, source: tf.Tensor, draws: tf.Tensor
+               ) -> tuple[tf.Tensor, tf.Tensor]:
         contents = tf.io.read_file(source) if from_files else source
-        return slot, native_decode_and_resize(contents, how, channels)
+        return slot, native_decode_and_resize(contents, how, channels, draws, crop)
 
     @tf.autograph.experimental.do_not_convert
-    def decode_batch(keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor) -> tuple:
+    def decode_batch(keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor,
+                     draws: tf.Tensor | None = None) -> tuple:
         count = tf.shape(keys, out_type=tf.int64)[0]
+        if draws is None:
+            draws = tf.zeros([count, 0])
         none = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64),
                                              tf.zeros((0, *shape), tf.uint8)))
         slots, images = (
-            tf.data.Dataset.from_tensor_slices((tf.range(count), sources))
+            tf.data.Dataset.from_tensor_slices((tf.range(count), sources, draws))
             .map(native, num_parallel_calls=DECODE_THREADS, deterministic=False)
             .ignore_errors(log_warning=False).batch(tf.maximum(count, 1))
             .concatenate(none).take(1).get_single_element())
@@ -223,7 +310,7 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
 
         def rescued() -> tuple[tf.Tensor, tf.Tensor]:
             got, flags = tf.map_fn(
-                lambda i: rescue(keys[i], sources[i], labels[i]), missing,
+                lambda i: rescue(keys[i], sources[i], labels[i], draws[i]), missing,
                 fn_output_signature=(tf.TensorSpec(shape, tf.uint8),
                                      tf.TensorSpec([], tf.int32)))
             return (tf.tensor_scatter_nd_update(placed, missing[:, None], got),
@@ -234,13 +321,16 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     return decode_batch
 
 
-def _pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool
-                   ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]:
-    """Graph function (key, source, label) -> (uint8 [S, S, C], label or -1) by Pillow."""
+def _pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
+                   crop: dict | None) -> Callable[..., tuple]:
+    """Graph function (key, source, label, draws) -> (uint8 [S, S, C], label or -1) by
+    Pillow. A negative key is a padding place (``tfrecord``): blank, -1, not recorded."""
     blank = np.zeros((how.size, how.size, channels), np.uint8)
     shape = (how.size, how.size, channels)
 
     def load(key: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.int32]:
+        if key < 0:
+            return blank, np.int32(SKIPPED_LABEL)
         try:
             if from_files:
                 return load_image(os.fsdecode(_as_bytes(source)), channels), np.int32(0)
@@ -252,10 +342,14 @@ def _pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bo
         skips.add(int(key), reason)
         return blank, np.int32(SKIPPED_LABEL)
 
-    def rescue(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor) -> tuple:
+    def rescue(key: tf.Tensor, source: tf.Tensor, label: tf.Tensor, draws: tf.Tensor) -> tuple:
         image, flag = tf.numpy_function(load, [key, source], [tf.uint8, tf.int32],
                                         stateful=True)
-        image = fit_image(tf.ensure_shape(image, (None, None, channels)), how)
+        image = tf.ensure_shape(image, (None, None, channels))
+        if crop is None:
+            image = fit_image(image, how)
+        else:
+            image = resample(crop_to_box(image, draws, crop), how.size, how.size)
         return tf.ensure_shape(image, shape), tf.where(tf.ensure_shape(flag, []) < 0, flag, label)
 
     return rescue

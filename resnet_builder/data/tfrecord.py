@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import DataConfig
+from resnet_builder.data.augment import decoder_crop_draws
 from resnet_builder.data.bundle import (
     ORDER_STREAM,
     DataBundle,
@@ -35,7 +36,13 @@ from resnet_builder.data.bundle import (
     seeded_rng,
     to_float,
 )
-from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
+from resnet_builder.data.decode import (
+    BATCHES_AT_ONCE,
+    SKIPPED_LABEL,
+    SkipLog,
+    batch_decoder,
+    decode_or_skip,
+)
 from resnet_builder.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -182,13 +189,14 @@ class TFRecordBundle(DataBundle):
         records = self._records(mine, "train", parallel=True)
         records = records.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
         start, real = first_batch * local, sum(s.count for s in mine)
-        images = self._decoded(records.skip(start))
+        parsed = records.skip(start).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
         padding = self._most_per_worker(num_shards) - max(start, real)
-        if padding > 0:
-            blank = tf.zeros((self.image_size, self.image_size, self.channels), tf.uint8)
-            images = images.concatenate(tf.data.Dataset.from_tensors(
-                (blank, tf.constant(SKIPPED_LABEL, tf.int32))).repeat(padding))
-        batches = images.batch(local)
+        if padding > 0:  # key -1: the decoder leaves the place blank, label -1, unrecorded
+            parsed = parsed.concatenate(tf.data.Dataset.from_tensors(
+                (tf.constant(-1, tf.int64), tf.constant(b""), tf.constant(SKIPPED_LABEL))
+            ).repeat(padding))
+        batches = self._decoded_batches(parsed.batch(local), epoch, batch_size, shard * local,
+                                        first_batch)
         augment = self.augment_function()
         if augment is not None:  # this worker's rows of the global batch's random draws
             epoch_number = tf.constant(epoch, tf.int64)
@@ -199,6 +207,32 @@ class TFRecordBundle(DataBundle):
         else:
             batches = batches.map(to_float)
         return batches.prefetch(tf.data.AUTOTUNE)
+
+    def decoder_crop(self) -> dict | None:
+        """Packed records are always decoded as batches are made: the crop comes from them."""
+        return self._augment.random_resized_crop
+
+    def _decoded_batches(self, batches: tf.data.Dataset, epoch: int, batch_size: int,
+                         offset: int, first_batch: int) -> tf.data.Dataset:
+        """Batches of (key, bytes, label) -> (uint8 images, labels), a batch per decoder
+        call; with ``decoder_crop`` each record's random resized crop, drawn from (seed,
+        epoch, global batch number) as ``DataBundle`` draws it for files."""
+        crop = self.decoder_crop()
+        decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
+                               crop=crop)
+        if crop is None:
+            return batches.map(decode, num_parallel_calls=BATCHES_AT_ONCE)
+        epoch_number = tf.constant(epoch, tf.int64)
+
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+        def cropped(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            count = tf.shape(batch[0])[0]
+            draws = decoder_crop_draws(crop, self._seed, epoch_number, number,
+                                       tf.constant(batch_size, tf.int64), offset, count)
+            return decode(*batch, draws)
+
+        return batches.enumerate(start=first_batch).map(cropped,
+                                                        num_parallel_calls=BATCHES_AT_ONCE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in file order, not augmented; None without validation shards."""

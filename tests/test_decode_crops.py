@@ -1,0 +1,208 @@
+"""Crops taken while decoding: resize: crop's centre window, and the random resized crop
+of streamed files and packed records (JPEGs decoded only inside the box)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from resnet_builder.config import AugmentConfig, DataConfig
+from resnet_builder.data import decode, load_data
+from resnet_builder.data.augment import decoder_crop_draws
+from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
+from resnet_builder.data.crops import box_window, crop_boxes
+from resnet_builder.data.images import load_image
+from resnet_builder.data.pack import pack_folder
+from resnet_builder.data.resizing import (
+    Resize,
+    decode_jpeg_for,
+    decode_jpeg_window,
+    fit_image,
+    resample,
+)
+
+CROP = {"scale": [0.2, 0.6], "ratio": [0.75, 1.3333]}
+
+
+def _photo(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), np.uint8))
+    return np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _jpeg_bytes(height: int, width: int, seed: int = 0, subsampling: int = 2) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_photo(height, width, seed)).save(buffer, "JPEG", quality=90,
+                                                      subsampling=subsampling)
+    return buffer.getvalue()
+
+
+def _epoch(dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+def test_a_window_decoded_alone_equals_the_whole_decode_there(subsampling, ratio):
+    """decode_and_crop_jpeg with EXACT_MARGIN gives a full decode's pixels (without it,
+    libjpeg's chroma upsampling at the window's edge differs)."""
+    contents = tf.constant(_jpeg_bytes(157, 211, subsampling, subsampling))
+    shape = tf.io.extract_jpeg_shape(contents)
+    whole = tf.io.decode_jpeg(contents, channels=3, ratio=ratio,
+                              dct_method="INTEGER_ACCURATE").numpy()
+    rng = np.random.default_rng(ratio)
+    for _ in range(12):
+        rows, cols = rng.integers(1, whole.shape[0] + 1), rng.integers(1, whole.shape[1] + 1)
+        top = rng.integers(0, whole.shape[0] - rows + 1)
+        left = rng.integers(0, whole.shape[1] - cols + 1)
+        box = tf.constant([top, left, rows, cols])
+        window = decode_jpeg_window(contents, shape, tf.constant(float(ratio)),
+                                    lambda h, w, box=box: box, channels=3).numpy()
+        np.testing.assert_array_equal(window, whole[top:top + rows, left:left + cols])
+
+
+@pytest.mark.parametrize("size", [24, 60, 100])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_crop_mode_decodes_the_centre_window_with_the_same_pixels(size, channels):
+    """resize: crop decodes only its centre window of a JPEG, and gives the pixels of a
+    full (equally DCT-scaled) decode put through fit_image."""
+    for shape in ((120, 160), (161, 97), (400, 300)):
+        contents = tf.constant(_jpeg_bytes(*shape, seed=size))
+        how = Resize(size, "crop", 0.8)
+        full = decode.to_channels(decode_jpeg_for(contents, how, 3), channels) \
+            if channels == 1 else decode_jpeg_for(contents, how, 3)
+        want = fit_image(full, how).numpy()
+        got = decode.decode_fitted(contents, how, channels).numpy()
+        assert got.shape == (size, size, channels)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_file_s_crop_equals_cropping_its_decoded_pixels(tmp_path):
+    """decode_cropped: the box of crops.crop_boxes over the file's own pixels, resized; a
+    JPEG decoded only in its box, at the DCT scale the box's size allows."""
+    draws = decoder_crop_draws(CROP, 3, tf.constant(0, tf.int64), tf.constant(0, tf.int64),
+                               tf.constant(8, tf.int64), 0, tf.constant(8))
+    for i, (name, shape) in enumerate([("a.png", (90, 120)), ("b.jpg", (90, 120)),
+                                       ("c.jpg", (300, 200)), ("d.png", (40, 70))]):
+        path = tmp_path / name
+        Image.fromarray(_photo(*shape, seed=i)).save(path, quality=95)
+        contents = tf.constant(path.read_bytes())
+        got = decode.decode_cropped(contents, draws[i], CROP, 32, 3).numpy().astype(int)
+        decoded = _decodings(str(path))  # c.jpg's box is over 2x the output: 1/2 scale
+        wants = [_cropped(pixels, draws[i], shape, 32) for pixels in decoded]
+        assert min(np.abs(got - want).max() for want in wants) == 0, name
+        whole = fit_image(decoded[0], Resize(32)).numpy().astype(int)
+        assert np.abs(got - whole).mean() > 5, name  # a crop, not the whole image
+
+
+def _cropped(pixels: tf.Tensor, draws: tf.Tensor, full: tuple[int, int], size: int
+             ) -> np.ndarray:
+    """The crop of ``pixels`` (a decode at some scale) by the box drawn for the file's
+    full ``(height, width)``, resized to ``size``."""
+    box = crop_boxes(draws[None], tf.constant([full[1] / full[0]]), CROP)[0]
+    top, left, rows, cols = box_window(box, *pixels.shape[:2]).numpy()
+    return resample(pixels[top:top + rows, left:left + cols], size, size).numpy()
+
+
+def _decodings(path: str) -> list[tf.Tensor]:
+    """A file's pixels as Pillow reads it; a JPEG's at full and half scale (the decoder
+    takes the scale its box allows)."""
+    if not path.endswith(".jpg"):
+        return [tf.constant(load_image(path, 3))]
+    contents = tf.io.read_file(path)
+    return [tf.io.decode_jpeg(contents, 3, ratio=r, dct_method="INTEGER_ACCURATE")
+            for r in (1, 2)]
+
+
+def _folder(root: Path, per_class: int = 5) -> Path:
+    for k, name in enumerate(("ant", "bee")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            ext = ("jpg", "png", "gif")[i % 3]  # gif: the Pillow route
+            Image.fromarray(_photo(60 + 7 * i, 80, 10 * k + i)).save(root / name / f"{i}.{ext}")
+    return root
+
+
+def _streamed(root: Path, augment: AugmentConfig, cache: bool | str = False):
+    return load_data(DataConfig(source="folder", path=str(root), image_size=20,
+                                validation_split=0.0, cache=cache), augment, seed=5)
+
+
+def test_streamed_files_are_cropped_from_the_file_as_the_augmenter_would_draw(tmp_path):
+    root = _folder(tmp_path)
+    bundle = _streamed(root, AugmentConfig(random_resized_crop=CROP))
+    assert bundle.decoder_crop() == CROP
+    x, y = _epoch(bundle.train_dataset(2, 4))
+    files = sorted(str(p) for p in root.rglob("*.*"))
+    order = seeded_rng(5, ORDER_STREAM, 2).permutation(len(files))
+    for number in range(3):
+        picks = order[4 * number:4 * number + 4]
+        draws = decoder_crop_draws(CROP, 5, tf.constant(2, tf.int64), tf.constant(number, tf.int64),
+                                   tf.constant(len(picks), tf.int64), 0, tf.constant(len(picks)))
+        for row, index in enumerate(picks):
+            got = x[4 * number + row]
+            decoded = _decodings(files[index])
+            wants = [_cropped(pixels, draws[row], decoded[0].shape[:2], 20)
+                     for pixels in decoded]
+            assert min(np.abs(got - want).max() for want in wants) == 0, files[index]
+    assert sorted(y.tolist()) == [0] * 5 + [1] * 5
+
+
+def test_cropped_epochs_are_seeded_sharded_and_resumable(tmp_path):
+    bundle = _streamed(_folder(tmp_path, 6), AugmentConfig(random_resized_crop=CROP,
+                                                           horizontal_flip=True))
+    x, _ = _epoch(bundle.train_dataset(1, 4))
+    np.testing.assert_array_equal(_epoch(bundle.train_dataset(1, 4))[0], x)
+    assert not np.array_equal(_epoch(bundle.train_dataset(2, 4))[0], x)
+    halves = [_epoch(bundle.train_dataset(1, 4, shard=k, num_shards=2)) for k in range(2)]
+    for b in range(3):  # global batch b = shard 0's 2 rows, then shard 1's
+        np.testing.assert_array_equal(
+            np.concatenate([halves[0][0][2 * b:2 * b + 2], halves[1][0][2 * b:2 * b + 2]]),
+            x[4 * b:4 * b + 4])
+    np.testing.assert_array_equal(_epoch(bundle.train_dataset(1, 4, first_batch=1))[0], x[4:])
+
+
+def test_bad_files_are_skipped_and_named_with_the_crop_on(tmp_path):
+    root = _folder(tmp_path)
+    good = (root / "ant" / "0.jpg").read_bytes()
+    (root / "ant" / "cut.jpg").write_bytes(good[:len(good) // 2])
+    (root / "bee" / "noise.png").write_bytes(os.urandom(300))
+    bundle = _streamed(root, AugmentConfig(random_resized_crop=CROP))
+    x, y = _epoch(bundle.train_dataset(0, 4))
+    assert x.shape == (12, 20, 20, 3) and (y == -1).sum() == 2
+    assert {Path(f).name for f, _ in bundle.take_skipped()} == {"cut.jpg", "noise.png"}
+
+
+def test_cached_images_keep_the_crop_in_the_augmenter(tmp_path):
+    """A store holds resized images, so the crop is taken from them, after decoding."""
+    root = _folder(tmp_path)
+    cached = _streamed(root, AugmentConfig(random_resized_crop=CROP), cache=True)
+    assert cached.decoder_crop() is None
+    plain = _streamed(root, AugmentConfig(), cache=True)
+    x, _ = _epoch(cached.train_dataset(0, 4))
+    assert np.abs(x - _epoch(plain.train_dataset(0, 4))[0]).mean() > 5
+
+
+def test_packed_records_are_cropped_as_decoded_and_padding_is_not_skipped(tmp_path):
+    root = _folder(tmp_path / "photos", 7)
+    pack_folder(root, str(tmp_path / "packed"), shards=3)
+    data = DataConfig(source="tfrecord", path=str(tmp_path / "packed"), image_size=20)
+    bundle = load_data(data, AugmentConfig(random_resized_crop=CROP), seed=0)
+    plain = load_data(data, AugmentConfig(), seed=0)
+    assert bundle.decoder_crop() == CROP
+    x, y = _epoch(bundle.train_dataset(0, 4))
+    px, py = _epoch(plain.train_dataset(0, 4))
+    np.testing.assert_array_equal(y, py)  # the same records in the same order, cropped
+    assert np.abs(x - px).mean() > 5
+    np.testing.assert_array_equal(_epoch(bundle.train_dataset(0, 4))[0], x)
+    parts = [_epoch(bundle.train_dataset(0, 4, shard=k, num_shards=2))[1] for k in range(2)]
+    assert len(parts[0]) == len(parts[1])  # the smaller share padded with label -1
+    assert sorted(np.concatenate(parts)[np.concatenate(parts) >= 0]) == sorted(y)
+    assert bundle.take_skipped() == []  # padding is not a skipped file
