@@ -8,7 +8,9 @@ images/s over alternating full passes (``resnet_builder.benchmark.pipelines``) o
   * ours: ``load_data(folder, cache=false)`` + ``train_dataset`` (flip on), streaming;
   * tfdata: read_file + decode_jpeg + resize + flip in a parallel map (no error handling);
   * keras: ``keras.utils.image_dataset_from_directory`` + a flip;
-then the resize rules on their own (decode + resize in a bare parallel map), and the time
+then the resize rules on their own (decode + resize in a bare parallel map), crops (the
+random resized crop and ``resize: crop``, ours taken while decoding, against hand-written
+tf.data decoding whole or with ``decode_and_crop_jpeg``), and the time
 to the first batch on a folder of ``--first-batch-files`` small JPEGs: ours streaming,
 ours with ``data.verify: true`` and a plain tf.data pipeline (list the files, decode).
 """
@@ -52,6 +54,76 @@ def resize_rules(files: list[Path], size: int, batch: int, photo: str) -> None:
     print(f"decode + resize only, best of 3, images/s ({photo} -> {size}):")
     for name, values in rates.items():
         print(f"  {name:44s} {max(values):8.0f}")
+
+
+def crops(folder: Path, size: int, batch: int, rounds: int = 3) -> None:
+    """Crops, ours (taken while decoding) vs hand-written tf.data: the ImageNet training
+    crop (random resized crop, scale 0.08-1, + flip) and ``resize: crop`` (centre 0.875)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from resnet_builder.benchmark.pipelines import images_per_second
+    from resnet_builder.config import AugmentConfig, DataConfig
+    from resnet_builder.data import load_data
+
+    names = sorted(str(p) for p in folder.rglob("*.jpg"))
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+
+    def ours(augment: AugmentConfig, mode: str):
+        cfg = DataConfig(source="folder", path=str(folder), image_size=size,
+                         validation_split=0.0, cache=False, resize=mode)
+        bundle, epochs = load_data(cfg, augment, seed=0), iter(range(10**6))
+        return lambda: bundle.train_dataset(next(epochs), batch)
+
+    def hand_written(load):
+        return lambda: (tf.data.Dataset.from_tensor_slices(names).shuffle(len(names))
+                        .map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+                        .prefetch(tf.data.AUTOTUNE))
+
+    def random_box(contents):
+        begin, box_size, _ = tf.image.sample_distorted_bounding_box(
+            tf.io.extract_jpeg_shape(contents), tf.zeros([0, 0, 4]), area_range=scale,
+            aspect_ratio_range=ratio, min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
+        return tf.concat([begin[:2], box_size[:2]], 0)
+
+    def finish(image):
+        return tf.image.random_flip_left_right(tf.image.resize(image, (size, size))), 0
+
+    def rrc_whole(path):  # decode the whole photo, then crop
+        contents = tf.io.read_file(path)
+        y, x, h, w = tf.unstack(random_box(contents))
+        return finish(tf.io.decode_jpeg(contents, 3)[y:y + h, x:x + w])
+
+    def rrc_fused(path):  # TF's official ImageNet input: decode_and_crop_jpeg
+        contents = tf.io.read_file(path)
+        return finish(tf.io.decode_and_crop_jpeg(contents, random_box(contents), 3))
+
+    def centre_whole(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), 3)
+        return tf.image.resize(tf.image.central_crop(image, 0.875), (size, size)), 0
+
+    groups = {
+        "random resized crop + flip": {
+            "ours (crop taken while decoding)": ours(AugmentConfig(
+                random_resized_crop={"scale": list(scale), "ratio": list(ratio)},
+                horizontal_flip=True), "stretch"),
+            "tf.data: decode whole, then crop": hand_written(rrc_whole),
+            "tf.data: decode_and_crop_jpeg": hand_written(rrc_fused)},
+        "resize: crop (centre 0.875), no augmentation": {
+            "ours (centre window decoded alone)": ours(AugmentConfig(), "crop"),
+            "tf.data: decode whole, central_crop": hand_written(centre_whole)}}
+    for title, pipelines in groups.items():
+        for make in pipelines.values():
+            images_per_second(make)  # warm-up
+        rates = {name: [] for name in pipelines}
+        for _ in range(rounds):
+            for name, make in pipelines.items():
+                rates[name].append(images_per_second(make))
+        medians = {name: float(np.median(values)) for name, values in rates.items()}
+        ours_rate = next(iter(medians.values()))
+        print(f"{title}, median images/s:")
+        for name, rate in medians.items():
+            print(f"  {name:36s} {rate:8.0f}   ours/this = {ours_rate / rate:.2f}x")
 
 
 def first_batch(root: Path, count: int, size: int, batch: int) -> None:
@@ -115,6 +187,7 @@ def main() -> None:
                         ("keras_directory", "keras image_dataset_from_dir")):
         print(f"  {label:32s} {rates[name]:8.0f}   ours/this = {rates['ours'] / rates[name]:.2f}x")
     resize_rules(files, args.size, args.batch, args.photo)
+    crops(work / "photos", args.size, args.batch)
     if args.first_batch_files:
         first_batch(work / "small", args.first_batch_files, args.size, args.batch)
 

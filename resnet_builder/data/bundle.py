@@ -19,7 +19,7 @@ from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.augment import decoder_crop_draws, traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
 from resnet_builder.data.crops import DRAWS_PER_IMAGE
-from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog
+from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotune
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.stream import ImageStore, file_images
@@ -245,6 +245,8 @@ class DataBundle:
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
             dataset = dataset.map(self._lookup(name, split), num_parallel_calls=parallel)
+        if split.files is not None:
+            dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
         return dataset

@@ -42,6 +42,7 @@ from resnet_builder.data.decode import (
     SkipLog,
     batch_decoder,
     decode_or_skip,
+    without_autotune,
 )
 from resnet_builder.errors import UserError
 
@@ -220,6 +221,7 @@ class TFRecordBundle(DataBundle):
         crop = self.decoder_crop()
         decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
                                crop=crop)
+        batches = batches.with_options(without_autotune())
         if crop is None:
             return batches.map(decode, num_parallel_calls=BATCHES_AT_ONCE)
         epoch_number = tf.constant(epoch, tf.int64)
