@@ -62,9 +62,9 @@ def test_a_window_decoded_alone_equals_the_whole_decode_there(subsampling, ratio
         rows, cols = rng.integers(1, whole.shape[0] + 1), rng.integers(1, whole.shape[1] + 1)
         top = rng.integers(0, whole.shape[0] - rows + 1)
         left = rng.integers(0, whole.shape[1] - cols + 1)
-        box = tf.constant([top, left, rows, cols])
+        box = (tf.constant([top, left]), tf.constant([rows, cols]))
         window = decode_jpeg_window(contents, shape, tf.constant(float(ratio)),
-                                    lambda h, w, box=box: box, channels=3).numpy()
+                                    lambda dims, r, box=box: box, channels=3).numpy()
         np.testing.assert_array_equal(window, whole[top:top + rows, left:left + cols])
 
 
@@ -96,28 +96,29 @@ def test_a_file_s_crop_equals_cropping_its_decoded_pixels(tmp_path):
         contents = tf.constant(path.read_bytes())
         got = decode.decode_cropped(contents, draws[i], CROP, 32, 3).numpy().astype(int)
         decoded = _decodings(str(path))  # c.jpg's box is over 2x the output: 1/2 scale
-        wants = [_cropped(pixels, draws[i], shape, 32) for pixels in decoded]
+        wants = [_cropped(pixels, scale, draws[i], shape, 32) for scale, pixels in decoded]
         assert min(np.abs(got - want).max() for want in wants) == 0, name
-        whole = fit_image(decoded[0], Resize(32)).numpy().astype(int)
+        whole = fit_image(decoded[0][1], Resize(32)).numpy().astype(int)
         assert np.abs(got - whole).mean() > 5, name  # a crop, not the whole image
 
 
-def _cropped(pixels: tf.Tensor, draws: tf.Tensor, full: tuple[int, int], size: int
-             ) -> np.ndarray:
-    """The crop of ``pixels`` (a decode at some scale) by the box drawn for the file's
+def _cropped(pixels: tf.Tensor, scale: int, draws: tf.Tensor, full: tuple[int, int],
+             size: int) -> np.ndarray:
+    """The crop of ``pixels`` (a decode at 1 / ``scale``) by the box drawn for the file's
     full ``(height, width)``, resized to ``size``."""
-    box = crop_boxes(draws[None], tf.constant([full[1] / full[0]]), CROP)[0]
-    top, left, rows, cols = box_window(box, *pixels.shape[:2]).numpy()
+    offset, extent = crop_boxes(draws, tf.constant(full, tf.float32), CROP)
+    (top, left), (rows, cols) = [v.numpy() for v in box_window(
+        offset / scale, extent / scale, tf.constant(pixels.shape[:2]))]
     return resample(pixels[top:top + rows, left:left + cols], size, size).numpy()
 
 
-def _decodings(path: str) -> list[tf.Tensor]:
-    """A file's pixels as Pillow reads it; a JPEG's at full and half scale (the decoder
-    takes the scale its box allows)."""
+def _decodings(path: str) -> list[tuple[int, tf.Tensor]]:
+    """(scale, pixels) of a file as Pillow reads it; a JPEG's at full and half scale (the
+    decoder takes the scale its box allows)."""
     if not path.endswith(".jpg"):
-        return [tf.constant(load_image(path, 3))]
+        return [(1, tf.constant(load_image(path, 3)))]
     contents = tf.io.read_file(path)
-    return [tf.io.decode_jpeg(contents, 3, ratio=r, dct_method="INTEGER_ACCURATE")
+    return [(r, tf.io.decode_jpeg(contents, 3, ratio=r, dct_method="INTEGER_ACCURATE"))
             for r in (1, 2)]
 
 
@@ -149,8 +150,8 @@ def test_streamed_files_are_cropped_from_the_file_as_the_augmenter_would_draw(tm
         for row, index in enumerate(picks):
             got = x[4 * number + row]
             decoded = _decodings(files[index])
-            wants = [_cropped(pixels, draws[row], decoded[0].shape[:2], 20)
-                     for pixels in decoded]
+            full = decoded[0][1].shape[:2]
+            wants = [_cropped(pixels, scale, draws[row], full, 20) for scale, pixels in decoded]
             assert min(np.abs(got - want).max() for want in wants) == 0, files[index]
     assert sorted(y.tolist()) == [0] * 5 + [1] * 5
 

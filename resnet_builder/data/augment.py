@@ -204,6 +204,6 @@ def random_resized_crop(images: tf.Tensor, seed: tf.Tensor, crop: dict, size: in
     the decoder instead, before resizing (``decode.batch_decoder`` with crop draws)."""
     count = tf.shape(images)[0]
     draw = draw or Draw(count, 0, count)
-    boxes = crop_boxes(crop_draws(seed, crop, draw), tf.ones([count]), crop)
-    corners = tf.concat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    offset, extent = crop_boxes(crop_draws(seed, crop, draw), tf.ones([count, 2]), crop)
+    corners = tf.concat([offset, offset + extent], axis=1)
     return tf.image.crop_and_resize(images, corners, tf.range(count), (size, size))

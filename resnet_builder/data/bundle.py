@@ -245,8 +245,7 @@ class DataBundle:
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
             dataset = dataset.map(self._lookup(name, split), num_parallel_calls=parallel)
-        if split.files is not None:
-            dataset = dataset.with_options(without_autotune())
+        dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
         return dataset
@@ -353,7 +352,8 @@ def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
     (label < 0)."""
     dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64)).batch(64)
     plain = tf.autograph.experimental.do_not_convert(lookup)  # see decode.batch_decoder
-    dataset = dataset.map(plain, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(plain, num_parallel_calls=tf.data.AUTOTUNE).with_options(
+        without_autotune())  # AUTOTUNE: every core (see decode.without_autotune)
     kept = [images[labels.reshape(len(labels), -1).min(axis=1) >= 0]  # -1 (rows): unreadable
             for images, labels in dataset.as_numpy_iterator()]
     return np.concatenate(kept) if kept else np.zeros(shape, np.uint8)

@@ -32,46 +32,42 @@ class Draw:
 
 
 def crop_draws(seed: tf.Tensor, crop: dict, draw: Draw) -> tf.Tensor:
-    """float32 [b, DRAWS_PER_IMAGE]: per image ``CROP_TRIES`` area shares, as many log
-    aspect ratios (width / height) and the box's place (two numbers in [0, 1))."""
-    tries = CROP_TRIES
+    """float32 [b, DRAWS_PER_IMAGE]: per image ``CROP_TRIES`` (height, width) pairs of a
+    box of area 1 with the drawn area share and aspect ratio (log-uniform, width / height),
+    then the box's place (two numbers in [0, 1)). Scaled by sqrt(H * W) they are an
+    H x W image's box in pixels, so the per-image work in ``crop_boxes`` stays small."""
     area_seed, ratio_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     (area_low, area_high), (ratio_low, ratio_high) = crop["scale"], crop["ratio"]
-    area = draw.uniform([tries], area_seed, area_low, area_high)
-    log_ratio = draw.uniform([tries], ratio_seed, math.log(ratio_low), math.log(ratio_high))
-    return tf.concat([area, log_ratio, draw.uniform([2], place_seed)], axis=1)
+    area = draw.uniform([CROP_TRIES], area_seed, area_low, area_high)
+    ratio = tf.exp(draw.uniform([CROP_TRIES], ratio_seed, math.log(ratio_low),
+                                math.log(ratio_high)))
+    sides = tf.stack([tf.sqrt(area / ratio), tf.sqrt(area * ratio)], axis=2)
+    return tf.concat([tf.reshape(sides, [-1, 2 * CROP_TRIES]), draw.uniform([2], place_seed)],
+                     axis=1)
 
 
-def crop_boxes(draws: tf.Tensor, aspect: tf.Tensor, crop: dict) -> tf.Tensor:
-    """float32 [b, 4] (top, left, height, width) as shares of each image's sides.
+def crop_boxes(draws: tf.Tensor, dims: tf.Tensor, crop: dict) -> tuple[tf.Tensor, tf.Tensor]:
+    """(offset, size), float32 [..., 2] (rows, columns) in the units of ``dims``, the
+    images' (height, width): [b, 2] for a batch of draws [b, DRAWS_PER_IMAGE], [2] for one
+    image's row.
 
-    ``aspect``: float32 [b], each image's width / height. The first of the tries whose
-    box fits is taken; when none fits, the largest centre box with the aspect ratio
-    clamped into the range (timm's fallback).
+    The first of the tries whose box fits is taken; when none fits, the largest centre
+    box with the aspect ratio clamped into the range (timm's fallback).
     """
-    tries = CROP_TRIES
-    area, log_ratio, place = draws[:, :tries], draws[:, tries:2 * tries], draws[:, 2 * tries:]
-    ratio, aspect = tf.exp(log_ratio), aspect[:, None]
-    width, height = tf.sqrt(area * ratio / aspect), tf.sqrt(area * aspect / ratio)
-    fits = (width <= 1.0) & (height <= 1.0)
-    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
-    width = tf.gather(width, first, batch_dims=1)
-    height = tf.gather(height, first, batch_dims=1)
+    tries = tf.reshape(draws[..., :2 * CROP_TRIES], [-1, CROP_TRIES, 2][2 - draws.shape.rank:])
+    sides = tries * tf.sqrt(tf.reduce_prod(dims, axis=-1, keepdims=True))[..., None]
     ratio_low, ratio_high = crop["ratio"]
-    found = tf.reduce_any(fits, axis=1)
-    height = tf.where(found, height, tf.minimum(1.0, aspect[:, 0] / ratio_low))
-    width = tf.where(found, width, tf.minimum(1.0, ratio_high / aspect[:, 0]))
-    top = tf.where(found, place[:, 0] * (1.0 - height), (1.0 - height) / 2)
-    left = tf.where(found, place[:, 1] * (1.0 - width), (1.0 - width) / 2)
-    return tf.stack([top, left, height, width], axis=1)
+    fallback = tf.minimum(dims, tf.reverse(dims, [-1]) * [1 / ratio_low, ratio_high])
+    candidates = tf.concat([sides, fallback[..., None, :]], axis=-2)
+    fits = tf.reduce_all(candidates <= dims[..., None, :], axis=-1)  # the fallback always fits
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32)
+    size = tf.gather(candidates, first, batch_dims=draws.shape.rank - 1)
+    place = tf.where((first < CROP_TRIES)[..., None], draws[..., 2 * CROP_TRIES:], 0.5)
+    return place * (dims - size), size
 
 
-def box_window(box: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """int32 [4] (top, left, rows, columns): one image's box (shares) in whole pixels of
-    an image of ``height`` x ``width``, at least one pixel, inside the image."""
-    sides = tf.cast(tf.stack([height, width]), tf.float32)
-    size = tf.clip_by_value(tf.cast(tf.round(box[2:] * sides), tf.int32), 1,
-                            tf.stack([height, width]))
-    start = tf.clip_by_value(tf.cast(tf.round(box[:2] * sides), tf.int32), 0,
-                             tf.stack([height, width]) - size)
-    return tf.concat([start, size], axis=0)
+def box_window(offset: tf.Tensor, size: tf.Tensor, dims: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(start, extent), int32 [2]: one image's box in whole pixels of an image of ``dims``
+    (int32 [2]), at least one pixel, inside the image."""
+    extent = tf.clip_by_value(tf.cast(tf.round(size), tf.int32), 1, dims)
+    return tf.clip_by_value(tf.cast(tf.round(offset), tf.int32), 0, dims - extent), extent

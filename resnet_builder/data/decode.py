@@ -132,7 +132,7 @@ def decode_fitted(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
     def jpeg() -> tf.Tensor:
         shape = tf.io.extract_jpeg_shape(contents)
         image = decode_jpeg_window(contents, shape, shrink_factor(shape[0], shape[1], how),
-                                   lambda height, width: centre_window(height, width, how),
+                                   lambda dims, ratio: centre_window(dims, how),
                                    _jpeg_asks(channels))
         return resample(_jpeg_channels(image, channels), how.size, how.size)
 
@@ -142,17 +142,17 @@ def decode_fitted(contents: tf.Tensor, how: Resize, channels: int) -> tf.Tensor:
 
 def decode_cropped(contents: tf.Tensor, draws: tf.Tensor, crop: dict, size: int,
                    channels: int) -> tf.Tensor:
-    """uint8 [size, size, C]: the random resized crop ``crops.crop_boxes`` draws from
+    """uint8 [size, size, C]: the random resized crop ``crops.crop_boxes`` picks with
     ``draws`` (one image's row of ``crops.crop_draws``), taken from the file as decoded and
     resized to ``size``. A JPEG is decoded only inside the box, DCT-scaled as far as the
     box's size allows."""
     def jpeg() -> tf.Tensor:
         shape = tf.io.extract_jpeg_shape(contents)
-        box = _box(draws, shape[0], shape[1], crop)
-        sides = box[2:] * tf.cast(shape[:2], tf.float32)
-        image = decode_jpeg_window(contents, shape, tf.reduce_min(sides) / size,
-                                   lambda height, width: box_window(box, height, width),
-                                   _jpeg_asks(channels))
+        offset, extent = crop_boxes(draws, tf.cast(shape[:2], tf.float32), crop)
+        image = decode_jpeg_window(
+            contents, shape, tf.reduce_min(extent) / size,
+            lambda dims, ratio: box_window(offset / ratio, extent / ratio, dims),
+            _jpeg_asks(channels))
         return _jpeg_channels(image, channels)
 
     def other() -> tf.Tensor:
@@ -165,15 +165,9 @@ def decode_cropped(contents: tf.Tensor, draws: tf.Tensor, crop: dict, size: int,
 def crop_to_box(image: tf.Tensor, draws: tf.Tensor, crop: dict) -> tf.Tensor:
     """A decoded image's random resized crop box (``decode_cropped`` for what is decoded
     whole: other formats, and files only Pillow reads)."""
-    shape = tf.shape(image)
-    box = _box(draws, shape[0], shape[1], crop)
-    top, left, rows, cols = tf.unstack(box_window(box, shape[0], shape[1]))
-    return image[top:top + rows, left:left + cols]
-
-
-def _box(draws: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop: dict) -> tf.Tensor:
-    aspect = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
-    return crop_boxes(draws[None], aspect[None], crop)[0]
+    dims = tf.shape(image)[:2]
+    start, extent = box_window(*crop_boxes(draws, tf.cast(dims, tf.float32), crop), dims)
+    return tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [-1]], 0))
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
