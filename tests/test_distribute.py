@@ -262,12 +262,12 @@ if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process 
     import tensorflow as tf
     from resnet_builder.data import decode
     native_decode_and_resize = decode.native_decode_and_resize
-    def counted(contents, how, channels):
+    def counted(contents, *args):
         def bump():
             DECODED[0] += 1
             return np.int64(0)
         with tf.control_dependencies([tf.numpy_function(bump, [], tf.int64)]):
-            return tf.identity(native_decode_and_resize(contents, how, channels))
+            return tf.identity(native_decode_and_resize(contents, *args))
     decode.native_decode_and_resize = counted
 
 class CountDecodes(keras.callbacks.Callback):  # files decoded while training, per process
