@@ -14,7 +14,6 @@ from PIL import Image
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import decode, load_data
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng, shard_order
-from resnet_builder.data.file_stream import file_batches
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.errors import UserError
@@ -169,33 +168,6 @@ def test_batch_decoder_keeps_every_file_in_its_place(tmp_path):
     images, labels = run(keys[:2], tf.constant([str(tmp_path / "empty.png"),
                                                 str(files["pal_t.gif"])]), tf.constant([7, 8]))
     assert images.shape == (2, 20, 20, 3) and labels.numpy().tolist() == [-1, 8]
-
-
-@pytest.mark.parametrize("batch", [3, 4])
-def test_a_streamed_epoch_puts_every_failed_file_back_in_its_place(tmp_path, batch):
-    """file_batches (one flat map, failures dropped, places repaired) gives exactly what the
-    batch decoder gives for the same order: runs of broken and Pillow-only files longer
-    than a batch, at the start, in the middle and at the end of the epoch."""
-    files = _nasty(tmp_path)
-    for i in range(3):
-        (tmp_path / f"noise{i}.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
-    (tmp_path / "empty.png").write_bytes(b"")
-    paths = [tmp_path / "empty.png", files["rgb.jpg"]] + [tmp_path / f"noise{i}.jpg"
-                                                          for i in range(3)]
-    paths += [files[name] for name in ("pal_t.gif", "g16.png", "rot.jpg", "pal_t.png",
-                                       "rgba.png")] + [tmp_path / "noise0.jpg"] * 2
-    names, labels = [str(p) for p in paths], np.arange(len(paths), dtype=np.int32) % 5
-    order = np.arange(len(paths), dtype=np.int64)  # files 2-8 fail natively, 10-11 too
-    how, flat_skips, batch_skips = Resize(20), decode.SkipLog(), decode.SkipLog()
-    flat = _epoch(file_batches(names, labels, order, batch, how, 3, flat_skips))
-    run = decode.batch_decoder(how, 3, batch_skips, from_files=True)
-    expected = [run(tf.constant(part), tf.constant([names[i] for i in part]),
-                    tf.constant(labels[part])) for part in np.array_split(
-                        order, range(batch, len(order), batch))]
-    np.testing.assert_array_equal(flat[0], np.concatenate([x.numpy() for x, _ in expected]))
-    np.testing.assert_array_equal(flat[1], np.concatenate([y.numpy() for _, y in expected]))
-    assert (flat[1] == -1).sum() == 6
-    assert sorted(flat_skips.take()) == sorted(batch_skips.take())
 
 
 def test_only_flipped_images_are_mirrored():

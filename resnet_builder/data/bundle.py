@@ -18,8 +18,8 @@ import tensorflow as tf
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data.augment import decoder_crop_draws, traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
+from resnet_builder.data.crops import DRAWS_PER_IMAGE
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotune
-from resnet_builder.data.file_stream import file_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.stream import ImageStore, file_images
@@ -121,8 +121,10 @@ class DataBundle:
         order = self.epoch_order(epoch)
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
-        draws = self._crop_draws(epoch, batch_size, shard * local, first_batch)
-        dataset = self._batches(self._train, "train", picks, local, draws)
+        crop = self.decoder_crop()
+        cropped = None if crop is None else self._crop_decoder(
+            crop, epoch, batch_size, shard * local, first_batch)
+        dataset = self._batches(self._train, "train", picks, local, cropped)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
@@ -192,23 +194,23 @@ class DataBundle:
         streamed = split is not None and split.files is not None and split.store is None
         return self._augment.random_resized_crop if streamed else None
 
-    def _crop_draws(self, epoch: int, batch_size: int, offset: int, first_batch: int
-                    ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None:
-        """(batch k of this dataset, rows in it) -> the crop draws of those rows, drawn
-        from (seed, epoch, global batch number) like the augmenter's own; None when the
-        decoder takes no crop (``decoder_crop``)."""
-        crop = self.decoder_crop()
-        if crop is None:
-            return None
+    def _crop_decoder(self, crop: dict, epoch: int, batch_size: int, offset: int,
+                      first_batch: int) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+        """Batches of training indices -> (images, labels), each file's random resized crop
+        drawn from (seed, epoch, global batch number) like the augmenter's own."""
+        assert self._train is not None
+        lookup = self._lookup("train", self._train, crop)
         epoch_number, total = tf.constant(epoch, tf.int64), self.num_train
 
-        def draws(k: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-            number = k + first_batch
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+        def decode(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
-            return decoder_crop_draws(crop, self._seed, epoch_number, number, rows, offset,
-                                      tf.cast(count, tf.int32))
+            draws = decoder_crop_draws(crop, self._seed, epoch_number, number, rows, offset,
+                                       tf.shape(indices)[0])
+            return lookup(indices, draws)
 
-        return draws
+        return lambda batches: batches.enumerate(start=first_batch).map(
+            decode, num_parallel_calls=BATCHES_AT_ONCE)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
@@ -231,21 +233,18 @@ class DataBundle:
         return list(found)
 
     def _batches(self, split: Split, name: str, order: np.ndarray, batch_size: int,
-                 draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+                 cropped: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None
                  ) -> tf.data.Dataset:
-        """Batches of (uint8 images, int32 labels) in ``order``. Streamed files (no store)
-        are decoded one per parallel call (``file_stream.file_batches``; with ``draws``,
-        each file's random resized crop); otherwise a lookup takes a batch of indices at a
-        time (a gather in memory; stored or sampled files through the batch decoder)."""
-        if split.files is not None and split.store is None:
-            crop = None if draws is None else self.decoder_crop()
-            dataset = file_batches(split.files, split.labels, order, batch_size, self.resizing,
-                                   self.channels, split.skips, crop=crop, draws=draws)
+        """Batches of (uint8 images, int32 labels) in ``order``: the lookup takes a batch
+        of indices at a time (a gather in memory; files decoded in parallel within it, and
+        several batches at once). ``cropped`` replaces the lookup (``_crop_decoder``)."""
+        dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        if cropped is not None:
+            dataset = cropped(dataset)
         else:  # files: each call decodes its batch on every core
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
-            dataset = (tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-                       .map(self._lookup(name, split), num_parallel_calls=parallel))
+            dataset = dataset.map(self._lookup(name, split), num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
@@ -268,18 +267,28 @@ class DataBundle:
             return self._train.ready[picks]
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
-    def _lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
-        """Graph function indices [b] -> (uint8 images, labels), traced once per split.
+    def _lookup(self, name: str, split: Split, crop: dict | None = None
+                ) -> Callable[..., tuple]:
+        """Graph function indices [b] -> (uint8 images, labels), traced once per split (and
+        once more with ``crop``: (indices, crop draws), ``stream.file_images``).
 
         Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
         tf.data reuse its graph instead of tracing the decoder again (on a 20,000-file
         folder the first epoch's build, which traces, took 0.7 s; a later epoch's build and
         first batch together 0.5 s; timed around ``train_dataset`` and ``next``).
         """
-        if name not in self._lookups:
-            self._lookups[name] = tf.function(self._make_lookup(name, split), input_signature=[
-                tf.TensorSpec([None], tf.int64)], autograph=False)  # plain TF ops: see decode
-        return self._lookups[name]
+        key = name if crop is None else f"{name} cropped"
+        if key not in self._lookups:
+            signature = [tf.TensorSpec([None], tf.int64)]
+            if crop is not None:
+                lookup = file_images(split.files, split.labels, self.resizing, self.channels,
+                                     split.skips, None, crop)
+                signature.append(tf.TensorSpec([None, DRAWS_PER_IMAGE], tf.float32))
+            else:
+                lookup = self._make_lookup(name, split)
+            self._lookups[key] = tf.function(lookup, input_signature=signature,
+                                             autograph=False)  # plain TF ops: see decode
+        return self._lookups[key]
 
     def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
         """Graph function indices [b] -> (uint8 images, labels), from memory or decoded."""

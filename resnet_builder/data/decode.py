@@ -288,7 +288,7 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     0.69x of a flat map on 2 cores, with 2 batches x 2 images at once 0.86x.
     """
     shape = (how.size, how.size, channels)
-    rescue = pillow_rescue(how, channels, skips, from_files=from_files, crop=crop)
+    rescue = _pillow_rescue(how, channels, skips, from_files=from_files, crop=crop)
 
     # Plain TF ops, no Python control flow on tensors: AutoGraph's conversion of these
     # functions was most of a streamed folder's time to its first batch (~1.5 s, profiled).
@@ -329,7 +329,7 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     return decode_batch
 
 
-def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
+def _pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
                    crop: dict | None) -> Callable[..., tuple]:
     """Graph function (key, source, label, draws) -> (uint8 [S, S, C], label or -1) by
     Pillow. A negative key is a padding place (``tfrecord``): blank, -1, not recorded."""

@@ -108,24 +108,27 @@ def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> 
 
 
 def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,
-                skips: SkipLog, store: ImageStore | None
-                ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+                skips: SkipLog, store: ImageStore | None, crop: dict | None = None
+                ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """Graph function indices int64 [b] -> (uint8 [b, S, S, C], int32 [b] labels; -1 where
-    the file is unusable). A whole batch at a time (``decode.batch_decoder``): the lookup
-    of kept (stored) images and of samples; a streamed epoch is ``file_stream.file_batches``.
+    the file is unusable). A whole batch at a time (``decode.batch_decoder``).
 
     ``labels`` int32 [N, K] (multilabel rows): the labels are those rows, all -1 when unusable.
+    ``crop`` (random resized crop settings; no ``store``, which keeps resized images): the
+    function takes (indices, draws) and decodes each file's crop (``batch_decoder``).
     """
     if labels.ndim == 2:
         return _label_rows(file_images(files, np.arange(len(files), dtype=np.int32), how,
-                                       channels, skips, store), labels)
+                                       channels, skips, store, crop), labels)
+    if crop is not None and store is not None:
+        raise ValueError("a store keeps resized images: the crop cannot come from the file")
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
-    decode = batch_decoder(how, channels, skips, from_files=True)
+    decode = batch_decoder(how, channels, skips, from_files=True, crop=crop)
     shape = (how.size, how.size, channels)
 
-    def from_files(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode(indices, tf.gather(paths, indices), tf.gather(label_table, indices))
+    def from_files(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode(indices, tf.gather(paths, indices), tf.gather(label_table, indices), *draws)
 
     if store is None:
         return from_files
@@ -150,20 +153,15 @@ def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int
     return kept
 
 
-def _label_rows(lookup: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]], rows: np.ndarray
-                ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+def _label_rows(lookup: Callable[..., tuple[tf.Tensor, tf.Tensor]], rows: np.ndarray
+                ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """A lookup whose label is the row index -> one whose label is that row (-1s if skipped):
     the decoder and the store keep their scalar labels."""
     table = tf.constant(rows, tf.int32)
 
-    def with_rows(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, found = lookup(indices)
-        return images, label_rows(found, table)
+    def with_rows(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images, found = lookup(indices, *draws)
+        rows = tf.gather(table, tf.maximum(found, 0))
+        return images, tf.where(found[:, None] >= 0, rows, -tf.ones_like(rows))
 
     return with_rows
-
-
-def label_rows(found: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-    """Row indices (or -1: unusable) -> those rows of ``rows``, all -1 for an unusable one."""
-    picked = tf.gather(rows, tf.maximum(found, 0))
-    return tf.where(found[:, None] >= 0, picked, -tf.ones_like(picked))
