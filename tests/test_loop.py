@@ -9,15 +9,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from resnet_builder.config import dump_config, load_config
+from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.training import api, loop
 from resnet_builder.training.checkpoint import read_meta
+from resnet_builder.training.next_epoch import EpochInputs
 from resnet_builder.training.preemption import PREEMPTED_EXIT_CODE, CheckpointClock
 
 # 400 images, batch 20: 20 steps per epoch, so there is a middle to stop in.
@@ -59,6 +62,49 @@ def test_clock_counts_steps_and_minutes(monkeypatch):
     assert not timed.due(1)
     now[0] += 2
     assert timed.due(1)
+
+
+def test_the_next_epoch_s_input_is_made_on_a_thread_or_on_the_spot():
+    made = []
+
+    def make(epoch: int):
+        made.append((epoch, threading.current_thread().name))
+        return iter([epoch])
+
+    inputs = EpochInputs(make)
+    assert next(inputs.take(1)) == 1  # nothing prepared: made here
+    inputs.prepare(2)
+    assert next(inputs.take(2)) == 2
+    inputs.prepare(3)
+    assert next(inputs.take(5)) == 5  # a prepared epoch that is not the one asked for
+    for _ in range(500):  # epoch 3's making runs on, unused
+        if len(made) == 4:
+            break
+        time.sleep(0.01)
+    where = dict(made)
+    assert sorted(where) == [1, 2, 3, 5]
+    here = threading.current_thread().name
+    assert where[1] == where[5] == here
+    assert where[2].startswith("next-epoch") and where[3].startswith("next-epoch")
+
+
+def test_epochs_made_ahead_train_exactly_as_epochs_made_in_turn(tmp_path, reference,
+                                                                monkeypatch):
+    """Epoch 2's pipeline is built while epoch 1 trains; without that, the same results."""
+    threads = []
+    original = DataBundle.train_dataset
+
+    def recorded(self, epoch, *args, **kwargs):
+        threads.append((epoch, threading.current_thread().name))
+        return original(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(DataBundle, "train_dataset", recorded)
+    api.train(config(tmp_path, name="ahead"))
+    assert [epoch for epoch, _ in threads] == [0, 1]
+    assert threads[1][1].startswith("next-epoch")
+    monkeypatch.setattr(EpochInputs, "prepare", lambda self, epoch: None)
+    run = api.train(config(tmp_path, name="in_turn")).run_dir
+    assert results(run) == results(reference)
 
 
 @pytest.mark.slow

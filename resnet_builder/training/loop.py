@@ -30,6 +30,7 @@ from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import make_moving_stats_sync
 from resnet_builder.training.ema import EmaWeights
+from resnet_builder.training.next_epoch import EpochInputs
 from resnet_builder.training.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointClock,
@@ -119,6 +120,10 @@ class TrainingLoop:
             dist.strategy)
         self.clock = CheckpointClock(cfg.train.checkpoint_every)
         self.stop = StopFlag()
+        # One device, one worker: the next epoch's iterator is made while this one trains
+        # (with replicas the strategy's distributed iterators are made as they come).
+        self.ahead = EpochInputs(self._whole_epoch) if dist.replicas == dist.workers == 1 \
+            else None
 
     def run(self) -> None:
         """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
@@ -226,7 +231,12 @@ class TrainingLoop:
             return self.data.train_dataset(epoch - 1, batch, shard=shard, num_shards=num_shards,
                                            first_batch=step)
 
-        iterator = iter(distribute_shards(self.dist, shard_batches, batch))
+        if self.ahead is not None and step == 0:
+            iterator = self.ahead.take(epoch)
+        else:
+            iterator = iter(distribute_shards(self.dist, shard_batches, batch))
+        if self.ahead is not None and epoch < self.cfg.train.epochs:
+            self.ahead.prepare(epoch + 1)
         start, last_read = time.perf_counter(), step
         while step < self.steps_per_epoch:
             totals.add(train_fn(iterator))
@@ -244,6 +254,10 @@ class TrainingLoop:
                 "lr": self.schedule.value(epoch * self.updates_per_epoch - 1),
                 "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
                 "images_per_second": count / max(before + seconds, 1e-9)}
+
+    def _whole_epoch(self, epoch: int):
+        """Epoch ``epoch``'s (1-based) iterator from its first batch, on one device."""
+        return iter(self.data.train_dataset(epoch - 1, self.cfg.data.batch_size))
 
     def _report(self, epoch: int, step: int, totals: EpochTotals, seconds: float,
                 checkpoint_due: bool) -> None:
