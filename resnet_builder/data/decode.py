@@ -16,6 +16,11 @@ EXIF rotation. CMYK JPEGs decode the same in TensorFlow, so they stay native.
 transform the streaming sources share: a file that cannot be decoded becomes a zero image
 with label -1 in its own place (batches keep their size and order, so shards stay aligned
 and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
+
+Crops are taken while decoding: ``resize: crop`` decodes only a JPEG's centre window
+(``decode_fitted``; the same pixels), and a training batch's random resized crops come
+from the files themselves (``decode_cropped``, with ``crops.crop_draws``). Pipelines that
+decode here run with tf.data's autotuner off (``without_autotune``).
 """
 
 from __future__ import annotations
