@@ -128,11 +128,10 @@ class DataBundle:
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
-            total = self.num_train
             epoch_number = tf.constant(epoch, tf.int64)
 
             def apply(number: tf.Tensor, batch: tuple) -> tuple:
-                rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
+                rows = self._global_rows(number, batch_size)
                 return augment(batch[0], batch[1], number, rows, shard * local, epoch_number)
 
             return dataset.enumerate(start=first_batch).map(
@@ -200,17 +199,21 @@ class DataBundle:
         drawn from (seed, epoch, global batch number) like the augmenter's own."""
         assert self._train is not None
         lookup = self._lookup("train", self._train, crop)
-        epoch_number, total = tf.constant(epoch, tf.int64), self.num_train
+        epoch_number = tf.constant(epoch, tf.int64)
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
         def decode(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
-            draws = decoder_crop_draws(crop, self._seed, epoch_number, number, rows, offset,
+            draws = decoder_crop_draws(crop, self._seed, epoch_number, number,
+                                       self._global_rows(number, batch_size), offset,
                                        tf.shape(indices)[0])
             return lookup(indices, draws)
 
         return lambda batches: batches.enumerate(start=first_batch).map(
             decode, num_parallel_calls=BATCHES_AT_ONCE)
+
+    def _global_rows(self, number: tf.Tensor, batch_size: int) -> tf.Tensor:
+        """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last."""
+        return tf.minimum(tf.cast(batch_size, tf.int64), self.num_train - number * batch_size)
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
