@@ -19,6 +19,7 @@ from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import DataBundle, SkippedFilesWarning, cifar, load_data
+from resnet_builder.data import folder as folder_source
 from resnet_builder.errors import UserError
 
 COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cat": (30, 30, 200)}
@@ -303,6 +304,38 @@ def test_folder_class_with_only_bad_files_is_an_error(tmp_path):
     with pytest.warns(SkippedFilesWarning), pytest.raises(UserError, match=r"class.*cat"):
         load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0, verify=True),
                   seed=0)
+
+
+def test_streamed_stats_equal_the_stats_of_every_image_decoded_up_front(tmp_path, monkeypatch):
+    """The stats sample (all images of a small folder) decoded natively, with Pillow taking
+    what only it reads like predict and a broken file counting nowhere, gives the stats
+    ``data.verify`` computes over the same images."""
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            pixels = rng.integers(0, 256, (40, 50, 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.jpg")
+    palette = Image.fromarray(rng.integers(0, 4, (30, 30), np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 90, 90, 90])
+    palette.save(tmp_path / "ant" / "palette.png", transparency=1)  # Pillow only
+    (tmp_path / "bee" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    rescued = []
+    decoded_images = folder_source.decoded_images
+
+    def recorded(lookup, picks, shape):
+        rescued.append(len(picks))
+        return decoded_images(lookup, picks, shape)
+
+    monkeypatch.setattr(folder_source, "decoded_images", recorded)
+    settings = dict(source="folder", path=str(tmp_path), image_size=32, validation_split=0.0)
+    with pytest.warns(SkippedFilesWarning):  # verify names the broken file
+        verified = load_data(_cfg(**settings, verify=True), seed=0)
+    streamed = load_data(_cfg(**settings, cache=False), seed=0)
+    assert rescued == [2]  # the palette PNG and the broken file; 12 JPEGs decoded natively
+    assert verified.num_train == 13 and streamed.num_train == 14
+    np.testing.assert_allclose(streamed.mean, verified.mean, rtol=1e-12)
+    np.testing.assert_allclose(streamed.std, verified.std, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------- npz
