@@ -90,20 +90,44 @@ def test_the_next_epoch_s_input_is_made_on_a_thread_or_on_the_spot():
 
 def test_epochs_made_ahead_train_exactly_as_epochs_made_in_turn(tmp_path, reference,
                                                                 monkeypatch):
-    """Epoch 2's pipeline is built while epoch 1 trains; without that, the same results."""
-    threads = []
-    original = DataBundle.train_dataset
+    """Validation's pipeline and epoch 2's are built while epoch 1 trains, after its first
+    step (the first step waits for neither); without that, the same results."""
+    made = []
+    train_dataset, val_dataset = DataBundle.train_dataset, DataBundle.val_dataset
 
-    def recorded(self, epoch, *args, **kwargs):
-        threads.append((epoch, threading.current_thread().name))
-        return original(self, epoch, *args, **kwargs)
+    def recorded_train(self, epoch, *args, **kwargs):
+        made.append((f"train {epoch}", threading.current_thread().name))
+        return train_dataset(self, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(DataBundle, "train_dataset", recorded)
+    def recorded_val(self, *args, **kwargs):
+        made.append(("val", threading.current_thread().name))
+        return val_dataset(self, *args, **kwargs)
+
+    train_function = loop.TrainingLoop.train_function
+
+    def recorded_calls(self, frozen):
+        train = train_function(self, frozen)
+
+        def call(iterator):
+            totals = train(iterator)
+            made.append(("call", threading.current_thread().name))
+            return totals
+        return call
+
+    monkeypatch.setattr(DataBundle, "train_dataset", recorded_train)
+    monkeypatch.setattr(DataBundle, "val_dataset", recorded_val)
+    monkeypatch.setattr(loop.TrainingLoop, "train_function", recorded_calls)
     api.train(config(tmp_path, name="ahead"))
-    assert [epoch for epoch, _ in threads] == [0, 1]
-    assert threads[1][1].startswith("next-epoch")
-    monkeypatch.setattr(EpochInputs, "prepare", lambda self, epoch: None)
+    here = threading.current_thread().name
+    assert made[:2] == [("train 0", here), ("call", here)]
+    ahead = [(what, thread) for what, thread in made if what != "call"]
+    assert [what for what, _ in ahead] == ["train 0", "val", "train 1"]
+    assert ahead[1][1].startswith("next-epoch") and ahead[2][1].startswith("next-epoch")
+    made.clear()
+    monkeypatch.setattr(loop.TrainingLoop, "_prepare_ahead", lambda self, epoch: None)
     run = api.train(config(tmp_path, name="in_turn")).run_dir
+    assert [what for what, _ in made if what != "call"] == ["train 0", "val", "train 1"]
+    assert {thread for _, thread in made} == {here}
     assert results(run) == results(reference)
 
 

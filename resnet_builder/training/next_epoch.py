@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 
 class EpochInputs:
@@ -31,6 +32,10 @@ class EpochInputs:
 
     def prepare(self, epoch: int) -> None:
         """Start making ``epoch``'s iterator on a worker thread."""
+        self._pending = (epoch, self.later(self._make, epoch))
+
+    def later(self, make: Callable[..., Any], *args: Any) -> Future:
+        """``make(*args)`` on the same thread, after what was asked of it before."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch")
-        self._pending = (epoch, self._pool.submit(self._make, epoch))
+        return self._pool.submit(make, *args)
