@@ -43,8 +43,8 @@ def plain(folder: Path, size: int, batch: int) -> None:
     """What a plain Keras user writes: list_files, decode + resize in a map, fit."""
     import keras
     import tensorflow as tf
-
     from plain_keras_folder import TINY
+
     from resnet_builder import build_model
 
     start = time.perf_counter()
@@ -67,6 +67,7 @@ def plain(folder: Path, size: int, batch: int) -> None:
 def ours(folder: Path, size: int, batch: int, project: Path) -> None:
     """``resnet_builder.train`` on the folder, streaming (what a big folder gets)."""
     from plain_keras_folder import TINY
+
     from resnet_builder import train
     from resnet_builder.config import Config, apply_overrides
 
