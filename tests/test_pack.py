@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnet_builder.cli import main
 from resnet_builder.config import AugmentConfig, DataConfig, load_config
-from resnet_builder.data import load_data
+from resnet_builder.data import load_data, tfrecord
 from resnet_builder.data.pack import pack_folder
 from resnet_builder.data.tfrecord import FEATURES
 from resnet_builder.errors import UserError
@@ -121,6 +121,27 @@ def test_an_epoch_reads_every_record_once_in_a_seeded_order(packed):
     assert fingerprints(next_images) != fingerprints(images)
     assert sorted(fingerprints(next_images)) == sorted(fingerprints(images))
     assert b.take_skipped() == []
+
+
+@pytest.mark.parametrize("crop", [None, {"scale": [0.3, 1.0], "ratio": [0.75, 1.33]}])
+def test_every_epoch_reuses_one_traced_decoder(packed, crop, monkeypatch):
+    """The decoder is made and traced once per bundle (the epoch is its argument), and a
+    later epoch decodes exactly what a fresh bundle's does."""
+    _, out = packed
+    made = []
+    real = tfrecord.batch_decoder
+    monkeypatch.setattr(tfrecord, "batch_decoder",
+                        lambda *args, **kwargs: made.append(1) or real(*args, **kwargs))
+    augment = NO_AUGMENT if crop is None else AugmentConfig(random_resized_crop=crop)
+    b = bundle(out, augment)
+    first, second, first_again = epoch(b, 0), epoch(b, 1), epoch(b, 0)
+    assert len(made) == 1
+    assert [f.experimental_get_tracing_count() for f in b._lookups.values()] == [1]
+    fresh = bundle(out, augment)
+    for number, (images, labels) in ((1, second), (0, first_again)):
+        fresh_images, fresh_labels = epoch(fresh, number)
+        assert np.array_equal(images, fresh_images) and np.array_equal(labels, fresh_labels)
+    assert not np.array_equal(first[0], second[0])
 
 
 def test_two_workers_read_disjoint_shard_files_covering_the_epoch(packed):

@@ -158,9 +158,9 @@ def natively_decoded(files: list[str], picks: np.ndarray, how: Resize, channels:
 
     One flat parallel map with ``decode.native_decode_and_resize``, the batch decoder's own
     fast path (the same pixels), its failures dropped. The sample went through the batch
-    decoder before: ~1.0 s of a 20,000-file folder's 3.2 s to its first step, nearly all of
-    it the start of that pipeline (tracing, the first call); this way ~0.3 s
-    (bench/first_step.py). Channel sums are exact, so the order images come in is moot.
+    decoder before: ~1.06 s of a 20,000-file folder's time to its first step, nearly all of
+    it the start of that pipeline (tracing, the first call, not the decoding); this way
+    ~0.5 s (bench/first_step.py). Channel sums are exact, so the order images come in is moot.
     """
     @tf.autograph.experimental.do_not_convert
     def native(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

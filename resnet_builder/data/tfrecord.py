@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,23 +219,42 @@ class TFRecordBundle(DataBundle):
         """Batches of (key, bytes, label) -> (uint8 images, labels), a batch per decoder
         call; with ``decoder_crop`` each record's random resized crop, drawn from (seed,
         epoch, global batch number) as ``DataBundle`` draws it for files."""
-        crop = self.decoder_crop()
-        decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
-                               crop=crop)
+        decode = self._record_decoder(batch_size, offset)
         batches = batches.with_options(without_autotune())
-        if crop is None:
+        if self.decoder_crop() is None:
             return batches.map(decode, num_parallel_calls=BATCHES_AT_ONCE)
         epoch_number = tf.constant(epoch, tf.int64)
+        return batches.enumerate(start=first_batch).map(
+            lambda number, batch: decode(*batch, number, epoch_number),
+            num_parallel_calls=BATCHES_AT_ONCE)
 
-        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
-        def cropped(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-            count = tf.shape(batch[0])[0]
-            draws = decoder_crop_draws(crop, self._seed, epoch_number, number,
-                                       tf.constant(batch_size, tf.int64), offset, count)
-            return decode(*batch, draws)
+    def _record_decoder(self, batch_size: int, offset: int) -> Callable[..., tuple]:
+        """The batch decoder as one graph function per bundle, the epoch and the global batch
+        number its arguments: every epoch's pipeline reuses the graph instead of tracing the
+        decoder again, as ``DataBundle._lookup`` does for files."""
+        crop = self.decoder_crop()
+        key = "records" if crop is None else f"records cropped {batch_size} {offset}"
+        if key in self._lookups:
+            return self._lookups[key]
+        decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
+                               crop=crop)
+        signature = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
+                     tf.TensorSpec([None], tf.int32)]
+        if crop is None:
+            function = decode
+        else:
+            signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)]
 
-        return batches.enumerate(start=first_batch).map(cropped,
-                                                        num_parallel_calls=BATCHES_AT_ONCE)
+            def function(keys: tf.Tensor, contents: tf.Tensor, labels: tf.Tensor,
+                         number: tf.Tensor, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                draws = decoder_crop_draws(crop, self._seed, epoch, number,
+                                           tf.constant(batch_size, tf.int64), offset,
+                                           tf.shape(keys)[0])
+                return decode(keys, contents, labels, draws)
+
+        self._lookups[key] = tf.function(function, input_signature=signature,
+                                         autograph=False)  # plain TF ops: see decode
+        return self._lookups[key]
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in file order, not augmented; None without validation shards."""
