@@ -338,6 +338,14 @@ def test_streamed_stats_equal_the_stats_of_every_image_decoded_up_front(tmp_path
     np.testing.assert_allclose(streamed.std, verified.std, rtol=1e-12)
 
 
+def test_natively_decoded_with_no_picks_gives_no_images():
+    from resnet_builder.data.resizing import Resize
+
+    images, left = folder_source.natively_decoded(["a.jpg"], np.zeros(0, np.int64),
+                                                  Resize(8), 3)
+    assert images.shape == (0, 8, 8, 3) and len(left) == 0
+
+
 # ------------------------------------------------------------------------------- npz
 
 

@@ -166,16 +166,16 @@ def natively_decoded(files: list[str], picks: np.ndarray, how: Resize, channels:
     def native(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return index, native_decode_and_resize(tf.io.read_file(path), how, channels)
 
+    if not len(picks):
+        return np.zeros((0, how.size, how.size, channels), np.uint8), picks
     picked = [files[i] for i in picks]
     dataset = (tf.data.Dataset.from_tensor_slices((picks.astype(np.int64), picked))
                .map(native, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
                .ignore_errors(log_warning=False).batch(max(len(picks), 1))
                .with_options(without_autotune()))
-    decoded = [(indices, images) for indices, images in dataset.as_numpy_iterator()]
-    if not decoded:
-        return np.zeros((0, how.size, how.size, channels), np.uint8), picks
-    indices, images = decoded[0]
-    return images, np.setdiff1d(picks, indices)
+    for indices, images in dataset.as_numpy_iterator():  # one batch, if any decoded
+        return images, np.setdiff1d(picks, indices)
+    return np.zeros((0, how.size, how.size, channels), np.uint8), picks
 
 
 def folder_layout(root: Path) -> tuple[Path, Path | None]:

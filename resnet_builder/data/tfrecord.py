@@ -224,9 +224,13 @@ class TFRecordBundle(DataBundle):
         if self.decoder_crop() is None:
             return batches.map(decode, num_parallel_calls=BATCHES_AT_ONCE)
         epoch_number = tf.constant(epoch, tf.int64)
-        return batches.enumerate(start=first_batch).map(
-            lambda number, batch: decode(*batch, number, epoch_number),
-            num_parallel_calls=BATCHES_AT_ONCE)
+
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+        def cropped(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode(*batch, number, epoch_number)
+
+        return batches.enumerate(start=first_batch).map(cropped,
+                                                        num_parallel_calls=BATCHES_AT_ONCE)
 
     def _record_decoder(self, batch_size: int, offset: int) -> Callable[..., tuple]:
         """The batch decoder as one graph function per bundle, the epoch and the global batch
@@ -244,10 +248,11 @@ class TFRecordBundle(DataBundle):
             function = decode
         else:
             signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)]
+            seed = self._seed  # not self: the cached function would keep the bundle alive
 
             def function(keys: tf.Tensor, contents: tf.Tensor, labels: tf.Tensor,
                          number: tf.Tensor, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                draws = decoder_crop_draws(crop, self._seed, epoch, number,
+                draws = decoder_crop_draws(crop, seed, epoch, number,
                                            tf.constant(batch_size, tf.int64), offset,
                                            tf.shape(keys)[0])
                 return decode(keys, contents, labels, draws)

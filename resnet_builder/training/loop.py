@@ -271,9 +271,10 @@ class TrainingLoop:
     def val_batches(self):
         """Validation's batches (distributed), None without a validation split.
 
-        Made when first wanted, or on the next-epoch thread while epoch 1 trains: made
-        before the loop, they took 0.32 s of a 20,000-file folder's time to its first step
-        (bench/first_step.py).
+        Made when first wanted, or on the next-epoch thread while this run's first epoch
+        trains (after its first call; an error in making them shows at the first
+        evaluation). Made before the loop, they took 0.32 s of a 20,000-file folder's time
+        to its first step (bench/first_step.py).
         """
         if self._val_batches is None:
             self._val_batches = self._make_val_batches()

@@ -245,7 +245,9 @@ def make_train_function(
     optimizer were made under (default: the current one); the iterator then comes
     from ``strategy.experimental_distribute_dataset``. ``global_batch_size``: one
     batch's size over all replicas (default: the replica batch times the
-    replicas); the loss is averaged over it times ``accumulate_steps``.
+    replicas); the loss is averaged over it times ``accumulate_steps``. ``loss_fn`` and
+    the model are called without AutoGraph: Python ``if``s in them may test Python values
+    (shapes, settings), not tensors (use ``tf.cond``/``keras.ops.cond`` for those).
     ``clipnorm``: clip each update's gradient to this global norm. ``jit_compile``
     compiles the per-replica step with XLA (slower than oneDNN on a CPU; turn it
     on for GPUs). Trains the variables trainable when it is made: make a new one
