@@ -1,0 +1,125 @@
+"""Where the streaming folder pipeline's time goes, stage by stage, in one run.
+
+    python bench/pipeline_stages.py [--files 1000] [--size 224] [--batch 64] [--rounds 3]
+
+Makes photo-size JPEGs (500x375, quality 90), then times full passes of each stage below,
+alternating so all see the same machine conditions, and prints median images/s:
+
+  * bare: ``decode_jpeg`` (exact DCT) + bilinear resize in a flat parallel map: the floor of
+    the work any pipeline does here;
+  * our per-image decode (``native_decode_and_resize``: the Pillow check, the format and
+    DCT-scale branches, the resize rule) in the same flat map, failures dropped;
+  * the same decode as ``tf.map_fn`` over each batch inside a parallel map of batches: what
+    a batch-level fast path would run if a failed batch could be redone cheaply (it keeps
+    no places: a failure drops the batch);
+  * ours, the batch decoder alone (``stream.file_images``: uint8 batches, places kept);
+  * ours, ``train_dataset`` without augmentation (+ the float32 copy), and with the flip;
+  * the hand-written tf.data pipeline of ``bench/pipeline_folder.py`` (no error handling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterable]]:
+    """name -> a function giving one epoch of (images, labels) batches."""
+    import tensorflow as tf
+
+    from resnet_builder.benchmark.pipelines import folder_pipelines
+    from resnet_builder.config import AugmentConfig, DataConfig
+    from resnet_builder.data import load_data
+    from resnet_builder.data.decode import (
+        BATCHES_AT_ONCE,
+        DECODE_THREADS,
+        SkipLog,
+        native_decode_and_resize,
+        without_autotune,
+    )
+    from resnet_builder.data.resizing import Resize, resample
+    from resnet_builder.data.stream import file_images
+
+    names = sorted(str(p) for p in folder.rglob("*.jpg"))
+    paths, how, shape = tf.constant(names), Resize(size), (size, size, 3)
+    orders = (np.random.default_rng(epoch).permutation(len(names)) for epoch in range(10**6))
+    plain = tf.autograph.experimental.do_not_convert
+
+    def flat(decode: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], tf.data.Dataset]:
+        def load(path: tf.Tensor) -> tuple[tf.Tensor, int]:
+            return decode(tf.io.read_file(path)), 0
+        return lambda: (tf.data.Dataset.from_tensor_slices(tf.gather(paths, next(orders)))
+                        .map(plain(load), num_parallel_calls=DECODE_THREADS)
+                        .ignore_errors().batch(batch).with_options(without_autotune()))
+
+    def ours_decode(contents: tf.Tensor) -> tf.Tensor:
+        return native_decode_and_resize(contents, how, 3)
+
+    def bare(contents: tf.Tensor) -> tf.Tensor:
+        return resample(tf.io.decode_jpeg(contents, 3, dct_method="INTEGER_ACCURATE"),
+                        size, size)
+
+    def batch_level() -> tf.data.Dataset:
+        def decode_all(sources: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            images = tf.map_fn(lambda path: ours_decode(tf.io.read_file(path)), sources,
+                               fn_output_signature=tf.TensorSpec(shape, tf.uint8),
+                               parallel_iterations=DECODE_THREADS)
+            return images, tf.zeros(tf.shape(sources), tf.int32)
+        return (tf.data.Dataset.from_tensor_slices(tf.gather(paths, next(orders))).batch(batch)
+                .map(plain(decode_all), num_parallel_calls=BATCHES_AT_ONCE).ignore_errors()
+                .with_options(without_autotune()))
+
+    lookup = tf.function(file_images(names, np.zeros(len(names), np.int32), how, 3, SkipLog(),
+                                     None), autograph=False)  # traced once, as in bundle.py
+
+    def batch_decoder() -> tf.data.Dataset:
+        return (tf.data.Dataset.from_tensor_slices(next(orders).astype(np.int64)).batch(batch)
+                .map(lookup, num_parallel_calls=BATCHES_AT_ONCE).prefetch(tf.data.AUTOTUNE)
+                .with_options(without_autotune()))
+
+    cfg = DataConfig(source="folder", path=str(folder), image_size=size, validation_split=0.0,
+                     cache=False, batch_size=batch)
+    unaugmented = load_data(cfg, AugmentConfig(), seed=0)
+    baselines = folder_pipelines(folder, size, batch)  # ours with the flip, hand-written
+    epochs = iter(range(10**6))
+    return {"bare decode + resize, flat map": flat(bare),
+            "our per-image decode, flat map": flat(ours_decode),
+            "our decode, map_fn per batch": batch_level,
+            "ours: batch decoder (uint8)": batch_decoder,
+            "ours: + float32 (no augmentation)": lambda: unaugmented.train_dataset(
+                next(epochs), batch),
+            "ours: + flip (training pipeline)": baselines["ours"],
+            "hand-written tf.data (flip)": baselines["tfdata"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from resnet_builder.benchmark.pipelines import images_per_second, make_jpegs
+
+    work = Path(tempfile.mkdtemp(prefix="pipeline_stages_"))
+    make_jpegs(work / "photos", args.files)
+    pipelines = stages(work / "photos", args.size, args.batch)
+    for make in pipelines.values():  # warm-up: graphs, file cache
+        images_per_second(make)
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(args.rounds):
+        for name, make in pipelines.items():
+            rates[name].append(images_per_second(make))
+    print(f"{args.files} JPEGs 500x375 -> {args.size}, batch {args.batch}, median images/s "
+          f"over {args.rounds} alternating passes:")
+    for name, values in rates.items():
+        print(f"  {name:36s} {np.median(values):7.0f}   {[round(v) for v in values]}")
+
+
+if __name__ == "__main__":
+    main()
