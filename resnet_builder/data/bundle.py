@@ -20,9 +20,10 @@ from resnet_builder.data.augment import decoder_crop_draws, traced_augmenter
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
 from resnet_builder.data.crops import DRAWS_PER_IMAGE
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotune
+from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.stream import ImageStore, file_images
+from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
 CACHE_BUDGET_BYTES = 2_000_000_000  # decoded images kept in memory up to this (and < 2 GiB)
@@ -122,9 +123,8 @@ class DataBundle:
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
         crop = self.decoder_crop()
-        cropped = None if crop is None else self._crop_decoder(
-            crop, epoch, batch_size, shard * local, first_batch)
-        dataset = self._batches(self._train, "train", picks, local, cropped)
+        draws = None if crop is None else self._crop_draws(crop, epoch, batch_size, shard * local)
+        dataset = self._batches(self._train, "train", picks, local, draws, first_batch)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
@@ -193,23 +193,18 @@ class DataBundle:
         streamed = split is not None and split.files is not None and split.store is None
         return self._augment.random_resized_crop if streamed else None
 
-    def _crop_decoder(self, crop: dict, epoch: int, batch_size: int, offset: int,
-                      first_batch: int) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
-        """Batches of training indices -> (images, labels), each file's random resized crop
-        drawn from (seed, epoch, global batch number) like the augmenter's own."""
-        assert self._train is not None
-        lookup = self._lookup("train", self._train, crop)
+    def _crop_draws(self, crop: dict, epoch: int, batch_size: int, offset: int
+                    ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """(global batch number, rows) -> each file's random resized crop numbers for this
+        shard's rows from ``offset``, drawn from (seed, epoch, batch number) like the
+        augmenter's own."""
         epoch_number = tf.constant(epoch, tf.int64)
 
-        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
-        def decode(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            draws = decoder_crop_draws(crop, self._seed, epoch_number, number,
-                                       self._global_rows(number, batch_size), offset,
-                                       tf.shape(indices)[0])
-            return lookup(indices, draws)
+        def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            return decoder_crop_draws(crop, self._seed, epoch_number, number,
+                                      self._global_rows(number, batch_size), offset, count)
 
-        return lambda batches: batches.enumerate(start=first_batch).map(
-            decode, num_parallel_calls=BATCHES_AT_ONCE)
+        return draws
 
     def _global_rows(self, number: tf.Tensor, batch_size: int) -> tf.Tensor:
         """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last."""
@@ -236,22 +231,43 @@ class DataBundle:
         return list(found)
 
     def _batches(self, split: Split, name: str, order: np.ndarray, batch_size: int,
-                 cropped: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None
-                 ) -> tf.data.Dataset:
+                 draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                 first_batch: int = 0) -> tf.data.Dataset:
         """Batches of (uint8 images, int32 labels) in ``order``: the lookup takes a batch
         of indices at a time (a gather in memory; files decoded in parallel within it, and
-        several batches at once). ``cropped`` replaces the lookup (``_crop_decoder``)."""
-        dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        if cropped is not None:
-            dataset = cropped(dataset)
+        several batches at once). Streamed files without a store go through
+        ``_streamed``; ``draws`` (``_crop_draws``) makes each file's random resized crop."""
+        if split.files is not None and split.store is None:
+            dataset = self._streamed(split, name, order, batch_size, draws, first_batch)
         else:  # files: each call decodes its batch on every core
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
-            dataset = dataset.map(self._lookup(name, split), num_parallel_calls=parallel)
+            dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+                self._lookup(name, split), num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
         return dataset
+
+    def _streamed(self, split: Split, name: str, order: np.ndarray, batch_size: int,
+                  draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None, first_batch: int
+                  ) -> tf.data.Dataset:
+        """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first and
+        the safe one (places kept, skips recorded) for a batch where it failed."""
+        picks = tf.constant(order.astype(np.int64))
+        crop = None if draws is None else self.decoder_crop()
+
+        def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            indices = picks[number * batch_size:(number + 1) * batch_size]
+            if draws is None:
+                return (indices,)
+            return indices, draws(number + first_batch, tf.shape(indices)[0])
+
+        spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
+                tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
+        return guarded_batches(-(-len(order) // batch_size), inputs,
+                               self._lookup(name, split, crop, fast=True),
+                               self._lookup(name, split, crop), spec)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
@@ -270,23 +286,28 @@ class DataBundle:
             return self._train.ready[picks]
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
-    def _lookup(self, name: str, split: Split, crop: dict | None = None
+    def _lookup(self, name: str, split: Split, crop: dict | None = None, *, fast: bool = False
                 ) -> Callable[..., tuple]:
         """Graph function indices [b] -> (uint8 images, labels), traced once per split (and
-        once more with ``crop``: (indices, crop draws), ``stream.file_images``).
+        once more with ``crop``: (indices, crop draws), ``stream.file_images``; ``fast``:
+        ``stream.fast_file_images``, which fails where this one keeps places).
 
         Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
         tf.data reuse its graph instead of tracing the decoder again (on a 20,000-file
         folder the first epoch's build, which traces, took 0.7 s; a later epoch's build and
         first batch together 0.5 s; timed around ``train_dataset`` and ``next``).
         """
-        key = name if crop is None else f"{name} cropped"
+        key = name + (" cropped" if crop is not None else "") + (" fast" if fast else "")
         if key not in self._lookups:
             signature = [tf.TensorSpec([None], tf.int64)]
             if crop is not None:
+                signature.append(tf.TensorSpec([None, DRAWS_PER_IMAGE], tf.float32))
+            if fast:
+                lookup = fast_file_images(split.files, split.labels, self.resizing,
+                                          self.channels, split.skips, crop)
+            elif crop is not None:
                 lookup = file_images(split.files, split.labels, self.resizing, self.channels,
                                      split.skips, None, crop)
-                signature.append(tf.TensorSpec([None, DRAWS_PER_IMAGE], tf.float32))
             else:
                 lookup = self._make_lookup(name, split)
             self._lookups[key] = tf.function(lookup, input_signature=signature,

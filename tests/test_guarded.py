@@ -1,0 +1,119 @@
+"""The streamed decoder's fast path and its redo: batches in order, in place, as the safe path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from resnet_builder.config import AugmentConfig, DataConfig
+from resnet_builder.data import load_data
+from resnet_builder.data.decode import SkipLog
+from resnet_builder.data.guarded import guarded_batches
+
+BATCH = 3
+SPEC = (tf.TensorSpec([None, 2, 2, 1], tf.uint8), tf.TensorSpec([None], tf.int32))
+
+
+def _toy(count: int, rows: int, failing: set[int]):
+    """Batch n holds rows [3n, 3n+3) of ``rows``; the fast path fails on ``failing`` and
+    fills images with 1, the safe one with 2; labels are the row numbers."""
+    bad = tf.constant(sorted(failing) or [-1], tf.int64)
+
+    def inputs(number: tf.Tensor) -> tuple[tf.Tensor]:
+        return (tf.range(number * BATCH, tf.minimum((number + 1) * BATCH, rows)),)
+
+    def filled(indices: tf.Tensor, value: int) -> tuple[tf.Tensor, tf.Tensor]:
+        images = tf.fill(tf.stack([tf.size(indices), 2, 2, 1]), tf.constant(value, tf.uint8))
+        return images, tf.cast(indices, tf.int32)
+
+    def fast(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        number = indices[0] // BATCH
+        ok = tf.debugging.Assert(tf.reduce_all(tf.not_equal(bad, number)), ["fails"])
+        with tf.control_dependencies([ok]):
+            return filled(tf.identity(indices), 1)
+
+    return guarded_batches(count, inputs, fast, lambda indices: filled(indices, 2), SPEC)
+
+
+@pytest.mark.parametrize("failing", [set(), {0}, {1, 2}, {3}, {0, 1, 2, 3}, {0, 3}])
+def test_failed_batches_come_back_in_their_place_from_the_safe_path(failing):
+    rows = 11  # batches of 3, 3, 3, 2
+    batches = [(x.numpy(), y.numpy()) for x, y in _toy(4, rows, failing)]
+    assert [y.tolist() for _, y in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    for number, (images, labels) in enumerate(batches):
+        assert images.shape == (len(labels), 2, 2, 1)
+        assert (images == (2 if number in failing else 1)).all(), number
+
+
+def test_no_batches_at_all():
+    assert list(_toy(0, 0, set())) == []
+
+
+def _folder(root: Path) -> Path:
+    """JPEGs, GIFs (only Pillow reads them like predict) and a broken file, in two classes."""
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for i in range(7):
+            pixels = rng.integers(0, 256, (30 + i, 40, 3), np.uint8)
+            ext = "gif" if i == 3 else "jpg"
+            Image.fromarray(pixels).save(root / name / f"{i}.{ext}")
+    (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
+    return root
+
+
+def _batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+CROP = AugmentConfig(random_resized_crop={"scale": [0.3, 1.0], "ratio": [0.75, 1.33]})
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(), CROP], ids=["resize", "crop"])
+def test_streamed_batches_equal_the_safe_decoder_and_remember_pillow_files(tmp_path, augment):
+    cfg = DataConfig(source="folder", path=str(_folder(tmp_path)), image_size=16,
+                     validation_split=0.0, cache=False)
+    bundle = load_data(cfg, augment, seed=3)
+    split = bundle._train
+    crop = bundle.decoder_crop()
+    for epoch in range(2):
+        got = _batches(bundle.train_dataset(epoch, 4))
+        order = bundle.epoch_order(epoch).astype(np.int64)
+        safe = bundle._lookup("train", split, crop)
+        for number, (images, labels) in enumerate(got):
+            indices = tf.constant(order[number * 4:(number + 1) * 4])
+            args = (indices,) if crop is None else (
+                indices, bundle._crop_draws(crop, epoch, 4, 0)(tf.constant(number, tf.int64),
+                                                               tf.size(indices)))
+            want_images, want_labels = safe(*args)
+            np.testing.assert_array_equal(labels, want_labels.numpy())
+            np.testing.assert_array_equal(images, want_images.numpy())
+        assert sum(int((labels < 0).sum()) for _, labels in got) == 1
+        assert [Path(f).name for f, _ in bundle.take_skipped()] == ["broken.jpg"]
+    pillow = [i for i, f in enumerate(split.files) if f.endswith((".gif", "broken.jpg"))]
+    assert split.skips.needed_pillow(np.array(pillow)).all()
+    plain = [i for i, f in enumerate(split.files) if f.endswith("0.jpg")]
+    assert not split.skips.needed_pillow(np.array(plain)).any()
+
+
+def test_a_resumed_epoch_of_cropped_files_is_the_tail_of_the_whole_one(tmp_path):
+    cfg = DataConfig(source="folder", path=str(_folder(tmp_path)), image_size=16,
+                     validation_split=0.0, cache=False)
+    whole = _batches(load_data(cfg, CROP, seed=1).train_dataset(1, 4))
+    tail = _batches(load_data(cfg, CROP, seed=1).train_dataset(1, 4, first_batch=2))
+    assert len(tail) == len(whole) - 2
+    for (x, y), (x_whole, y_whole) in zip(tail, whole[2:], strict=True):
+        np.testing.assert_array_equal(y, y_whole)
+        np.testing.assert_array_equal(x, x_whole)
+
+
+def test_skip_log_remembers_the_keys_pillow_was_asked_for():
+    skips = SkipLog()
+    assert not skips.needed_pillow(np.array([1, 2])).any()
+    skips.note_pillow(2)
+    assert skips.needed_pillow(np.array([1, 2, 2])).tolist() == [False, True, True]
