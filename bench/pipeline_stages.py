@@ -9,10 +9,12 @@ alternating so all see the same machine conditions, and prints median images/s:
     the work any pipeline does here;
   * our per-image decode (``native_decode_and_resize``: the Pillow check, the format and
     DCT-scale branches, the resize rule) in the same flat map, failures dropped;
-  * the same decode as ``tf.map_fn`` over each batch inside a parallel map of batches: what
-    a batch-level fast path would run if a failed batch could be redone cheaply (it keeps
-    no places: a failure drops the batch);
-  * ours, the batch decoder alone (``stream.file_images``: uint8 batches, places kept);
+  * the same decode as ``tf.map_fn`` over each batch inside a parallel map of batches (no
+    places kept: a failure drops the batch);
+  * ours, the failure-safe batch decoder alone (``stream.file_images``: uint8 batches, places
+    kept), which redoes a failed batch;
+  * ours, the streamed batches (``guarded.guarded_batches``: the ``map_fn`` fast path with
+    that redo; uint8);
   * ours, ``train_dataset`` without augmentation (+ the float32 copy), and with the flip;
   * the hand-written tf.data pipeline of ``bench/pipeline_folder.py`` (no error handling).
 """
@@ -41,8 +43,9 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
         native_decode_and_resize,
         without_autotune,
     )
+    from resnet_builder.data.guarded import guarded_batches
     from resnet_builder.data.resizing import Resize, resample
-    from resnet_builder.data.stream import file_images
+    from resnet_builder.data.stream import fast_file_images, file_images
 
     names = sorted(str(p) for p in folder.rglob("*.jpg"))
     paths, how, shape = tf.constant(names), Resize(size), (size, size, 3)
@@ -73,13 +76,24 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
                 .map(plain(decode_all), num_parallel_calls=BATCHES_AT_ONCE).ignore_errors()
                 .with_options(without_autotune()))
 
-    lookup = tf.function(file_images(names, np.zeros(len(names), np.int32), how, 3, SkipLog(),
-                                     None), autograph=False)  # traced once, as in bundle.py
+    labels, skips = np.zeros(len(names), np.int32), SkipLog()
+    signature = [tf.TensorSpec([None], tf.int64)]  # each traced once, as in bundle.py
+    lookup = tf.function(file_images(names, labels, how, 3, skips, None),
+                         input_signature=signature, autograph=False)
+    fast = tf.function(fast_file_images(names, labels, how, 3, skips),
+                       input_signature=signature, autograph=False)
 
     def batch_decoder() -> tf.data.Dataset:
         return (tf.data.Dataset.from_tensor_slices(next(orders).astype(np.int64)).batch(batch)
                 .map(lookup, num_parallel_calls=BATCHES_AT_ONCE).prefetch(tf.data.AUTOTUNE)
                 .with_options(without_autotune()))
+
+    def guarded() -> tf.data.Dataset:
+        picks = tf.constant(next(orders).astype(np.int64))
+        spec = (tf.TensorSpec([None, *shape], tf.uint8), tf.TensorSpec([None], tf.int32))
+        return guarded_batches(
+            -(-len(names) // batch), lambda n: (picks[n * batch:(n + 1) * batch],), fast,
+            lookup, spec).prefetch(tf.data.AUTOTUNE).with_options(without_autotune())
 
     cfg = DataConfig(source="folder", path=str(folder), image_size=size, validation_split=0.0,
                      cache=False, batch_size=batch)
@@ -89,7 +103,8 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
     return {"bare decode + resize, flat map": flat(bare),
             "our per-image decode, flat map": flat(ours_decode),
             "our decode, map_fn per batch": batch_level,
-            "ours: batch decoder (uint8)": batch_decoder,
+            "ours: failure-safe decoder (uint8)": batch_decoder,
+            "ours: streamed batches (uint8)": guarded,
             "ours: + float32 (no augmentation)": lambda: unaugmented.train_dataset(
                 next(epochs), batch),
             "ours: + flip (training pipeline)": baselines["ours"],

@@ -260,7 +260,7 @@ class DumpWeights(keras.callbacks.Callback):  # the final weights of a worker th
 DECODED = [0]
 if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process decodes
     import tensorflow as tf
-    from resnet_builder.data import decode
+    from resnet_builder.data import decode, stream
     native_decode_and_resize = decode.native_decode_and_resize
     def counted(contents, *args):
         def bump():
@@ -268,7 +268,8 @@ if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process 
             return np.int64(0)
         with tf.control_dependencies([tf.numpy_function(bump, [], tf.int64)]):
             return tf.identity(native_decode_and_resize(contents, *args))
-    decode.native_decode_and_resize = counted
+    decode.native_decode_and_resize = counted  # the failure-safe decoder's
+    stream.native_decode_and_resize = counted  # the fast path's
 
 class CountDecodes(keras.callbacks.Callback):  # files decoded while training, per process
     def on_train_begin(self, logs=None):
