@@ -497,23 +497,31 @@ def test_a_worker_with_another_config_stops_every_worker(tmp_path):
     assert "a worker's config or data differs from the chief's" in chief.output()
 
 
-@pytest.mark.slow
-def test_each_worker_decodes_only_its_share_of_the_files(tmp_path):
-    """Two workers on a folder: each decodes half the training files per epoch, not all."""
+def _image_folder(root: Path) -> Path:
+    """train/ (16 per class) and val/ (4 per class) of 12x12 PNGs, classes a and b."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 16), ("val", 4)):
         for label in ("a", "b"):
-            folder = tmp_path / "images" / split / label
+            folder = root / split / label
             folder.mkdir(parents=True)
             for i in range(count):
                 pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
-    cfg = mw_config(tmp_path, "data.source=folder", f"data.path={tmp_path / 'images'}",
-                    "data.limit=null", "data.image_size=8", "data.channels=3",
-                    "data.batch_size=8", "data.cache=false", "run.plots=false",
-                    "run.tensorboard=false")
+    return root
+
+
+def _folder_config(tmp_path: Path, images: Path) -> Path:
+    return mw_config(tmp_path, "data.source=folder", f"data.path={images}", "data.limit=null",
+                     "data.image_size=8", "data.channels=3", "data.batch_size=8",
+                     "data.cache=false", "run.plots=false", "run.tensorboard=false")
+
+
+@pytest.mark.slow
+def test_each_worker_decodes_only_its_share_of_the_files(tmp_path):
+    """Two workers on a folder: each decodes half the training files per epoch, not all."""
+    cfg = _folder_config(tmp_path, _image_folder(tmp_path / "images"))
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     counts = [tmp_path / f"decoded{i}.txt" for i in range(2)]
@@ -524,3 +532,25 @@ def test_each_worker_decodes_only_its_share_of_the_files(tmp_path):
     # per epoch: its 16 of the 32 training files, plus all 8 validation files (DATA sharded)
     assert decoded == [2 * (16 + 8)] * 2, decoded
     assert epoch_losses(workers[0].output()) == epoch_losses(workers[1].output())
+
+
+@pytest.mark.slow
+def test_two_workers_skip_a_broken_file_and_read_a_pillow_only_one(tmp_path):
+    """A broken file and a GIF (only Pillow reads it) in the training folder: each worker's
+    fast path fails on its batches, the failure-safe decoder redoes them, both finish."""
+    from PIL import Image
+
+    images = _image_folder(tmp_path / "images")  # 32 training files, as many as before:
+    (images / "train" / "a" / "0.png").unlink()
+    (images / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(60))
+    (images / "train" / "b" / "0.png").unlink()
+    Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(images / "train" / "b" / "g.gif")
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i),
+                      [str(_folder_config(tmp_path, images))]) for i in range(2)]
+    assert wait_all(workers, 300) == [0, 0], "\n".join(w.output()[-3000:] for w in workers)
+    said = [w.output() for w in workers]  # each worker names what its own share skipped
+    assert any("skipped 1 unreadable file(s)" in out and "broken.png" in out for out in said)
+    assert not any("g.gif" in out for out in said)
+    assert epoch_losses(said[0]) == epoch_losses(said[1])
