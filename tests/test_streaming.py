@@ -16,6 +16,7 @@ from resnet_builder.data import decode, load_data
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng, shard_order
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
+from resnet_builder.data.shards import shard_padding
 from resnet_builder.errors import UserError
 from resnet_builder.inference.decode import decoded_batches
 
@@ -218,11 +219,24 @@ def test_shards_cover_the_epoch_and_equal_the_global_batch_rows(digits, num_shar
     shards = [[(x.numpy(), y.numpy()) for x, y in
                digits.train_dataset(2, batch, shard=k, num_shards=num_shards)]
               for k in range(num_shards)]
+    # every shard runs as many steps; one with no rows in the last batch gets a -1 row there
+    assert {len(s) for s in shards} == {len(whole)}
     for b, (x, y) in enumerate(whole):
-        parts = [s[b] for s in shards if b < len(s)]
+        parts = [(px[py >= 0], py[py >= 0]) for px, py in (s[b] for s in shards)]
         np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
         np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
-    assert sum(len(y) for s in shards for _, y in s) == digits.num_train
+    padding = [y for s in shards for _, y in s if (y < 0).any()]
+    assert [y.tolist() for y in padding] == [[-1]] * (num_shards - 1 if num_shards == 2 else 2)
+    assert sum(int((y >= 0).sum()) for s in shards for _, y in s) == digits.num_train
+
+
+def test_a_shard_without_rows_in_the_last_batch_gets_one_padding_row():
+    assert [shard_padding(34, 8, k, 2) for k in range(2)] == [0, 1]  # last batch: 2 rows
+    assert [shard_padding(38, 8, k, 2) for k in range(2)] == [0, 0]  # 6 rows: both have some
+    assert [shard_padding(32, 8, k, 2) for k in range(2)] == [0, 0]  # no partial batch
+    assert [shard_padding(33, 8, k, 4) for k in range(4)] == [0, 1, 1, 1]
+    assert shard_padding(34, 8, 1, 2, first_batch=5) == 0  # resumed past the end: no steps
+    assert shard_padding(34, 8, 0, 1) == 0
 
 
 def test_shard_indices_cover_every_image_once():

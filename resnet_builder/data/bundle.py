@@ -23,6 +23,12 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotun
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
+from resnet_builder.data.shards import (  # shard_order: imported from here too
+    check_sharding,
+    shard_order,
+    shard_padding,
+    unlabelled_last,
+)
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
@@ -114,6 +120,8 @@ class DataBundle:
         Images are augmented a whole batch at a time, seeded by (seed, epoch, global batch
         number).
         Streamed files that cannot be decoded come out with label -1 (``take_skipped``).
+        A shard with no rows in the epoch's last global batch gets one row labelled -1 there
+        (``shard_padding``), so every shard runs the same number of steps.
         """
         if epoch < 0 or batch_size < 1:
             raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
@@ -122,16 +130,21 @@ class DataBundle:
         order = self.epoch_order(epoch)
         local = batch_size // num_shards
         picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
+        padded = shard_padding(len(order), batch_size, shard, num_shards, first_batch)
+        picks = np.concatenate([picks, order[:padded].astype(np.int64)])
         crop = self.decoder_crop()
         draws = None if crop is None else self._crop_draws(crop, epoch, batch_size, shard * local)
         dataset = self._batches(self._train, "train", picks, local, draws, first_batch)
+        if padded:
+            dataset = unlabelled_last(dataset, (len(picks) - 1) // local)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
             epoch_number = tf.constant(epoch, tf.int64)
 
             def apply(number: tf.Tensor, batch: tuple) -> tuple:
-                rows = self._global_rows(number, batch_size)
+                rows = self._global_rows(number, batch_size, shard * local,
+                                         tf.shape(batch[1])[0])
                 return augment(batch[0], batch[1], number, rows, shard * local, epoch_number)
 
             return dataset.enumerate(start=first_batch).map(
@@ -202,13 +215,20 @@ class DataBundle:
 
         def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             return decoder_crop_draws(crop, self._seed, epoch_number, number,
-                                      self._global_rows(number, batch_size), offset, count)
+                                      self._global_rows(number, batch_size, offset, count),
+                                      offset, count)
 
         return draws
 
-    def _global_rows(self, number: tf.Tensor, batch_size: int) -> tf.Tensor:
-        """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last."""
-        return tf.minimum(tf.cast(batch_size, tf.int64), self.num_train - number * batch_size)
+    def _global_rows(self, number: tf.Tensor, batch_size: int, offset: int = 0,
+                     count: tf.Tensor | None = None) -> tf.Tensor:
+        """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last; with
+        ``count`` (this shard's rows, from ``offset``) at least ``offset + count``, so a
+        padded shard's draws exist (``shard_padding``: its row is past the real ones)."""
+        rows = tf.minimum(tf.cast(batch_size, tf.int64), self.num_train - number * batch_size)
+        if count is None:
+            return rows
+        return tf.maximum(rows, offset + tf.cast(count, tf.int64))
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches in a fixed order, not augmented; None without a validation split."""
@@ -348,26 +368,6 @@ def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     """uint8 batches -> float32 0..255, as every source hands them to the model. Done last
     (after the augmenter, which takes uint8) so batches stay a quarter the size until then."""
     return tf.cast(images, tf.float32), labels
-
-
-def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: int) -> None:
-    """Shards split each global batch evenly; a bad combination is the caller's mistake."""
-    if num_shards < 1 or not 0 <= shard < num_shards or first_batch < 0:
-        raise ValueError(f"need 0 <= shard < num_shards and first_batch >= 0, got shard={shard}, "
-                         f"num_shards={num_shards}, first_batch={first_batch}")
-    if batch_size % num_shards:
-        raise UserError(f"the global batch size {batch_size} does not split evenly over "
-                        f"{num_shards} workers", hint=f"use a data.batch_size that is a multiple "
-                        f"of {num_shards}")
-
-
-def shard_order(order: np.ndarray, batch_size: int, shard: int, num_shards: int,
-                first_batch: int = 0) -> np.ndarray:
-    """The indices one shard reads, in order: its rows of each global batch from ``first_batch``."""
-    local = batch_size // num_shards
-    position = np.arange(len(order))
-    mine = ((position % batch_size) // local == shard) & (position // batch_size >= first_batch)
-    return order[mine]
 
 
 def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,

@@ -30,13 +30,7 @@ import tensorflow as tf
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.augment import decoder_crop_draws
-from resnet_builder.data.bundle import (
-    ORDER_STREAM,
-    DataBundle,
-    check_sharding,
-    seeded_rng,
-    to_float,
-)
+from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng, to_float
 from resnet_builder.data.decode import (
     BATCHES_AT_ONCE,
     SKIPPED_LABEL,
@@ -45,6 +39,7 @@ from resnet_builder.data.decode import (
     decode_or_skip,
     without_autotune,
 )
+from resnet_builder.data.shards import check_sharding
 from resnet_builder.errors import UserError
 
 log = logging.getLogger(__name__)
