@@ -10,10 +10,11 @@ So a batch is first decoded by the plain ``map_fn`` (``stream.fast_file_images``
 cannot catch one image's failure: a batch with a broken file, or one only Pillow reads,
 fails as a whole, ``ignore_errors`` drops it, a ``scan`` sees its number missing at the next
 batch (or at the end), and the safe decoder decodes it again in its place, through one
-``tf.numpy_function``. The redo is a Python call because with the safe decoder's graph in
-a never-taken ``tf.cond`` branch the pipeline ran at 590-810 images/s instead of 970-1,000.
-Files the safe decoder had to give to Pillow are remembered (``SkipLog.needed_pillow``), so
-their later batches skip the fast attempt.
+``tf.numpy_function`` per redone batch. The redo is a Python call because with the safe
+decoder's graph in a never-taken ``tf.cond`` branch the pipeline ran at 590-810 images/s
+instead of 970-1,000. Files the safe decoder gave to Pillow are remembered
+(``SkipLog.needed_pillow``): in later batches the fast path hands them to Pillow itself, so
+only an epoch that meets a bad file for the first time pays a redo.
 """
 
 from __future__ import annotations
