@@ -17,10 +17,9 @@ transform the streaming sources share: a file that cannot be decoded becomes a z
 with label -1 in its own place (batches keep their size and order, so shards stay aligned
 and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
 
-Crops are taken while decoding: ``resize: crop`` decodes only a JPEG's centre window
-(``decode_fitted``; the same pixels), and a training batch's random resized crops come
-from the files themselves (``decode_cropped``, with ``crops.crop_draws``). Pipelines that
-decode here run with tf.data's autotuner off (``without_autotune``).
+Crops are taken while decoding (``decode_fitted``: a JPEG's centre window alone, the same
+pixels; ``decode_cropped``: a batch's random resized crops from the files themselves).
+Pipelines that decode here run with tf.data's autotuner off (``without_autotune``).
 """
 
 from __future__ import annotations
@@ -60,8 +59,7 @@ def without_autotune() -> tf.data.Options:
     on both, at random per pipeline (8 passes, 2 cores; with it off 8 of 8 at ~700); a
     flat map of decode + resize also switched (891 or 1,246; off: 1,279). No other
     autotune setting helped. Static rewrites are off too (they ran at each epoch's iterator:
-    a 1,797-image epoch 77 -> 65 ms; photos at 224: 1,078-1,088 -> 1,107-1,129 images/s).
-    """
+    a 1,797-image epoch 77 -> 65 ms; photos at 224: 1,078-1,088 -> 1,107-1,129 images/s)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     options.experimental_optimization.apply_default_optimizations = False
@@ -258,20 +256,18 @@ def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int,
 
 class SkipLog:
     """Thread-safe record of (key, reason) for elements that could not be decoded, and of
-    the keys Pillow was asked for (``guarded``: their batches skip the fast path)."""
+    the keys Pillow was asked for (``guarded``: the fast path gives them to Pillow)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[int, str]] = []
         self._pillow: set[int] = set()
 
-    def note_pillow(self, key: int) -> None:
-        self._pillow.add(key)  # one set.add: atomic under the GIL
+    def note_pillow(self, key: int) -> None:  # one set.add: atomic under the GIL
+        self._pillow.add(key)
 
     def needed_pillow(self, keys: np.ndarray) -> np.ndarray:
         """bool per key: whether it went to Pillow before (broken, or only Pillow reads it)."""
-        if not self._pillow:
-            return np.zeros(len(keys), bool)
         return np.array([key in self._pillow for key in keys.tolist()], bool)
 
     def add(self, key: int, reason: str) -> None:
@@ -299,11 +295,9 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     [b, n] (``crops.crop_draws``) and each image is its random resized crop, taken from
     the file before resizing (``decode_cropped``) instead of the resize rule.
 
-    Why per batch: errors can only be caught by a tf.data dataset, and one nested dataset
-    per image (the previous guard) ran the folder pipeline at 0.44x a bare map. Map this
-    function over batches with ``BATCHES_AT_ONCE`` parallel calls: each decodes its images
-    on every core (``DECODE_THREADS``); with AUTOTUNE at both levels the nested maps ran at
-    0.69x of a flat map on 2 cores, with 2 batches x 2 images at once 0.86x.
+    Why per batch: only a tf.data dataset catches errors, and one per image ran at 0.44x a
+    bare map; ``BATCHES_AT_ONCE`` calls of ``DECODE_THREADS`` images each ran at 0.86x a
+    flat map (AUTOTUNE at both levels: 0.69x). ``guarded`` tries a faster path first.
     """
     shape = (how.size, how.size, channels)
     rescue = pillow_rescue(how, channels, skips, from_files=from_files, crop=crop)
@@ -333,18 +327,25 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
                                tf.concat([[count], tf.constant(shape, tf.int64)], 0))
         found = tf.scatter_nd(slots[:, None], tf.ones_like(slots), [count]) > 0
         missing = tf.where(tf.logical_not(found))[:, 0]
-
-        def rescued() -> tuple[tf.Tensor, tf.Tensor]:
-            got, flags = tf.map_fn(
-                lambda i: rescue(keys[i], sources[i], labels[i], draws[i]), missing,
-                fn_output_signature=(tf.TensorSpec(shape, tf.uint8),
-                                     tf.TensorSpec([], tf.int32)))
-            return (tf.tensor_scatter_nd_update(placed, missing[:, None], got),
-                    tf.tensor_scatter_nd_update(labels, missing[:, None], flags))
-
-        return tf.cond(tf.size(missing) > 0, rescued, lambda: (placed, labels))
+        return rescued_in_place(rescue, missing, placed, keys, sources, labels, draws)
 
     return decode_batch
+
+
+def rescued_in_place(rescue: Callable[..., tuple], missing: tf.Tensor, images: tf.Tensor,
+                     keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor,
+                     draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(images, labels) of a batch with the rows ``missing`` (int64 [m]) decoded by
+    ``rescue`` (``pillow_rescue``) in their places; nothing is run when none are missing."""
+    def rescued() -> tuple[tf.Tensor, tf.Tensor]:
+        got, flags = tf.map_fn(
+            lambda i: rescue(keys[i], sources[i], labels[i], draws[i]), missing,
+            fn_output_signature=(tf.TensorSpec(images.shape[1:], tf.uint8),
+                                 tf.TensorSpec([], tf.int32)))
+        return (tf.tensor_scatter_nd_update(images, missing[:, None], got),
+                tf.tensor_scatter_nd_update(labels, missing[:, None], flags))
+
+    return tf.cond(tf.size(missing) > 0, rescued, lambda: (images, labels))
 
 
 def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,

@@ -33,6 +33,7 @@ from resnet_builder.data.decode import (
     batch_decoder,
     native_decode_and_resize,
     pillow_rescue,
+    rescued_in_place,
 )
 from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
 
@@ -182,9 +183,6 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
         path, draws = path_and_draws
         return native_decode_and_resize(tf.io.read_file(path), how, channels, draws, crop)
 
-    def pillow(row: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
-        return rescue(*row)
-
     def from_files(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         known = tf.numpy_function(skips.needed_pillow, [indices], tf.bool, stateful=True)
         known = tf.ensure_shape(known, [None])
@@ -194,16 +192,10 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
         plain, odd = tf.where(tf.logical_not(known))[:, 0], tf.where(known)[:, 0]
         images = tf.map_fn(native, (tf.gather(sources, plain), tf.gather(rows, plain)),
                            fn_output_signature=shape, parallel_iterations=DECODE_THREADS)
-
-        def with_pillow() -> tuple[tf.Tensor, tf.Tensor]:
-            odd_images, odd_labels = tf.map_fn(
-                pillow, tuple(tf.gather(t, odd) for t in (indices, sources, found, rows)),
-                fn_output_signature=(shape, tf.TensorSpec([], tf.int32)))
-            places = [tf.cast(plain, tf.int32), tf.cast(odd, tf.int32)]
-            return (tf.dynamic_stitch(places, [images, odd_images]),
-                    tf.dynamic_stitch(places, [tf.gather(found, plain), odd_labels]))
-
-        return tf.cond(tf.size(odd) > 0, with_pillow, lambda: (images, found))
+        places = tf.concat([tf.shape(indices, out_type=tf.int64), shape.shape.as_list()], 0)
+        images = tf.cond(tf.size(odd) > 0,  # the native rows in place, Pillow's left empty
+                         lambda: tf.scatter_nd(plain[:, None], images, places), lambda: images)
+        return rescued_in_place(rescue, odd, images, indices, sources, found, rows)
 
     return from_files
 
