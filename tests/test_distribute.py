@@ -512,10 +512,10 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
-def _folder_config(tmp_path: Path, images: Path) -> Path:
+def _folder_config(tmp_path: Path, images: Path, *extra: str) -> Path:
     return mw_config(tmp_path, "data.source=folder", f"data.path={images}", "data.limit=null",
                      "data.image_size=8", "data.channels=3", "data.batch_size=8",
-                     "data.cache=false", "run.plots=false", "run.tensorboard=false")
+                     "data.cache=false", "run.plots=false", "run.tensorboard=false", *extra)
 
 
 @pytest.mark.slow
@@ -537,7 +537,9 @@ def test_each_worker_decodes_only_its_share_of_the_files(tmp_path):
 @pytest.mark.slow
 def test_two_workers_skip_a_broken_file_and_read_a_pillow_only_one(tmp_path):
     """A broken file and a GIF (only Pillow reads it) in the training folder: each worker's
-    fast path fails on its batches, the failure-safe decoder redoes them, both finish. With
+    fast path fails on its batches, the failure-safe decoder redoes them, both finish, and
+    the broken file, decoded by one worker only, is named by both and in the chief's
+    skipped.csv. With
     34 files the last global batch of 8 has 2, all worker 0's: worker 1 gets one padding
     row there, or its step count would differ (the run died with "lost contact")."""
     from PIL import Image
@@ -548,9 +550,15 @@ def test_two_workers_skip_a_broken_file_and_read_a_pillow_only_one(tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i),
-                      [str(_folder_config(tmp_path, images))]) for i in range(2)]
+                      [str(_folder_config(tmp_path, images, "train.epochs=1"))])
+               for i in range(2)]
     assert wait_all(workers, 300) == [0, 0], "\n".join(w.output()[-3000:] for w in workers)
-    said = [w.output() for w in workers]  # each worker names what its own share skipped
-    assert any("skipped 1 unreadable file(s)" in out and "broken.png" in out for out in said)
+    said = [w.output() for w in workers]
+    # one epoch: one worker's share held it, and every worker names it ...
+    assert all(out.count("skipped 1 unreadable file(s)") == 1 and "broken.png" in out
+               for out in said), said
     assert not any("g.gif" in out for out in said)
     assert epoch_losses(said[0]) == epoch_losses(said[1])
+    # ... and the chief's run folder lists it
+    listed = (workers[0].dir / "runs" / "train" / "mw" / "skipped.csv").read_text()
+    assert "broken.png" in listed and "g.gif" not in listed

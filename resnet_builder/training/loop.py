@@ -49,6 +49,7 @@ from resnet_builder.training.strategy import (
     StrategyInfo,
     distribute_dataset,
     distribute_shards,
+    pairs_from_every_worker,
 )
 from resnet_builder.training.workers import cluster_failure
 
@@ -191,7 +192,8 @@ class TrainingLoop:
         """Evaluate, record and tell the callbacks (they write the run folder)."""
         cfg = self.cfg
         evaluation = self.evaluate()
-        self.state.note_skipped(self.data.take_skipped())
+        # each worker decoded its own share: the chief's skipped.csv lists every worker's
+        self.state.note_skipped(pairs_from_every_worker(self.dist, self.data.take_skipped()))
         if evaluation is not None:
             logs.update(evaluation.logs())
         elif is_multilabel(self.model):

@@ -223,6 +223,33 @@ def json_from_chief(info: StrategyInfo, obj: Any) -> Any:
     return json.loads(data.astype(np.uint8).tobytes().decode())
 
 
+def pairs_from_every_worker(info: StrategyInfo, pairs: list[tuple[str, str]]
+                            ) -> list[tuple[str, str]]:
+    """The union, in worker order, of every worker's (text, text) pairs (e.g. the files
+    each worker's share of an epoch could not decode), on every worker.
+
+    Every worker must call this at the same point. Each worker's pairs travel as the bytes
+    ``a\\0b\\0`` per pair (a path holds no NUL), and one all-gather, which takes a
+    different length from each replica, puts them end to end; a worker's other local
+    replicas add nothing.
+    """
+    if info.workers == 1:
+        return pairs
+    strategy = info.strategy
+    local = len(strategy.extended.worker_devices)
+    mine = b"".join(f"{a}\0{b}\0".encode("utf-8", "surrogateescape") for a, b in pairs)
+    codes = np.frombuffer(mine, np.uint8).astype(np.int32)
+
+    def on_replica(ctx):
+        first_local = ctx.replica_id_in_sync_group % local == 0
+        return tf.constant(codes if first_local else np.zeros(0, np.int32))
+
+    per_replica = strategy.experimental_distribute_values_from_function(on_replica)
+    every = strategy.gather(per_replica, axis=0).numpy().astype(np.uint8).tobytes()
+    texts = every.decode("utf-8", "surrogateescape").split("\0")[:-1]
+    return list(dict.fromkeys(zip(texts[::2], texts[1::2], strict=True)))
+
+
 def variables_from_chief(info: StrategyInfo, variables) -> None:
     """Give every worker the chief's values of ``variables`` (same list on every worker)."""
     if info.workers == 1:
