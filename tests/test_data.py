@@ -52,7 +52,7 @@ def test_digits_shapes_counts_and_names(digits):
     assert (digits.num_train, digits.num_val) == (1437, 360)
     assert (digits.image_size, digits.channels) == (16, 1)
     x, y = next(iter(digits.train_dataset(0, 64)))
-    assert x.dtype.name == "float32" and y.dtype.name == "int32"
+    assert x.dtype.name == "uint8" and y.dtype.name == "int32"  # uint8 until the model
     assert x.shape == (64, 16, 16, 1) and y.shape == (64,)
     x_val, y_val = _arrays(digits.val_dataset(100))
     assert x_val.shape == (360, 16, 16, 1) and x_val.min() >= 0 and x_val.max() <= 255
@@ -137,7 +137,7 @@ def test_augmentation_changes_images_but_not_shapes_or_order():
     x, y = _first_batch(plain, 2, 64)
     xa, ya = _first_batch(augmented, 2, 64)
     np.testing.assert_array_equal(y, ya)
-    assert xa.shape == x.shape and xa.dtype == x.dtype
+    assert xa.shape == x.shape and (x.dtype, xa.dtype) == (np.uint8, np.float32)  # new pixels
     assert xa.min() >= 0 and xa.max() <= 255
     changed = [not np.allclose(a, b) for a, b in zip(xa, x, strict=True)]
     assert sum(changed) > 48
@@ -151,12 +151,13 @@ def test_flip_only_mirrors_and_crop_only_shifts():
     kept = [np.array_equal(a, b) for a, b in zip(flipped, plain, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True))
     assert 4 < sum(mirrored) < 28
+    assert flipped.dtype == np.uint8  # a flip alone makes no new pixels: uint8 to the model
 
     bundle = load_data(_cfg(image_size=16), AugmentConfig(random_crop_padding=3), seed=0)
     cropped = _first_batch(bundle, 0)[0]
     fill = np.float32(bundle.mean[0])
     for a, b in zip(cropped[:8], plain[:8], strict=True):
-        padded = np.pad(b[..., 0], 3, constant_values=fill)
+        padded = np.pad(b[..., 0].astype(np.float32), 3, constant_values=fill)
         shifts = [(dy, dx) for dy in range(7) for dx in range(7)
                   if np.allclose(padded[dy:dy + 16, dx:dx + 16], a[..., 0], atol=1e-3)]
         assert shifts, "a padded crop is a shifted copy filled with the mean"

@@ -23,7 +23,9 @@ CROP, RAND_AUGMENT, COLOR_JITTER, ERASING, MIXING = range(11, 16)
 def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch: int,
               num_classes: int) -> Callable[..., tuple[tf.Tensor, tf.Tensor]] | None:
     """(images uint8 or float32 [B,H,W,C], labels int32 [B], batch number[, rows, offset])
-    -> (augmented float32 images, labels), or None when nothing is on.
+    -> (augmented images, labels), or None when nothing is on. Images come back float32
+    when an op computes new pixels (crop, zoom, shift, pixel policies, mixing); a flip
+    alone keeps uint8 images uint8 (the model casts them).
 
     Labels come back as they came, except with mixup / cutmix: float32 [B, num_classes]
     soft rows (all zeros for an image that could not be decoded, label -1).
@@ -53,6 +55,8 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
         rows = count if rows is None else tf.cast(rows, tf.int32)
         draw = Draw(rows, offset, count)
         images = geometric(images, cfg, key, seeds, draw, size, fill)
+        if pixel_ops or mix is not None:
+            images = tf.cast(images, tf.float32)
         for number, policy in pixel_ops:
             images = policy(images, stream(key, number), rows, offset)
         if pixel_ops:
@@ -67,16 +71,13 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
 def geometric(images: tf.Tensor, cfg: AugmentConfig, key: tf.Tensor, seeds: tf.Tensor,
               draw: Draw, size: int, fill: tf.Tensor) -> tf.Tensor:
     """The crop / zoom / shift / flip part of ``augmenter``: uint8 or float images in,
-    float32 out. Only ops that uncover borders need the mean subtracted (two passes over
-    the float batch); a flip alone mirrors the uint8 pixels, before the float copy."""
+    float32 out, except a flip alone, which mirrors the pixels in their own type. Only ops
+    that uncover borders need the mean subtracted (two passes over the float batch)."""
     flips = draw.uniform([], seeds[2]) < 0.5 if cfg.horizontal_flip else None
     pads = bool(cfg.random_resized_crop or cfg.random_scale or cfg.random_crop_padding)
-    if flips is not None and not pads:
-        images = flip_some(images, flips)
-    images = tf.cast(images, tf.float32)
     if not pads:
-        return images
-    images = images - fill
+        return images if flips is None else flip_some(images, flips)
+    images = tf.cast(images, tf.float32) - fill
     if cfg.random_resized_crop:
         images = random_resized_crop(images, stream(key, CROP), cfg.random_resized_crop,
                                      size, draw)
@@ -115,7 +116,7 @@ def flip_some(images: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
 
     Two ways, each the fastest measured for its case (tf.functions on 2 cores, batch 64 at
     224x224x3, against 17.1 / 27.0 ms for ``tf.where`` over a reversed copy, the previous
-    flip): uint8 (a flip on its own, before the float copy): only the flipped images are
+    flip): uint8 (a flip on its own, handed on as uint8): only the flipped images are
     reversed, then stitched back in place, 4.1 ms (a gather: 9.0); float32 (after a crop,
     zoom or shift): one gather of per-image column orders, 12.7 ms (stitching: 14.7), and
     at 16x16x1 the stitch's extra ops cost the digits pipeline ~6% where the gather did not.

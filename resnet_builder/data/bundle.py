@@ -109,8 +109,12 @@ class DataBundle:
 
     def train_dataset(self, epoch: int, batch_size: int, *, shard: int = 0, num_shards: int = 1,
                       first_batch: int = 0) -> tf.data.Dataset:
-        """One shuffled, augmented epoch of (float32 [B,H,W,C] 0..255, int32 [B]) batches
+        """One shuffled, augmented epoch of (images [B,H,W,C] 0..255, int32 [B]) batches
         (float32 [B, num_classes] soft labels with augment.mixup / cutmix).
+
+        Images stay uint8 (a quarter of float32's bytes through prefetch and to a GPU) unless
+        an augmentation computes new pixels (crop, zoom, shift, pixel policies, mixing),
+        which gives float32; the model takes either (Keras casts its input).
 
         ``batch_size`` is the global batch. With ``num_shards`` > 1 this shard reads (and
         decodes) only rows ``[shard*b, (shard+1)*b)`` of each global batch (b = batch_size /
@@ -149,7 +153,7 @@ class DataBundle:
 
             return dataset.enumerate(start=first_batch).map(
                 apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-        return dataset.map(to_float).prefetch(tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.
@@ -231,12 +235,12 @@ class DataBundle:
         return tf.maximum(rows, offset + tf.cast(count, tf.int64))
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
-        """Validation batches in a fixed order, not augmented; None without a validation split."""
+        """Validation batches (uint8 images) in a fixed order, not augmented; None without a
+        validation split."""
         if self._val is None or self.num_val == 0:
             return None
         order = np.arange(self.num_val, dtype=np.int64)
-        return (self._batches(self._val, "val", order, batch_size).map(to_float)
-                .prefetch(tf.data.AUTOTUNE))
+        return self._batches(self._val, "val", order, batch_size).prefetch(tf.data.AUTOTUNE)
 
     def take_skipped(self) -> list[tuple[str, str]]:
         """(file, reason) of streamed files that failed to decode since the last call, once each.
@@ -362,12 +366,6 @@ class DataBundle:
             return images, tf.gather(labels, indices)
 
         return on_demand
-
-
-def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """uint8 batches -> float32 0..255, as every source hands them to the model. Done last
-    (after the augmenter, which takes uint8) so batches stay a quarter the size until then."""
-    return tf.cast(images, tf.float32), labels
 
 
 def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.augment import decoder_crop_draws
-from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng, to_float
+from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng
 from resnet_builder.data.decode import (
     BATCHES_AT_ONCE,
     SKIPPED_LABEL,
@@ -201,8 +201,6 @@ class TFRecordBundle(DataBundle):
                 lambda i, b: augment(b[0], b[1], i, tf.constant(batch_size, tf.int64),
                                      shard * local, epoch_number),
                 num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            batches = batches.map(to_float)
         return batches.prefetch(tf.data.AUTOTUNE)
 
     def decoder_crop(self) -> dict | None:
@@ -261,7 +259,7 @@ class TFRecordBundle(DataBundle):
         if self.num_val == 0:
             return None
         images = self._decoded(self._records(self.val_shards, "val", parallel=False))
-        return images.batch(batch_size).map(to_float).prefetch(tf.data.AUTOTUNE)
+        return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """The first ``n`` training records in pack order (a seeded random sample), uint8."""
