@@ -239,6 +239,8 @@ def pairs_from_every_worker(info: StrategyInfo, pairs: list[tuple[str, str]]
     local = len(strategy.extended.worker_devices)
     mine = b"".join(f"{a}\0{b}\0".encode("utf-8", "surrogateescape") for a, b in pairs)
     codes = np.frombuffer(mine, np.uint8).astype(np.int32)
+    if not _sum_over_workers(info, np.array([codes.size]), True)[0]:
+        return []  # an all-gather of nothing but empty tensors crashed the process (SIGSEGV)
 
     def on_replica(ctx):
         first_local = ctx.replica_id_in_sync_group % local == 0
