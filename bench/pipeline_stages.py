@@ -92,7 +92,7 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
         picks = tf.constant(next(orders).astype(np.int64))
         spec = (tf.TensorSpec([None, *shape], tf.uint8), tf.TensorSpec([None], tf.int32))
         return guarded_batches(
-            -(-len(names) // batch), lambda n: (picks[n * batch:(n + 1) * batch],), fast,
+            range(-(-len(names) // batch)), lambda n: (picks[n * batch:(n + 1) * batch],), fast,
             lookup, spec).prefetch(tf.data.AUTOTUNE).with_options(without_autotune())
 
     cfg = DataConfig(source="folder", path=str(folder), image_size=size, validation_split=0.0,

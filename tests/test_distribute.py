@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from resnet_builder.config import dump_config, load_config
 from resnet_builder.errors import UserError
@@ -27,6 +28,7 @@ from resnet_builder.training import api as trainer
 from resnet_builder.training.checkpoint import read_meta
 from resnet_builder.training.cluster import Task, read_tf_config
 from resnet_builder.training.rendezvous import listen, rendezvous
+from resnet_builder.training.strategy import replica_pieces
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +92,17 @@ def test_tf_config_mistakes_are_named(text, message):
     assert message in err.value.message
     assert err.value.message.startswith("TF_CONFIG: ") and err.value.exit_code == 2
     assert "TF_CONFIG describes the whole cluster" in err.value.hint
+
+
+def test_replica_pieces_keep_each_batch_apart():
+    """A worker with 2 replicas: each batch in 2 pieces, an epoch's short last batch too
+    (one empty piece), so the next epoch's rows never fill it."""
+    epoch = tf.data.Dataset.range(9).batch(4)
+    run = epoch.concatenate(epoch.map(lambda x: x + 100)).map(lambda x: (x, -x))
+    got = [(x.tolist(), y.tolist()) for x, y in replica_pieces(run, 2, 2).as_numpy_iterator()]
+    assert [x for x, _ in got] == [[0, 1], [2, 3], [4, 5], [6, 7], [8], [],
+                                   [100, 101], [102, 103], [104, 105], [106, 107], [108], []]
+    assert all(y == [-v for v in x] for x, y in got)
 
 
 def test_tf_config_chief_and_workers():

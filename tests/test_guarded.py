@@ -19,7 +19,7 @@ BATCH = 3
 SPEC = (tf.TensorSpec([None, 2, 2, 1], tf.uint8), tf.TensorSpec([None], tf.int32))
 
 
-def _toy(count: int, rows: int, failing: set[int]):
+def _toy(count: int, rows: int, failing: set[int], first: int = 0):
     """Batch n holds rows [3n, 3n+3) of ``rows``; the fast path fails on ``failing`` and
     fills images with 1, the safe one with 2; labels are the row numbers."""
     bad = tf.constant(sorted(failing) or [-1], tf.int64)
@@ -37,7 +37,8 @@ def _toy(count: int, rows: int, failing: set[int]):
         with tf.control_dependencies([ok]):
             return filled(tf.identity(indices), 1)
 
-    return guarded_batches(count, inputs, fast, lambda indices: filled(indices, 2), SPEC)
+    return guarded_batches(range(first, count), inputs, fast,
+                           lambda indices: filled(indices, 2), SPEC)
 
 
 @pytest.mark.parametrize("failing", [set(), {0}, {1, 2}, {3}, {0, 1, 2, 3}, {0, 3}])
@@ -52,6 +53,16 @@ def test_failed_batches_come_back_in_their_place_from_the_safe_path(failing):
 
 def test_no_batches_at_all():
     assert list(_toy(0, 0, set())) == []
+    assert list(_toy(4, 11, set(), first=4)) == []
+
+
+@pytest.mark.parametrize("failing", [{2}, {3}, {2, 3}])
+def test_batches_from_a_later_number_are_redone_in_their_place(failing):
+    """A run's iterator after a resume starts at a later batch number."""
+    batches = [(x.numpy(), y.numpy()) for x, y in _toy(4, 11, failing, first=2)]
+    assert [y.tolist() for _, y in batches] == [[6, 7, 8], [9, 10]]
+    for number, (images, _) in enumerate(batches, start=2):
+        assert (images == (2 if number in failing else 1)).all(), number
 
 
 def _folder(root: Path) -> Path:
@@ -87,9 +98,10 @@ def test_streamed_batches_equal_the_safe_decoder_and_remember_pillow_files(tmp_p
         safe = bundle._lookup("train", split, crop)
         for number, (images, labels) in enumerate(got):
             indices = tf.constant(order[number * 4:(number + 1) * 4])
+            steps = len(got)  # the run's global batch number: epoch * steps + number
             args = (indices,) if crop is None else (
-                indices, bundle._crop_draws(crop, epoch, 4, 0)(tf.constant(number, tf.int64),
-                                                               tf.size(indices)))
+                indices, bundle._crop_draws(crop, 4, 0, steps)(
+                    tf.constant(epoch * steps + number, tf.int64), tf.size(indices)))
             want_images, want_labels = safe(*args)
             np.testing.assert_array_equal(labels, want_labels.numpy())
             np.testing.assert_array_equal(images, want_images.numpy())

@@ -20,8 +20,8 @@ from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.training import api, loop
 from resnet_builder.training.checkpoint import read_meta
-from resnet_builder.training.next_epoch import EpochInputs
 from resnet_builder.training.preemption import PREEMPTED_EXIT_CODE, CheckpointClock
+from resnet_builder.training.run_inputs import RunBatches
 
 # 400 images, batch 20: 20 steps per epoch, so there is a middle to stop in.
 SMALL = [
@@ -64,40 +64,34 @@ def test_clock_counts_steps_and_minutes(monkeypatch):
     assert timed.due(1)
 
 
-def test_the_next_epoch_s_input_is_made_on_a_thread_or_on_the_spot():
+def test_the_run_s_iterator_is_reused_where_it_stands():
     made = []
 
-    def make(epoch: int):
-        made.append((epoch, threading.current_thread().name))
-        return iter([epoch])
+    def make(epoch: int, batch: int):
+        made.append((epoch, batch))
+        return iter([(epoch, batch)])
 
-    inputs = EpochInputs(make)
-    assert next(inputs.take(1)) == 1  # nothing prepared: made here
-    inputs.prepare(2)
-    assert next(inputs.take(2)) == 2
-    inputs.prepare(3)
-    assert next(inputs.take(5)) == 5  # a prepared epoch that is not the one asked for
-    for _ in range(500):  # epoch 3's making runs on, unused
-        if len(made) == 4:
-            break
-        time.sleep(0.01)
-    where = dict(made)
-    assert sorted(where) == [1, 2, 3, 5]
-    here = threading.current_thread().name
-    assert where[1] == where[5] == here
-    assert where[2].startswith("next-epoch") and where[3].startswith("next-epoch")
+    inputs = RunBatches(make)
+    first = inputs.at(1, 0)
+    inputs.moved_to(1, 5)
+    assert inputs.at(1, 5) is first  # where the loop left it: no new iterator
+    inputs.moved_to(2, 0)
+    assert inputs.at(2, 0) is first
+    assert inputs.at(4, 3) is not first  # elsewhere (a resume, bench's timed epochs): new
+    assert made == [(1, 0), (4, 3)]
 
 
-def test_epochs_made_ahead_train_exactly_as_epochs_made_in_turn(tmp_path, reference,
-                                                                monkeypatch):
-    """Validation's pipeline and epoch 2's are built while epoch 1 trains, after its first
-    step (the first step waits for neither); without that, the same results."""
+def test_a_run_reads_every_epoch_through_one_iterator(tmp_path, reference, monkeypatch):
+    """One ``train_batches`` over both epochs, made before the first step; validation's
+    pipeline is made on the background thread after the first step. The same results as
+    one pipeline per epoch (the loop before), which the second run rebuilds."""
     made = []
-    train_dataset, val_dataset = DataBundle.train_dataset, DataBundle.val_dataset
+    train_batches, val_dataset = DataBundle.train_batches, DataBundle.val_dataset
 
-    def recorded_train(self, epoch, *args, **kwargs):
-        made.append((f"train {epoch}", threading.current_thread().name))
-        return train_dataset(self, epoch, *args, **kwargs)
+    def recorded_train(self, epochs, *args, **kwargs):
+        made.append((f"train {list(epochs)} from {kwargs['first_batch']}",
+                     threading.current_thread().name))
+        return train_batches(self, epochs, *args, **kwargs)
 
     def recorded_val(self, *args, **kwargs):
         made.append(("val", threading.current_thread().name))
@@ -108,26 +102,33 @@ def test_epochs_made_ahead_train_exactly_as_epochs_made_in_turn(tmp_path, refere
     def recorded_calls(self, frozen):
         train = train_function(self, frozen)
 
-        def call(iterator):
-            totals = train(iterator)
+        def call(iterator, batches):
+            totals = train(iterator, batches)
             made.append(("call", threading.current_thread().name))
             return totals
         return call
 
-    monkeypatch.setattr(DataBundle, "train_dataset", recorded_train)
+    monkeypatch.setattr(DataBundle, "train_batches", recorded_train)
     monkeypatch.setattr(DataBundle, "val_dataset", recorded_val)
     monkeypatch.setattr(loop.TrainingLoop, "train_function", recorded_calls)
-    api.train(config(tmp_path, name="ahead"))
+    api.train(config(tmp_path, name="one_iterator"))
     here = threading.current_thread().name
-    assert made[:2] == [("train 0", here), ("call", here)]
-    ahead = [(what, thread) for what, thread in made if what != "call"]
-    assert [what for what, _ in ahead] == ["train 0", "val", "train 1"]
-    assert ahead[1][1].startswith("next-epoch") and ahead[2][1].startswith("next-epoch")
+    assert made[:2] == [("train [0, 1] from 0", here), ("call", here)]
+    others = [(what, thread) for what, thread in made if what != "call"]
+    assert [what for what, _ in others] == ["train [0, 1] from 0", "val"]
+    assert others[1][1].startswith("inputs")
+    assert len(made) == 2 + 2 * 20  # 20 calls an epoch
+
+    def epoch_by_epoch(self, epoch: int, first_batch: int):  # a new pipeline each epoch
+        return iter(self.data.train_dataset(epoch - 1, self.cfg.data.batch_size,
+                                            first_batch=first_batch))
+
     made.clear()
-    monkeypatch.setattr(loop.TrainingLoop, "_prepare_ahead", lambda self, epoch: None)
-    run = api.train(config(tmp_path, name="in_turn")).run_dir
-    assert [what for what, _ in made if what != "call"] == ["train 0", "val", "train 1"]
-    assert {thread for _, thread in made} == {here}
+    monkeypatch.setattr(loop.TrainingLoop, "_run_iterator", epoch_by_epoch)
+    monkeypatch.setattr(RunBatches, "moved_to", lambda self, epoch, batch: None)
+    run = api.train(config(tmp_path, name="per_epoch")).run_dir
+    assert [what for what, _ in made if what != "call"] == ["train [0] from 0", "val",
+                                                            "train [1] from 0"]
     assert results(run) == results(reference)
 
 
@@ -146,9 +147,9 @@ def test_nan_stops_within_one_read_interval(tmp_path, monkeypatch):
         train = real(*args, **kwargs)
         calls = {"n": 0}
 
-        def wrapped(iterator):
+        def wrapped(iterator, batches):
             calls["n"] += 1
-            out = train(iterator)
+            out = train(iterator, batches)
             return (float("nan"), out[1], out[2]) if calls["n"] == 25 else out
 
         return wrapped

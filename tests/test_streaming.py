@@ -13,10 +13,10 @@ from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import decode, load_data
-from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng, shard_order
+from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.shards import shard_padding
+from resnet_builder.data.shards import shard_rows
 from resnet_builder.errors import UserError
 from resnet_builder.inference.decode import decoded_batches
 
@@ -231,19 +231,23 @@ def test_shards_cover_the_epoch_and_equal_the_global_batch_rows(digits, num_shar
 
 
 def test_a_shard_without_rows_in_the_last_batch_gets_one_padding_row():
-    assert [shard_padding(34, 8, k, 2) for k in range(2)] == [0, 1]  # last batch: 2 rows
-    assert [shard_padding(38, 8, k, 2) for k in range(2)] == [0, 0]  # 6 rows: both have some
-    assert [shard_padding(32, 8, k, 2) for k in range(2)] == [0, 0]  # no partial batch
-    assert [shard_padding(33, 8, k, 4) for k in range(4)] == [0, 1, 1, 1]
-    assert shard_padding(34, 8, 1, 2, first_batch=5) == 0  # resumed past the end: no steps
-    assert shard_padding(34, 8, 0, 1) == 0
+    def last_batch(count: int, shards: int) -> list[list[int]]:
+        local = 8 // shards
+        return [shard_rows(np.arange(count), (count - 1) // 8, 8, k * local, local).tolist()
+                for k in range(shards)]
+
+    assert last_batch(34, 2) == [[32, 33], [0]]  # 2 rows, both shard 0's: a padding row
+    assert last_batch(38, 2) == [[32, 33, 34, 35], [36, 37]]  # both have some
+    assert last_batch(32, 2) == [[24, 25, 26, 27], [28, 29, 30, 31]]  # no partial batch
+    assert last_batch(33, 4) == [[32], [0], [0], [0]]
 
 
 def test_shard_indices_cover_every_image_once():
     order = np.random.default_rng(0).permutation(103)
-    parts = [shard_order(order, 12, k, 3) for k in range(3)]
-    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
-    np.testing.assert_array_equal(parts[1][:4], order[4:8])
+    rows = [shard_rows(order, b, 12, k * 4, 4) for b in range(9) for k in range(3)]
+    assert sorted(np.concatenate(rows[:-1]).tolist()) == list(range(103))  # last: padding
+    assert [len(r) for r in rows[-3:]] == [4, 3, 1]  # the third shard's is padding
+    np.testing.assert_array_equal(rows[1], order[4:8])
 
 
 def test_first_batch_is_the_tail_of_the_epoch(digits):

@@ -135,9 +135,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, 
         step = real(*args, **kwargs)
         calls = {"n": 0}
 
-        def wrapped(iterator):
+        def wrapped(iterator, batches):
             calls["n"] += 1
-            out = step(iterator)
+            out = step(iterator, batches)
             return (float("nan"), out[1], out[2]) if calls["n"] > 7 else out
 
         return wrapped

@@ -1,7 +1,8 @@
 """The data room: every source (digits, CIFAR, folders, .npz, synthetic) becomes a DataBundle.
 
 A bundle holds the prepared training and validation splits (uint8, ``image_size``
-square, ``channels`` deep) and hands out ``tf.data`` pipelines per epoch. Images stay
+square, ``channels`` deep) and hands out ``tf.data`` pipelines: one for a run's epochs
+(``train_batches``), one epoch (``train_dataset``), validation (``val_dataset``). Images stay
 on the raw 0..255 scale: the model carries a Normalization layer built from
 ``mean``/``std`` (train split only, before augmentation), so a saved model
 preprocesses itself.
@@ -15,8 +16,8 @@ Memory: prepared images are kept in memory when ``data.cache`` is on and both sp
 fit in ``CACHE_BUDGET_BYTES``; otherwise each image is resized (arrays) or decoded
 (files) on demand in a parallel ``tf.data`` map. Folders stream: files are listed, not
 decoded, before training; a file that fails to decode gives label -1 and is named by
-``DataBundle.take_skipped``. ``train_dataset(..., shard, num_shards, first_batch)`` reads
-one worker's rows of each global batch, from any batch on.
+``DataBundle.take_skipped``. ``train_batches(epochs, ..., shard, num_shards, first_batch)``
+reads one worker's rows of each global batch, from any batch on.
 
 Modules: ``loading`` (``load_data``), ``bundle`` (``DataBundle``, seeded streams),
 ``augment``, ``splits`` (validation split, ``data.limit``, mean/std), ``sources`` (what

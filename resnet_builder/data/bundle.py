@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 import tensorflow as tf
@@ -23,12 +24,7 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotun
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.shards import (  # shard_order: imported from here too
-    check_sharding,
-    shard_order,
-    shard_padding,
-    unlabelled_last,
-)
+from resnet_builder.data.shards import check_sharding, shard_rows
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
@@ -107,10 +103,22 @@ class DataBundle:
         """The resize rule images are prepared with (stored in the model as resize/crop_pct)."""
         return self._resize or Resize(self.image_size)
 
+    def batches_per_epoch(self, batch_size: int, num_shards: int = 1) -> int:
+        """Global batches in an epoch of ``train_batches``: ``ceil(num_train / batch_size)``."""
+        return -(-self.num_train // batch_size)
+
     def train_dataset(self, epoch: int, batch_size: int, *, shard: int = 0, num_shards: int = 1,
                       first_batch: int = 0) -> tf.data.Dataset:
-        """One shuffled, augmented epoch of (images [B,H,W,C] 0..255, int32 [B]) batches
-        (float32 [B, num_classes] soft labels with augment.mixup / cutmix).
+        """One epoch of ``train_batches``: ``train_batches(range(epoch, epoch + 1), ...)``."""
+        return self.train_batches(range(epoch, epoch + 1), batch_size, shard=shard,
+                                  num_shards=num_shards, first_batch=first_batch)
+
+    def train_batches(self, epochs: range, batch_size: int, *, shard: int = 0,
+                      num_shards: int = 1, first_batch: int = 0) -> tf.data.Dataset:
+        """The shuffled, augmented (images [B,H,W,C] 0..255, int32 [B]) batches of ``epochs``
+        (0-based), one epoch after the other in one dataset, so a run iterates once and the
+        next epoch's first batches are made while this one ends (float32 [B, num_classes]
+        soft labels with augment.mixup / cutmix). Each epoch gives ``batches_per_epoch``.
 
         Images stay uint8 (a quarter of float32's bytes through prefetch and to a GPU) unless
         an augmentation computes new pixels (crop, zoom, shift, pixel policies, mixing),
@@ -120,40 +128,65 @@ class DataBundle:
         decodes) only rows ``[shard*b, (shard+1)*b)`` of each global batch (b = batch_size /
         num_shards), so the shards cover every place of the epoch's order (``epoch_order``)
         once, and its images and their augmentation equal those rows of the unsharded batch.
-        ``first_batch=k`` starts at global batch k of the same epoch (a mid-epoch resume).
+        ``first_batch=k`` starts at global batch k of the first epoch (a mid-epoch resume).
         Images are augmented a whole batch at a time, seeded by (seed, epoch, global batch
         number).
         Streamed files that cannot be decoded come out with label -1 (``take_skipped``).
-        A shard with no rows in the epoch's last global batch gets one row labelled -1 there
-        (``shard_padding``), so every shard runs the same number of steps.
+        A shard with no rows in an epoch's last global batch gets one row labelled -1 there
+        (``shards.shard_rows``), so every shard runs the same number of steps.
         """
-        if epoch < 0 or batch_size < 1:
-            raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
+        if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
+            raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
+                             f"{epochs}, {batch_size}")
         check_sharding(batch_size, shard, num_shards, first_batch)
         assert self._train is not None
-        order = self.epoch_order(epoch)
+        steps = self.batches_per_epoch(batch_size)
         local = batch_size // num_shards
-        picks = shard_order(order.astype(np.int64), batch_size, shard, num_shards, first_batch)
-        padded = shard_padding(len(order), batch_size, shard, num_shards, first_batch)
-        picks = np.concatenate([picks, order[:padded].astype(np.int64)])
+        offset = shard * local
+        numbers = range(epochs.start * steps + first_batch, max(epochs.stop * steps, 0))
+        rows = self._shard_rows(batch_size, offset, local, steps)
         crop = self.decoder_crop()
-        draws = None if crop is None else self._crop_draws(crop, epoch, batch_size, shard * local)
-        dataset = self._batches(self._train, "train", picks, local, draws, first_batch)
-        if padded:
-            dataset = unlabelled_last(dataset, (len(picks) - 1) // local)
+        draws = None if crop is None else self._crop_draws(crop, batch_size, offset, steps)
+        dataset = self._batches(self._train, "train", rows, numbers, draws)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
-            epoch_number = tf.constant(epoch, tf.int64)
+        if augment is None and num_shards == 1:
+            return dataset.prefetch(tf.data.AUTOTUNE)
 
-            def apply(number: tf.Tensor, batch: tuple) -> tuple:
-                rows = self._global_rows(number, batch_size, shard * local,
-                                         tf.shape(batch[1])[0])
-                return augment(batch[0], batch[1], number, rows, shard * local, epoch_number)
+        def prepare(number: tf.Tensor, batch: tuple) -> tuple:
+            """Padding rows unlabelled (``shard_rows``), then the augmenter (global batch
+            ``number`` of the run: epoch ``number // steps``)."""
+            images, labels = batch
+            epoch, in_epoch = number // steps, number % steps
+            if num_shards > 1:
+                padding = in_epoch * batch_size + offset >= self.num_train
+                labels = tf.where(padding, -tf.ones_like(labels), labels)
+            if augment is None:
+                return images, labels
+            rows = self._global_rows(in_epoch, batch_size, offset, tf.shape(labels)[0])
+            return augment(images, labels, in_epoch, rows, offset, epoch)
 
-            return dataset.enumerate(start=first_batch).map(
-                apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        return dataset.enumerate(start=numbers.start).map(
+            prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _shard_rows(self, batch_size: int, offset: int, local: int, steps: int
+                    ) -> Callable[[tf.Tensor], tf.Tensor]:
+        """Graph function: the run's global batch number -> this shard's training indices
+        (int64 [<= local]) in it, from its epoch's order (``epoch_order``, drawn in numpy
+        once per epoch, in a ``numpy_function``: ~30 us a batch)."""
+        orders = lru_cache(maxsize=2)(
+            lambda epoch: self.epoch_order(epoch).astype(np.int64))  # this and the next
+
+        def picks(number: np.int64) -> np.ndarray:
+            epoch, in_epoch = divmod(int(number), steps)
+            return shard_rows(orders(epoch), in_epoch, batch_size, offset, local)
+
+        def rows(number: tf.Tensor) -> tf.Tensor:
+            found = tf.numpy_function(picks, [number], tf.int64, stateful=False)
+            return tf.ensure_shape(found, [None])
+
+        return rows
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.
@@ -210,16 +243,15 @@ class DataBundle:
         streamed = split is not None and split.files is not None and split.store is None
         return self._augment.random_resized_crop if streamed else None
 
-    def _crop_draws(self, crop: dict, epoch: int, batch_size: int, offset: int
+    def _crop_draws(self, crop: dict, batch_size: int, offset: int, steps: int
                     ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-        """(global batch number, rows) -> each file's random resized crop numbers for this
-        shard's rows from ``offset``, drawn from (seed, epoch, batch number) like the
-        augmenter's own."""
-        epoch_number = tf.constant(epoch, tf.int64)
-
+        """(the run's global batch number, rows) -> each file's random resized crop numbers
+        for this shard's rows from ``offset``, drawn from (seed, epoch, batch number in the
+        epoch) like the augmenter's own."""
         def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-            return decoder_crop_draws(crop, self._seed, epoch_number, number,
-                                      self._global_rows(number, batch_size, offset, count),
+            epoch, in_epoch = number // steps, number % steps
+            return decoder_crop_draws(crop, self._seed, epoch, in_epoch,
+                                      self._global_rows(in_epoch, batch_size, offset, count),
                                       offset, count)
 
         return draws
@@ -228,7 +260,7 @@ class DataBundle:
                      count: tf.Tensor | None = None) -> tf.Tensor:
         """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last; with
         ``count`` (this shard's rows, from ``offset``) at least ``offset + count``, so a
-        padded shard's draws exist (``shard_padding``: its row is past the real ones)."""
+        padded shard's draws exist (``shard_rows``: its row is past the real ones)."""
         rows = tf.minimum(tf.cast(batch_size, tf.int64), self.num_train - number * batch_size)
         if count is None:
             return rows
@@ -239,8 +271,13 @@ class DataBundle:
         validation split."""
         if self._val is None or self.num_val == 0:
             return None
-        order = np.arange(self.num_val, dtype=np.int64)
-        return self._batches(self._val, "val", order, batch_size).prefetch(tf.data.AUTOTUNE)
+        count = self.num_val
+
+        def rows(number: tf.Tensor) -> tf.Tensor:  # in file order
+            return tf.range(number * batch_size, tf.minimum((number + 1) * batch_size, count))
+
+        return self._batches(self._val, "val", rows, range(-(-count // batch_size))).prefetch(
+            tf.data.AUTOTUNE)
 
     def take_skipped(self) -> list[tuple[str, str]]:
         """(file, reason) of streamed files that failed to decode since the last call, once each.
@@ -254,43 +291,43 @@ class DataBundle:
                 found.update({(split.files[k], reason): None for k, reason in split.skips.take()})
         return list(found)
 
-    def _batches(self, split: Split, name: str, order: np.ndarray, batch_size: int,
-                 draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-                 first_batch: int = 0) -> tf.data.Dataset:
-        """Batches of (uint8 images, int32 labels) in ``order``: the lookup takes a batch
-        of indices at a time (a gather in memory; files decoded in parallel within it, and
-        several batches at once). Streamed files without a store go through
-        ``_streamed``; ``draws`` (``_crop_draws``) makes each file's random resized crop."""
+    def _batches(self, split: Split, name: str, rows: Callable[[tf.Tensor], tf.Tensor],
+                 numbers: range, draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+                 ) -> tf.data.Dataset:
+        """Batches ``numbers`` of (uint8 images, int32 labels), in order; ``rows(number)``
+        gives a batch's indices. The lookup takes a batch of indices at a time (a gather in
+        memory; files decoded in parallel within it, and several batches at once). Streamed
+        files without a store go through ``_streamed``; ``draws`` (``_crop_draws``) makes
+        each file's random resized crop."""
         if split.files is not None and split.store is None:
-            dataset = self._streamed(split, name, order, batch_size, draws, first_batch)
+            dataset = self._streamed(split, name, rows, numbers, draws)
         else:  # files: each call decodes its batch on every core
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
-            dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
-                self._lookup(name, split), num_parallel_calls=parallel)
+            lookup = self._lookup(name, split)
+            dataset = tf.data.Dataset.range(numbers.start, numbers.stop).map(
+                lambda number: lookup(rows(number)), num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
         return dataset
 
-    def _streamed(self, split: Split, name: str, order: np.ndarray, batch_size: int,
-                  draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None, first_batch: int
+    def _streamed(self, split: Split, name: str, rows: Callable[[tf.Tensor], tf.Tensor],
+                  numbers: range, draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None
                   ) -> tf.data.Dataset:
         """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first and
         the safe one (places kept, skips recorded) for a batch where it failed."""
-        picks = tf.constant(order.astype(np.int64))
         crop = None if draws is None else self.decoder_crop()
 
         def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            indices = picks[number * batch_size:(number + 1) * batch_size]
+            indices = rows(number)
             if draws is None:
                 return (indices,)
-            return indices, draws(number + first_batch, tf.shape(indices)[0])
+            return indices, draws(number, tf.shape(indices)[0])
 
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
-        return guarded_batches(-(-len(order) // batch_size), inputs,
-                               self._lookup(name, split, crop, fast=True),
+        return guarded_batches(numbers, inputs, self._lookup(name, split, crop, fast=True),
                                self._lookup(name, split, crop), spec)
 
     def sample_images(self, n: int = 200) -> np.ndarray:

@@ -29,10 +29,10 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE
 Lookup = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 
-def guarded_batches(count: int, inputs: Callable[[tf.Tensor], tuple], fast: Lookup,
+def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: Lookup,
                     safe: Lookup, element_spec: tuple) -> tf.data.Dataset:
-    """Batches 0..count-1 of (images, labels), in order: ``fast(*inputs(n))`` in a parallel
-    map, or ``safe(*inputs(n))`` where that failed.
+    """Batches ``numbers`` of (images, labels), in order: ``fast(*inputs(n))`` in a
+    parallel map, or ``safe(*inputs(n))`` where that failed.
 
     ``inputs(n)`` (int64 scalar -> the lookups' arguments) must give batch ``n`` again
     when asked twice; ``safe`` never fails (``decode.batch_decoder``). ``element_spec``:
@@ -46,8 +46,9 @@ def guarded_batches(count: int, inputs: Callable[[tf.Tensor], tuple], fast: Look
     def attempt(number: tf.Tensor) -> tuple:
         return (number, *fast(*inputs(number)))
 
+    first, stop = numbers.start, max(numbers.stop, numbers.start)
     end = tf.data.Dataset.from_tensors(  # marks the end, so missing last batches show too
-        (tf.constant(count, tf.int64), tf.zeros(no_rows[0], image_spec.dtype),
+        (tf.constant(stop, tf.int64), tf.zeros(no_rows[0], image_spec.dtype),
          tf.zeros(no_rows[1], label_spec.dtype)))
 
     @plain
@@ -65,7 +66,7 @@ def guarded_batches(count: int, inputs: Callable[[tf.Tensor], tuple], fast: Look
             (missing, tf.zeros(tf.concat([[k], no_rows[0]], 0), image_spec.dtype),
              tf.zeros(tf.concat([[k], no_rows[1]], 0), label_spec.dtype), tf.ones([k], tf.bool)))
         this = tf.data.Dataset.from_tensors((number, images, labels, tf.constant(False)))
-        return stand_ins.concatenate(this.take(tf.cast(number < count, tf.int64)))
+        return stand_ins.concatenate(this.take(tf.cast(number < stop, tf.int64)))
 
     redo = _redo_in_python(inputs, safe)
 
@@ -80,10 +81,10 @@ def guarded_batches(count: int, inputs: Callable[[tf.Tensor], tuple], fast: Look
 
         return tf.cond(again, redone, lambda: (images, labels))
 
-    return (tf.data.Dataset.range(count)
+    return (tf.data.Dataset.range(first, stop)
             .map(attempt, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
             .ignore_errors(log_warning=False).concatenate(end)
-            .scan(tf.constant(0, tf.int64), missing_before).flat_map(in_order)
+            .scan(tf.constant(first, tf.int64), missing_before).flat_map(in_order)
             .map(filled, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True))
 
 

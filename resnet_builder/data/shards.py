@@ -4,7 +4,6 @@ padding row that keeps every worker's step count equal."""
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from resnet_builder.errors import UserError
 
@@ -20,32 +19,17 @@ def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: in
                         f"of {num_shards}")
 
 
-def shard_padding(count: int, batch_size: int, shard: int, num_shards: int,
-                  first_batch: int = 0) -> int:
-    """1 when ``shard`` has no rows in the last global batch of an epoch of ``count`` while
-    shard 0 has: without a row there it would run one step fewer, and the other workers'
-    last step would wait for it (the run died with "lost contact"). Else 0."""
-    batches = -(-count // batch_size)
-    if num_shards == 1 or batches <= first_batch:
-        return 0
-    last_rows = count - (batches - 1) * batch_size
-    return int(last_rows <= shard * (batch_size // num_shards))
+def shard_rows(order: np.ndarray, number: int, batch_size: int, offset: int, local: int
+               ) -> np.ndarray:
+    """The indices of one shard's rows ``[offset, offset + local)`` of global batch
+    ``number`` of an epoch in ``order``, what ``shard_order`` gives for that batch.
 
-
-def unlabelled_last(dataset: tf.data.Dataset, last: int) -> tf.data.Dataset:
-    """Batch ``last`` of ``dataset`` with every label -1 (a padded shard's row: it counts in
-    no loss, accuracy or image count, like an unreadable file)."""
-    def relabel(number: tf.Tensor, batch: tuple) -> tuple:
-        images, labels = batch
-        return images, tf.where(number == last, -tf.ones_like(labels), labels)
-
-    return dataset.enumerate().map(relabel)
-
-
-def shard_order(order: np.ndarray, batch_size: int, shard: int, num_shards: int,
-                first_batch: int = 0) -> np.ndarray:
-    """The indices one shard reads, in order: its rows of each global batch from ``first_batch``."""
-    local = batch_size // num_shards
-    position = np.arange(len(order))
-    mine = ((position % batch_size) // local == shard) & (position // batch_size >= first_batch)
-    return order[mine]
+    A shard with no rows in the epoch's last global batch (it is too short to reach
+    ``offset``) gets one padding row there, the epoch's first index, which the pipeline
+    labels -1: without it that worker would run one step fewer, and the other workers'
+    last step would wait for it (the run died with "lost contact"). It counts in no loss,
+    accuracy or image count, like an unreadable file.
+    """
+    start = number * batch_size + offset
+    stop = min(start + local, len(order))
+    return order[start:stop] if start < stop else order[:1]

@@ -159,9 +159,10 @@ class TFRecordBundle(DataBundle):
     val_shards: list[Shard] = field(default_factory=list, repr=False)
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
 
-    def train_dataset(self, epoch: int, batch_size: int, *, shard: int = 0, num_shards: int = 1,
-                      first_batch: int = 0) -> tf.data.Dataset:
-        """One shuffled, augmented epoch of this worker's shard files, in local batches.
+    def train_batches(self, epochs: range, batch_size: int, *, shard: int = 0,
+                      num_shards: int = 1, first_batch: int = 0) -> tf.data.Dataset:
+        """The shuffled, augmented batches of ``epochs`` (0-based) of this worker's shard
+        files, one epoch after the other in one dataset, in local batches.
 
         ``batch_size`` is the global batch; each of ``num_shards`` workers gives batches of
         ``batch_size / num_shards``. Worker ``shard`` reads shard files ``shard, shard +
@@ -169,10 +170,13 @@ class TFRecordBundle(DataBundle):
         only its files): every record is seen exactly once per epoch over all workers, but
         a global batch holds other records than in a one-worker run. A worker whose files
         hold fewer records is padded with label -1 zeros (the trainer ignores them), so all
-        give the same number of batches. ``first_batch=k`` starts at batch k of the epoch.
+        give ``batches_per_epoch`` batches an epoch. ``first_batch=k`` starts at
+        batch k of the first epoch. Decoding and augmentation run once over all the epochs'
+        records (``_epoch_records``).
         """
-        if epoch < 0 or batch_size < 1:
-            raise ValueError(f"need epoch >= 0 and batch_size >= 1, got {epoch}, {batch_size}")
+        if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
+            raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
+                             f"{epochs}, {batch_size}")
         check_sharding(batch_size, shard, num_shards, first_batch)
         if num_shards > len(self.train_shards):
             raise UserError(f"{num_shards} workers but only {len(self.train_shards)} training "
@@ -180,50 +184,71 @@ class TFRecordBundle(DataBundle):
                             hint=f"pack again with --shards {10 * num_shards} (about 10 per "
                             "worker) and --overwrite")
         local = batch_size // num_shards
-        rng = seeded_rng(self._seed, ORDER_STREAM, epoch)
-        mine = [self.train_shards[i] for i in rng.permutation(len(self.train_shards))
-                if self.train_shards[i].index % num_shards == shard]
-        records = self._records(mine, "train", parallel=True)
-        records = records.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
-        start, real = first_batch * local, sum(s.count for s in mine)
-        parsed = records.skip(start).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-        padding = self._most_per_worker(num_shards) - max(start, real)
-        if padding > 0:  # key -1: the decoder leaves the place blank, label -1, unrecorded
-            parsed = parsed.concatenate(tf.data.Dataset.from_tensors(
-                (tf.constant(-1, tf.int64), tf.constant(b""), tf.constant(SKIPPED_LABEL))
-            ).repeat(padding))
-        batches = self._decoded_batches(parsed.batch(local), epoch, batch_size, shard * local,
-                                        first_batch)
+        steps = self.batches_per_epoch(batch_size, num_shards)
+        epoch_batches = self._epoch_records(epochs, shard, num_shards, local, steps,
+                                            first_batch)
+        numbered = tf.data.Dataset.range(epochs.start * steps + first_batch,
+                                         epochs.stop * steps)
+        batches = self._decoded_batches(tf.data.Dataset.zip(numbered, epoch_batches),
+                                        batch_size, shard * local, steps)
         augment = self.augment_function()
         if augment is not None:  # this worker's rows of the global batch's random draws
-            epoch_number = tf.constant(epoch, tf.int64)
-            batches = batches.enumerate(start=first_batch).map(
-                lambda i, b: augment(b[0], b[1], i, tf.constant(batch_size, tf.int64),
-                                     shard * local, epoch_number),
-                num_parallel_calls=tf.data.AUTOTUNE)
+            @tf.autograph.experimental.do_not_convert
+            def augmented(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+                return augment(batch[0], batch[1], number % steps,
+                               tf.constant(batch_size, tf.int64), shard * local, number // steps)
+
+            batches = tf.data.Dataset.zip(numbered, batches).map(
+                augmented, num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE)
+
+    def _epoch_records(self, epochs: range, shard: int, num_shards: int, local: int,
+                       steps: int, first_batch: int) -> tf.data.Dataset:
+        """Batches of (key, encoded image, label) of ``epochs``, ``steps`` an epoch (fewer
+        in the first after ``first_batch``).
+
+        Each epoch's records are their own small dataset (shard order and shuffle seed drawn
+        from (seed, epoch): ``shuffle`` takes its seed as a Python number, so these cannot
+        come from one ``flat_map``), joined by ``concatenate`` in a balanced tree (depth
+        log2 of the epochs), which starts an epoch's reading only when the one before ends.
+        """
+        most = self._most_per_worker(num_shards)
+        parts = []
+        for epoch in epochs:
+            rng = seeded_rng(self._seed, ORDER_STREAM, epoch)
+            mine = [self.train_shards[i] for i in rng.permutation(len(self.train_shards))
+                    if self.train_shards[i].index % num_shards == shard]
+            records = self._records(mine, "train", parallel=True)
+            records = records.shuffle(SHUFFLE_BUFFER, seed=int(rng.integers(2**31)))
+            start = first_batch * local if epoch == epochs.start else 0
+            parsed = records.skip(start).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+            padding = most - max(start, sum(s.count for s in mine))
+            if padding > 0:  # key -1: the decoder leaves the place blank, label -1, unrecorded
+                parsed = parsed.concatenate(tf.data.Dataset.from_tensors(
+                    (tf.constant(-1, tf.int64), tf.constant(b""), tf.constant(SKIPPED_LABEL))
+                ).repeat(padding))
+            parts.append(parsed.batch(local).take(steps - start // local))
+        return _joined(parts)
 
     def decoder_crop(self) -> dict | None:
         """Packed records are always decoded as batches are made: the crop comes from them."""
         return self._augment.random_resized_crop
 
-    def _decoded_batches(self, batches: tf.data.Dataset, epoch: int, batch_size: int,
-                         offset: int, first_batch: int) -> tf.data.Dataset:
-        """Batches of (key, bytes, label) -> (uint8 images, labels), a batch per decoder
-        call; with ``decoder_crop`` each record's random resized crop, drawn from (seed,
-        epoch, global batch number) as ``DataBundle`` draws it for files."""
+    def _decoded_batches(self, batches: tf.data.Dataset, batch_size: int, offset: int,
+                         steps: int) -> tf.data.Dataset:
+        """(the run's global batch number, batch of (key, bytes, label)) -> (uint8 images,
+        labels), a batch per decoder call; with ``decoder_crop`` each record's random
+        resized crop, drawn from (seed, epoch, batch number in the epoch) as ``DataBundle``
+        draws it for files."""
         decode = self._record_decoder(batch_size, offset)
-        batches = batches.with_options(without_autotune())
-        if self.decoder_crop() is None:
-            return batches.map(decode, num_parallel_calls=BATCHES_AT_ONCE)
-        epoch_number = tf.constant(epoch, tf.int64)
+        cropping = self.decoder_crop() is not None
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
-        def cropped(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-            return decode(*batch, number, epoch_number)
+        def decoded(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode(*batch, number % steps, number // steps) if cropping else decode(*batch)
 
-        return batches.enumerate(start=first_batch).map(cropped,
-                                                        num_parallel_calls=BATCHES_AT_ONCE)
+        return batches.with_options(without_autotune()).map(decoded,
+                                                            num_parallel_calls=BATCHES_AT_ONCE)
 
     def _record_decoder(self, batch_size: int, offset: int) -> Callable[..., tuple]:
         """The batch decoder as one graph function per bundle, the epoch and the global batch
@@ -280,6 +305,12 @@ class TFRecordBundle(DataBundle):
             out.append((f"{name}#{position}", reason))
         return out
 
+    def batches_per_epoch(self, batch_size: int, num_shards: int = 1) -> int:
+        """Global batches in an epoch: enough for the worker whose shard files hold the most
+        records (``ceil(num_train / batch_size)`` on one worker). With fewer, the loop ended
+        the epoch before that worker's last batches, which were never trained on."""
+        return -(-self._most_per_worker(num_shards) // (batch_size // num_shards))
+
     def _most_per_worker(self, num_shards: int) -> int:
         """Records of the worker with the most: every worker pads up to it."""
         return max(sum(s.count for s in self.train_shards if s.index % num_shards == w)
@@ -311,6 +342,15 @@ class TFRecordBundle(DataBundle):
         parsed = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return decode_or_skip(parsed, self.resizing, self.channels, self._skips,
                               from_files=False)
+
+
+def _joined(parts: list[tf.data.Dataset]) -> tf.data.Dataset:
+    """``parts[0].concatenate(parts[1])...`` as a balanced tree, so a run of many epochs
+    does not nest hundreds of datasets deep."""
+    if len(parts) == 1:
+        return parts[0]
+    middle = len(parts) // 2
+    return _joined(parts[:middle]).concatenate(_joined(parts[middle:]))
 
 
 def _parse(key: tf.Tensor, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -8,7 +8,6 @@ a caller's own callbacks run after those.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -174,7 +173,7 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
     check_loggers(cfg.run)  # a missing optional package, before any data or model
     s = _start(cfg, run_dir, meta)
     cfg, dist, paths = s.cfg, s.dist, runs.RunPaths(s.run_dir)
-    steps_per_epoch = math.ceil(s.data.num_train / cfg.data.batch_size)
+    steps_per_epoch = s.data.batches_per_epoch(cfg.data.batch_size, dist.workers)
     lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
     schedule = build_schedule(cfg.schedule, lr, cfg.train.epochs,  # counts updates
                               updates_per_epoch(steps_per_epoch, cfg.optim.accumulate_steps))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +31,13 @@ from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import make_moving_stats_sync
 from resnet_builder.training.ema import EmaWeights
-from resnet_builder.training.next_epoch import EpochInputs
 from resnet_builder.training.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointClock,
     Preempted,
     StopFlag,
 )
+from resnet_builder.training.run_inputs import RunBatches
 from resnet_builder.training.step import (
     is_multilabel,
     make_eval_step,
@@ -111,7 +111,7 @@ class TrainingLoop:
         task = getattr(model, "task", "multiclass")
         self.loss_fn = make_loss(model.num_classes, cfg.optim.label_smoothing,
                                  data.class_weights, task)  # validation's stays unweighted
-        self.steps_per_epoch = math.ceil(data.num_train / cfg.data.batch_size)  # batches
+        self.steps_per_epoch = data.batches_per_epoch(cfg.data.batch_size, dist.workers)
         # A call trains steps_per_call updates of accumulate_steps batches each, so calls (and
         # so reads and mid-epoch checkpoints) end on whole groups: no gradient sum to save.
         self.batches_per_call = steps_per_call * cfg.optim.accumulate_steps
@@ -123,10 +123,9 @@ class TrainingLoop:
             dist.strategy)
         self.clock = CheckpointClock(cfg.train.checkpoint_every)
         self.stop = StopFlag()
-        # One device, one worker: the next epoch's iterator is made while this one trains
-        # (with replicas the strategy's distributed iterators are made as they come).
-        self.ahead = EpochInputs(self._whole_epoch) if dist.replicas == dist.workers == 1 \
-            else None
+        self.inputs = RunBatches(self._run_iterator)  # one iterator for the run's epochs
+        self._background: ThreadPoolExecutor | None = None  # validation's pipeline is made there
+        self._counts: dict[int, tf.Tensor] = {}  # batches per call, as tensors (_batch_count)
 
     def run(self) -> None:
         """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
@@ -229,23 +228,17 @@ class TrainingLoop:
         step = resumed["batches"] if resumed else 0
         before = resumed["seconds"] if resumed else 0.0
         totals = EpochTotals(resumed)
-        batch = self.cfg.data.batch_size
-
-        def shard_batches(shard: int, num_shards: int):
-            return self.data.train_dataset(epoch - 1, batch, shard=shard, num_shards=num_shards,
-                                           first_batch=step)
-
-        if self.ahead is not None and step == 0:
-            iterator = self.ahead.take(epoch)
-        else:
-            iterator = iter(distribute_shards(self.dist, shard_batches, batch))
+        iterator = self.inputs.at(epoch, step)
         start, last_read, first_call = time.perf_counter(), step, True
         while step < self.steps_per_epoch:
-            totals.add(train_fn(iterator))
-            if first_call and self.ahead is not None:  # not before: it would compete with
-                self._prepare_ahead(epoch)  # the first call's tracing for the interpreter
+            taken = min(self.batches_per_call, self.steps_per_epoch - step)
+            totals.add(train_fn(iterator, self._batch_count(taken)))
+            if first_call and self._val_batches is None:  # not before: it would compete
+                self._val_batches = self._in_background(self._make_val_batches)  # with tracing
             first_call = False
-            step = min(step + self.batches_per_call, self.steps_per_epoch)
+            step += taken
+            self.inputs.moved_to(*((epoch, step) if step < self.steps_per_epoch
+                                   else (epoch + 1, 0)))
             due = self.clock.due((epoch - 1) * self.steps_per_epoch + step)
             if (step - last_read >= self.cfg.run.log_every or due or self.stop.requested
                     or step == self.steps_per_epoch):
@@ -260,20 +253,23 @@ class TrainingLoop:
                 "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
                 "images_per_second": count / max(before + seconds, 1e-9)}
 
-    def _prepare_ahead(self, epoch: int) -> None:
-        """Validation's batches (wanted first), then the next epoch's iterator, on the
-        next-epoch thread (one device, one worker)."""
-        assert self.ahead is not None
-        if self._val_batches is None:
-            self._val_batches = self.ahead.later(self._make_val_batches)
-        if epoch < self.cfg.train.epochs:
-            self.ahead.prepare(epoch + 1)
+    def _batch_count(self, batches: int) -> tf.Tensor:
+        """``batches`` as the int32 tensor the train function takes (made once per value)."""
+        if batches not in self._counts:
+            self._counts[batches] = tf.constant(batches, tf.int32)
+        return self._counts[batches]
+
+    def _in_background(self, make) -> Future:
+        """``make()`` on the loop's one background thread."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inputs")
+        return self._background.submit(make)
 
     @property
     def val_batches(self):
         """Validation's batches (distributed), None without a validation split.
 
-        Made when first wanted, or on the next-epoch thread while this run's first epoch
+        Made when first wanted, or on a background thread while this run's first epoch
         trains (after its first call; an error in making them shows at the first
         evaluation). Made before the loop, they took 0.32 s of a 20,000-file folder's time
         to its first step (bench/first_step.py).
@@ -288,9 +284,16 @@ class TrainingLoop:
         val = self.data.val_dataset(self.cfg.train.eval_batch_size or self.cfg.data.batch_size)
         return _NO_VALIDATION if val is None else distribute_dataset(self.dist, val)
 
-    def _whole_epoch(self, epoch: int):
-        """Epoch ``epoch``'s (1-based) iterator from its first batch, on one device."""
-        return iter(self.data.train_dataset(epoch - 1, self.cfg.data.batch_size))
+    def _run_iterator(self, epoch: int, first_batch: int):
+        """One iterator over the run's batches from batch ``first_batch`` of epoch ``epoch``
+        (1-based) to the end of ``train.epochs``, distributed over the replicas."""
+        batch, epochs = self.cfg.data.batch_size, range(epoch - 1, self.cfg.train.epochs)
+
+        def shard_batches(shard: int, num_shards: int):
+            return self.data.train_batches(epochs, batch, shard=shard, num_shards=num_shards,
+                                           first_batch=first_batch)
+
+        return iter(distribute_shards(self.dist, shard_batches, batch))
 
     def _report(self, epoch: int, step: int, totals: EpochTotals, seconds: float,
                 checkpoint_due: bool) -> None:

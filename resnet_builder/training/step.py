@@ -234,11 +234,12 @@ def make_train_function(
     accumulate_steps: int = 1,
     clipnorm: float | None = None,
 ) -> Callable:
-    """A compiled function ``train(iterator) -> (loss_sum, correct, count)``.
+    """A compiled function ``train(iterator, batches=None) -> (loss_sum, correct, count)``.
 
     Each call runs up to ``steps_per_call`` updates, each from ``accumulate_steps``
     of the (images, labels) batches ``iterator`` yields, stopping early when it
-    ends (a short last group is still applied), and returns float32 scalars
+    ends or after ``batches`` batches (an int32 tensor: where an epoch ends in an iterator
+    over the whole run; a short last group is still applied), and returns float32 scalars
     summed over the batches and replicas; ``count == 0`` means the iterator was
     already exhausted. ``loss_fn(labels, probabilities)`` returns per-example
     losses (labels as ids or one-hot). ``strategy``: the one the model and
@@ -288,9 +289,10 @@ def _plain_train(step, steps_per_call: int, run_step) -> Callable:
     """
 
     @tf.function
-    def train(iterator):
+    def train(iterator, batches=None):
         loss_sum, correct, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(steps_per_call):
+        for _ in tf.range(steps_per_call if batches is None
+                          else tf.minimum(steps_per_call, batches)):
             batch = iterator.get_next_as_optional()
             if not batch.has_value():
                 break
@@ -310,11 +312,12 @@ def _accumulating_train(acc: _Accumulation, strategy, steps_per_call: int, compi
     add, apply = compiled(acc.add), compiled(acc.apply)
 
     @tf.function
-    def train(iterator):
+    def train(iterator, batches=None):
         loss_sum, correct, count = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        left = tf.constant(steps_per_call * acc.steps) if batches is None else batches
         for _ in tf.range(steps_per_call):
             taken = tf.constant(0)
-            for _ in tf.range(acc.steps):
+            for _ in tf.range(tf.minimum(acc.steps, left)):
                 batch = iterator.get_next_as_optional()
                 if not batch.has_value():
                     break
@@ -324,6 +327,7 @@ def _accumulating_train(acc: _Accumulation, strategy, steps_per_call: int, compi
                 correct += step_correct
                 count += step_count
                 taken += 1
+            left -= taken
             if taken > 0:  # in the cross-replica context: MirroredStrategy allows this cond
                 strategy.run(apply)
             if taken < acc.steps:

@@ -152,23 +152,44 @@ def make_strategy(name: str = "auto", *, connect_timeout: float = 120.0,
 
 def distribute_shards(info: StrategyInfo,
                       shard_dataset: Callable[[int, int], tf.data.Dataset], global_batch: int):
-    """An epoch's batches for every replica, each worker reading only its own share.
+    """The training batches for every replica, each worker reading only its own share.
 
     ``shard_dataset(shard, num_shards)`` gives that worker's rows of each global batch
     (the data room reads and decodes only those files). One worker: its global batches
     split over its replicas, as ``distribute_dataset``. Several workers: one input
-    pipeline per worker (``distribute_datasets_from_function``), re-batched to the
-    per-replica batch when a worker has several replicas.
+    pipeline per worker (``distribute_datasets_from_function``), each batch cut into one
+    piece per replica when a worker has several (``replica_pieces``).
     """
     if info.workers == 1:
         return distribute_dataset(info, shard_dataset(0, 1))
     per_replica = global_batch // info.replicas
+    local_replicas = info.replicas // info.workers
 
     def worker_dataset(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         dataset = shard_dataset(ctx.input_pipeline_id, ctx.num_input_pipelines)
-        return dataset if info.replicas == info.workers else dataset.rebatch(per_replica)
+        return dataset if local_replicas == 1 else replica_pieces(dataset, local_replicas,
+                                                                  per_replica)
 
     return info.strategy.distribute_datasets_from_function(worker_dataset)
+
+
+def replica_pieces(dataset: tf.data.Dataset, replicas: int, per_replica: int
+                   ) -> tf.data.Dataset:
+    """Each batch as ``replicas`` consecutive pieces of up to ``per_replica`` rows (empty
+    where a short batch runs out), one per replica in turn. Not ``Dataset.rebatch``, which
+    fills a piece across batches: over a whole run's batches it would mix an epoch's short
+    last batch with the next epoch's first rows, and the replicas' steps would drift."""
+    plain = tf.autograph.experimental.do_not_convert  # plain TF ops
+
+    @plain
+    def pieces(*batch: tf.Tensor) -> tf.data.Dataset:
+        count = tf.shape(batch[0], out_type=tf.int64)[0]
+        starts = tf.minimum(tf.range(replicas, dtype=tf.int64) * per_replica, count)
+        ends = tf.minimum(starts + per_replica, count)
+        return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
+            plain(lambda start, end: tuple(part[start:end] for part in batch)))
+
+    return dataset.flat_map(pieces)
 
 
 def distribute_dataset(info: StrategyInfo, dataset: tf.data.Dataset):
