@@ -78,7 +78,9 @@ def test_the_run_s_iterator_is_reused_where_it_stands():
     inputs.moved_to(2, 0)
     assert inputs.at(2, 0) is first
     assert inputs.at(4, 3) is not first  # elsewhere (a resume, bench's timed epochs): new
-    assert made == [(1, 0), (4, 3)]
+    inputs.close()  # the run ended: its iterator is let go
+    inputs.at(4, 3)
+    assert made == [(1, 0), (4, 3), (4, 3)]
 
 
 def test_a_run_reads_every_epoch_through_one_iterator(tmp_path, reference, monkeypatch):

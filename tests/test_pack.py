@@ -154,6 +154,10 @@ def test_two_workers_read_disjoint_shard_files_covering_the_epoch(packed):
         parts.append((fingerprints(images[labels >= 0]), len(labels)))
     (first, n_first), (second, n_second) = parts
     assert n_first == n_second  # the smaller share is padded with label -1
+    # the epoch is as long as the fuller worker needs: its last records are trained on
+    steps = b.batches_per_epoch(8, 2)
+    assert steps == -(-max(len(first), len(second)) // 4) >= -(-b.num_train // 8)
+    assert -(-n_first // 4) == steps
     assert not set(first) & set(second)
     assert set(first) | set(second) == whole and len(first) + len(second) == len(whole)
 

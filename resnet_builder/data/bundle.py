@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 import numpy as np
 import tensorflow as tf
@@ -24,7 +23,7 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotun
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.shards import check_sharding, shard_rows
+from resnet_builder.data.shards import check_sharding, run_rows
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
@@ -133,7 +132,8 @@ class DataBundle:
         number).
         Streamed files that cannot be decoded come out with label -1 (``take_skipped``).
         A shard with no rows in an epoch's last global batch gets one row labelled -1 there
-        (``shards.shard_rows``), so every shard runs the same number of steps.
+        (``shards.shard_rows``), so every shard runs the same number of steps. Each
+        epoch's order is drawn in numpy as the run reaches it (``shards.run_rows``).
         """
         if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
             raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
@@ -144,7 +144,7 @@ class DataBundle:
         local = batch_size // num_shards
         offset = shard * local
         numbers = range(epochs.start * steps + first_batch, max(epochs.stop * steps, 0))
-        rows = self._shard_rows(batch_size, offset, local, steps)
+        rows = run_rows(self.epoch_order, steps, batch_size, offset, local)
         crop = self.decoder_crop()
         draws = None if crop is None else self._crop_draws(crop, batch_size, offset, steps)
         dataset = self._batches(self._train, "train", rows, numbers, draws)
@@ -169,24 +169,6 @@ class DataBundle:
 
         return dataset.enumerate(start=numbers.start).map(
             prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    def _shard_rows(self, batch_size: int, offset: int, local: int, steps: int
-                    ) -> Callable[[tf.Tensor], tf.Tensor]:
-        """Graph function: the run's global batch number -> this shard's training indices
-        (int64 [<= local]) in it, from its epoch's order (``epoch_order``, drawn in numpy
-        once per epoch, in a ``numpy_function``: ~30 us a batch)."""
-        orders = lru_cache(maxsize=2)(
-            lambda epoch: self.epoch_order(epoch).astype(np.int64))  # this and the next
-
-        def picks(number: np.int64) -> np.ndarray:
-            epoch, in_epoch = divmod(int(number), steps)
-            return shard_rows(orders(epoch), in_epoch, batch_size, offset, local)
-
-        def rows(number: tf.Tensor) -> tf.Tensor:
-            found = tf.numpy_function(picks, [number], tf.int64, stateful=False)
-            return tf.ensure_shape(found, [None])
-
-        return rows
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.

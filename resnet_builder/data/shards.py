@@ -1,9 +1,13 @@
-"""Sharding an epoch over workers: each worker's rows of every global batch, and the one
-padding row that keeps every worker's step count equal."""
+"""Which indices a batch holds: each worker's rows of every global batch of an epoch, the one
+padding row that keeps every worker's step count equal, and a run's batches by number."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import numpy as np
+import tensorflow as tf
 
 from resnet_builder.errors import UserError
 
@@ -33,3 +37,25 @@ def shard_rows(order: np.ndarray, number: int, batch_size: int, offset: int, loc
     start = number * batch_size + offset
     stop = min(start + local, len(order))
     return order[start:stop] if start < stop else order[:1]
+
+
+def run_rows(epoch_order: Callable[[int], np.ndarray], steps: int, batch_size: int,
+             offset: int, local: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Graph function: a global batch number of the run (epoch * steps + batch) -> one
+    shard's indices in it (int64 [<= local], ``shard_rows``), from ``epoch_order(epoch)``.
+
+    The order is drawn in numpy, so a ``tf.numpy_function`` runs it, once per epoch (the
+    last two are kept: a batch and the next epoch's first may be made at once); a batch
+    then slices its rows out of it.
+    """
+    orders = lru_cache(maxsize=2)(lambda epoch: np.asarray(epoch_order(epoch), np.int64))
+
+    def picks(number: np.int64) -> np.ndarray:
+        epoch, in_epoch = divmod(int(number), steps)
+        return shard_rows(orders(epoch), in_epoch, batch_size, offset, local)
+
+    def rows(number: tf.Tensor) -> tf.Tensor:
+        found = tf.numpy_function(picks, [number], tf.int64, stateful=False)
+        return tf.ensure_shape(found, [None])
+
+    return rows

@@ -165,6 +165,10 @@ class TrainingLoop:
         self._end(self.state.status)
 
     def _end(self, status: str) -> None:
+        self.inputs.close()
+        if self._background is not None:
+            self._background.shutdown(wait=False)
+            self._background = None
         self.state.status = status
         self.callbacks.on_train_end({"status": status})
 

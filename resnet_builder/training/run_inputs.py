@@ -32,3 +32,7 @@ class RunBatches:
     def moved_to(self, epoch: int, batch: int) -> None:
         """Where the iterator stands after the batches the loop took from it."""
         self._place = (epoch, batch)
+
+    def close(self) -> None:
+        """Let the iterator go (its prefetched batches and threads) when the run ends."""
+        self._iterator, self._place = None, None
