@@ -154,6 +154,7 @@ class DataBundle:
         if augment is None and num_shards == 1:
             return dataset.prefetch(tf.data.AUTOTUNE)
 
+        @tf.autograph.experimental.do_not_convert  # Python ifs on settings only
         def prepare(number: tf.Tensor, batch: tuple) -> tuple:
             """Padding rows unlabelled (``shard_rows``), then the augmenter (global batch
             ``number`` of the run: epoch ``number // steps``)."""
@@ -288,7 +289,8 @@ class DataBundle:
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
             lookup = self._lookup(name, split)
             dataset = tf.data.Dataset.range(numbers.start, numbers.stop).map(
-                lambda number: lookup(rows(number)), num_parallel_calls=parallel)
+                tf.autograph.experimental.do_not_convert(lambda number: lookup(rows(number))),
+                num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
