@@ -28,6 +28,7 @@ from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
 CACHE_BUDGET_BYTES = 2_000_000_000  # decoded images kept in memory up to this (and < 2 GiB)
+plain = tf.autograph.experimental.do_not_convert  # maps of TF ops and Python ifs: no AutoGraph
 
 # Independent random streams derived from the one seed.
 SPLIT_STREAM, LIMIT_STREAM, SYNTH_STREAM, SAMPLE_STREAM, ORDER_STREAM, STATS_STREAM = range(1, 7)
@@ -154,10 +155,9 @@ class DataBundle:
         if augment is None and num_shards == 1:
             return dataset.prefetch(tf.data.AUTOTUNE)
 
-        @tf.autograph.experimental.do_not_convert  # Python ifs on settings only
+        @plain
         def prepare(number: tf.Tensor, batch: tuple) -> tuple:
-            """Padding rows unlabelled (``shard_rows``), then the augmenter (global batch
-            ``number`` of the run: epoch ``number // steps``)."""
+            """Padding rows unlabelled (``shard_rows``), then the augmenter (run batch number)."""
             images, labels = batch
             epoch, in_epoch = number // steps, number % steps
             if num_shards > 1:
@@ -289,11 +289,10 @@ class DataBundle:
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
             lookup = self._lookup(name, split)
             dataset = tf.data.Dataset.range(numbers.start, numbers.stop).map(
-                tf.autograph.experimental.do_not_convert(lambda number: lookup(rows(number))),
-                num_parallel_calls=parallel)
+                plain(lambda number: lookup(rows(number))), num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
-            dataset = dataset.map(lambda images, rows: (images, tf.cast(rows, tf.float32)))
+            dataset = dataset.map(plain(lambda images, rows: (images, tf.cast(rows, tf.float32))))
         return dataset
 
     def _streamed(self, split: Split, name: str, rows: Callable[[tf.Tensor], tf.Tensor],
@@ -394,8 +393,7 @@ def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
     """The images of ``picks`` through a (batch) lookup, leaving out those that failed
     (label < 0)."""
     dataset = tf.data.Dataset.from_tensor_slices(picks.astype(np.int64)).batch(64)
-    plain = tf.autograph.experimental.do_not_convert(lookup)  # see decode.batch_decoder
-    dataset = dataset.map(plain, num_parallel_calls=tf.data.AUTOTUNE).with_options(
+    dataset = dataset.map(plain(lookup), num_parallel_calls=tf.data.AUTOTUNE).with_options(
         without_autotune())  # AUTOTUNE: every core (see decode.without_autotune)
     kept = [images[labels.reshape(len(labels), -1).min(axis=1) >= 0]  # -1 (rows): unreadable
             for images, labels in dataset.as_numpy_iterator()]
