@@ -136,15 +136,12 @@ class DataBundle:
         (``shards.shard_rows``), so every shard runs the same number of steps. Each
         epoch's order is drawn in numpy as the run reaches it (``shards.run_rows``).
         """
-        if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
-            raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
-                             f"{epochs}, {batch_size}")
-        check_sharding(batch_size, shard, num_shards, first_batch)
+        check_sharding(batch_size, shard, num_shards, first_batch, epochs)
         assert self._train is not None
         steps = self.batches_per_epoch(batch_size)
         local = batch_size // num_shards
         offset = shard * local
-        numbers = range(epochs.start * steps + first_batch, max(epochs.stop * steps, 0))
+        numbers = range(epochs.start * steps + first_batch, epochs.stop * steps)
         rows = run_rows(self.epoch_order, steps, batch_size, offset, local)
         crop = self.decoder_crop()
         draws = None if crop is None else self._crop_draws(crop, batch_size, offset, steps)

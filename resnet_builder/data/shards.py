@@ -12,8 +12,13 @@ import tensorflow as tf
 from resnet_builder.errors import UserError
 
 
-def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: int) -> None:
-    """Shards split each global batch evenly; a bad combination is the caller's mistake."""
+def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: int,
+                   epochs: range = range(1)) -> None:
+    """Shards split each global batch evenly; a bad combination (or an empty or stepped
+    run of ``epochs``) is the caller's mistake."""
+    if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
+        raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
+                         f"{epochs}, {batch_size}")
     if num_shards < 1 or not 0 <= shard < num_shards or first_batch < 0:
         raise ValueError(f"need 0 <= shard < num_shards and first_batch >= 0, got shard={shard}, "
                          f"num_shards={num_shards}, first_batch={first_batch}")

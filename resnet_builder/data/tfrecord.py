@@ -174,10 +174,7 @@ class TFRecordBundle(DataBundle):
         batch k of the first epoch. Decoding and augmentation run once over all the epochs'
         records (``_epoch_records``).
         """
-        if not epochs or epochs.start < 0 or epochs.step != 1 or batch_size < 1:
-            raise ValueError(f"need epochs from 0 in steps of 1 and batch_size >= 1, got "
-                             f"{epochs}, {batch_size}")
-        check_sharding(batch_size, shard, num_shards, first_batch)
+        check_sharding(batch_size, shard, num_shards, first_batch, epochs)
         if num_shards > len(self.train_shards):
             raise UserError(f"{num_shards} workers but only {len(self.train_shards)} training "
                             "shard file(s): each worker reads its own files",
