@@ -162,6 +162,25 @@ def test_save_and_load_round_trip(tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3), (1, 4, 9, 1)])
+def test_normalize_is_per_channel_mean_and_std(shape):
+    """The row-wise form (statistics tiled over W*C) gives exactly (x - mean) / std, for
+    uint8 input, non-square images, one or three channels and sizes known only when run."""
+    import tensorflow as tf
+
+    from resnet_builder.model.classifier import Normalize
+
+    channels = shape[-1]
+    mean, std = [10.0, 20.0, 30.0][:channels], [2.0, 3.0, 4.0][:channels]
+    layer = Normalize(mean, std)
+    x = np.random.RandomState(0).randint(0, 256, shape).astype(np.uint8)
+    expected = (x.astype(np.float32) - np.float32(mean)) * (1 / np.float32(std))
+    np.testing.assert_array_equal(np.asarray(layer(x)), expected)
+    traced = tf.function(layer, input_signature=[
+        tf.TensorSpec([None, None, None, channels], tf.uint8)])
+    np.testing.assert_array_equal(traced(x).numpy(), expected)
+
+
 @pytest.mark.slow
 def test_saved_model_loads_in_a_fresh_process(tmp_path):
     """Only `keras` and `resnet_builder` imported; no custom_objects."""
