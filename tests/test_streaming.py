@@ -16,7 +16,7 @@ from resnet_builder.data import decode, load_data
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.shards import shard_rows
+from resnet_builder.data.shards import run_rows, shard_rows
 from resnet_builder.errors import UserError
 from resnet_builder.inference.decode import decoded_batches
 
@@ -248,6 +248,23 @@ def test_shard_indices_cover_every_image_once():
     assert sorted(np.concatenate(rows[:-1]).tolist()) == list(range(103))  # last: padding
     assert [len(r) for r in rows[-3:]] == [4, 3, 1]  # the third shard's is padding
     np.testing.assert_array_equal(rows[1], order[4:8])
+
+
+@pytest.mark.parametrize("numbers", [range(0, 27), range(5, 22), range(13, 14), range(9, 9)])
+def test_run_rows_dataset_equals_each_batch_found_alone(numbers):
+    """The pipeline's per-epoch cut (``numbered``) gives each batch the rows ``of(number)``
+    (numpy, one batch) gives, across epochs, from a mid-epoch start, with padding rows."""
+    def order(epoch: int) -> np.ndarray:
+        return np.random.default_rng(epoch).permutation(103)
+
+    for shard in range(3):  # 9 global batches of 12 per epoch; shard 2's last is padding
+        rows = run_rows(order, 9, 12, shard * 4, 4, numbers)
+        got = [(int(n), r.tolist()) for n, r in rows.numbered().as_numpy_iterator()]
+        assert [n for n, _ in got] == list(numbers)
+        for number, picked in got:
+            alone = rows.of(tf.constant(number, tf.int64)).numpy().tolist()
+            assert picked == alone == shard_rows(order(number // 9), number % 9, 12,
+                                                 shard * 4, 4).tolist()
 
 
 def test_first_batch_is_the_tail_of_the_epoch(digits):

@@ -23,12 +23,11 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotun
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
-from resnet_builder.data.shards import check_sharding, run_rows
+from resnet_builder.data.shards import BatchRows, check_sharding, computed_rows, plain, run_rows
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
 from resnet_builder.errors import UserError
 
 CACHE_BUDGET_BYTES = 2_000_000_000  # decoded images kept in memory up to this (and < 2 GiB)
-plain = tf.autograph.experimental.do_not_convert  # maps of TF ops and Python ifs: no AutoGraph
 
 # Independent random streams derived from the one seed.
 SPLIT_STREAM, LIMIT_STREAM, SYNTH_STREAM, SAMPLE_STREAM, ORDER_STREAM, STATS_STREAM = range(1, 7)
@@ -142,10 +141,10 @@ class DataBundle:
         local = batch_size // num_shards
         offset = shard * local
         numbers = range(epochs.start * steps + first_batch, epochs.stop * steps)
-        rows = run_rows(self.epoch_order, steps, batch_size, offset, local)
+        rows = run_rows(self.epoch_order, steps, batch_size, offset, local, numbers)
         crop = self.decoder_crop()
         draws = None if crop is None else self._crop_draws(crop, batch_size, offset, steps)
-        dataset = self._batches(self._train, "train", rows, numbers, draws)
+        dataset = self._batches(self._train, "train", rows, draws)
         augment = self.augment_function()
         if augment is not None:
             check_pairing(self._augment, batch_size, num_shards)
@@ -256,8 +255,8 @@ class DataBundle:
         def rows(number: tf.Tensor) -> tf.Tensor:  # in file order
             return tf.range(number * batch_size, tf.minimum((number + 1) * batch_size, count))
 
-        return self._batches(self._val, "val", rows, range(-(-count // batch_size))).prefetch(
-            tf.data.AUTOTUNE)
+        return self._batches(self._val, "val", computed_rows(range(-(-count // batch_size)), rows)
+                             ).prefetch(tf.data.AUTOTUNE)
 
     def take_skipped(self) -> list[tuple[str, str]]:
         """(file, reason) of streamed files that failed to decode since the last call, once each.
@@ -271,43 +270,39 @@ class DataBundle:
                 found.update({(split.files[k], reason): None for k, reason in split.skips.take()})
         return list(found)
 
-    def _batches(self, split: Split, name: str, rows: Callable[[tf.Tensor], tf.Tensor],
-                 numbers: range, draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+    def _batches(self, split: Split, name: str, rows: BatchRows,
+                 draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
                  ) -> tf.data.Dataset:
-        """Batches ``numbers`` of (uint8 images, int32 labels), in order; ``rows(number)``
-        gives a batch's indices. The lookup takes a batch of indices at a time (a gather in
+        """Batches ``rows.numbers`` of (uint8 images, int32 labels), in order, holding
+        ``rows``' indices. The lookup takes a batch of indices at a time (a gather in
         memory; files decoded in parallel within it, and several batches at once). Streamed
         files without a store go through ``_streamed``; ``draws`` (``_crop_draws``) makes
         each file's random resized crop."""
         if split.files is not None and split.store is None:
-            dataset = self._streamed(split, name, rows, numbers, draws)
+            dataset = self._streamed(split, name, rows, draws)
         else:  # files: each call decodes its batch on every core
             parallel = (None if split.ready is not None else
                         BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
             lookup = self._lookup(name, split)
-            dataset = tf.data.Dataset.range(numbers.start, numbers.stop).map(
-                plain(lambda number: lookup(rows(number))), num_parallel_calls=parallel)
+            dataset = rows.numbered().map(plain(lambda number, indices: lookup(indices)),
+                                          num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(plain(lambda images, rows: (images, tf.cast(rows, tf.float32))))
         return dataset
 
-    def _streamed(self, split: Split, name: str, rows: Callable[[tf.Tensor], tf.Tensor],
-                  numbers: range, draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None
-                  ) -> tf.data.Dataset:
+    def _streamed(self, split: Split, name: str, rows: BatchRows,
+                  draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> tf.data.Dataset:
         """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first and
         the safe one (places kept, skips recorded) for a batch where it failed."""
         crop = None if draws is None else self.decoder_crop()
 
-        def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            indices = rows(number)
-            if draws is None:
-                return (indices,)
-            return indices, draws(number, tf.shape(indices)[0])
+        def inputs(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            return (indices,) if draws is None else (indices, draws(number, tf.size(indices)))
 
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
-        return guarded_batches(numbers, inputs, self._lookup(name, split, crop, fast=True),
+        return guarded_batches(rows, inputs, self._lookup(name, split, crop, fast=True),
                                self._lookup(name, split, crop), spec)
 
     def sample_images(self, n: int = 200) -> np.ndarray:

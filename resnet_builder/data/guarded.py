@@ -25,28 +25,30 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.data.decode import BATCHES_AT_ONCE
+from resnet_builder.data.shards import BatchRows
 
 Lookup = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 
-def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: Lookup,
-                    safe: Lookup, element_spec: tuple) -> tf.data.Dataset:
-    """Batches ``numbers`` of (images, labels), in order: ``fast(*inputs(n))`` in a
-    parallel map, or ``safe(*inputs(n))`` where that failed.
+def guarded_batches(rows: BatchRows, inputs: Callable[[tf.Tensor, tf.Tensor], tuple],
+                    fast: Lookup, safe: Lookup, element_spec: tuple) -> tf.data.Dataset:
+    """Batches ``rows.numbers`` of (images, labels), in order: ``fast(*inputs(n, indices))``
+    in a parallel map, or ``safe(*inputs(n, rows.of(n)))`` where that failed.
 
-    ``inputs(n)`` (int64 scalar -> the lookups' arguments) must give batch ``n`` again
-    when asked twice; ``safe`` never fails (``decode.batch_decoder``). ``element_spec``:
-    the (images, labels) ``tf.TensorSpec``s of a batch.
+    ``inputs(n, indices)`` (int64 scalar, batch ``n``'s indices -> the lookups' arguments)
+    must give the same arguments when asked twice; ``safe`` never fails
+    (``decode.batch_decoder``). ``element_spec``: the (images, labels) ``tf.TensorSpec``s
+    of a batch.
     """
     plain = tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
     image_spec, label_spec = element_spec
     no_rows = ([0, *image_spec.shape[1:]], [0, *label_spec.shape[1:]])
 
     @plain
-    def attempt(number: tf.Tensor) -> tuple:
-        return (number, *fast(*inputs(number)))
+    def attempt(number: tf.Tensor, indices: tf.Tensor) -> tuple:
+        return (number, *fast(*inputs(number, indices)))
 
-    first, stop = numbers.start, max(numbers.stop, numbers.start)
+    first, stop = rows.numbers.start, max(rows.numbers.stop, rows.numbers.start)
     end = tf.data.Dataset.from_tensors(  # marks the end, so missing last batches show too
         (tf.constant(stop, tf.int64), tf.zeros(no_rows[0], image_spec.dtype),
          tf.zeros(no_rows[1], label_spec.dtype)))
@@ -68,7 +70,7 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
         this = tf.data.Dataset.from_tensors((number, images, labels, tf.constant(False)))
         return stand_ins.concatenate(this.take(tf.cast(number < stop, tf.int64)))
 
-    redo = _redo_in_python(inputs, safe)
+    redo = _redo_in_python(lambda number: inputs(number, rows.of(number)), safe)
 
     @plain
     def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
@@ -81,7 +83,7 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
 
         return tf.cond(again, redone, lambda: (images, labels))
 
-    return (tf.data.Dataset.range(first, stop)
+    return (rows.numbered()
             .map(attempt, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
             .ignore_errors(log_warning=False).concatenate(end)
             .scan(tf.constant(first, tf.int64), missing_before).flat_map(in_order)
