@@ -134,6 +134,31 @@ def test_a_run_reads_every_epoch_through_one_iterator(tmp_path, reference, monke
     assert results(run) == results(reference)
 
 
+def test_evaluations_read_the_split_once_each_from_one_iterator(tmp_path, monkeypatch):
+    """Validation is one iterator over the split repeated: every evaluation reads exactly
+    the split (a short last batch included), so two in a row agree."""
+    evaluate, made, seen = loop.TrainingLoop.evaluate, [], []
+    repeated_init = loop.RepeatedBatches.__init__
+
+    def twice(self):
+        first, second = evaluate(self), evaluate(self)
+        seen.append((self.data.num_val, first, second))
+        return first
+
+    def recorded_init(self, iterator, count):
+        made.append(count)
+        repeated_init(self, iterator, count)
+
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate", twice)
+    monkeypatch.setattr(loop.RepeatedBatches, "__init__", recorded_init)
+    api.train(config(tmp_path, "train.eval_batch_size=15"))
+    assert len(seen) == 2  # one an epoch
+    for num_val, first, second in seen:
+        assert first.confusion.sum() == second.confusion.sum() == num_val
+        assert (first.confusion == second.confusion).all() and first.loss == second.loss
+    assert made == [-(-seen[0][0] // 15)]  # one iterator, num_val / 15 batches an evaluation
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["hardware.steps_per_call=3", "run.log_every=1",
                                      "train.checkpoint_every=7"])

@@ -37,7 +37,7 @@ from resnet_builder.training.preemption import (
     Preempted,
     StopFlag,
 )
-from resnet_builder.training.run_inputs import RunBatches
+from resnet_builder.training.run_inputs import RepeatedBatches, RunBatches
 from resnet_builder.training.step import (
     is_multilabel,
     make_eval_step,
@@ -166,6 +166,7 @@ class TrainingLoop:
 
     def _end(self, status: str) -> None:
         self.inputs.close()
+        self._val_batches = None  # its iterator's prefetched batches and threads
         if self._background is not None:
             self._background.shutdown(wait=False)
             self._background = None
@@ -271,7 +272,8 @@ class TrainingLoop:
 
     @property
     def val_batches(self):
-        """Validation's batches (distributed), None without a validation split.
+        """Validation's batches (distributed; one iterator over the split repeated, read
+        ``RepeatedBatches`` at a time), None without a validation split.
 
         Made when first wanted, or on a background thread while this run's first epoch
         trains (after its first call; an error in making them shows at the first
@@ -285,8 +287,12 @@ class TrainingLoop:
         return None if self._val_batches is _NO_VALIDATION else self._val_batches
 
     def _make_val_batches(self):
-        val = self.data.val_dataset(self.cfg.train.eval_batch_size or self.cfg.data.batch_size)
-        return _NO_VALIDATION if val is None else distribute_dataset(self.dist, val)
+        batch = self.cfg.train.eval_batch_size or self.cfg.data.batch_size
+        val = self.data.val_dataset(batch)
+        if val is None:
+            return _NO_VALIDATION
+        return RepeatedBatches(iter(distribute_dataset(self.dist, val.repeat())),
+                               -(-self.data.num_val // batch))
 
     def _run_iterator(self, epoch: int, first_batch: int):
         """One iterator over the run's batches from batch ``first_batch`` of epoch ``epoch``

@@ -11,6 +11,7 @@ at the start, after a resume, or when asked for another place (``bench``'s timed
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 
@@ -36,3 +37,15 @@ class RunBatches:
     def close(self) -> None:
         """Let the iterator go (its prefetched batches and threads) when the run ends."""
         self._iterator, self._place = None, None
+
+
+class RepeatedBatches:
+    """Each evaluation's ``count`` batches, read from one iterator over the validation
+    batches repeated: making an iterator per evaluation cost ~0.13 s each on a streamed
+    JPEG folder (600 images at 224: 0.38 s an evaluation against 0.52 s; 2 cores)."""
+
+    def __init__(self, iterator: Iterator, count: int) -> None:
+        self._iterator, self._count = iterator, count
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(self._iterator, self._count)
