@@ -53,6 +53,12 @@ def test_failed_batches_come_back_in_their_place_from_the_safe_path(failing):
         assert (images == (2 if number in failing else 1)).all(), number
 
 
+def test_batches_keep_their_static_shapes():
+    """The stand-ins for failed batches are shaped at run time; the batches' spec must still
+    carry the image size, or the model's graph is traced for any size."""
+    assert _toy(4, 11, {1}).element_spec == SPEC
+
+
 def test_no_batches_at_all():
     assert list(_toy(0, 0, set())) == []
     assert list(_toy(4, 11, set(), first=4)) == []

@@ -76,12 +76,14 @@ def guarded_batches(rows: BatchRows, inputs: Callable[[tf.Tensor, tf.Tensor], tu
     def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
                again: tf.Tensor) -> tuple:
         def redone() -> tuple:
-            got = tf.numpy_function(redo, [number], [image_spec.dtype, label_spec.dtype],
-                                    stateful=True)
-            return (tf.ensure_shape(got[0], image_spec.shape),
-                    tf.ensure_shape(got[1], label_spec.shape))
+            return tuple(tf.numpy_function(redo, [number], [image_spec.dtype, label_spec.dtype],
+                                           stateful=True))
 
-        return tf.cond(again, redone, lambda: (images, labels))
+        # The stand-ins' shapes are made at run time, so the batches' spec lost its sizes:
+        # without them the model's graph was traced for any image size (time to the first
+        # step on a 20,000-file folder, measured with bench/first_step.py: see the README).
+        images, labels = tf.cond(again, redone, lambda: (images, labels))
+        return tf.ensure_shape(images, image_spec.shape), tf.ensure_shape(labels, label_spec.shape)
 
     return (rows.numbered()
             .map(attempt, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
