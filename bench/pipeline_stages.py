@@ -45,7 +45,6 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
     )
     from resnet_builder.data.guarded import guarded_batches
     from resnet_builder.data.resizing import Resize, resample
-    from resnet_builder.data.shards import computed_rows
     from resnet_builder.data.stream import fast_file_images, file_images
 
     names = sorted(str(p) for p in folder.rglob("*.jpg"))
@@ -92,10 +91,9 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
     def guarded() -> tf.data.Dataset:
         picks = tf.constant(next(orders).astype(np.int64))
         spec = (tf.TensorSpec([None, *shape], tf.uint8), tf.TensorSpec([None], tf.int32))
-        rows = computed_rows(range(-(-len(names) // batch)),
-                             lambda n: picks[n * batch:(n + 1) * batch])
-        return guarded_batches(rows, lambda n, indices: (indices,), fast, lookup, spec).prefetch(
-            tf.data.AUTOTUNE).with_options(without_autotune())
+        return guarded_batches(
+            range(-(-len(names) // batch)), lambda n: (picks[n * batch:(n + 1) * batch],), fast,
+            lookup, spec).prefetch(tf.data.AUTOTUNE).with_options(without_autotune())
 
     cfg = DataConfig(source="folder", path=str(folder), image_size=size, validation_split=0.0,
                      cache=False, batch_size=batch)

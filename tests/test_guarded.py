@@ -14,7 +14,6 @@ from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import load_data
 from resnet_builder.data.decode import SkipLog
 from resnet_builder.data.guarded import guarded_batches
-from resnet_builder.data.shards import computed_rows
 
 BATCH = 3
 SPEC = (tf.TensorSpec([None, 2, 2, 1], tf.uint8), tf.TensorSpec([None], tf.int32))
@@ -25,8 +24,8 @@ def _toy(count: int, rows: int, failing: set[int], first: int = 0):
     fills images with 1, the safe one with 2; labels are the row numbers."""
     bad = tf.constant(sorted(failing) or [-1], tf.int64)
 
-    def of(number: tf.Tensor) -> tf.Tensor:
-        return tf.range(number * BATCH, tf.minimum((number + 1) * BATCH, rows))
+    def inputs(number: tf.Tensor) -> tuple[tf.Tensor]:
+        return (tf.range(number * BATCH, tf.minimum((number + 1) * BATCH, rows)),)
 
     def filled(indices: tf.Tensor, value: int) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.fill(tf.stack([tf.size(indices), 2, 2, 1]), tf.constant(value, tf.uint8))
@@ -38,8 +37,7 @@ def _toy(count: int, rows: int, failing: set[int], first: int = 0):
         with tf.control_dependencies([ok]):
             return filled(tf.identity(indices), 1)
 
-    return guarded_batches(computed_rows(range(first, count), of),
-                           lambda number, indices: (indices,), fast,
+    return guarded_batches(range(first, count), inputs, fast,
                            lambda indices: filled(indices, 2), SPEC)
 
 

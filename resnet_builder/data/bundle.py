@@ -280,12 +280,14 @@ class DataBundle:
         each file's random resized crop."""
         if split.files is not None and split.store is None:
             dataset = self._streamed(split, name, rows, draws)
-        else:  # files: each call decodes its batch on every core
-            parallel = (None if split.ready is not None else
-                        BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE)
+        elif split.ready is not None:  # in memory: a gather, each batch's rows read in turn
             lookup = self._lookup(name, split)
-            dataset = rows.numbered().map(plain(lambda number, indices: lookup(indices)),
-                                          num_parallel_calls=parallel)
+            dataset = rows.numbered().map(plain(lambda number, indices: lookup(indices)))
+        else:  # decoded (files into a store, raw arrays): each batch on every core; its rows
+            lookup = self._lookup(name, split)  # found inside that map (see guarded_batches)
+            parallel = BATCHES_AT_ONCE if split.files is not None else tf.data.AUTOTUNE
+            dataset = tf.data.Dataset.range(rows.numbers.start, rows.numbers.stop).map(
+                plain(lambda number: lookup(rows.of(number))), num_parallel_calls=parallel)
         dataset = dataset.with_options(without_autotune())
         if split.labels.ndim == 2:  # multi-hot rows
             dataset = dataset.map(plain(lambda images, rows: (images, tf.cast(rows, tf.float32))))
@@ -297,12 +299,13 @@ class DataBundle:
         the safe one (places kept, skips recorded) for a batch where it failed."""
         crop = None if draws is None else self.decoder_crop()
 
-        def inputs(number: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            indices = rows.of(number)
             return (indices,) if draws is None else (indices, draws(number, tf.size(indices)))
 
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
-        return guarded_batches(rows, inputs, self._lookup(name, split, crop, fast=True),
+        return guarded_batches(rows.numbers, inputs, self._lookup(name, split, crop, fast=True),
                                self._lookup(name, split, crop), spec)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
