@@ -267,6 +267,16 @@ def test_run_rows_dataset_equals_each_batch_found_alone(numbers):
                                                  shard * 4, 4).tolist()
 
 
+def test_in_memory_batches_keep_their_count(digits):
+    """The per-epoch rows come through a flat_map, which hides the count: it is stated, so
+    ``fit`` knows an epoch's length (without it, test_predict's digits model, trained with
+    ``fit`` on these batches, got 33 of 36 right instead of at least 35)."""
+    steps = digits.batches_per_epoch(50)
+    assert int(digits.train_dataset(1, 50).cardinality()) == steps
+    batches = digits.train_batches(range(0, 3), 50, first_batch=2)
+    assert int(batches.cardinality()) == 3 * steps - 2 == len(list(batches))
+
+
 def test_first_batch_is_the_tail_of_the_epoch(digits):
     x, y = _epoch(digits.train_dataset(1, 50))
     x5, y5 = _epoch(digits.train_dataset(1, 50, first_batch=5))

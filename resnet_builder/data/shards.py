@@ -105,6 +105,7 @@ def run_rows(epoch_order: Callable[[int], np.ndarray], steps: int, batch_size: i
 
     def numbered() -> tf.data.Dataset:
         epochs = range(numbers.start // steps, -(-numbers.stop // steps)) if numbers else range(0)
-        return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+        return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches).apply(
+            tf.data.experimental.assert_cardinality(len(numbers)))  # flat_map hides it (fit)
 
     return BatchRows(numbers, of, numbered)

@@ -272,8 +272,8 @@ class TrainingLoop:
 
     @property
     def val_batches(self):
-        """Validation's batches (distributed; one iterator over the split repeated, read
-        ``RepeatedBatches`` at a time), None without a validation split.
+        """Validation's batches (one device: from one iterator over the split repeated,
+        ``RepeatedBatches``; several: distributed), None without a validation split.
 
         Made when first wanted, or on a background thread while this run's first epoch
         trains (after its first call; an error in making them shows at the first
@@ -291,8 +291,11 @@ class TrainingLoop:
         val = self.data.val_dataset(batch)
         if val is None:
             return _NO_VALIDATION
-        return RepeatedBatches(iter(distribute_dataset(self.dist, val.repeat())),
-                               -(-self.data.num_val // batch))
+        # Several replicas: tf.distribute rebatches the global batches, which over the split
+        # repeated could fill one evaluation's short last batch with the next one's rows.
+        if self.dist.replicas > 1:
+            return distribute_dataset(self.dist, val)
+        return RepeatedBatches(iter(val.repeat()), -(-self.data.num_val // batch))
 
     def _run_iterator(self, epoch: int, first_batch: int):
         """One iterator over the run's batches from batch ``first_batch`` of epoch ``epoch``
