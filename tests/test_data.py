@@ -90,6 +90,23 @@ def test_stats_come_from_the_training_split(digits):
     assert abs(everything.mean() - digits.mean[0]) > 1e-3  # val did not leak into the stats
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channel_stats_of_uint8_pixels_equal_numpy_and_float_pixels(channels):
+    from resnet_builder.data.splits import ChannelStats
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 9, 7, channels)).astype(np.uint8)
+    pixels[..., 0] //= 3  # channels with different statistics
+    levels, floats = ChannelStats(channels), ChannelStats(channels)
+    for chunk in (pixels[:25], pixels[25:]):  # added in parts, as the chunked callers do
+        levels.add(chunk)
+        floats.add(chunk.astype(np.float32))
+    flat = pixels.reshape(-1, channels).astype(np.float64)
+    np.testing.assert_allclose(levels.result()[0], flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(levels.result()[1], flat.std(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(levels.result(), floats.result(), rtol=1e-12)
+
+
 def test_limit_caps_training_images_in_every_class():
     bundle = load_data(_cfg(image_size=8, limit=100), seed=0)
     assert (bundle.num_train, bundle.num_val) == (100, 360)
