@@ -55,6 +55,12 @@ from resnet_builder.training.workers import cluster_failure
 
 _NO_VALIDATION = object()  # what val_batches keeps when the data has no validation split
 
+# The run's iterator is read at once: its pipeline starts making batches when it is made,
+# while the train function is traced, not at the first read (a 3,000-JPEG folder, 3 epochs:
+# 0.29-0.98 s less wall time, ~2.5% more images/s; 4 of 4 alternating pairs, 2 cores).
+_WARM_START = tf.data.Options()
+_WARM_START.experimental_warm_start = True
+
 
 class Diverged(Exception):
     """The loss became NaN or infinite."""
@@ -304,7 +310,7 @@ class TrainingLoop:
 
         def shard_batches(shard: int, num_shards: int):
             return self.data.train_batches(epochs, batch, shard=shard, num_shards=num_shards,
-                                           first_batch=first_batch)
+                                           first_batch=first_batch).with_options(_WARM_START)
 
         return iter(distribute_shards(self.dist, shard_batches, batch))
 
