@@ -159,6 +159,24 @@ def test_evaluations_read_the_split_once_each_from_one_iterator(tmp_path, monkey
     assert made == [-(-seen[0][0] // 15)]  # one iterator, num_val / 15 batches an evaluation
 
 
+def test_the_evaluation_step_is_traced_before_the_first_evaluation_and_only_then(
+        tmp_path, monkeypatch):
+    """Validation's batches are made on the background thread while epoch 1 trains, and
+    the evaluation step is traced there for their spec: every evaluation (a short last
+    batch included) reuses that one trace."""
+    evaluate, traces = loop.TrainingLoop.evaluate, []
+
+    def counted(self):
+        traces.append(("before", self.eval_step.experimental_get_tracing_count()))
+        result = evaluate(self)
+        traces.append(("after", self.eval_step.experimental_get_tracing_count()))
+        return result
+
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate", counted)
+    api.train(config(tmp_path, "train.eval_batch_size=15"))
+    assert traces == [("before", 1), ("after", 1)] * 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["hardware.steps_per_call=3", "run.log_every=1",
                                      "train.checkpoint_every=7"])

@@ -301,6 +301,9 @@ class TrainingLoop:
         # repeated could fill one evaluation's short last batch with the next one's rows.
         if self.dist.replicas > 1:
             return distribute_dataset(self.dist, val)
+        # Traced here, on the background thread while epoch 1 trains, rather than at the first
+        # evaluation: that one took 0.66-0.70 s instead of 0.91-0.93 (600 streamed JPEGs).
+        self.eval_step.get_concrete_function(val.element_spec)
         return RepeatedBatches(iter(val.repeat()), -(-self.data.num_val // batch))
 
     def _run_iterator(self, epoch: int, first_batch: int):
