@@ -85,6 +85,10 @@ def main() -> None:
     for name, m in median.items():
         print(f"  {name:6s} wall {m['wall_seconds']:7.1f} s   train "
               f"{m['train_images_per_second']:7.0f} img/s")
+    for k, (plain, ours) in enumerate(zip(results["plain"], results["ours"], strict=True), 1):
+        print(f"  round {k}: plain {plain['wall_seconds']:.1f} s, ours {ours['wall_seconds']:.1f}"
+              f" s; wall {ours['wall_seconds'] / plain['wall_seconds']:.2f}x, images/s "
+              f"{ours['train_images_per_second'] / plain['train_images_per_second']:.2f}x")
     o, p = median["ours"], median["plain"]
     print(f"  ours/plain: wall {o['wall_seconds'] / p['wall_seconds']:.2f}x, images/s "
           f"{o['train_images_per_second'] / p['train_images_per_second']:.2f}x")
