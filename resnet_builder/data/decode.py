@@ -156,7 +156,8 @@ def decode_cropped(contents: tf.Tensor, draws: tf.Tensor, crop: dict, size: int,
         offset, extent = crop_boxes(draws, tf.cast(shape[:2], tf.float32), crop)
         image = decode_jpeg_window(
             contents, shape, tf.reduce_min(extent) / size,
-            lambda dims, ratio: box_window(offset / ratio, extent / ratio, dims),
+            lambda dims, ratio: box_window(offset / tf.cast(ratio, tf.float32),
+                                           extent / tf.cast(ratio, tf.float32), dims),
             _jpeg_asks(channels))
         return _jpeg_channels(image, channels)
 
