@@ -14,9 +14,9 @@ from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import decode, load_data
-from resnet_builder.data.augment import decoder_crop_draws
+from resnet_builder.data.augment import decoder_augment, decoder_draws, left_to_augmenter
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
-from resnet_builder.data.crops import box_window, crop_boxes
+from resnet_builder.data.crops import DecoderAugment, box_window, crop_boxes
 from resnet_builder.data.images import load_image
 from resnet_builder.data.pack import pack_folder
 from resnet_builder.data.resizing import (
@@ -87,8 +87,8 @@ def test_crop_mode_decodes_the_centre_window_with_the_same_pixels(size, channels
 def test_a_file_s_crop_equals_cropping_its_decoded_pixels(tmp_path):
     """decode_cropped: the box of crops.crop_boxes over the file's own pixels, resized; a
     JPEG decoded only in its box, at the DCT scale the box's size allows."""
-    draws = decoder_crop_draws(CROP, 3, tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-                               tf.constant(8, tf.int64), 0, tf.constant(8))
+    draws = decoder_draws(DecoderAugment(CROP), 3, tf.constant(0, tf.int64),
+                          tf.constant(0, tf.int64), tf.constant(8, tf.int64), 0, tf.constant(8))
     for i, (name, shape) in enumerate([("a.png", (90, 120)), ("b.jpg", (90, 120)),
                                        ("c.jpg", (300, 200)), ("d.png", (40, 70))]):
         path = tmp_path / name
@@ -139,14 +139,15 @@ def _streamed(root: Path, augment: AugmentConfig, cache: bool | str = False):
 def test_streamed_files_are_cropped_from_the_file_as_the_augmenter_would_draw(tmp_path):
     root = _folder(tmp_path)
     bundle = _streamed(root, AugmentConfig(random_resized_crop=CROP))
-    assert bundle.decoder_crop() == CROP
+    assert bundle.decoder_augment() == DecoderAugment(CROP)
     x, y = _epoch(bundle.train_dataset(2, 4))
     files = sorted(str(p) for p in root.rglob("*.*"))
     order = seeded_rng(5, ORDER_STREAM, 2).permutation(len(files))
     for number in range(3):
         picks = order[4 * number:4 * number + 4]
-        draws = decoder_crop_draws(CROP, 5, tf.constant(2, tf.int64), tf.constant(number, tf.int64),
-                                   tf.constant(len(picks), tf.int64), 0, tf.constant(len(picks)))
+        draws = decoder_draws(DecoderAugment(CROP), 5, tf.constant(2, tf.int64),
+                              tf.constant(number, tf.int64), tf.constant(len(picks), tf.int64),
+                              0, tf.constant(len(picks)))
         for row, index in enumerate(picks):
             got = x[4 * number + row]
             decoded = _decodings(files[index])
@@ -181,11 +182,46 @@ def test_bad_files_are_skipped_and_named_with_the_crop_on(tmp_path):
     assert {Path(f).name for f, _ in bundle.take_skipped()} == {"cut.jpg", "noise.png"}
 
 
+def test_streamed_files_are_flipped_while_decoding_as_the_augmenter_flips_them(tmp_path):
+    """The decoder takes the flip (a reverse per image in its map, not a batch op after
+    it): the same images, flipped or not, as the augmenter's flip of cached ones."""
+    root = _folder(tmp_path)
+    flip = AugmentConfig(horizontal_flip=True)
+    streamed, cached = _streamed(root, flip), _streamed(root, flip, cache=True)
+    assert streamed.decoder_augment() == DecoderAugment(flip=True)
+    assert cached.decoder_augment() is None
+    for epoch in range(2):
+        x, y = _epoch(streamed.train_dataset(epoch, 4))
+        want_x, want_y = _epoch(cached.train_dataset(epoch, 4))
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(x, want_x)
+    unflipped, _ = _epoch(_streamed(root, AugmentConfig()).train_dataset(1, 4))
+    mirrored = [not np.array_equal(a, b) and np.array_equal(a, b[:, ::-1])
+                for a, b in zip(x, unflipped, strict=True)]
+    kept = [np.array_equal(a, b) for a, b in zip(x, unflipped, strict=True)]
+    assert sum(mirrored) > 0 and sum(kept) > 0 and sum(mirrored) + sum(kept) == len(x)
+
+
+def test_the_decoder_leaves_the_flip_to_the_augmenter_after_a_shift_or_zoom():
+    """The augmenter flips last; a shift does not commute with a flip, so with one on the
+    decoder takes only the crop."""
+    assert decoder_augment(AugmentConfig(horizontal_flip=True, random_crop_padding=2)) is None
+    crop_zoom = AugmentConfig(random_resized_crop=CROP, horizontal_flip=True, random_scale=0.1)
+    assert decoder_augment(crop_zoom) == DecoderAugment(CROP, flip=False)
+    left = left_to_augmenter(crop_zoom, decoder_augment(crop_zoom))
+    assert left.random_resized_crop is None and left.horizontal_flip and left.random_scale
+    both = AugmentConfig(random_resized_crop=CROP, horizontal_flip=True)
+    assert decoder_augment(both).columns == decoder_augment(AugmentConfig(
+        random_resized_crop=CROP)).columns + 1
+    assert not left_to_augmenter(both, decoder_augment(both)).horizontal_flip
+    assert decoder_augment(AugmentConfig()) is None
+
+
 def test_cached_images_keep_the_crop_in_the_augmenter(tmp_path):
     """A store holds resized images, so the crop is taken from them, after decoding."""
     root = _folder(tmp_path)
     cached = _streamed(root, AugmentConfig(random_resized_crop=CROP), cache=True)
-    assert cached.decoder_crop() is None
+    assert cached.decoder_augment() is None
     plain = _streamed(root, AugmentConfig(), cache=True)
     x, _ = _epoch(cached.train_dataset(0, 4))
     assert np.abs(x - _epoch(plain.train_dataset(0, 4))[0]).mean() > 5
@@ -197,7 +233,7 @@ def test_packed_records_are_cropped_as_decoded_and_padding_is_not_skipped(tmp_pa
     data = DataConfig(source="tfrecord", path=str(tmp_path / "packed"), image_size=20)
     bundle = load_data(data, AugmentConfig(random_resized_crop=CROP), seed=0)
     plain = load_data(data, AugmentConfig(), seed=0)
-    assert bundle.decoder_crop() == CROP
+    assert bundle.decoder_augment() == DecoderAugment(CROP)
     x, y = _epoch(bundle.train_dataset(0, 4))
     px, py = _epoch(plain.train_dataset(0, 4))
     np.testing.assert_array_equal(y, py)  # the same records in the same order, cropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,24 +90,27 @@ def _batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 CROP = AugmentConfig(random_resized_crop={"scale": [0.3, 1.0], "ratio": [0.75, 1.33]})
+FLIP = AugmentConfig(horizontal_flip=True)
 
 
-@pytest.mark.parametrize("augment", [AugmentConfig(), CROP], ids=["resize", "crop"])
+@pytest.mark.parametrize("augment", [AugmentConfig(), CROP, FLIP,
+                                     replace(CROP, horizontal_flip=True)],
+                         ids=["resize", "crop", "flip", "crop+flip"])
 def test_streamed_batches_equal_the_safe_decoder_and_remember_pillow_files(tmp_path, augment):
     cfg = DataConfig(source="folder", path=str(_folder(tmp_path)), image_size=16,
                      validation_split=0.0, cache=False)
     bundle = load_data(cfg, augment, seed=3)
     split = bundle._train
-    crop = bundle.decoder_crop()
+    taken = bundle.decoder_augment()
     for epoch in range(2):
         got = _batches(bundle.train_dataset(epoch, 4))
         order = bundle.epoch_order(epoch).astype(np.int64)
-        safe = bundle._lookup("train", split, crop)
+        safe = bundle._lookup("train", split, taken)
         for number, (images, labels) in enumerate(got):
             indices = tf.constant(order[number * 4:(number + 1) * 4])
             steps = len(got)  # the run's global batch number: epoch * steps + number
-            args = (indices,) if crop is None else (
-                indices, bundle._crop_draws(crop, 4, 0, steps)(
+            args = (indices,) if taken is None else (
+                indices, bundle._decoder_draws(taken, 4, 0, steps)(
                     tf.constant(epoch * steps + number, tf.int64), tf.size(indices)))
             want_images, want_labels = safe(*args)
             np.testing.assert_array_equal(labels, want_labels.numpy())

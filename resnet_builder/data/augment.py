@@ -9,12 +9,13 @@ yields the same images whether or not training was resumed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig
 from resnet_builder.data import mixing, policies
-from resnet_builder.data.crops import Draw, crop_boxes, crop_draws
+from resnet_builder.data.crops import DecoderAugment, Draw, crop_boxes, crop_draws
 
 # Streams of the batch key, one per policy (zoom, shift and flip split theirs off as before).
 CROP, RAND_AUGMENT, COLOR_JITTER, ERASING, MIXING = range(11, 16)
@@ -73,7 +74,7 @@ def geometric(images: tf.Tensor, cfg: AugmentConfig, key: tf.Tensor, seeds: tf.T
     """The crop / zoom / shift / flip part of ``augmenter``: uint8 or float images in,
     float32 out, except a flip alone, which mirrors the pixels in their own type. Only ops
     that uncover borders need the mean subtracted (two passes over the float batch)."""
-    flips = draw.uniform([], seeds[2]) < 0.5 if cfg.horizontal_flip else None
+    flips = flip_draws(seeds, draw) if cfg.horizontal_flip else None
     pads = bool(cfg.random_resized_crop or cfg.random_scale or cfg.random_crop_padding)
     if not pads:
         return images if flips is None else flip_some(images, flips)
@@ -139,13 +140,43 @@ def batch_key(seed: int, epoch: int | tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(epoch_key, batch)
 
 
-def decoder_crop_draws(crop: dict, seed: int, epoch: tf.Tensor, batch: tf.Tensor,
-                       rows: tf.Tensor, offset: int, count: tf.Tensor) -> tf.Tensor:
-    """``crops.crop_draws`` for rows ``[offset, offset + count)`` of global batch ``batch``:
-    the numbers ``random_resized_crop`` would draw, for a decoder that takes the crop from
-    the file (``decode.batch_decoder`` with ``crop``)."""
+def decoder_augment(cfg: AugmentConfig) -> DecoderAugment | None:
+    """What a decoder that makes batches from files takes of ``cfg`` (None: nothing): the
+    random resized crop, and the flip unless a zoom or shift comes between the two (the
+    augmenter flips last, and a shift does not commute with a flip)."""
+    flip = cfg.horizontal_flip and not (cfg.random_scale or cfg.random_crop_padding)
+    if not (cfg.random_resized_crop or flip):
+        return None
+    return DecoderAugment(cfg.random_resized_crop, flip)
+
+
+def left_to_augmenter(cfg: AugmentConfig, taken: DecoderAugment | None) -> AugmentConfig:
+    """``cfg`` without what the decoder takes (``decoder_augment``)."""
+    if taken is None:
+        return cfg
+    return replace(cfg, random_resized_crop=None if taken.crop else cfg.random_resized_crop,
+                   horizontal_flip=cfg.horizontal_flip and not taken.flip)
+
+
+def decoder_draws(taken: DecoderAugment, seed: int, epoch: tf.Tensor, batch: tf.Tensor,
+                  rows: tf.Tensor, offset: int, count: tf.Tensor) -> tf.Tensor:
+    """float32 [count, taken.columns] for rows ``[offset, offset + count)`` of global batch
+    ``batch``: the numbers ``random_resized_crop`` and the flip would draw in the augmenter,
+    for a decoder that takes them per file (``decode.batch_decoder`` with ``taken``)."""
+    key = batch_key(seed, epoch, batch)
     draw = Draw(tf.cast(rows, tf.int32), offset, count)
-    return crop_draws(stream(batch_key(seed, epoch, batch), CROP), crop, draw)
+    parts = []
+    if taken.crop:
+        parts.append(crop_draws(stream(key, CROP), taken.crop, draw))
+    if taken.flip:
+        flips = flip_draws(tf.random.experimental.stateless_split(key, 3), draw)
+        parts.append(tf.cast(flips, tf.float32)[:, None])
+    return tf.concat(parts, axis=1)
+
+
+def flip_draws(seeds: tf.Tensor, draw: Draw) -> tf.Tensor:
+    """bool [count]: which images the flip mirrors (the third of the batch key's splits)."""
+    return draw.uniform([], seeds[2]) < 0.5
 
 
 def stream(key: tf.Tensor, number: int) -> tf.Tensor:

@@ -10,15 +10,20 @@ balanced`` a class-balanced draw of as many indices (``balance.py``); augmentati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data.augment import decoder_crop_draws, traced_augmenter
+from resnet_builder.data.augment import (
+    decoder_augment,
+    decoder_draws,
+    left_to_augmenter,
+    traced_augmenter,
+)
 from resnet_builder.data.balance import balanced_order, class_counts, class_weight_vector
-from resnet_builder.data.crops import DRAWS_PER_IMAGE
+from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotune
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
@@ -142,8 +147,8 @@ class DataBundle:
         offset = shard * local
         numbers = range(epochs.start * steps + first_batch, epochs.stop * steps)
         rows = run_rows(self.epoch_order, steps, batch_size, offset, local, numbers)
-        crop = self.decoder_crop()
-        draws = None if crop is None else self._crop_draws(crop, batch_size, offset, steps)
+        taken = self.decoder_augment()
+        draws = None if taken is None else self._decoder_draws(taken, batch_size, offset, steps)
         dataset = self._batches(self._train, "train", rows, draws)
         augment = self.augment_function()
         if augment is not None:
@@ -203,35 +208,33 @@ class DataBundle:
         self.class_weights = class_weight_vector(class_weight, self.class_names, counts)
 
     def augment_function(self) -> Callable | None:
-        """The training augmenter, traced once per bundle (``augment.traced_augmenter``);
-        without the random resized crop when the decoder takes it (``decoder_crop``)."""
+        """The training augmenter, traced once per bundle (``augment.traced_augmenter``),
+        without what the decoder takes (``decoder_augment``)."""
         if self._augment_run is None:
-            cfg = self._augment
-            if self.decoder_crop() is not None:
-                cfg = replace(cfg, random_resized_crop=None)
+            cfg = left_to_augmenter(self._augment, self.decoder_augment())
             self._augment_run = (traced_augmenter(cfg, self.image_size, self.mean, self._seed,
                                                   self.num_classes),)
         return self._augment_run[0]
 
-    def decoder_crop(self) -> dict | None:
-        """``augment.random_resized_crop`` when training files are decoded as the batches
-        are made (streamed, no store): the crop is then taken from each file before it is
-        resized (``decode.decode_cropped``; a JPEG is decoded only inside its box) rather
-        than from the image already resized to ``image_size``."""
+    def decoder_augment(self) -> DecoderAugment | None:
+        """The random resized crop and flip the decoder takes when training files are
+        decoded as the batches are made (streamed, no store; ``augment.decoder_augment``):
+        the crop is then taken from each file before it is resized (``decode.decode_cropped``;
+        a JPEG is decoded only inside its box) rather than from the image already resized."""
         split = self._train
         streamed = split is not None and split.files is not None and split.store is None
-        return self._augment.random_resized_crop if streamed else None
+        return decoder_augment(self._augment) if streamed else None
 
-    def _crop_draws(self, crop: dict, batch_size: int, offset: int, steps: int
-                    ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-        """(the run's global batch number, rows) -> each file's random resized crop numbers
-        for this shard's rows from ``offset``, drawn from (seed, epoch, batch number in the
+    def _decoder_draws(self, taken: DecoderAugment, batch_size: int, offset: int, steps: int
+                       ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """(the run's global batch number, rows) -> each file's crop and flip numbers for
+        this shard's rows from ``offset``, drawn from (seed, epoch, batch number in the
         epoch) like the augmenter's own."""
         def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             epoch, in_epoch = number // steps, number % steps
-            return decoder_crop_draws(crop, self._seed, epoch, in_epoch,
-                                      self._global_rows(in_epoch, batch_size, offset, count),
-                                      offset, count)
+            return decoder_draws(taken, self._seed, epoch, in_epoch,
+                                 self._global_rows(in_epoch, batch_size, offset, count),
+                                 offset, count)
 
         return draws
 
@@ -276,8 +279,8 @@ class DataBundle:
         """Batches ``rows.numbers`` of (uint8 images, int32 labels), in order, holding
         ``rows``' indices. The lookup takes a batch of indices at a time (a gather in
         memory; files decoded in parallel within it, and several batches at once). Streamed
-        files without a store go through ``_streamed``; ``draws`` (``_crop_draws``) makes
-        each file's random resized crop."""
+        files without a store go through ``_streamed``; ``draws`` (``_decoder_draws``) makes
+        each file's random resized crop and flip."""
         if split.files is not None and split.store is None:
             dataset = self._streamed(split, name, rows, draws)
         elif split.ready is not None:  # in memory: a gather, each batch's rows read in turn
@@ -297,7 +300,7 @@ class DataBundle:
                   draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> tf.data.Dataset:
         """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first and
         the safe one (places kept, skips recorded) for a batch where it failed."""
-        crop = None if draws is None else self.decoder_crop()
+        taken = None if draws is None else self.decoder_augment()
 
         def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
             indices = rows.of(number)
@@ -305,8 +308,8 @@ class DataBundle:
 
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
-        return guarded_batches(rows.numbers, inputs, self._lookup(name, split, crop, fast=True),
-                               self._lookup(name, split, crop), spec)
+        return guarded_batches(rows.numbers, inputs, self._lookup(name, split, taken, fast=True),
+                               self._lookup(name, split, taken), spec)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
@@ -325,10 +328,10 @@ class DataBundle:
             return self._train.ready[picks]
         return decoded_images(self._lookup("train", self._train), picks, shape)
 
-    def _lookup(self, name: str, split: Split, crop: dict | None = None, *, fast: bool = False
-                ) -> Callable[..., tuple]:
+    def _lookup(self, name: str, split: Split, taken: DecoderAugment | None = None, *,
+                fast: bool = False) -> Callable[..., tuple]:
         """Graph function indices [b] -> (uint8 images, labels), traced once per split (and
-        once more with ``crop``: (indices, crop draws), ``stream.file_images``; ``fast``:
+        once more with ``taken``: (indices, draws), ``stream.file_images``; ``fast``:
         ``stream.fast_file_images``, which fails where this one keeps places).
 
         Every epoch builds a new pipeline; handing ``map`` the same ``tf.function`` lets
@@ -336,17 +339,17 @@ class DataBundle:
         folder the first epoch's build, which traces, took 0.7 s; a later epoch's build and
         first batch together 0.5 s; timed around ``train_dataset`` and ``next``).
         """
-        key = name + (" cropped" if crop is not None else "") + (" fast" if fast else "")
+        key = f"{name} {taken.name if taken else ''}" + (" fast" if fast else "")
         if key not in self._lookups:
             signature = [tf.TensorSpec([None], tf.int64)]
-            if crop is not None:
-                signature.append(tf.TensorSpec([None, DRAWS_PER_IMAGE], tf.float32))
+            if taken is not None:
+                signature.append(tf.TensorSpec([None, taken.columns], tf.float32))
             if fast:
                 lookup = fast_file_images(split.files, split.labels, self.resizing,
-                                          self.channels, split.skips, crop)
-            elif crop is not None:
+                                          self.channels, split.skips, taken)
+            elif taken is not None:
                 lookup = file_images(split.files, split.labels, self.resizing, self.channels,
-                                     split.skips, None, crop)
+                                     split.skips, None, taken)
             else:
                 lookup = self._make_lookup(name, split)
             self._lookups[key] = tf.function(lookup, input_signature=signature,

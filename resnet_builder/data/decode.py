@@ -18,8 +18,8 @@ with label -1 in its own place (batches keep their size and order, so shards sta
 and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
 
 Crops are taken while decoding (``decode_fitted``: a JPEG's centre window alone, the same
-pixels; ``decode_cropped``: a batch's random resized crops from the files themselves).
-Pipelines that decode here run with tf.data's autotuner off (``without_autotune``).
+pixels; ``decode_cropped``: random resized crops from the files), and so is the training
+flip (``crops.DecoderAugment``). Pipelines here run with tf.data's autotuner off.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.data.crops import box_window, crop_boxes
+from resnet_builder.data.crops import DecoderAugment, box_window, crop_boxes
 from resnet_builder.data.images import ImageError, decode_image_bytes, load_image
 from resnet_builder.data.resizing import (
     Resize,
@@ -53,12 +53,10 @@ HEADER_BYTES = 4096  # searched for EXIF orientation and a PNG tRNS chunk
 
 def without_autotune() -> tf.data.Options:
     """Options for a pipeline that decodes through ``batch_decoder``: tf.data's autotuner
-    off (AUTOTUNE maps then run on every core, prefetch buffers still grow).
-
-    With it on, a training pass over 600 photos ran at ~410 images/s on one core or ~700
-    on both, at random per pipeline (8 passes, 2 cores; with it off 8 of 8 at ~700); a
-    flat map of decode + resize also switched (891 or 1,246; off: 1,279). No other
-    autotune setting helped. Static rewrites are off too (they ran at each epoch's iterator:
+    off (AUTOTUNE maps then run on every core, prefetch buffers still grow). With it on, a
+    pass over 600 photos ran at ~410 images/s on one core or ~700 on both, at random (8
+    passes, 2 cores; off: 8 of 8 at ~700); a flat decode + resize map also switched (891 or
+    1,246; off: 1,279). Static rewrites are off too (they ran at each epoch's iterator:
     a 1,797-image epoch 77 -> 65 ms; photos at 224: 1,078-1,088 -> 1,107-1,129 images/s)."""
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -235,24 +233,22 @@ def decode_and_resize(contents: tf.Tensor, how: Resize, channels: int) -> tf.Ten
 
 
 def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int,
-                             draws: tf.Tensor | None = None, crop: dict | None = None
-                             ) -> tf.Tensor:
+                             draws: tf.Tensor | None = None,
+                             taken: DecoderAugment | None = None) -> tf.Tensor:
     """``decode_and_resize`` for what TensorFlow's kernels decode like Pillow, failing (an
-    error tf.data can drop) for the rest: the fast path of ``batch_decoder``. With ``crop``
-    (augment.random_resized_crop's settings) the image is the random resized crop that
-    ``draws`` (this image's row of ``crops.crop_draws``) picks.
-
-    Routing by failure rather than by ``tf.cond`` keeps the per-image graph to the decode
-    and resize themselves (a cond with a Pillow branch ran decode + resize at 0.75x).
-    """
+    error tf.data can drop) for the rest: the fast path of ``batch_decoder``. ``draws``
+    (this image's row of ``augment.decoder_draws``) pick ``taken``'s crop and flip. Routing
+    by failure rather than by ``tf.cond`` keeps the per-image graph to the decode and resize
+    themselves (a cond with a Pillow branch ran decode + resize at 0.75x)."""
+    taken = taken or DecoderAugment()
     usable = tf.debugging.Assert(tf.logical_not(needs_pil(contents)),
                                  ["only Pillow decodes this file like predict does"])
     with tf.control_dependencies([usable]):
-        if crop is None:
-            image = decode_fitted(contents, how, channels)
+        if taken.crop:
+            image = decode_cropped(contents, draws, taken.crop, how.size, channels)
         else:
-            image = decode_cropped(contents, draws, crop, how.size, channels)
-    return tf.ensure_shape(image, (how.size, how.size, channels))
+            image = decode_fitted(contents, how, channels)
+    return tf.ensure_shape(taken.mirrored(image, draws), (how.size, how.size, channels))
 
 
 class SkipLog:
@@ -283,7 +279,8 @@ class SkipLog:
 
 
 def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
-                  crop: dict | None = None) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
+                  taken: DecoderAugment | None = None
+                  ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """Graph function (keys int64 [b], sources string [b], labels int32 [b][, draws]) ->
     (uint8 [b, S, S, C], int32 [b]), never failing.
 
@@ -291,17 +288,17 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     by ``native_decode_and_resize`` in a parallel map whose failures ``ignore_errors``
     drops; the places left empty (a broken file, or one only Pillow reads like
     ``images.load_image``: ``needs_pil``) are decoded by Pillow, and if that fails too
-    become zeros with label -1, their (key, reason) going to ``skips``. With ``crop``
-    (``augment.random_resized_crop``'s settings) the function takes ``draws`` float32
-    [b, n] (``crops.crop_draws``) and each image is its random resized crop, taken from
-    the file before resizing (``decode_cropped``) instead of the resize rule.
+    become zeros with label -1, their (key, reason) going to ``skips``. With ``taken`` it
+    takes ``draws`` float32 [b, taken.columns] (``augment.decoder_draws``): each image is
+    then its random resized crop, taken from the file (``decode_cropped``) instead of the
+    resize rule, and / or mirrored where its draws say so.
 
     Why per batch: only a tf.data dataset catches errors, and one per image ran at 0.44x a
     bare map; ``BATCHES_AT_ONCE`` calls of ``DECODE_THREADS`` images each ran at 0.86x a
     flat map (AUTOTUNE at both levels: 0.69x). ``guarded`` tries a faster path first.
     """
     shape = (how.size, how.size, channels)
-    rescue = pillow_rescue(how, channels, skips, from_files=from_files, crop=crop)
+    rescue = pillow_rescue(how, channels, skips, from_files=from_files, taken=taken)
 
     # Plain TF ops, no Python control flow on tensors: AutoGraph's conversion of these
     # functions was most of a streamed folder's time to its first batch (~1.5 s, profiled).
@@ -309,7 +306,7 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     def native(slot: tf.Tensor, source: tf.Tensor, draws: tf.Tensor
                ) -> tuple[tf.Tensor, tf.Tensor]:
         contents = tf.io.read_file(source) if from_files else source
-        return slot, native_decode_and_resize(contents, how, channels, draws, crop)
+        return slot, native_decode_and_resize(contents, how, channels, draws, taken)
 
     @tf.autograph.experimental.do_not_convert
     def decode_batch(keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor,
@@ -350,11 +347,11 @@ def rescued_in_place(rescue: Callable[..., tuple], missing: tf.Tensor, images: t
 
 
 def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
-                   crop: dict | None) -> Callable[..., tuple]:
+                   taken: DecoderAugment | None) -> Callable[..., tuple]:
     """Graph function (key, source, label, draws) -> (uint8 [S, S, C], label or -1) by
     Pillow. A negative key is a padding place (``tfrecord``): blank, -1, not recorded."""
     blank = np.zeros((how.size, how.size, channels), np.uint8)
-    shape = (how.size, how.size, channels)
+    shape, taken = (how.size, how.size, channels), taken or DecoderAugment()
 
     def load(key: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.int32]:
         if key < 0:
@@ -375,11 +372,12 @@ def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
         image, flag = tf.numpy_function(load, [key, source], [tf.uint8, tf.int32],
                                         stateful=True)
         image = tf.ensure_shape(image, (None, None, channels))
-        if crop is None:
-            image = fit_image(image, how)
+        if taken.crop:
+            image = resample(crop_to_box(image, draws, taken.crop), how.size, how.size)
         else:
-            image = resample(crop_to_box(image, draws, crop), how.size, how.size)
-        return tf.ensure_shape(image, shape), tf.where(tf.ensure_shape(flag, []) < 0, flag, label)
+            image = fit_image(image, how)
+        image = tf.ensure_shape(taken.mirrored(image, draws), shape)
+        return image, tf.where(tf.ensure_shape(flag, []) < 0, flag, label)
 
     return rescue
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import (
     DECODE_THREADS,
     SkipLog,
@@ -115,23 +116,25 @@ def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> 
 
 
 def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,
-                skips: SkipLog, store: ImageStore | None, crop: dict | None = None
+                skips: SkipLog, store: ImageStore | None, taken: DecoderAugment | None = None
                 ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """Graph function indices int64 [b] -> (uint8 [b, S, S, C], int32 [b] labels; -1 where
     the file is unusable). A whole batch at a time (``decode.batch_decoder``).
 
     ``labels`` int32 [N, K] (multilabel rows): the labels are those rows, all -1 when unusable.
-    ``crop`` (random resized crop settings; no ``store``, which keeps resized images): the
-    function takes (indices, draws) and decodes each file's crop (``batch_decoder``).
+    ``taken`` (the crop and / or flip a decoder takes; no ``store``, which keeps resized
+    images unaugmented): the function takes (indices, draws) and decodes each file's crop and
+    flip (``batch_decoder``).
     """
     if labels.ndim == 2:
         return _label_rows(file_images(files, np.arange(len(files), dtype=np.int32), how,
-                                       channels, skips, store, crop), labels)
-    if crop is not None and store is not None:
-        raise ValueError("a store keeps resized images: the crop cannot come from the file")
+                                       channels, skips, store, taken), labels)
+    if taken is not None and store is not None:
+        raise ValueError("a store keeps unaugmented images: the crop or flip cannot come "
+                         "from the file")
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
-    decode = batch_decoder(how, channels, skips, from_files=True, crop=crop)
+    decode = batch_decoder(how, channels, skips, from_files=True, taken=taken)
     shape = (how.size, how.size, channels)
 
     def from_files(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -161,9 +164,9 @@ def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int
 
 
 def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,
-                     skips: SkipLog, crop: dict | None = None
+                     skips: SkipLog, taken: DecoderAugment | None = None
                      ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
-    """``file_images`` (no store) without its guard: indices [b] (and draws with ``crop``)
+    """``file_images`` (no store) without its guard: indices [b] (and draws with ``taken``)
     -> (uint8 images, labels) by TensorFlow's kernels in one ``tf.map_fn``, failing as a
     whole when a file is broken or only Pillow reads it: the fast path of
     ``guarded.guarded_batches``, with ``file_images`` the safe one. Files that went to
@@ -173,15 +176,15 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
     """
     if labels.ndim == 2:
         return _label_rows(fast_file_images(files, np.arange(len(files), dtype=np.int32), how,
-                                            channels, skips, crop), labels)
+                                            channels, skips, taken), labels)
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
     shape = tf.TensorSpec((how.size, how.size, channels), tf.uint8)
-    rescue = pillow_rescue(how, channels, skips, from_files=True, crop=crop)
+    rescue = pillow_rescue(how, channels, skips, from_files=True, taken=taken)
 
     def native(path_and_draws: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         path, draws = path_and_draws
-        return native_decode_and_resize(tf.io.read_file(path), how, channels, draws, crop)
+        return native_decode_and_resize(tf.io.read_file(path), how, channels, draws, taken)
 
     def from_files(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         known = tf.numpy_function(skips.needed_pillow, [indices], tf.bool, stateful=True)

@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import DataConfig
-from resnet_builder.data.augment import decoder_crop_draws
+from resnet_builder.data.augment import decoder_augment, decoder_draws
 from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng
+from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import (
     BATCHES_AT_ONCE,
     SKIPPED_LABEL,
@@ -227,18 +228,19 @@ class TFRecordBundle(DataBundle):
             parts.append(parsed.batch(local).take(steps - start // local))
         return _joined(parts)
 
-    def decoder_crop(self) -> dict | None:
-        """Packed records are always decoded as batches are made: the crop comes from them."""
-        return self._augment.random_resized_crop
+    def decoder_augment(self) -> DecoderAugment | None:
+        """Packed records are always decoded as batches are made: the crop and flip are
+        taken as they are decoded."""
+        return decoder_augment(self._augment)
 
     def _decoded_batches(self, batches: tf.data.Dataset, batch_size: int, offset: int,
                          steps: int) -> tf.data.Dataset:
         """(the run's global batch number, batch of (key, bytes, label)) -> (uint8 images,
-        labels), a batch per decoder call; with ``decoder_crop`` each record's random
-        resized crop, drawn from (seed, epoch, batch number in the epoch) as ``DataBundle``
+        labels), a batch per decoder call; with ``decoder_augment`` each record's random
+        resized crop and flip, drawn from (seed, epoch, batch number in the epoch) as ``DataBundle``
         draws it for files."""
         decode = self._record_decoder(batch_size, offset)
-        cropping = self.decoder_crop() is not None
+        cropping = self.decoder_augment() is not None
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
         def decoded(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
@@ -251,15 +253,15 @@ class TFRecordBundle(DataBundle):
         """The batch decoder as one graph function per bundle, the epoch and the global batch
         number its arguments: every epoch's pipeline reuses the graph instead of tracing the
         decoder again, as ``DataBundle._lookup`` does for files."""
-        crop = self.decoder_crop()
-        key = "records" if crop is None else f"records cropped {batch_size} {offset}"
+        taken = self.decoder_augment()
+        key = "records" if taken is None else f"records {taken.name} {batch_size} {offset}"
         if key in self._lookups:
             return self._lookups[key]
         decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
-                               crop=crop)
+                               taken=taken)
         signature = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
                      tf.TensorSpec([None], tf.int32)]
-        if crop is None:
+        if taken is None:
             function = decode
         else:
             signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)]
@@ -267,9 +269,9 @@ class TFRecordBundle(DataBundle):
 
             def function(keys: tf.Tensor, contents: tf.Tensor, labels: tf.Tensor,
                          number: tf.Tensor, epoch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                draws = decoder_crop_draws(crop, seed, epoch, number,
-                                           tf.constant(batch_size, tf.int64), offset,
-                                           tf.shape(keys)[0])
+                draws = decoder_draws(taken, seed, epoch, number,
+                                      tf.constant(batch_size, tf.int64), offset,
+                                      tf.shape(keys)[0])
                 return decode(keys, contents, labels, draws)
 
         self._lookups[key] = tf.function(function, input_signature=signature,
