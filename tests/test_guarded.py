@@ -12,15 +12,17 @@ import tensorflow as tf
 from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import load_data
+from resnet_builder.data import load_data, stream
 from resnet_builder.data.decode import SkipLog
 from resnet_builder.data.guarded import guarded_batches
+from resnet_builder.data.images import load_image
+from resnet_builder.data.resizing import Resize, fit_image
 
 BATCH = 3
 SPEC = (tf.TensorSpec([None, 2, 2, 1], tf.uint8), tf.TensorSpec([None], tf.int32))
 
 
-def _toy(count: int, rows: int, failing: set[int], first: int = 0):
+def _toy(count: int, rows: int, failing: set[int], first: int = 0, on_redo=None):
     """Batch n holds rows [3n, 3n+3) of ``rows``; the fast path fails on ``failing`` and
     fills images with 1, the safe one with 2; labels are the row numbers."""
     bad = tf.constant(sorted(failing) or [-1], tf.int64)
@@ -39,7 +41,7 @@ def _toy(count: int, rows: int, failing: set[int], first: int = 0):
             return filled(tf.identity(indices), 1)
 
     return guarded_batches(range(first, count), inputs, fast,
-                           lambda indices: filled(indices, 2), SPEC)
+                           lambda indices: filled(indices, 2), SPEC, on_redo)
 
 
 @pytest.mark.parametrize("failing", [set(), {0}, {1, 2}, {3}, {0, 1, 2, 3}, {0, 3}])
@@ -50,6 +52,12 @@ def test_failed_batches_come_back_in_their_place_from_the_safe_path(failing):
     for number, (images, labels) in enumerate(batches):
         assert images.shape == (len(labels), 2, 2, 1)
         assert (images == (2 if number in failing else 1)).all(), number
+
+
+def test_on_redo_is_told_the_keys_of_each_redone_batch():
+    told = []
+    list(_toy(4, 11, {1, 3}, on_redo=lambda keys: told.append(keys.tolist())))
+    assert sorted(told) == [[3, 4, 5], [9, 10]]
 
 
 def test_batches_keep_their_static_shapes():
@@ -139,3 +147,34 @@ def test_skip_log_remembers_the_keys_pillow_was_asked_for():
     assert not skips.needed_pillow(np.array([1, 2])).any()
     skips.note_pillow(2)
     assert skips.needed_pillow(np.array([1, 2, 2])).tolist() == [False, True, True]
+
+
+def test_a_png_named_jpg_fails_the_jpeg_only_route_once_then_goes_to_pillow(tmp_path,
+                                                                            monkeypatch):
+    """A folder of .jpg names is decoded without the format branch; a PNG among them fails
+    its batch, which the safe decoder redoes, and from then on goes to Pillow."""
+    root, rng = tmp_path / "photos", np.random.default_rng(1)
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(
+                root / name / f"{i}.jpg")
+    fake = root / "bee" / "fake.jpg"
+    Image.fromarray(rng.integers(0, 256, (30, 40, 4), np.uint8), "RGBA").save(fake, "PNG")
+    redone = []
+    note = stream.misnamed_to_pillow
+    monkeypatch.setattr(stream, "misnamed_to_pillow", lambda files, skips: lambda keys: (
+        redone.append(keys.tolist()), note(files, skips)(keys)))
+    cfg = DataConfig(source="folder", path=str(root), image_size=16, validation_split=0.0,
+                     cache=False)
+    bundle = load_data(cfg, AugmentConfig(), seed=0)
+    key = bundle._train.files.index(str(fake))
+    want = fit_image(tf.constant(load_image(str(fake), 3)), Resize(16)).numpy()
+    for epoch in range(2):
+        batches = _batches(bundle.train_dataset(epoch, 4))
+        images, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+        row = int(np.flatnonzero(bundle.epoch_order(epoch) == key)[0])
+        np.testing.assert_array_equal(images[row], want)
+        assert (labels >= 0).all() and bundle.take_skipped() == []
+        assert len(redone) == 1 and key in redone[0]  # the first epoch only
+    assert bundle._train.skips.needed_pillow(np.array([key])).all()

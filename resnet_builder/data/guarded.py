@@ -30,15 +30,16 @@ Lookup = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 
 def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: Lookup,
-                    safe: Lookup, element_spec: tuple) -> tf.data.Dataset:
+                    safe: Lookup, element_spec: tuple,
+                    on_redo: Callable[[np.ndarray], None] | None = None) -> tf.data.Dataset:
     """Batches ``numbers`` of (images, labels), in order: ``fast(*inputs(n))`` in a
     parallel map, or ``safe(*inputs(n))`` where that failed.
 
     ``inputs(n)`` (int64 scalar -> the lookups' arguments) must give batch ``n`` again
     when asked twice; ``safe`` never fails (``decode.batch_decoder``). ``element_spec``:
-    the (images, labels) ``tf.TensorSpec``s of a batch. ``inputs`` runs in the parallel
-    map: fed by a per-epoch dataset (``shards.run_rows``) this ran ~6% slower (971 vs 1,039).
-    """
+    the (images, labels) ``tf.TensorSpec``s of a batch; ``on_redo`` is told the first input
+    (the keys) of each batch ``safe`` redoes. ``inputs`` runs in the parallel map: fed by
+    a per-epoch dataset (``shards.run_rows``) this ran ~6% slower (971 vs 1,039)."""
     plain = tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
     image_spec, label_spec = element_spec
     no_rows = ([0, *image_spec.shape[1:]], [0, *label_spec.shape[1:]])
@@ -69,7 +70,7 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
         this = tf.data.Dataset.from_tensors((number, images, labels, tf.constant(False)))
         return stand_ins.concatenate(this.take(tf.cast(number < stop, tf.int64)))
 
-    redo = _redo_in_python(inputs, safe)
+    redo = _redo_in_python(inputs, safe, on_redo)
 
     @plain
     def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
@@ -90,11 +91,15 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
             .map(filled, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True))
 
 
-def _redo_in_python(inputs: Callable[[tf.Tensor], tuple], safe: Lookup
+def _redo_in_python(inputs: Callable[[tf.Tensor], tuple], safe: Lookup,
+                    on_redo: Callable[[np.ndarray], None] | None
                     ) -> Callable[[np.int64], tuple[np.ndarray, np.ndarray]]:
     """The ``numpy_function`` that decodes batch ``number`` with ``safe``."""
     def redo(number: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = safe(*inputs(tf.constant(number, tf.int64)))
+        args = inputs(tf.constant(number, tf.int64))
+        if on_redo is not None:
+            on_redo(np.asarray(args[0]))
+        images, labels = safe(*args)
         return np.asarray(images), np.asarray(labels)
 
     return redo
