@@ -14,7 +14,11 @@ from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import decode, load_data
-from resnet_builder.data.augment import decoder_augment, decoder_draws, left_to_augmenter
+from resnet_builder.data.augment import (
+    decoder_augment,
+    decoder_draws,
+    left_to_augmenter,
+)
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
 from resnet_builder.data.crops import DecoderAugment, box_window, crop_boxes
 from resnet_builder.data.images import load_image
@@ -243,3 +247,26 @@ def test_packed_records_are_cropped_as_decoded_and_padding_is_not_skipped(tmp_pa
     assert len(parts[0]) == len(parts[1])  # the smaller share padded with label -1
     assert sorted(np.concatenate(parts)[np.concatenate(parts) >= 0]) == sorted(y)
     assert bundle.take_skipped() == []  # padding is not a skipped file
+
+
+def test_packed_records_are_flipped_as_decoded_by_the_augmenter_s_draws(tmp_path):
+    """Records are decoded as batches are made, so the decoder takes the flip: each image
+    is the unflipped one mirrored where the flip's draws (the augmenter's) say so."""
+    root = _folder(tmp_path / "photos", 7)
+    pack_folder(root, str(tmp_path / "packed"), shards=3)
+    data = DataConfig(source="tfrecord", path=str(tmp_path / "packed"), image_size=20)
+    bundle = load_data(data, AugmentConfig(horizontal_flip=True), seed=0)
+    assert bundle.decoder_augment() == DecoderAugment(flip=True)
+    assert bundle.augment_function() is None  # nothing left for the batch augmenter
+    plain = load_data(data, AugmentConfig(), seed=0)
+    got = [(x.numpy(), y.numpy()) for x, y in bundle.train_dataset(1, 4)]
+    unflipped = [x.numpy() for x, _ in plain.train_dataset(1, 4)]
+    mirrored = 0
+    for number, ((images, _), want) in enumerate(zip(got, unflipped, strict=True)):
+        flips = decoder_draws(DecoderAugment(flip=True), 0, tf.constant(1, tf.int64),
+                              tf.constant(number, tf.int64), tf.constant(4, tf.int64), 0,
+                              tf.constant(len(images)))[:, 0].numpy() > 0.5
+        for image, plain_image, flip in zip(images, want, flips, strict=True):
+            np.testing.assert_array_equal(image, plain_image[:, ::-1] if flip else plain_image)
+        mirrored += int(flips.sum())
+    assert 0 < mirrored < sum(len(images) for images, _ in got)

@@ -3,7 +3,7 @@ what of the augmentation a streaming decoder takes itself (``DecoderAugment``).
 
 The crop is drawn once and used in one of two places: on a batch already at the model's
 size (``augment.random_resized_crop``: cached or in-memory images), or inside the decoder,
-before the image is resized (``decode.batch_decoder`` with ``crop_draws``: streamed files
+before the image is resized (``decode.batch_decoder`` with ``augment.decoder_draws``: streamed files
 and packed records), where JPEGs are decoded only inside the box
 (``tf.io.decode_and_crop_jpeg``); the flip goes the same way. The boxes are shares of each
 image's height and width; the aspect-ratio rule is in pixels (timm's ``RandomResizedCrop``),
@@ -13,7 +13,7 @@ so the same draws give the same kind of crop on a square thumbnail and on a 500x
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tensorflow as tf
 
@@ -33,7 +33,7 @@ class DecoderAugment:
     1,257 without a flip; 4 alternating passes, 2 cores). The pixels are the same.
     """
 
-    crop: dict | None = None
+    crop: dict | None = field(default=None, hash=False)  # a dict: compared, not hashed
     flip: bool = False
 
     @property

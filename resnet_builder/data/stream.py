@@ -218,11 +218,16 @@ def named_as_jpeg(name: str) -> bool:
     return name.lower().endswith(JPEG_NAMES)
 
 
-def misnamed_to_pillow(files: list[str], skips: SkipLog) -> Callable[[np.ndarray], None]:
+def misnamed_to_pillow(files: list[str], skips: SkipLog
+                       ) -> Callable[[np.ndarray], None] | None:
     """For ``guarded_batches``' ``on_redo``: the files of a redone batch named as JPEGs whose
     bytes are not one (a PNG saved as .jpg) are sent to Pillow from then on (``skips``), so
     the fast path's JPEG-only decode fails on each such file once. Reads 3 bytes a file,
-    and only for a batch that failed."""
+    and only for a batch that failed. None where the fast path keeps the format branch
+    (not every file named as a JPEG), which decodes such a file natively."""
+    if not all(named_as_jpeg(name) for name in files):
+        return None
+
     def note(keys: np.ndarray) -> None:
         for key in keys.reshape(-1).tolist():
             if 0 <= key < len(files) and named_as_jpeg(files[key]):
