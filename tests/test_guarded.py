@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import load_data, stream
+from resnet_builder.data import load_data
 from resnet_builder.data.decode import SkipLog
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.images import load_image
@@ -166,9 +166,9 @@ def test_a_png_named_jpg_fails_the_jpeg_only_route_once_then_goes_to_pillow(tmp_
     Image.fromarray(rng.integers(0, 256, (30, 40, 4), np.uint8), "RGBA").save(fake, "PNG")
     (root / "ant" / "broken.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(300))
     redone = []
-    note = stream.misnamed_to_pillow
-    monkeypatch.setattr(stream, "misnamed_to_pillow", lambda files, skips: lambda keys: (
-        redone.append(keys.tolist()), note(files, skips)(keys)))
+    note = SkipLog.note_redone
+    monkeypatch.setattr(SkipLog, "note_redone", lambda skips, keys: (
+        redone.append(keys.tolist()), note(skips, keys)))
     cfg = DataConfig(source="folder", path=str(root), image_size=16, validation_split=0.0,
                      cache=False)
     bundle = load_data(cfg, AugmentConfig(), seed=0)

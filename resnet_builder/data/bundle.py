@@ -16,7 +16,6 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import stream
 from resnet_builder.data.augment import (
     decoder_augment,
     decoder_draws,
@@ -310,8 +309,7 @@ class DataBundle:
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
         return guarded_batches(rows.numbers, inputs, self._lookup(name, split, taken, fast=True),
-                               self._lookup(name, split, taken), spec,
-                               stream.misnamed_to_pillow(split.files, split.skips))
+                               self._lookup(name, split, taken), spec, split.skips.note_redone)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.

@@ -253,9 +253,9 @@ def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int,
     """``decode_and_resize`` for what TensorFlow's kernels decode like Pillow, failing (an
     error tf.data can drop) for the rest (and for all but JPEGs with ``only_jpeg``): the fast
     path of ``batch_decoder``. ``draws`` (this image's row of ``augment.decoder_draws``)
-    pick ``taken``'s crop and flip. Routing
-    by failure rather than by ``tf.cond`` keeps the per-image graph to the decode and resize
-    themselves (a cond with a Pillow branch ran decode + resize at 0.75x)."""
+    pick ``taken``'s crop and flip. Routing by failure rather than by ``tf.cond`` keeps the
+    per-image graph to the decode and resize themselves (a cond with a Pillow branch ran
+    decode + resize at 0.75x)."""
     taken = taken or DecoderAugment()
     usable = tf.debugging.Assert(tf.logical_not(needs_pil(contents)),
                                  ["only Pillow decodes this file like predict does"])

@@ -1,12 +1,13 @@
 """What the streaming decoders remember about files between batches.
 
 The files that could not be decoded (named at each epoch's end and in ``skipped.csv``) and
-the ones Pillow had to read (``guarded``: the fast path hands them to Pillow directly,
-``stream.misnamed_to_pillow`` adds PNGs named .jpg). Keys are the split's file indices.
+the ones Pillow had to read (``guarded``: the fast path hands them to Pillow directly), PNGs
+named .jpg among them (``note_redone``). Keys are the split's file indices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -20,6 +21,8 @@ class SkipLog:
         self._lock = threading.Lock()
         self._entries: list[tuple[int, str]] = []
         self._pillow: set[int] = set()
+        # Set by ``stream.fast_file_images`` when it decodes these files as JPEGs only.
+        self.jpeg_only_files: list[str] | None = None
 
     def note_pillow(self, key: int) -> None:  # one set.add: atomic under the GIL
         self._pillow.add(key)
@@ -27,6 +30,20 @@ class SkipLog:
     def needed_pillow(self, keys: np.ndarray) -> np.ndarray:
         """bool per key: whether it went to Pillow before (broken, or only Pillow reads it)."""
         return np.array([key in self._pillow for key in keys.tolist()], bool)
+
+    def note_redone(self, keys: np.ndarray) -> None:
+        """``guarded_batches``' ``on_redo``: the keys of a batch the fast path failed on. Where
+        it decodes only JPEGs, the files whose bytes are not one (a PNG saved as .jpg) go to
+        Pillow from then on, so each fails the fast path once. Reads 3 bytes a file, and
+        only for a batch that failed."""
+        files = self.jpeg_only_files
+        if files is None:  # the format branch decodes such a file natively
+            return
+        for key in np.asarray(keys).reshape(-1).tolist():
+            if 0 <= key < len(files):
+                with contextlib.suppress(OSError), open(files[key], "rb") as file:
+                    if file.read(3) != b"\xff\xd8\xff":
+                        self.note_pillow(key)
 
     def add(self, key: int, reason: str) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from resnet_builder.data.decode import (
 )
 from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
 
+JPEG_NAMES = (".jpg", ".jpeg", ".jpe", ".jfif")  # lower case: the fast path's JPEG-only route
 _NOT_YET = -2  # store state of an image not decoded yet; otherwise its label (>= 0)
 
 
@@ -174,7 +175,7 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
     of rotated photos or with a broken file fails only the first time. The same pixels as
     ``file_images``. When every file is named as a JPEG the images are decoded without the
     per-image format branch (``decode.by_format``); a PNG named .jpg then fails its batch
-    once and goes to Pillow from then on (``misnamed_to_pillow``, run on each redo).
+    once and goes to Pillow from then on (``SkipLog.note_redone``, run on each redo).
     """
     if labels.ndim == 2:
         return _label_rows(fast_file_images(files, np.arange(len(files), dtype=np.int32), how,
@@ -187,7 +188,8 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
     # A tf.cond choosing this per batch ran the map_fn in its branch slower than the format
     # branch it saved (1,483 against 1,589 images/s; without the cond 1,658), so it is fixed
     # per split.
-    only_jpeg = all(named_as_jpeg(name) for name in files)
+    only_jpeg = all(name.lower().endswith(JPEG_NAMES) for name in files)
+    skips.jpeg_only_files = files if only_jpeg else None
 
     def native(path_and_draws: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         path, draws = path_and_draws
@@ -209,33 +211,6 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
         return rescued_in_place(rescue, odd, images, indices, sources, found, rows)
 
     return from_files
-
-
-JPEG_NAMES = (".jpg", ".jpeg", ".jpe", ".jfif")  # lower case
-
-
-def named_as_jpeg(name: str) -> bool:
-    return name.lower().endswith(JPEG_NAMES)
-
-
-def misnamed_to_pillow(files: list[str], skips: SkipLog
-                       ) -> Callable[[np.ndarray], None] | None:
-    """For ``guarded_batches``' ``on_redo``: the files of a redone batch named as JPEGs whose
-    bytes are not one (a PNG saved as .jpg) are sent to Pillow from then on (``skips``), so
-    the fast path's JPEG-only decode fails on each such file once. Reads 3 bytes a file,
-    and only for a batch that failed. None where the fast path keeps the format branch
-    (not every file named as a JPEG), which decodes such a file natively."""
-    if not all(named_as_jpeg(name) for name in files):
-        return None
-
-    def note(keys: np.ndarray) -> None:
-        for key in keys.reshape(-1).tolist():
-            if 0 <= key < len(files) and named_as_jpeg(files[key]):
-                with contextlib.suppress(OSError), open(files[key], "rb") as file:
-                    if file.read(3) != b"\xff\xd8\xff":
-                        skips.note_pillow(key)
-
-    return note
 
 
 def _label_rows(lookup: Callable[..., tuple[tf.Tensor, tf.Tensor]], rows: np.ndarray

@@ -240,11 +240,11 @@ class TFRecordBundle(DataBundle):
         resized crop and flip, drawn from (seed, epoch, batch number in the epoch) as ``DataBundle``
         draws it for files."""
         decode = self._record_decoder(batch_size, offset)
-        cropping = self.decoder_augment() is not None
+        drawing = self.decoder_augment() is not None
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
         def decoded(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
-            return decode(*batch, number % steps, number // steps) if cropping else decode(*batch)
+            return decode(*batch, number % steps, number // steps) if drawing else decode(*batch)
 
         return batches.with_options(without_autotune()).map(decoded,
                                                             num_parallel_calls=BATCHES_AT_ONCE)
