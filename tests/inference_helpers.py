@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EPOCHS = 8  # batch 32: ~99% validation accuracy (batch 64 needs more epochs)
+# Batch 32, Adam decayed to 0 along a cosine: 97.8-98.9% validation accuracy over seeds 0-2.
+# A constant 3e-3 ended where the last epoch's noise left it: 84% on an AVX2 machine where an
+# AVX512 one had given ~99% (the float sums differ), under the tests' 90% bar.
+EPOCHS = 8
 KINDS = ("L", "RGBA", "I16", "RGB", "P", "L32")  # how image i is written: KINDS[i % 6]
 
 
@@ -49,7 +52,8 @@ def trained(base: Path) -> Trained:
     bundle = load_data(DataConfig(source="digits", image_size=16, channels=1), seed=0)
     model = build_model(depth=8, block_type="basic", num_classes=10, input_shape=(16, 16, 1),
                         mean=bundle.mean, std=bundle.std, class_names=bundle.class_names)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+    decay = keras.optimizers.schedules.CosineDecay(3e-3, EPOCHS * bundle.batches_per_epoch(32))
+    model.compile(optimizer=keras.optimizers.Adam(decay),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     for epoch in range(EPOCHS):
         model.fit(bundle.train_dataset(epoch, 32), epochs=1, verbose=0, shuffle=False)
