@@ -167,14 +167,16 @@ def test_the_evaluation_step_is_traced_before_the_first_evaluation_and_only_then
     evaluate, traces = loop.TrainingLoop.evaluate, []
 
     def counted(self):
-        traces.append(("before", self.eval_step.experimental_get_tracing_count()))
+        begun = self._val_batches is not None  # made, or being made, while epoch 1 trained
+        self.val_batches  # noqa: B018 - waits for that thread (on a busy machine it may lag)
+        traces.append(("before", begun, self.eval_step.experimental_get_tracing_count()))
         result = evaluate(self)
         traces.append(("after", self.eval_step.experimental_get_tracing_count()))
         return result
 
     monkeypatch.setattr(loop.TrainingLoop, "evaluate", counted)
     api.train(config(tmp_path, "train.eval_batch_size=15"))
-    assert traces == [("before", 1), ("after", 1)] * 2
+    assert traces == [("before", True, 1), ("after", 1)] * 2
 
 
 @pytest.mark.slow
