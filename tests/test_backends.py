@@ -47,13 +47,6 @@ def counts(name, model):
     facts["params"][name] = [model.count_params(), plan]
 """
 
-QUICK = COMMON + """
-model = build_model(**NETS["stackwise"], num_classes=CLASSES, mean=[120.0] * 3, std=[60.0] * 3)
-counts("stackwise", model)
-facts["tensorflow_imported"] = "tensorflow" in sys.modules
-print(json.dumps(facts))
-"""
-
 FULL = COMMON + """
 folder = sys.argv[1]
 rng = np.random.default_rng(0)
@@ -63,6 +56,7 @@ facts["loss"], facts["max_diff"] = {}, {}
 for name in NETS:
     model = build_model(**NETS[name], num_classes=CLASSES, mean=[120.0] * 3, std=[60.0] * 3)
     counts(name, model)
+    facts.setdefault("tensorflow_after_build", "tensorflow" in sys.modules)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
     facts["loss"][name] = float(history.history["loss"][0])
@@ -95,18 +89,15 @@ def run_with_jax(code: str, *args: str) -> dict:
     return facts
 
 
-def test_jax_builds_the_model_without_tensorflow():
-    """``import resnet_builder`` and ``build_model`` under JAX import no TensorFlow."""
-    facts = run_with_jax(QUICK)
-    keras_count, plan_count = facts["params"]["stackwise"]
-    assert keras_count == plan_count
-    assert facts["tensorflow_imported"] is False
-
-
 @pytest.mark.slow
-def test_jax_fit_save_load_and_preset(tmp_path):
-    """ResNet-20 and a stackwise net train a step, save and load; the fast file loads; presets."""
+def test_jax_builds_fits_saves_loads_and_presets(tmp_path):
+    """Under JAX: ``import resnet_builder`` and ``build_model`` import no TensorFlow; ResNet-20
+    and a stackwise net train a step, save and load; the fast file loads; presets.
+
+    One subprocess for all of it: each costs ~10 s of imports on a slow 2-core machine.
+    """
     facts = run_with_jax(FULL, str(tmp_path))
+    assert facts["tensorflow_after_build"] is False
     for name, (keras_count, plan_count) in facts["params"].items():
         assert keras_count == plan_count, name
     assert all(loss == loss and loss < 100 for loss in facts["loss"].values()), facts["loss"]
