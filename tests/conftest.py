@@ -1,7 +1,7 @@
 """Shared test set-up: quiet TensorFlow, and the heaviest test files first.
 
-The README's test command runs the files on two pytest-xdist workers, a file to a worker
-(``--dist loadfile``, so a file's fixtures are made once). Starting the longest files first
+The README's test command (and .ci/run) runs the files on pytest-xdist workers, a file to a
+worker (``--dist loadfile``, so a file's fixtures are made once). Starting the longest files first
 keeps one worker from running a long file alone at the end (longest-first scheduling).
 """
 
