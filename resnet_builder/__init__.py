@@ -5,7 +5,9 @@ The package's rooms (see ARCHITECTURE.md): ``model`` (the network), ``config``
 its callbacks), ``inference`` (predict, evaluate, export) and ``benchmark``.
 The names below are the Python API; each is imported on first use.
 
-``import resnet_builder`` registers the model classes with Keras, so
+``import resnet_builder`` first asks TensorFlow for its oneDNN CPU kernels on any x86 CPU
+(``runtime.prefer_onednn``; it must come before TensorFlow's import), then registers the
+model classes with Keras, so
 ``keras.models.load_model`` reads our ``.keras`` files with no
 ``custom_objects``. The one exception is the ``resnet-builder`` command itself
 (and ``python -m resnet_builder``): it imports Keras only in the commands that
@@ -20,6 +22,10 @@ import itertools
 import os
 import sys
 from typing import Any
+
+from resnet_builder.runtime import prefer_onednn
+
+prefer_onednn()  # before anything imports TensorFlow: its oneDNN switch is read only then
 
 __version__ = "0.1.0"
 

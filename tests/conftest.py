@@ -25,6 +25,14 @@ HEAVIEST_FILES = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Import resnet_builder before any test file imports TensorFlow, so TensorFlow starts
+    as in a user's process (oneDNN on x86: ``runtime.prefer_onednn``). Not in the xdist
+    controller, which runs no tests: it would start TensorFlow for nothing."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        import resnet_builder  # noqa: F401
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Heaviest files first, each file's tests in their own order (a stable sort)."""
     items.sort(key=lambda item: -HEAVIEST_FILES.get(item.path.name, 0))

@@ -5,6 +5,7 @@ import json
 from click.testing import CliRunner
 
 from resnet_builder.cli import main
+from resnet_builder.runtime import onednn_in_force
 
 FIELDS = {
     "train_images_per_second", "baseline_fit_images_per_second", "train_vs_fit",
@@ -26,6 +27,7 @@ def test_bench_json_has_every_field():
     assert set(report) >= FIELDS
     assert all(report[k] > 0 for k in FIELDS)
     assert report["mixed_precision"] == "off"
+    assert report["onednn"] is onednn_in_force()
     expected = 6 * report["macs_per_image"] * report["train_images_per_second"] / 1e9
     assert abs(report["train_gflops"] - expected) <= 0.01 + 1e-3 * expected
     ratio = report["pipeline_jpeg_images_per_second"] / report["baseline_tfdata_images_per_second"]

@@ -34,6 +34,7 @@ from resnet_builder.config import DataConfig
 from resnet_builder.model.architecture import Architecture
 from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
 from resnet_builder.model.summary import model_summary
+from resnet_builder.runtime import onednn_in_force
 from resnet_builder.training.batchnorm import fuse_batch_norm
 from resnet_builder.training.step import make_loss, make_train_function
 
@@ -159,6 +160,7 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
         "matmul_gflops": round(matmul, 2),
         "fraction_of_matmul": round(train_gflops / matmul, 3),
         "xla": xla,
+        "onednn": onednn_in_force(),  # TensorFlow's oneDNN CPU kernels (runtime.prefer_onednn)
     }
     if pipelines:
         result.update(_pipeline_fields(h or 32, c, batch_size))
