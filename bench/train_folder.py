@@ -7,7 +7,11 @@ and each in a fresh process (imports included):
   plain: bench/plain_keras_folder.py (image_dataset_from_directory + fit)
   ours:  resnet-builder train with data.source folder, data.cache false (streaming)
 on the same tiny network, batch, split share and epochs, and prints wall seconds,
-training images/s (validation excluded) and the ratios ours / plain.
+training images/s (validation excluded) and the ratios ours / plain. Each process gets the
+environment this script was started with, so each starts TensorFlow as it would for a user:
+on an x86 CPU without AVX512-VNNI/AMX, the plain script on TensorFlow's Eigen kernels and
+ours on oneDNN (``import resnet_builder`` asks for it). ``--plain-onednn`` runs the plain
+script with ``TF_ENABLE_ONEDNN_OPTS=1`` too, to compare on the same kernels.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
+USER_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # before anything imports resnet_builder
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from plain_keras_folder import TINY  # noqa: E402
 
 
-def _run(cmd: list[str], cwd: str) -> tuple[float, str]:
+def _run(cmd: list[str], cwd: str, env: dict[str, str] = USER_ENV) -> tuple[float, str]:
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True, env=env)
     return time.perf_counter() - start, out.stdout
 
 
@@ -61,7 +65,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--plain-onednn", action="store_true",
+                        help="run the plain script with TF_ENABLE_ONEDNN_OPTS=1 as well")
     args = parser.parse_args()
+    plain_env = {**USER_ENV, "TF_ENABLE_ONEDNN_OPTS": "1"} if args.plain_onednn else USER_ENV
     from resnet_builder.benchmark.pipelines import make_jpegs
 
     cli = str(Path(sys.executable).with_name("resnet-builder"))
@@ -73,12 +80,13 @@ def main() -> None:
         for _ in range(args.repeats):
             wall, out = _run([sys.executable, plain_script, str(folder), "--size",
                               str(args.size), "--epochs", str(args.epochs), "--batch",
-                              str(args.batch)], tmp)
+                              str(args.batch)], tmp, plain_env)
             plain = json.loads(out.strip().splitlines()[-1])
             results["plain"].append({**plain, "wall_seconds": wall})
             results["ours"].append(_ours(cli, folder, args, tmp))
     print(f"{args.files} JPEGs 500x375 -> {args.size}, {args.epochs} epochs, batch "
-          f"{args.batch}, data.cache false, tiny network (median of {args.repeats}):")
+          f"{args.batch}, data.cache false, tiny network (median of {args.repeats}); plain "
+          f"TF_ENABLE_ONEDNN_OPTS={plain_env.get('TF_ENABLE_ONEDNN_OPTS', '(unset)')}:")
     median = {name: {key: statistics.median(r[key] for r in runs)
                      for key in ("wall_seconds", "train_images_per_second")}
               for name, runs in results.items()}
