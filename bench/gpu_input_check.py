@@ -2,7 +2,7 @@
 a JPEG folder and from TFRecords by ``resnet_builder.train``, against plain Keras ``fit``.
 
     python bench/gpu_input_check.py [--files 4096] [--size 224] [--batch 128] [--epochs 2]
-                                    [--preset resnet50_v2] [--out results.jsonl]
+                                    [--preset resnet50_v2_imagenet] [--out results.jsonl]
 
 Makes ``--files`` photo-size JPEGs (500x375, 10 classes), packs them (``pack_folder``, 16
 shards), then trains, each in a fresh process (GPU memory freed between them):
@@ -128,7 +128,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--preset", default="resnet50_v2", help="a preset, or tiny")
+    parser.add_argument("--preset", default="resnet50_v2_imagenet",
+                        help="a preset (default: keras.applications' ResNet50V2 network), or tiny")
     parser.add_argument("--precision", default="float16", choices=("off", "float16", "bfloat16"))
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)

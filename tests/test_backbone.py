@@ -130,6 +130,9 @@ def test_dilations_keep_resolution():
         ({"input_shape": (4, 4, 3)}, "too small"),
         ({"input_shape": (32, 32)}, "input_shape"),
         ({"stem": "big"}, "stem='big'"),
+        ({"padding": "valid"}, "padding='valid'"),
+        ({"rescale_to": [1, -1]}, "rescale_to=[1, -1]"),
+        ({"rescale_to": "0-1"}, "rescale_to='0-1'"),
     ],
 )
 def test_bad_arguments_raise_before_building(overrides, text):
@@ -160,6 +163,63 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.get_config() == model.get_config()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_symmetric_padding_saves_loads_and_differs_from_same_only_where_it_strides(tmp_path):
+    """``padding="symmetric"``: explicit zero layers before strided windows (and the stem's
+    pool), a round trip through ``.keras``; and the same weights in a "same" network give
+    other outputs (the strided windows are shifted by a pixel), while a network with no
+    stride after the stem gives equal ones."""
+    model = tiny(padding="symmetric", stem_filters=8)
+    pads = [layer.name for layer in model.layers if isinstance(layer, keras.layers.ZeroPadding2D)]
+    assert pads == ["conv1_pad", "pool1_pad", "v2_stack_1_block2_2_pad"]
+    x = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32")
+    path = tmp_path / "b.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config() == model.get_config() and loaded.padding == "symmetric"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    same = tiny(stem_filters=8)
+    same.set_weights(model.get_weights())
+    assert np.abs(same.predict(x, verbose=0) - model.predict(x, verbose=0)).max() > 1e-3
+    flat = {"stem": "cifar", "stackwise_strides": [1, 1], "stem_filters": 8}
+    a, b = tiny(**flat), tiny(padding="symmetric", **flat)
+    b.set_weights(a.get_weights())
+    np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-6)
+
+
+def test_rescale_to_maps_pixels_to_the_range():
+    model = tiny(include_rescaling=True, rescale_to=(-1, 1))
+    rescaling = model.get_layer("rescaling")
+    pixels = np.array([[0.0, 127.5, 255.0]], "float32")
+    np.testing.assert_allclose(rescaling(pixels), [[-1.0, 0.0, 1.0]], atol=1e-6)
+    assert model.get_config()["rescale_to"] == [-1.0, 1.0]
+    np.testing.assert_allclose(tiny(include_rescaling=True).get_layer("rescaling")(pixels),
+                               [[0.0, 0.5, 1.0]], atol=1e-6)  # keras-cv's, the default
+
+
+def test_imagenet_presets_are_keras_applications_networks():
+    """The ``*_imagenet`` presets hold keras.applications' weights, so they build its
+    network: every weighted layer has its output shape there, and the multiply-adds are
+    keras.applications' (keras-cv's layout, ``resnet50_v2``, takes 3.3x more)."""
+    from resnet_builder.model.weights import keras_applications_name
+
+    reference = keras.applications.ResNet50V2(weights=None, include_top=False,
+                                              input_shape=(64, 64, 3))
+    plan, pyramid = resolve_architecture(preset="resnet50_v2_imagenet",
+                                         input_shape=(64, 64, 3)).plan()
+    weighted = [op for op in plan.ops if op.weights]
+    assert len(weighted) == sum(1 for layer in reference.layers if layer.weights)
+    for op in weighted:
+        layer = reference.get_layer(keras_applications_name(op.name))
+        assert tuple(layer.output.shape[1:]) == op.shape, op.name
+    assert [plan.shape(name)[:2] for name in pyramid.values()] == [(8, 8), (4, 4), (2, 2),
+                                                                   (2, 2)]
+    big, _ = resolve_architecture(preset="resnet50_v2_imagenet").plan()
+    keras_cv, _ = resolve_architecture(preset="resnet50_v2").plan()
+    assert (big.macs, keras_cv.macs) == (3_480_207_360, 11_562_958_848)
+    assert big.params == keras_cv.params == PRESETS["resnet50_v2_imagenet"]["params"]
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 5, 3), (1, 4, 9, 1)])

@@ -693,7 +693,7 @@ def test_cifar100_differs_from_cifar_only_in_source_and_name() -> None:
 def test_folder_and_digits_configs() -> None:
     f = load_config(CONFIGS / "folder.yaml")
     assert (f.data.source, f.data.path, f.data.image_size) == ("folder", "data/my_images", 224)
-    assert (f.model.preset, f.model.weights) == ("resnet50_v2", "resnet50_v2_imagenet")
+    assert (f.model.preset, f.model.weights) == ("resnet50_v2_imagenet",) * 2
     assert f.model.freeze_backbone_epochs == 3
     assert (f.optim.optimizer, f.optim.lr, f.schedule.type) == ("adamw", 1e-3, "cosine")
     assert (f.schedule.warmup > 0, f.schedule.warmup_mode) == (True, "linear")

@@ -56,6 +56,8 @@ CASES = {
         input_shape=(48, 40, 1), include_rescaling=True, num_classes=2, mean=[0.5], std=[0.25]),
     "resnet18_v2_64px_named": dict(preset="resnet18_v2", input_shape=(64, 64, 3), num_classes=5,
                                    head="tutorial", name="pets"),
+    "resnet50_v2_imagenet_symmetric_padding": dict(preset="resnet50_v2_imagenet",
+                                                   input_shape=(64, 64, 3), num_classes=3),
 }
 
 

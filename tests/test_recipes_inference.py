@@ -40,7 +40,8 @@ from resnet_builder.model.weights import keras_applications_name
 
 @pytest.mark.parametrize("layers", [50, 101, 152])
 def test_imagenet_presets_name_keras_applications_notop_files(layers):
-    """File, URL and MD5 are the ones keras.applications itself downloads."""
+    """File, URL and MD5 are the ones keras.applications itself downloads; the network is
+    the plain preset's with keras.applications' strides, padding and input range."""
     from keras.src.applications import resnet as applications
 
     entry = PRESETS[f"resnet{layers}_v2_imagenet"]
@@ -49,7 +50,9 @@ def test_imagenet_presets_name_keras_applications_notop_files(layers):
     assert spec["url"] == applications.BASE_WEIGHTS_PATH + spec["file"]
     assert spec["md5"] == applications.WEIGHTS_HASHES[key][1]
     plain = PRESETS[f"resnet{layers}_v2"]
-    assert (entry["config"], entry["params"]) == (plain["config"], plain["params"])
+    assert entry["params"] == plain["params"]
+    assert entry["config"] == {**plain["config"], "stackwise_strides": [2, 2, 2, 1],
+                               "padding": "symmetric", "rescale_to": [-1.0, 1.0]}
 
 
 def _weight_layout(plan_or_model) -> dict[str, list[tuple[int, ...]]]:
@@ -75,11 +78,9 @@ def test_resnet152_v2_layers_map_onto_keras_applications_by_name():
 @pytest.mark.slow
 def test_resnet101_v2_imagenet_loads_a_keras_applications_file(tmp_path, monkeypatch):
     """A file written by Keras' own legacy HDF5 writer from keras.applications' ResNet101V2
-    (random weights), found in the cache by name and MD5, fills every layer by name.
-
-    (The features are not keras.applications': our layers are keras-cv's, whose strides
-    sit one stage later and whose padding is "same"; the weights are what is shared.)
-    """
+    (random weights), found in the cache by name and MD5, fills every layer by name, and
+    the preset's network then computes keras.applications' features: raw pixels in give
+    what keras.applications gives for them after its ``preprocess_input``."""
     import keras
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
@@ -106,6 +107,10 @@ def test_resnet101_v2_imagenet_loads_a_keras_applications_file(tmp_path, monkeyp
     monkeypatch.setitem(spec, "md5", md5)
 
     ours = ResNetV2Backbone.from_preset("resnet101_v2_imagenet", input_shape=(32, 32, 3))
+    pixels = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    expected = reference.predict(
+        keras.applications.resnet_v2.preprocess_input(pixels.copy()), verbose=0)
+    np.testing.assert_allclose(ours.predict(pixels, verbose=0), expected, rtol=1e-4, atol=1e-4)
     filled = 0
     for layer in ours.layers:
         if layer.weights:

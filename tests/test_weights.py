@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -15,7 +16,12 @@ import pytest
 from resnet_builder import ResNetV2Backbone, build_model
 from resnet_builder.errors import UserError
 from resnet_builder.model import presets
-from resnet_builder.model.weights import keras_applications_name, load_preset_weights
+from resnet_builder.model.weights import (
+    PresetLayoutWarning,
+    keras_applications_name,
+    layout_differences,
+    load_preset_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,3 +154,17 @@ def test_preset_table_is_pure_and_weights_load_from_weights_module(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_preset_weights.__module__ == "resnet_builder.model.weights"
+
+
+def test_weights_in_another_network_warn_naming_the_difference(tiny_preset, monkeypatch):
+    """The preset's own network loads silently; another one (here: padded otherwise) gets
+    the weights and a warning that names what differs and the preset to build from."""
+    monkeypatch.setitem(presets.PRESETS["tiny_imagenet"], "config", {**TINY, "padding": "same"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PresetLayoutWarning)
+        ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3))
+    other = ResNetV2Backbone(**TINY, padding="symmetric", input_shape=(32, 32, 3))
+    with pytest.warns(PresetLayoutWarning, match=r"padding same \(this network: symmetric\)"
+                                                 r".*model.preset: tiny_imagenet"):
+        load_preset_weights(other, "tiny_imagenet")
+    assert layout_differences(other, "tiny_imagenet") == {"padding": ("same", "symmetric")}

@@ -150,8 +150,9 @@ def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
         raise ConfigError(f"{where('model.freeze_backbone_epochs')}: "
                           "model.freeze_backbone_epochs needs trained weights to freeze, but "
                           "model.weights is not set",
-                          hint="set model.weights (e.g. resnet50_v2_imagenet with "
-                               "model.preset: resnet50_v2) or freeze_backbone_epochs: 0")
+                          hint="set model.weights (e.g. resnet50_v2_imagenet, with "
+                               "model.preset: resnet50_v2_imagenet, the network it was "
+                               "trained in) or freeze_backbone_epochs: 0")
 
 
 def _rule_crop_ranges(cfg: Config, where: Where) -> None:

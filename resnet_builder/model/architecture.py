@@ -75,13 +75,16 @@ def _stackwise_lists(filters, n_blocks, strides, dilations) -> list[list[int]]:
 
 
 def _check_options(stem: str, stride_position: str, stem_filters: int,
-                   bn_momentum: float) -> None:
+                   bn_momentum: float, padding: str) -> None:
     if stem not in blocks.STEMS:
         raise ArgumentError(f"`stem` must be one of {sorted(blocks.STEMS)}. "
                             f"Received: stem={stem!r}")
     if stride_position not in blocks.STRIDE_POSITIONS:
         raise ArgumentError(f"`stride_position` must be one of {blocks.STRIDE_POSITIONS}. "
                             f"Received: stride_position={stride_position!r}")
+    if padding not in blocks.PADDINGS:
+        raise ArgumentError(f"`padding` must be one of {blocks.PADDINGS}. "
+                            f"Received: padding={padding!r}")
     if isinstance(stem_filters, bool) or not isinstance(stem_filters, int) or stem_filters < 1:
         raise ArgumentError(f"`stem_filters` must be a positive integer. "
                             f"Received: stem_filters={stem_filters!r}")
@@ -89,6 +92,18 @@ def _check_options(stem: str, stride_position: str, stem_filters: int,
             0.0 <= bn_momentum < 1.0):
         raise ArgumentError(f"`bn_momentum` must be in [0, 1). "
                             f"Received: bn_momentum={bn_momentum!r}")
+
+
+def _input_range(rescale_to: object) -> tuple[float, float]:
+    """``rescale_to``: the (low, high) that ``include_rescaling`` maps pixels 0..255 to."""
+    try:
+        low, high = (float(v) for v in rescale_to)
+    except (TypeError, ValueError):
+        low = high = 0.0
+    if not low < high:
+        raise ArgumentError("`rescale_to` must be two numbers (low, high), low < high, e.g. "
+                            f"(0, 1) or (-1, 1). Received: rescale_to={rescale_to!r}")
+    return low, high
 
 
 def _check_size(shape: tuple, stem: str, strides: list[int], dilations: list[int]) -> None:
@@ -117,6 +132,8 @@ def backbone_plan(
     stem_filters: int = 64,
     stride_position: str = "last",
     bn_momentum: float = 0.99,
+    padding: str = "same",
+    rescale_to: Sequence[float] = (0.0, 1.0),
 ) -> tuple[Plan, dict[str, str]]:
     """Check every argument, then describe the network; no Keras objects are made.
 
@@ -127,20 +144,21 @@ def backbone_plan(
     filters, n_blocks, strides, dilations = _stackwise_lists(
         stackwise_filters, stackwise_blocks, stackwise_strides, stackwise_dilations)
     block_type = normalize_block_type(block_type)
-    _check_options(stem, stride_position, stem_filters, bn_momentum)
+    _check_options(stem, stride_position, stem_filters, bn_momentum, padding)
     shape = _check_input_shape(input_shape)
     _check_size(shape, stem, strides, dilations)
+    low, high = _input_range(rescale_to)
 
     plan = Plan(shape, bn_momentum=float(bn_momentum))
     x = plan.input_name
     if include_rescaling:
-        x = plan.rescaling(x, 1 / 255.0, name="rescaling")
-    x = blocks.stem(plan, x, stem, stem_filters)
+        x = plan.rescaling(x, (high - low) / 255.0, offset=low, name="rescaling")
+    x = blocks.stem(plan, x, stem, stem_filters, padding)
     level = blocks.STEMS[stem][3]
     pyramid = {}
     for i, (f, b, s, d) in enumerate(zip(filters, n_blocks, strides, dilations, strict=True)):
         x = blocks.stack(plan, x, f, b, stride=s, dilation=d, block_type=block_type,
-                         stack_index=i, stride_position=stride_position)
+                         stack_index=i, stride_position=stride_position, padding=padding)
         pyramid[f"P{level + i}"] = x
     x = plan.bn(x, name="post_bn")
     plan.relu(x, name="post_relu")
@@ -150,7 +168,7 @@ def backbone_plan(
 # keras-cv's layout around the stacks: its constructor's defaults, which presets and
 # stackwise lists build on.
 IMAGENET_LAYOUT = {"stackwise_dilations": None, "stem": "imagenet", "stem_filters": 64,
-                   "stride_position": "last"}
+                   "stride_position": "last", "padding": "same", "rescale_to": [0.0, 1.0]}
 
 
 @dataclass(frozen=True)
@@ -204,7 +222,8 @@ def resolve_architecture(
     if ways == ["depth"]:
         rule = resolve_depth(depth, block_type)
         width = 16 if stem_filters is None else stem_filters
-        backbone = {**cifar_backbone(rule.depth, rule.block_type, width), **extra}
+        backbone = {**IMAGENET_LAYOUT, **cifar_backbone(rule.depth, rule.block_type, width),
+                    **extra}
         return Architecture("depth", backbone, shape or (32, 32, 3), depth_rule=rule)
     if stem_filters is not None:
         extra["stem_filters"] = stem_filters

@@ -31,6 +31,7 @@ KERAS_LAYERS = {  # an Op's kind -> its Keras layer (backbone ops and the head's
     "bn": keras.layers.BatchNormalization,
     "relu": keras.layers.Activation,
     "max_pool": keras.layers.MaxPooling2D,
+    "pad": keras.layers.ZeroPadding2D,
     "add": keras.layers.Add,
     "rescaling": keras.layers.Rescaling,
     "gap": keras.layers.GlobalAveragePooling2D,
@@ -69,11 +70,15 @@ class ResNetV2Backbone(keras.Model):
     """Pre-activation ResNet (He et al. 2016) feature extractor, keras-cv compatible.
 
     Arguments as keras-cv 0.9.0's ``ResNetV2Backbone`` (``block_type`` also
-    takes ``basic``/``bottleneck``), plus three of our own, whose defaults give
+    takes ``basic``/``bottleneck``), plus five of our own, whose defaults give
     keras-cv's network: ``stem`` ("imagenet" 7x7/2 conv + 3x3/2 max-pool, or
     "cifar" 3x3/1 conv), ``stem_filters`` (64), ``stride_position`` ("last"
-    unit of a stack strides, as keras-cv; "first", as He et al.) and
-    ``bn_momentum`` (0.99; 0.9 adapts faster on small datasets).
+    unit of a stack strides, as keras-cv; "first", as He et al.),
+    ``bn_momentum`` (0.99; 0.9 adapts faster on small datasets), ``padding``
+    ("same", as keras-cv; "symmetric": explicit zeros before strided convolutions
+    and the stem's pool, as keras.applications, whose ImageNet weights need it) and
+    ``rescale_to`` (the range ``include_rescaling`` maps 0..255 to: (0, 1) as
+    keras-cv; (-1, 1) is keras.applications' ResNetV2 ``preprocess_input``).
     """
 
     def __init__(
@@ -91,6 +96,8 @@ class ResNetV2Backbone(keras.Model):
         stem_filters: int = 64,
         stride_position: str = "last",
         bn_momentum: float = 0.99,
+        padding: str = "same",
+        rescale_to: Sequence[float] = (0.0, 1.0),
         **kwargs,
     ) -> None:
         arch = {
@@ -105,6 +112,8 @@ class ResNetV2Backbone(keras.Model):
             "stem_filters": stem_filters,
             "stride_position": stride_position,
             "bn_momentum": bn_momentum,
+            "padding": padding,
+            "rescale_to": [float(v) for v in rescale_to],
         }
         if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor, shape=tuple(input_shape))
@@ -127,6 +136,8 @@ class ResNetV2Backbone(keras.Model):
         self.stem_filters = stem_filters
         self.stride_position = stride_position
         self.bn_momentum = float(bn_momentum)
+        self.padding = padding
+        self.rescale_to = arch["rescale_to"]
         self.input_tensor = input_tensor
 
     def get_config(self) -> dict:
@@ -145,6 +156,8 @@ class ResNetV2Backbone(keras.Model):
             "stem_filters": self.stem_filters,
             "stride_position": self.stride_position,
             "bn_momentum": self.bn_momentum,
+            "padding": self.padding,
+            "rescale_to": self.rescale_to,
         }
 
     @classmethod

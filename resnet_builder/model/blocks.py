@@ -5,6 +5,11 @@ Layer names and placement follow keras-cv 0.9.0's ResNetV2 (``v2_stack_{i}``,
 match it. Two additions keep the paper's CIFAR networks in the same code:
 ``stride_position="first"`` (He et al. and timm stride the first unit of a
 stage; keras-cv strides the last) and a ``"cifar"`` stem (3x3 conv, no pool).
+A third, ``padding="symmetric"``, builds keras.applications' ResNetV2, whose
+ImageNet weights the ``*_imagenet`` presets load: strided convolutions and the
+stem's pool read explicit zero padding, equal on every side (TensorFlow's
+"same" pads an even input only at the bottom and right, which shifts every
+strided window by a pixel against the 1x1 shortcut beside it).
 """
 
 from __future__ import annotations
@@ -18,13 +23,30 @@ STEMS = {
     "cifar": (3, 1, False, 0),
 }
 STRIDE_POSITIONS = ("last", "first")
+PADDINGS = ("same", "symmetric")  # keras-cv's (TensorFlow's "same"); keras.applications'
 
 
-def stem(plan: Plan, x: str, kind: str, filters: int) -> str:
+def strided_conv(plan: Plan, x: str, filters: int, kernel: int, *, stride: int, padding: str,
+                 name: str, dilation: int = 1, use_bias: bool = False) -> str:
+    """A "same"-sized convolution; with ``padding="symmetric"`` and a stride, the zeros are
+    an explicit ``{name}_pad`` layer and the convolution is "valid" (keras.applications)."""
+    conv = name + "_conv"
+    if padding == "same" or stride == 1 or kernel == 1:
+        return plan.conv(x, filters, kernel, strides=stride, padding="same", dilation=dilation,
+                         use_bias=use_bias, name=conv)
+    x = plan.pad(x, dilation * (kernel - 1) // 2, name=name + "_pad")
+    return plan.conv(x, filters, kernel, strides=stride, dilation=dilation, use_bias=use_bias,
+                     name=conv)
+
+
+def stem(plan: Plan, x: str, kind: str, filters: int, padding: str = "same") -> str:
     """keras-cv's 7x7/2 conv + 3x3/2 max-pool, or the CIFAR 3x3/1 conv."""
     kernel, stride, pool, _ = STEMS[kind]
-    x = plan.conv(x, filters, kernel, strides=stride, padding="same", name="conv1_conv")
-    if pool:
+    x = strided_conv(plan, x, filters, kernel, stride=stride, padding=padding, name="conv1",
+                     use_bias=True)
+    if pool and padding == "symmetric":  # zeros, as keras.applications pads before its pool
+        x = plan.max_pool(plan.pad(x, 1, name="pool1_pad"), 3, strides=2, name="pool1_pool")
+    elif pool:
         x = plan.max_pool(x, 3, strides=2, padding="same", name="pool1_pool")
     return x
 
@@ -46,28 +68,30 @@ def _shortcut(plan: Plan, x: str, pre: str, out_filters: int, stride: int, dilat
 
 
 def basic_unit(plan: Plan, x: str, filters: int, *, stride: int = 1, dilation: int = 1,
-               conv_shortcut: bool = False, name: str, kernel: int = 3) -> str:
+               conv_shortcut: bool = False, name: str, kernel: int = 3,
+               padding: str = "same") -> str:
     """BN-ReLU, then two 3x3 convs; the stride sits on the second (as in keras-cv)."""
     pre = _preactivate(plan, x, name)
     shortcut = _shortcut(plan, x, pre, filters, stride, dilation, conv_shortcut, name)
     s = stride if dilation == 1 else 1
     y = plan.conv(pre, filters, kernel, padding="same", use_bias=False, name=f"{name}_1_conv")
     y = plan.relu(plan.bn(y, name=f"{name}_1_bn"), name=f"{name}_1_relu")
-    y = plan.conv(y, filters, kernel, strides=s, padding="same", dilation=dilation,
-                  use_bias=False, name=f"{name}_2_conv")
+    y = strided_conv(plan, y, filters, kernel, stride=s, padding=padding, dilation=dilation,
+                     name=f"{name}_2")
     return plan.add(shortcut, y, name=f"{name}_out")
 
 
 def bottleneck_unit(plan: Plan, x: str, filters: int, *, stride: int = 1, dilation: int = 1,
-                    conv_shortcut: bool = False, name: str, kernel: int = 3) -> str:
+                    conv_shortcut: bool = False, name: str, kernel: int = 3,
+                    padding: str = "same") -> str:
     """BN-ReLU, then 1x1 -> 3x3 (strided) -> 1x1 with 4x the filters."""
     pre = _preactivate(plan, x, name)
     shortcut = _shortcut(plan, x, pre, 4 * filters, stride, dilation, conv_shortcut, name)
     s = stride if dilation == 1 else 1
     y = plan.conv(pre, filters, 1, use_bias=False, name=f"{name}_1_conv")
     y = plan.relu(plan.bn(y, name=f"{name}_1_bn"), name=f"{name}_1_relu")
-    y = plan.conv(y, filters, kernel, strides=s, padding="same", dilation=dilation,
-                  use_bias=False, name=f"{name}_2_conv")
+    y = strided_conv(plan, y, filters, kernel, stride=s, padding=padding, dilation=dilation,
+                     name=f"{name}_2")
     y = plan.relu(plan.bn(y, name=f"{name}_2_bn"), name=f"{name}_2_relu")
     y = plan.conv(y, 4 * filters, 1, name=f"{name}_3_conv")
     return plan.add(shortcut, y, name=f"{name}_out")
@@ -78,7 +102,8 @@ EXPANSION = {BASIC: 1, BOTTLENECK: 4}
 
 
 def stack(plan: Plan, x: str, filters: int, blocks: int, *, stride: int, dilation: int,
-          block_type: str, stack_index: int, stride_position: str = "last") -> str:
+          block_type: str, stack_index: int, stride_position: str = "last",
+          padding: str = "same") -> str:
     """``blocks`` units; only one unit strides, the first one may project.
 
     keras-cv's rule for the projection (bottleneck stacks, and every stack but
@@ -98,5 +123,6 @@ def stack(plan: Plan, x: str, filters: int, blocks: int, *, stride: int, dilatio
             dilation=1 if j == 1 else dilation,
             conv_shortcut=first_shortcut and j == 1,
             name=f"{name}_block{j}",
+            padding=padding,
         )
     return x

@@ -69,6 +69,7 @@ GROUP_NAMES = {
     "bn": "batch_normalization",  # BatchNormalization
     "relu": "activation",  # Activation
     "max_pool": "max_pooling2d",  # MaxPooling2D
+    "pad": "zero_padding2d",  # ZeroPadding2D
     "add": "add",  # Add
     "rescaling": "rescaling",  # Rescaling
     "normalize": "normalize",  # resnet_builder's Normalize
@@ -199,6 +200,8 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "stem_filters": bb["stem_filters"],
         "stride_position": bb["stride_position"],
         "bn_momentum": plan.bn_momentum,
+        "padding": bb["padding"],
+        "rescale_to": [float(v) for v in bb["rescale_to"]],
     }
     classifier = {
         "name": name or CLASSIFIER_NAME,

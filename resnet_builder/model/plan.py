@@ -25,7 +25,7 @@ class Op:
     """One layer: what it is, what it reads, what it makes."""
 
     name: str
-    kind: str  # conv | bn | relu | max_pool | add | rescaling; the head adds gap | dense | dropout
+    kind: str  # conv | bn | relu | max_pool | pad | add | rescaling; head: gap | dense | dropout
     inputs: tuple[str, ...]
     args: dict
     shape: tuple[int | None, ...]  # output (h, w, channels), None where open; head: (units,)
@@ -101,14 +101,21 @@ class Plan:
         args = {"pool_size": pool, "strides": strides, "padding": padding}
         return self._add(Op(name, "max_pool", (x,), args, out))
 
+    def pad(self, x: str, amount: int, *, name: str) -> str:
+        """``amount`` zeros on every side (keras.applications' explicit padding)."""
+        h, w, c = self.shape(x)
+        out = (None if h is None else h + 2 * amount, None if w is None else w + 2 * amount, c)
+        return self._add(Op(name, "pad", (x,), {"padding": amount}, out))
+
     def add(self, a: str, b: str, *, name: str) -> str:
         sa, sb = self.shape(a), self.shape(b)
         if sa != sb:
             raise ValueError(f"cannot add {a} {sa} and {b} {sb} in {name}")
         return self._add(Op(name, "add", (a, b), {}, sa))
 
-    def rescaling(self, x: str, scale: float, *, name: str) -> str:
-        return self._add(Op(name, "rescaling", (x,), {"scale": scale}, self.shape(x)))
+    def rescaling(self, x: str, scale: float, *, name: str, offset: float = 0.0) -> str:
+        args = {"scale": scale, "offset": offset}
+        return self._add(Op(name, "rescaling", (x,), args, self.shape(x)))
 
     @property
     def output(self) -> str:

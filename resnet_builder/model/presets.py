@@ -4,9 +4,9 @@ The table is plain data, read in one place; this module builds nothing (the
 backbone's ``from_preset`` does) and imports no Keras until a download. Parameter
 counts are the backbone's (keras-cv counts batch-norm moving statistics too) and
 are checked by the tests against the built model. The ImageNet weights are
-keras.applications' ResNet50V2 / 101V2 / 152V2 weights (keras-cv ported the 50), fetched
-with an MD5 check into the Keras cache; with no network, the error says which
-file to put where.
+keras.applications' ResNet50V2 / 101V2 / 152V2 weights, in keras.applications' own
+network (its strides and padding; the layer names stay keras-cv's), fetched with an MD5
+check into the Keras cache; with no network, the error says which file to put where.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ _IMAGENET = {"stackwise_filters": [64, 128, 256, 512], "stackwise_strides": [1, 
 _V2_DOC = ("ResNet model with {} layers where the batch normalization and ReLU activation "
            "precede the convolution layers (v2 style).")
 KERAS_APPS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+# keras.applications' ResNetV2: stages 1-3 stride in their last unit (keras-cv: stages 2-4),
+# strided windows read explicit zero padding, and pixels are scaled to [-1, 1] (its
+# preprocess_input). Its ImageNet weights give its features only in this network; in
+# keras-cv's, stages 2-4 would run at twice the resolution they were trained at, for 3.3x
+# the multiply-adds (ResNet50V2 at 224: 3.48 G against 11.56 G).
+KERAS_APPLICATIONS_LAYOUT = {"stackwise_strides": [2, 2, 2, 1], "padding": "symmetric",
+                             "rescale_to": [-1.0, 1.0]}
 
 
 def cifar_backbone(depth: int, block_type: str, width: int = 16) -> dict[str, Any]:
@@ -42,14 +49,16 @@ def cifar_backbone(depth: int, block_type: str, width: int = 16) -> dict[str, An
 
 
 def imagenet_preset(layers: int, blocks: list[int], params: int, md5: str) -> dict[str, Any]:
-    """A bottleneck ImageNet preset with keras.applications' ResNet{layers}V2 notop weights.
+    """A bottleneck ImageNet preset with keras.applications' ResNet{layers}V2 notop weights,
+    in the network they were trained in (``KERAS_APPLICATIONS_LAYOUT``).
 
     File name, URL and MD5 are the ones keras.applications' ``resnet.py`` downloads
     (``WEIGHTS_HASHES[...][1]``, the notop file); the layers match ours by name.
     """
     file = f"resnet{layers}v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
     description = _V2_DOC.format(layers) + " Trained on Imagenet 2012 classification task."
-    return {"config": {**_IMAGENET, "stackwise_blocks": blocks, "block_type": BOTTLENECK},
+    return {"config": {**_IMAGENET, **KERAS_APPLICATIONS_LAYOUT, "stackwise_blocks": blocks,
+                       "block_type": BOTTLENECK},
             "params": params, "description": description,
             "weights": {"file": file, "url": KERAS_APPS_URL + file, "md5": md5,
                         "layout": "keras_applications"}}

@@ -45,6 +45,7 @@ def model_summary(arch: Architecture, num_classes: int, head: str = "gap") -> di
         "stem": b["stem"],
         "stem_filters": b["stem_filters"],
         "stride_position": b["stride_position"],
+        "padding": b.get("padding", "same"),
         "input_shape": list(arch.input_shape),
         "num_classes": num_classes,
         "head": head,
@@ -83,7 +84,9 @@ def format_summary(s: dict) -> str:
     lines = _title(s)
     h, w, c = s["input_shape"]
     lines.append(f"input {h}x{w}x{c}, {s['stem']} stem with {s['stem_filters']} filters, "
-                 f"stride in the {s['stride_position']} unit of each stage, {s['layers']} layers")
+                 f"stride in the {s['stride_position']} unit of each stage, "
+                 + ("" if s["padding"] == "same" else f"{s['padding']} padding, ")
+                 + f"{s['layers']} layers")
     lines.append(f"{'stage':>5} {'level':>5} {'filters':>7} {'out':>5} {'blocks':>6} "
                  f"{'stride':>6} {'output':>9}")
     for st in s["stages"]:

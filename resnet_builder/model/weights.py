@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,11 +87,36 @@ def load_backbone_weights(backbone, path: str | os.PathLike, layout: str = "kera
                              "(ours or keras-cv's ResNetV2Backbone)") from None
 
 
+class PresetLayoutWarning(UserWarning):
+    """Pretrained weights went into a network other than the one they were trained in."""
+
+
+def layout_differences(backbone, preset: str) -> dict[str, tuple]:
+    """{argument: (the preset's value, the backbone's)} where ``backbone`` computes other
+    features than the preset's network with the same weights (strides, padding, range)."""
+    config = get_preset(preset)["config"]
+    keys = ["stackwise_strides", "stride_position", "padding"]
+    if getattr(backbone, "include_rescaling", False):
+        keys.append("rescale_to")
+    return {key: (config[key], getattr(backbone, key)) for key in keys
+            if key in config and list(np.ravel(config[key])) != list(
+                np.ravel(getattr(backbone, key, config[key])))}
+
+
 def load_preset_weights(backbone, preset: str,
                         weights_file: str | os.PathLike | None = None) -> None:
-    """Load the preset's pretrained weights (found or fetched by ``weights_path``)."""
+    """Load the preset's pretrained weights (found or fetched by ``weights_path``); warn
+    when the backbone is not the network they were trained in (they load all the same)."""
     spec = get_preset(preset).get("weights")
     if spec is None:
         raise ArgumentError(f"Preset {preset!r} has no pretrained weights; presets with "
                             f"weights: {presets_with_weights()}.")
     load_backbone_weights(backbone, weights_path(preset, weights_file), layout=spec["layout"])
+    differences = layout_differences(backbone, preset)
+    if differences:
+        said = ", ".join(f"{key} {theirs} (this network: {ours})"
+                         for key, (theirs, ours) in differences.items())
+        warnings.warn(f"{preset}'s weights were trained in a network with {said}: they load, "
+                      f"but compute other features here. Build the network from the preset "
+                      f"(model.preset: {preset}, or from_preset({preset!r})) to get theirs.",
+                      PresetLayoutWarning, stacklevel=2)
