@@ -56,7 +56,8 @@ def imagenet_preset(layers: int, blocks: list[int], params: int, md5: str) -> di
     (``WEIGHTS_HASHES[...][1]``, the notop file); the layers match ours by name.
     """
     file = f"resnet{layers}v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    description = _V2_DOC.format(layers) + " Trained on Imagenet 2012 classification task."
+    description = (_V2_DOC.format(layers) + " Trained on Imagenet 2012 classification task; "
+                   f"keras.applications' ResNet{layers}V2 network and weights.")
     return {"config": {**_IMAGENET, **KERAS_APPLICATIONS_LAYOUT, "stackwise_blocks": blocks,
                        "block_type": BOTTLENECK},
             "params": params, "description": description,
