@@ -94,7 +94,7 @@ def _check_options(stem: str, stride_position: str, stem_filters: int,
                             f"Received: bn_momentum={bn_momentum!r}")
 
 
-def _input_range(rescale_to: object) -> tuple[float, float]:
+def input_range(rescale_to: object) -> tuple[float, float]:
     """``rescale_to``: the (low, high) that ``include_rescaling`` maps pixels 0..255 to."""
     try:
         low, high = (float(v) for v in rescale_to)
@@ -147,7 +147,7 @@ def backbone_plan(
     _check_options(stem, stride_position, stem_filters, bn_momentum, padding)
     shape = _check_input_shape(input_shape)
     _check_size(shape, stem, strides, dilations)
-    low, high = _input_range(rescale_to)
+    low, high = input_range(rescale_to)
 
     plan = Plan(shape, bn_momentum=float(bn_momentum))
     x = plan.input_name

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from resnet_builder.depth import BOTTLENECK, normalize_block_type
-from resnet_builder.model.architecture import backbone_plan
+from resnet_builder.model.architecture import backbone_plan, input_range
 from resnet_builder.model.plan import Op, Plan
 from resnet_builder.model.presets import (
     PRESETS,
@@ -113,7 +113,7 @@ class ResNetV2Backbone(keras.Model):
             "stride_position": stride_position,
             "bn_momentum": bn_momentum,
             "padding": padding,
-            "rescale_to": [float(v) for v in rescale_to],
+            "rescale_to": rescale_to,
         }
         if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor, shape=tuple(input_shape))
@@ -137,7 +137,7 @@ class ResNetV2Backbone(keras.Model):
         self.stride_position = stride_position
         self.bn_momentum = float(bn_momentum)
         self.padding = padding
-        self.rescale_to = arch["rescale_to"]
+        self.rescale_to = list(input_range(rescale_to))  # checked by backbone_plan above
         self.input_tensor = input_tensor
 
     def get_config(self) -> dict:

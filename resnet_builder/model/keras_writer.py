@@ -52,6 +52,7 @@ from resnet_builder.model.architecture import (
     IMAGENET_LAYOUT,
     Architecture,
     check_classifier_args,
+    input_range,
 )
 from resnet_builder.model.head import head_layers
 from resnet_builder.model.plan import Op, Plan
@@ -201,7 +202,7 @@ def model_config(arch: Architecture, plan: Plan, *, num_classes: int, head: str 
         "stride_position": bb["stride_position"],
         "bn_momentum": plan.bn_momentum,
         "padding": bb["padding"],
-        "rescale_to": [float(v) for v in bb["rescale_to"]],
+        "rescale_to": list(input_range(bb["rescale_to"])),
     }
     classifier = {
         "name": name or CLASSIFIER_NAME,

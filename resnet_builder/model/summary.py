@@ -45,7 +45,7 @@ def model_summary(arch: Architecture, num_classes: int, head: str = "gap") -> di
         "stem": b["stem"],
         "stem_filters": b["stem_filters"],
         "stride_position": b["stride_position"],
-        "padding": b.get("padding", "same"),
+        "padding": b["padding"],
         "input_shape": list(arch.input_shape),
         "num_classes": num_classes,
         "head": head,

@@ -96,11 +96,10 @@ def layout_differences(backbone, preset: str) -> dict[str, tuple]:
     features than the preset's network with the same weights (strides, padding, range)."""
     config = get_preset(preset)["config"]
     keys = ["stackwise_strides", "stride_position", "padding"]
-    if getattr(backbone, "include_rescaling", False):
+    if backbone.include_rescaling:
         keys.append("rescale_to")
     return {key: (config[key], getattr(backbone, key)) for key in keys
-            if key in config and list(np.ravel(config[key])) != list(
-                np.ravel(getattr(backbone, key, config[key])))}
+            if key in config and config[key] != getattr(backbone, key)}
 
 
 def load_preset_weights(backbone, preset: str,
