@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
 from resnet_builder.data import load_data
-from resnet_builder.data.decode import SkipLog
+from resnet_builder.data.decode import PILLOW_LABEL, SkipLog
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
@@ -22,10 +22,13 @@ BATCH = 3
 SPEC = (tf.TensorSpec([None, 2, 2, 1], tf.uint8), tf.TensorSpec([None], tf.int32))
 
 
-def _toy(count: int, rows: int, failing: set[int], first: int = 0, on_redo=None):
+def _toy(count: int, rows: int, failing: set[int], first: int = 0, on_redo=None,
+         finish=None, left: set[int] = frozenset()):
     """Batch n holds rows [3n, 3n+3) of ``rows``; the fast path fails on ``failing`` and
-    fills images with 1, the safe one with 2; labels are the row numbers."""
+    fills images with 1, the safe one with 2; labels are the row numbers, but the fast path
+    labels the rows ``left`` ``PILLOW_LABEL`` (for ``finish``)."""
     bad = tf.constant(sorted(failing) or [-1], tf.int64)
+    for_pillow = tf.constant(sorted(left) or [-1], tf.int64)
 
     def inputs(number: tf.Tensor) -> tuple[tf.Tensor]:
         return (tf.range(number * BATCH, tf.minimum((number + 1) * BATCH, rows)),)
@@ -38,10 +41,12 @@ def _toy(count: int, rows: int, failing: set[int], first: int = 0, on_redo=None)
         number = indices[0] // BATCH
         ok = tf.debugging.Assert(tf.reduce_all(tf.not_equal(bad, number)), ["fails"])
         with tf.control_dependencies([ok]):
-            return filled(tf.identity(indices), 1)
+            images, labels = filled(tf.identity(indices), 1)
+        marked = tf.reduce_any(tf.equal(indices[:, None], for_pillow[None]), axis=1)
+        return images, tf.where(marked, PILLOW_LABEL, labels)
 
     return guarded_batches(range(first, count), inputs, fast,
-                           lambda indices: filled(indices, 2), SPEC, on_redo)
+                           lambda indices: filled(indices, 2), SPEC, on_redo, finish)
 
 
 @pytest.mark.parametrize("failing", [set(), {0}, {1, 2}, {3}, {0, 1, 2, 3}, {0, 3}])
@@ -52,6 +57,26 @@ def test_failed_batches_come_back_in_their_place_from_the_safe_path(failing):
     for number, (images, labels) in enumerate(batches):
         assert images.shape == (len(labels), 2, 2, 1)
         assert (images == (2 if number in failing else 1)).all(), number
+
+
+def test_places_left_for_pillow_are_filled_by_finish_unless_the_batch_is_redone():
+    """``finish`` gets the batch's arguments and fills only the places labelled
+    ``PILLOW_LABEL``; a batch the safe path redoes never reaches it."""
+    told = []
+
+    def finish(args, images, labels):
+        told.append(np.asarray(args[0]).tolist())
+        images, labels = images.copy(), labels.copy()
+        images[labels == PILLOW_LABEL] = 3
+        labels[labels == PILLOW_LABEL] = 100
+        return images, labels
+
+    batches = [(x.numpy(), y.numpy()) for x, y in _toy(4, 11, {2}, finish=finish,
+                                                       left={1, 7, 9})]
+    assert sorted(told) == [[0, 1, 2], [9, 10]]  # batch 2 (rows 6-8) was redone
+    assert [y.tolist() for _, y in batches] == [[0, 100, 2], [3, 4, 5], [6, 7, 8], [100, 10]]
+    assert [x[:, 0, 0, 0].tolist() for x, _ in batches] == [[1, 3, 1], [1, 1, 1], [2, 2, 2],
+                                                           [3, 1]]
 
 
 def test_on_redo_is_told_the_keys_of_each_redone_batch():

@@ -120,6 +120,32 @@ def test_unreadable_image_is_skipped_not_fatal(tmp_path):
     assert [Path(p).name for p, _ in bundle.take_skipped()] == ["0.png"]
 
 
+def test_streamed_rows_of_pillow_files_keep_their_labels_every_epoch(tmp_path):
+    """Streamed (cache off): a GIF goes to Pillow; from the second epoch on the fast path
+    leaves its place for Pillow (``stream.pillow_places``), which must fill the whole label
+    row, and a broken file's row stays all -1."""
+    rows = band_images(tmp_path, 8)
+    gif = tmp_path / "img" / "3.gif"
+    Image.open(tmp_path / "img" / "3.png").save(gif)
+    rows[3] = ("img/3.gif", rows[3][1])
+    (tmp_path / "img" / "5.png").write_bytes(b"not a png")
+    path = write_csv(tmp_path / "l.csv", ["path", "labels"],
+                     [[p, ";".join(names)] for p, names in rows])
+    cfg = load_config(None, ["data.source=csv", f"data.path={path}", "data.image_size=8",
+                             "data.validation_split=0", "data.cache=false"])
+    bundle = load_data(cfg.data, None, 0, "multilabel")
+    want = np.array([[float(n in names) for n in sorted(NAMES)] for _, names in rows])
+    for epoch in range(3):
+        images, labels = (np.concatenate(part) for part in zip(
+            *bundle.train_dataset(epoch, 4).as_numpy_iterator(), strict=True))
+        names = [Path(bundle._train.files[key]).name for key in bundle.epoch_order(epoch)]
+        gif, broken = names.index("3.gif"), names.index("5.png")
+        np.testing.assert_array_equal(labels[gif], want[3])
+        assert images[gif].any() and (labels[broken] == -1).all()
+        assert (labels[np.arange(8) != broken] >= 0).all()
+        assert [Path(p).name for p, _ in bundle.take_skipped()] == ["5.png"]
+
+
 @pytest.mark.parametrize(("header", "row", "message"), [
     (["name", "labels"], ["img/0.png", "left"], "no path column"),
     (["path", "labels"], ["img/nope.png", "left"], "l.csv:2: image file not found"),

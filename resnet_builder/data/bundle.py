@@ -29,7 +29,7 @@ from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.shards import BatchRows, check_sharding, computed_rows, plain, run_rows
-from resnet_builder.data.stream import ImageStore, fast_file_images, file_images
+from resnet_builder.data.stream import ImageStore, fast_file_images, file_images, pillow_places
 from resnet_builder.errors import UserError
 
 CACHE_BUDGET_BYTES = 2_000_000_000  # decoded images kept in memory up to this (and < 2 GiB)
@@ -298,8 +298,8 @@ class DataBundle:
 
     def _streamed(self, split: Split, name: str, rows: BatchRows,
                   draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None) -> tf.data.Dataset:
-        """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first and
-        the safe one (places kept, skips recorded) for a batch where it failed."""
+        """Streamed files (no store): ``guarded.guarded_batches``, the fast lookup first, the
+        safe one where it failed, Pillow for the places it left (``stream.pillow_places``)."""
         taken = None if draws is None else self.decoder_augment()
 
         def inputs(number: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -308,8 +308,10 @@ class DataBundle:
 
         spec = (tf.TensorSpec([None, self.image_size, self.image_size, self.channels], tf.uint8),
                 tf.TensorSpec([None, *split.labels.shape[1:]], tf.int32))
-        return guarded_batches(rows.numbers, inputs, self._lookup(name, split, taken, fast=True),
-                               self._lookup(name, split, taken), spec, split.skips.note_redone)
+        fast, safe = self._lookup(name, split, taken, fast=True), self._lookup(name, split, taken)
+        return guarded_batches(rows.numbers, inputs, fast, safe, spec, split.skips.note_redone,
+                               pillow_places(split.files, split.labels, self.resizing,
+                                             self.channels, split.skips, taken))
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.

@@ -45,6 +45,7 @@ from resnet_builder.data.skips import SkipLog
 from resnet_builder.runtime import cpu_count
 
 SKIPPED_LABEL = -1  # label of an element whose file could not be decoded
+PILLOW_LABEL = -2  # label of a place the fast path left for Pillow (``guarded`` fills it)
 # Images one batch_decoder call decodes at once: the cores this process may use (nested
 # tf.data maps are not autotuned, and AUTOTUNE there measured slower).
 DECODE_THREADS = cpu_count()

@@ -13,8 +13,11 @@ batch (or at the end), and the safe decoder decodes it again in its place, throu
 ``tf.numpy_function`` per redone batch. The redo is a Python call because with the safe
 decoder's graph in a never-taken ``tf.cond`` branch the pipeline ran at 590-810 images/s
 instead of 970-1,000. Files the safe decoder gave to Pillow are remembered
-(``SkipLog.needed_pillow``): in later batches the fast path hands them to Pillow itself, so
-only an epoch that meets a bad file for the first time pays a redo.
+(``SkipLog.needed_pillow``): in later batches the fast path leaves their places empty,
+labelled ``decode.PILLOW_LABEL``, and the same Python call fills them with Pillow
+(``stream.pillow_places``), so only an epoch that meets a bad file for the first time pays
+a redo. Pillow is kept out of the fast path's graph: as a ``map_fn`` under a ``tf.cond``
+there, never taken on a clean folder, it cost ~20% of every batch (``stream.fast_file_images``).
 """
 
 from __future__ import annotations
@@ -24,16 +27,22 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.data.decode import BATCHES_AT_ONCE
+from resnet_builder.data.decode import BATCHES_AT_ONCE, PILLOW_LABEL
 
 Lookup = Callable[..., tuple[tf.Tensor, tf.Tensor]]
+# (the lookups' arguments, images, labels) -> (images, labels) with the places labelled
+# ``PILLOW_LABEL`` filled in (``stream.pillow_places``); plain Python, numpy in and out.
+Finish = Callable[[tuple, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: Lookup,
                     safe: Lookup, element_spec: tuple,
-                    on_redo: Callable[[np.ndarray], None] | None = None) -> tf.data.Dataset:
+                    on_redo: Callable[[np.ndarray], None] | None = None,
+                    finish: Finish | None = None) -> tf.data.Dataset:
     """Batches ``numbers`` of (images, labels), in order: ``fast(*inputs(n))`` in a
-    parallel map, or ``safe(*inputs(n))`` where that failed.
+    parallel map, or ``safe(*inputs(n))`` where that failed. Places ``fast`` left for
+    Pillow (label ``decode.PILLOW_LABEL``) are filled by ``finish``, in the same Python call
+    as a redo.
 
     ``inputs(n)`` (int64 scalar -> the lookups' arguments) must give batch ``n`` again
     when asked twice; ``safe`` never fails (``decode.batch_decoder``). ``element_spec``:
@@ -70,19 +79,8 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
         this = tf.data.Dataset.from_tensors((number, images, labels, tf.constant(False)))
         return stand_ins.concatenate(this.take(tf.cast(number < stop, tf.int64)))
 
-    redo = _redo_in_python(inputs, safe, on_redo)
-
-    @plain
-    def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
-               again: tf.Tensor) -> tuple:
-        def redone() -> tuple:
-            return tuple(tf.numpy_function(redo, [number], [image_spec.dtype, label_spec.dtype],
-                                           stateful=True))
-
-        # the stand-ins are shaped at run time: without this the batches' spec lost the image
-        # size, and the model's graph was traced for any size
-        images, labels = tf.cond(again, redone, lambda: (images, labels))
-        return tf.ensure_shape(images, image_spec.shape), tf.ensure_shape(labels, label_spec.shape)
+    filled = _filler(_redo_in_python(inputs, safe, on_redo, finish), element_spec,
+                     finish is not None)
 
     return (tf.data.Dataset.range(first, stop)
             .map(attempt, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
@@ -91,12 +89,39 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
             .map(filled, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True))
 
 
+def _filler(redo: Callable[..., tuple], element_spec: tuple, finishing: bool
+            ) -> Callable[..., tuple]:
+    """The last map: (number, images, labels, again) -> (images, labels), through ``redo``
+    where the batch failed (``again``) or, when ``finishing``, holds places left for Pillow.
+    A ``tf.cond`` whose branch is one ``numpy_function`` costs nothing when not taken."""
+    image_spec, label_spec = element_spec
+
+    @tf.autograph.experimental.do_not_convert
+    def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
+               again: tf.Tensor) -> tuple:
+        def redone() -> tuple:
+            return tuple(tf.numpy_function(redo, [number, again, images, labels],
+                                           [image_spec.dtype, label_spec.dtype], stateful=True))
+
+        left = tf.reduce_any(tf.equal(labels, PILLOW_LABEL)) if finishing else False
+        # the stand-ins are shaped at run time: without this the batches' spec lost the image
+        # size, and the model's graph was traced for any size
+        images, labels = tf.cond(again | left, redone, lambda: (images, labels))
+        return tf.ensure_shape(images, image_spec.shape), tf.ensure_shape(labels, label_spec.shape)
+
+    return filled
+
+
 def _redo_in_python(inputs: Callable[[tf.Tensor], tuple], safe: Lookup,
-                    on_redo: Callable[[np.ndarray], None] | None
-                    ) -> Callable[[np.int64], tuple[np.ndarray, np.ndarray]]:
-    """The ``numpy_function`` that decodes batch ``number`` with ``safe``."""
-    def redo(number: np.int64) -> tuple[np.ndarray, np.ndarray]:
+                    on_redo: Callable[[np.ndarray], None] | None, finish: Finish | None
+                    ) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The ``numpy_function`` that decodes batch ``number`` again with ``safe`` (``again``),
+    or fills the places the fast path left for Pillow with ``finish``."""
+    def redo(number: np.int64, again: np.bool_, images: np.ndarray, labels: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
         args = inputs(tf.constant(number, tf.int64))
+        if not again and finish is not None:
+            return finish(args, images, labels)
         if on_redo is not None:
             on_redo(np.asarray(args[0]))
         images, labels = safe(*args)
