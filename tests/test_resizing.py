@@ -112,7 +112,8 @@ def test_the_model_stores_its_resize_rule():
 def test_a_run_trains_with_its_resize_rule_and_predict_uses_it(tmp_path):
     """data.resize reaches the saved model; predict prepares files by the same rule."""
     import resnet_builder
-    from resnet_builder.data.decode import SkipLog, decode_or_skip
+    from resnet_builder.data.batch_decode import decode_or_skip
+    from resnet_builder.data.decode import SkipLog
 
     for i in range(12):
         folder = tmp_path / "data" / ("wide" if i % 2 else "tall")

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from resnet_builder.config import AugmentConfig, DataConfig
-from resnet_builder.data import decode, load_data
+from resnet_builder.data import batch_decode, decode, load_data
 from resnet_builder.data.bundle import ORDER_STREAM, seeded_rng
 from resnet_builder.data.images import load_image
 from resnet_builder.data.resizing import Resize, fit_image
@@ -144,30 +144,48 @@ def test_streaming_skips_bad_files_with_label_minus_one_and_names_them(tmp_path,
     assert bundle.take_skipped() == []  # each failure is named once per epoch
 
 
-def test_batch_decoder_keeps_every_file_in_its_place(tmp_path):
+@pytest.mark.parametrize("attempt", [True, False], ids=["attempt", "careful"])
+@pytest.mark.parametrize("from_files", [True, False], ids=["files", "bytes"])
+def test_batch_decoder_keeps_every_file_in_its_place(tmp_path, attempt, from_files):
     """Native, Pillow-only and broken files mixed in one batch: each image lands in its own
-    row, equal to decoding that file alone; broken rows are zeros with label -1."""
+    row, equal to decoding that file alone; broken rows are zeros with label -1. The same
+    after the Pillow files are known (they skip the attempt), and for a clean batch (the
+    attempt alone) and padding keys."""
     files = _nasty(tmp_path)
     (tmp_path / "noise.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(300))
     (tmp_path / "empty.png").write_bytes(b"")
     paths = [files["rgb.jpg"], tmp_path / "noise.jpg", files["pal_t.gif"], files["rot.jpg"],
              files["rgba.png"], tmp_path / "empty.png", files["g16.png"]]
     how, skips = Resize(20), decode.SkipLog()
-    run = decode.batch_decoder(how, 3, skips, from_files=True)
+    run = batch_decode.batch_decoder(how, 3, skips, from_files=from_files, attempt=attempt)
+
+    def sources(chosen: list[Path]) -> tf.Tensor:
+        return tf.constant([str(p) if from_files else p.read_bytes() for p in chosen])
+
     keys = tf.range(10, 10 + len(paths), dtype=tf.int64)
-    images, labels = run(keys, tf.constant([str(p) for p in paths]),
-                         tf.range(len(paths), dtype=tf.int32))
-    assert labels.numpy().tolist() == [0, -1, 2, 3, 4, -1, 6]
-    for row, path in enumerate(paths):
-        if labels[row] < 0:
-            assert not images[row].numpy().any()
-            continue
-        alone = decode.decode_and_resize(tf.constant(path.read_bytes()), how, 3)
-        np.testing.assert_array_equal(images[row].numpy(), alone.numpy(), err_msg=path.name)
-    assert sorted(key for key, _ in skips.take()) == [11, 15]
+    for _ in range(2):
+        images, labels = run(keys, sources(paths), tf.range(len(paths), dtype=tf.int32))
+        assert labels.numpy().tolist() == [0, -1, 2, 3, 4, -1, 6]
+        for row, path in enumerate(paths):
+            if labels[row] < 0:
+                assert not images[row].numpy().any()
+                continue
+            alone = decode.decode_and_resize(tf.constant(path.read_bytes()), how, 3)
+            np.testing.assert_array_equal(images[row].numpy(), alone.numpy(), err_msg=path.name)
+        assert sorted(key for key, _ in skips.take()) == [11, 15]
+    clean = [files["rgb.jpg"], files["rgba.png"]]
+    images, labels = run(tf.constant([3, 4], tf.int64), sources(clean), tf.constant([5, 6]))
+    assert labels.numpy().tolist() == [5, 6]
+    for row, path in enumerate(clean):
+        np.testing.assert_array_equal(images[row].numpy(), decode.decode_and_resize(
+            tf.constant(path.read_bytes()), how, 3).numpy())
+    padded = tf.concat([sources(clean[:1]), tf.constant([""])], 0)  # tfrecord's padding
+    images, labels = run(tf.constant([3, -1], tf.int64), padded, tf.constant([5, 6]))
+    assert labels.numpy().tolist() == [5, -1] and not images[1].numpy().any()
+    assert skips.take() == []
     # A batch where nothing decodes natively, or at all, still comes back whole.
-    images, labels = run(keys[:2], tf.constant([str(tmp_path / "empty.png"),
-                                                str(files["pal_t.gif"])]), tf.constant([7, 8]))
+    images, labels = run(keys[:2], sources([tmp_path / "empty.png", files["pal_t.gif"]]),
+                         tf.constant([7, 8]))
     assert images.shape == (2, 20, 20, 3) and labels.numpy().tolist() == [-1, 8]
 
 

@@ -162,7 +162,7 @@ def decoder_draws(taken: DecoderAugment, seed: int, epoch: tf.Tensor, batch: tf.
                   rows: tf.Tensor, offset: int, count: tf.Tensor) -> tf.Tensor:
     """float32 [count, taken.columns] for rows ``[offset, offset + count)`` of global batch
     ``batch``: the numbers ``random_resized_crop`` and the flip would draw in the augmenter,
-    for a decoder that takes them per file (``decode.batch_decoder`` with ``taken``)."""
+    for a decoder that takes them per file (``batch_decode.batch_decoder`` with ``taken``)."""
     key = batch_key(seed, epoch, batch)
     draw = Draw(tf.cast(rows, tf.int32), offset, count)
     parts = []
@@ -235,7 +235,7 @@ def random_resized_crop(images: tf.Tensor, seed: tf.Tensor, crop: dict, size: in
                         draw: Draw | None = None) -> tf.Tensor:
     """The Inception / timm training crop (``crops.crop_boxes``) of square images already at
     the model's size, resized back to ``size``. Streamed files take the same crop inside
-    the decoder instead, before resizing (``decode.batch_decoder`` with crop draws)."""
+    the decoder instead, before resizing (``batch_decode.batch_decoder`` with crop draws)."""
     count = tf.shape(images)[0]
     draw = draw or Draw(count, 0, count)
     offset, extent = crop_boxes(crop_draws(seed, crop, draw), tf.ones([count, 2]), crop)

@@ -3,8 +3,8 @@ what of the augmentation a streaming decoder takes itself (``DecoderAugment``).
 
 The crop is drawn once and used in one of two places: on a batch already at the model's
 size (``augment.random_resized_crop``: cached or in-memory images), or inside the decoder,
-before the image is resized (``decode.batch_decoder`` with ``augment.decoder_draws``: streamed files
-and packed records), where JPEGs are decoded only inside the box
+before the image is resized (``batch_decode.batch_decoder`` with ``augment.decoder_draws``:
+streamed files and packed records), where JPEGs are decoded only inside the box
 (``tf.io.decode_and_crop_jpeg``); the flip goes the same way. The boxes are shares of each
 image's height and width; the aspect-ratio rule is in pixels (timm's ``RandomResizedCrop``),
 so the same draws give the same kind of crop on a square thumbnail and on a 500x375 photo.

@@ -12,10 +12,9 @@ apart in the graph by the header bytes (``needs_pil``): PNGs that are not 8 bits
 transparency, first frame), BMPs that are not 24-bit, WebP and TIFF, and any file with an
 EXIF rotation. CMYK JPEGs decode the same in TensorFlow, so they stay native.
 
-``batch_decoder`` (and ``decode_or_skip``, the same element-wise) is the failure-safe
-transform the streaming sources share: a file that cannot be decoded becomes a zero image
-with label -1 in its own place (batches keep their size and order, so shards stay aligned
-and a resumed epoch repeats exactly) and (key, reason) goes to a ``SkipLog``.
+``native_decode_and_resize`` is the per-image decode of the streaming sources' batch
+decoders (``batch_decode``, ``stream.fast_file_images``), which fails where Pillow must
+decode; ``pillow_rescue`` is that Pillow decode, with the same resize, crop and flip.
 
 Crops are taken while decoding (``decode_fitted``: a JPEG's centre window alone, the same
 pixels; ``decode_cropped``: random resized crops from the files), and so is the training
@@ -268,74 +267,6 @@ def native_decode_and_resize(contents: tf.Tensor, how: Resize, channels: int,
     return tf.ensure_shape(taken.mirrored(image, draws), (how.size, how.size, channels))
 
 
-def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
-                  taken: DecoderAugment | None = None
-                  ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
-    """Graph function (keys int64 [b], sources string [b], labels int32 [b][, draws]) ->
-    (uint8 [b, S, S, C], int32 [b]), never failing.
-
-    ``sources`` are file paths (``from_files``) or encoded bytes. The images are decoded
-    by ``native_decode_and_resize`` in a parallel map whose failures ``ignore_errors``
-    drops; the places left empty (a broken file, or one only Pillow reads like
-    ``images.load_image``: ``needs_pil``) are decoded by Pillow, and if that fails too
-    become zeros with label -1, their (key, reason) going to ``skips``. With ``taken`` it
-    takes ``draws`` float32 [b, taken.columns] (``augment.decoder_draws``): each image is
-    then its random resized crop, taken from the file (``decode_cropped``) instead of the
-    resize rule, and / or mirrored where its draws say so.
-
-    Why per batch: only a tf.data dataset catches errors, and one per image ran at 0.44x a
-    bare map; ``BATCHES_AT_ONCE`` calls of ``DECODE_THREADS`` images each ran at 0.86x a
-    flat map (AUTOTUNE at both levels: 0.69x). ``guarded`` tries a faster path first.
-    """
-    shape = (how.size, how.size, channels)
-    rescue = pillow_rescue(how, channels, skips, from_files=from_files, taken=taken)
-
-    # Plain TF ops, no Python control flow on tensors: AutoGraph's conversion of these
-    # functions was most of a streamed folder's time to its first batch (~1.5 s, profiled).
-    @tf.autograph.experimental.do_not_convert
-    def native(slot: tf.Tensor, source: tf.Tensor, draws: tf.Tensor
-               ) -> tuple[tf.Tensor, tf.Tensor]:
-        contents = tf.io.read_file(source) if from_files else source
-        return slot, native_decode_and_resize(contents, how, channels, draws, taken)
-
-    @tf.autograph.experimental.do_not_convert
-    def decode_batch(keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor,
-                     draws: tf.Tensor | None = None) -> tuple:
-        count = tf.shape(keys, out_type=tf.int64)[0]
-        if draws is None:
-            draws = tf.zeros([count, 0])
-        none = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64),
-                                             tf.zeros((0, *shape), tf.uint8)))
-        slots, images = (
-            tf.data.Dataset.from_tensor_slices((tf.range(count), sources, draws))
-            .map(native, num_parallel_calls=DECODE_THREADS, deterministic=False)
-            .ignore_errors(log_warning=False).batch(tf.maximum(count, 1))
-            .concatenate(none).take(1).get_single_element())
-        placed = tf.scatter_nd(slots[:, None], images,
-                               tf.concat([[count], tf.constant(shape, tf.int64)], 0))
-        found = tf.scatter_nd(slots[:, None], tf.ones_like(slots), [count]) > 0
-        missing = tf.where(tf.logical_not(found))[:, 0]
-        return rescued_in_place(rescue, missing, placed, keys, sources, labels, draws)
-
-    return decode_batch
-
-
-def rescued_in_place(rescue: Callable[..., tuple], missing: tf.Tensor, images: tf.Tensor,
-                     keys: tf.Tensor, sources: tf.Tensor, labels: tf.Tensor,
-                     draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(images, labels) of a batch with the rows ``missing`` (int64 [m]) decoded by
-    ``rescue`` (``pillow_rescue``) in their places; nothing is run when none are missing."""
-    def rescued() -> tuple[tf.Tensor, tf.Tensor]:
-        got, flags = tf.map_fn(
-            lambda i: rescue(keys[i], sources[i], labels[i], draws[i]), missing,
-            fn_output_signature=(tf.TensorSpec(images.shape[1:], tf.uint8),
-                                 tf.TensorSpec([], tf.int32)))
-        return (tf.tensor_scatter_nd_update(images, missing[:, None], got),
-                tf.tensor_scatter_nd_update(labels, missing[:, None], flags))
-
-    return tf.cond(tf.size(missing) > 0, rescued, lambda: (images, labels))
-
-
 def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
                    taken: DecoderAugment | None) -> Callable[..., tuple]:
     """Graph function (key, source, label, draws) -> (uint8 [S, S, C], label or -1) by
@@ -372,18 +303,4 @@ def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     return rescue
 
 
-DECODE_CHUNK = 32  # elements per batch_decoder call when a source decodes element-wise
 BATCHES_AT_ONCE = 2  # parallel batch_decoder calls: the next batch starts as one finishes
-
-
-def decode_or_skip(dataset: tf.data.Dataset, how: Resize, channels: int, skips: SkipLog, *,
-                   from_files: bool) -> tf.data.Dataset:
-    """(key int64, source string, label int32) -> (uint8 [S, S, C], label int32), in order.
-
-    ``batch_decoder`` over chunks of ``DECODE_CHUNK`` elements, in a parallel map: bad
-    elements come out as zeros with label -1 and are recorded in ``skips``.
-    """
-    decode = batch_decoder(how, channels, skips, from_files=from_files)
-    return (dataset.batch(DECODE_CHUNK)
-            .map(decode, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True).unbatch()
-            .with_options(without_autotune()))

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import DataConfig
+from resnet_builder.data.batch_decode import decode_or_skip
 from resnet_builder.data.bundle import (
     STATS_STREAM,
     DataBundle,
@@ -38,7 +39,6 @@ from resnet_builder.data.bundle import (
 from resnet_builder.data.decode import (
     SKIPPED_LABEL,
     SkipLog,
-    decode_or_skip,
     native_decode_and_resize,
     without_autotune,
 )

@@ -1,6 +1,6 @@
 """Batches decoded on a fast path, and decoded again safely only where that path failed.
 
-``decode.batch_decoder`` keeps every place of a batch by decoding its images in a nested
+``batch_decode.batch_decoder`` keeps every place of a batch by decoding its images in a nested
 ``tf.data`` map whose failures are dropped. That costs: on 2 cores any function a nested
 dataset runs ran ~15% slower, and the whole streaming folder pipeline kept ~80% of a
 ``tf.map_fn`` over each batch in the pipeline's own parallel map (``bench/pipeline_stages.py``:
@@ -45,11 +45,11 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
     as a redo.
 
     ``inputs(n)`` (int64 scalar -> the lookups' arguments) must give batch ``n`` again
-    when asked twice; ``safe`` never fails (``decode.batch_decoder``). ``element_spec``:
+    when asked twice; ``safe`` never fails (``batch_decode.batch_decoder``). ``element_spec``:
     the (images, labels) ``tf.TensorSpec``s of a batch; ``on_redo`` is told the first input
     (the keys) of each batch ``safe`` redoes. ``inputs`` runs in the parallel map: fed by
     a per-epoch dataset (``shards.run_rows``) this ran ~6% slower (971 vs 1,039)."""
-    plain = tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+    plain = tf.autograph.experimental.do_not_convert  # plain TF ops: see batch_decode.plain
     image_spec, label_spec = element_spec
     no_rows = ([0, *image_spec.shape[1:]], [0, *label_spec.shape[1:]])
 

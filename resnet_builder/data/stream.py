@@ -1,8 +1,8 @@
 """Streaming image files: decoded in ``tf.data`` as the epoch asks, optionally kept once decoded.
 
 A streamed split lists its files; ``file_images`` maps a batch of indices to (uint8
-images, labels) with ``decode.batch_decoder``, so a bad file becomes label -1 in its place
-and is recorded, never a crash. With an ``ImageStore`` each image is decoded once and read
+images, labels) with ``batch_decode.batch_decoder``, so a bad file becomes label -1 in its
+place and is recorded, never a crash. With an ``ImageStore`` each image is decoded once and read
 back afterwards:
 
 * ``data.cache: true`` (when the split fits the memory budget): a zero-filled array, whose
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from resnet_builder.data.batch_decode import batch_decoder
 from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import (
     DECODE_THREADS,
     PILLOW_LABEL,
     SKIPPED_LABEL,
     SkipLog,
-    batch_decoder,
     native_decode_and_resize,
     pillow_rescue,
 )
@@ -122,7 +122,7 @@ def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int
                 skips: SkipLog, store: ImageStore | None, taken: DecoderAugment | None = None
                 ) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """Graph function indices int64 [b] -> (uint8 [b, S, S, C], int32 [b] labels; -1 where
-    the file is unusable). A whole batch at a time (``decode.batch_decoder``).
+    the file is unusable). A whole batch at a time (``batch_decode.batch_decoder``).
 
     ``labels`` int32 [N, K] (multilabel rows): the labels are those rows, all -1 when unusable.
     ``taken`` (the crop and / or flip a decoder takes; no ``store``, which keeps resized
@@ -137,7 +137,9 @@ def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int
                          "from the file")
     paths = tf.constant(files, tf.string)
     label_table = tf.constant(labels, tf.int32)
-    decode = batch_decoder(how, channels, skips, from_files=True, taken=taken)
+    # without a store this is guarded's redo, right after the fast path failed on the batch
+    decode = batch_decoder(how, channels, skips, from_files=True, taken=taken,
+                           attempt=store is not None)
     shape = (how.size, how.size, channels)
 
     def from_files(indices: tf.Tensor, *draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -179,7 +181,7 @@ def fast_file_images(files: list[str], labels: np.ndarray, how: Resize, channels
     the per-image format branch (``decode.by_format``); a PNG named .jpg then fails its
     batch once and goes to Pillow from then on (``SkipLog.note_redone``, run on each redo).
 
-    Pillow is not called from here: with ``decode.rescued_in_place`` (a ``map_fn`` in a
+    Pillow is not called from here: with ``batch_decode.rescued_in_place`` (a ``map_fn`` in a
     ``tf.cond``) in this graph, never taken on a clean folder, the streamed pipeline ran
     at 486 images/s and 3.15 ms of CPU per image against 621 and 2.63 without it (9
     alternating passes, 1,000 photos -> 224, 2-core AVX2 EPYC).

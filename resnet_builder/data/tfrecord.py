@@ -30,16 +30,10 @@ import tensorflow as tf
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.augment import decoder_augment, decoder_draws
+from resnet_builder.data.batch_decode import batch_decoder, decode_or_skip
 from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng
 from resnet_builder.data.crops import DecoderAugment
-from resnet_builder.data.decode import (
-    BATCHES_AT_ONCE,
-    SKIPPED_LABEL,
-    SkipLog,
-    batch_decoder,
-    decode_or_skip,
-    without_autotune,
-)
+from resnet_builder.data.decode import BATCHES_AT_ONCE, SKIPPED_LABEL, SkipLog, without_autotune
 from resnet_builder.data.shards import check_sharding
 from resnet_builder.errors import UserError
 
@@ -242,7 +236,7 @@ class TFRecordBundle(DataBundle):
         decode = self._record_decoder(batch_size, offset)
         drawing = self.decoder_augment() is not None
 
-        @tf.autograph.experimental.do_not_convert  # plain TF ops: see decode.batch_decoder
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see batch_decode.plain
         def decoded(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             return decode(*batch, number % steps, number // steps) if drawing else decode(*batch)
 

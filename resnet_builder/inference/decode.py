@@ -1,6 +1,6 @@
 """The batched decode pipeline: image files -> uint8 pixel batches, unreadable files kept apart.
 
-Files go through the training pipeline's own decoder (``data.decode.decode_or_skip``:
+Files go through the training pipeline's own decoder (``data.batch_decode.decode_or_skip``:
 TensorFlow's kernels, Pillow for what they cannot read) and the resize rule stored in the
 model (``data.resizing``), so a model sees pixels prepared exactly as in training. Files
 are decoded in a parallel ``tf.data`` map, in order, and batched, so only a few batches are
@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog, decode_or_skip
+from resnet_builder.data.batch_decode import decode_or_skip
+from resnet_builder.data.decode import SKIPPED_LABEL, SkipLog
 from resnet_builder.data.resizing import Resize
 
 
