@@ -260,3 +260,35 @@ def test_pack_then_train_round_trip(packed, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_records_only_pillow_reads_right_decode_like_predict_every_epoch(tmp_path):
+    """Packed GIFs, 16-bit PNGs, EXIF-rotated JPEGs among plain JPEGs: the batch decoder's
+    attempt leaves them to Pillow (their header says so), and each image equals what
+    ``predict`` decodes from the file, with its label, in every epoch."""
+    from resnet_builder.data.decode import decode_and_resize
+    from resnet_builder.data.resizing import Resize
+
+    rng, root = np.random.default_rng(2), tmp_path / "odd"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for c, name in enumerate(("ant", "bee")):
+        (root / name).mkdir(parents=True)
+        for i in range(5):  # 8 files a class: two full batches of 4 per epoch
+            photo = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+            Image.fromarray(photo).save(root / name / f"{i}.jpg", quality=90)
+        Image.fromarray(photo).save(root / name / "rot.jpg", exif=exif)
+        Image.fromarray(photo).convert("P").save(root / name / "pal.gif")
+        Image.fromarray(photo[..., c].astype(np.uint16) * 257).save(root / name / "g16.png")
+    out = tmp_path / "packed"
+    pack_folder(root, str(out), shards=2, validation_split=0.0)
+    want = {}
+    for c, name in enumerate(("ant", "bee")):
+        for path in sorted((root / name).iterdir()):
+            image = decode_and_resize(tf.constant(path.read_bytes()), Resize(16), 3).numpy()
+            want[fingerprints(image[None])[0]] = c
+    b = bundle(out)
+    for number in range(2):
+        images, labels = epoch(b, number, batch=4)
+        got = dict(zip(fingerprints(images), labels.tolist(), strict=True))
+        assert got == want

@@ -10,12 +10,13 @@ keep their size and order, so shards stay aligned and a resumed epoch repeats ex
 Keeping places needs a ``tf.data`` dataset (only a dataset catches an op's error), and a
 nested per-image map whose failures are dropped ran ~20% slower than a plain ``map_fn``
 over the batch. So a batch is first decoded by that ``map_fn`` inside a one-element nested
-dataset, which loses the whole batch on one failure; only then does one Python call run the
-careful decoder (``careful_decoder``: each image in the nested map, the failed places by
-Pillow). Files known to need Pillow (``SkipLog.needed_pillow``, or ``decode.needs_pil`` on
-bytes) and padding places are left out of the attempt and go to that call directly. The
-careful decoder is reached through ``tf.numpy_function`` because its graph in a never-taken
-``tf.cond`` branch still cost ~10% of every batch (measured below).
+dataset, which loses the whole batch on one failure; only then does one Python call decode
+that batch's images one by one (Pillow for the ones that fail). Files known to need Pillow
+(``SkipLog.needed_pillow``, or ``decode.needs_pil`` on bytes) and padding places are left
+out of the attempt and go to Pillow in that call. It is a ``tf.numpy_function`` because the
+careful decoder's graph (``careful_decoder``: each image in a nested map, the failed places
+by Pillow) in a never-taken ``tf.cond`` branch still cost ~10% of every batch (measured
+below). ``careful_decoder`` alone is ``guarded``'s redo.
 """
 
 from __future__ import annotations
@@ -57,23 +58,21 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
 
     Measured (1,000 photos 500x375 as bytes -> 224, batch 64, 2 parallel calls, AVX512,
     4 alternating passes): careful decoder alone 1,096-1,130 images/s; with the attempt and
-    the careful decoder in a ``tf.cond`` 1,195-1,253; with the attempt and it behind a
-    ``numpy_function`` 1,266-1,382 (the attempt alone 1,358-1,400).
+    the careful decoder in a ``tf.cond`` 1,195-1,253; with the attempt and a
+    ``numpy_function`` behind it 1,266-1,382 (the attempt alone 1,358-1,400).
     """
-    careful = careful_decoder(how, channels, skips, from_files=from_files, taken=taken)
     if not attempt:
-        return careful
+        return careful_decoder(how, channels, skips, from_files=from_files, taken=taken)
     shape = (how.size, how.size, channels)
-    signature = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
-                 tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.float32)]
-    redo = _careful_in_python(tf.function(careful, input_signature=signature, autograph=False),
-                              shape)
 
     @plain
     def native(source_and_draws: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         source, draws = source_and_draws
         contents = tf.io.read_file(source) if from_files else source
         return native_decode_and_resize(contents, how, channels, draws, taken)
+
+    redo = _rows_in_python(native, pillow_rescue(how, channels, skips, from_files=from_files,
+                                                 taken=taken), shape)
 
     @plain
     def all_native(sources: tf.Tensor, draws: tf.Tensor) -> tf.Tensor:
@@ -114,20 +113,33 @@ def _left_for_careful(keys: tf.Tensor, sources: tf.Tensor, skips: SkipLog,
     return left if from_files else left | needs_pil(sources)
 
 
-def _careful_in_python(careful: Callable[..., tuple], shape: tuple[int, int, int]
-                       ) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def _rows_in_python(native: Callable[[tuple], tf.Tensor], rescue: Callable[..., tuple],
+                    shape: tuple[int, int, int]) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """The ``numpy_function`` behind ``batch_decoder``'s attempt: the attempt's ``images``
-    put in their ``rows``, the careful decoder for the rest (all of them when the attempt
-    failed: it then holds no images)."""
+    put in their ``rows``, or, when the attempt failed (it then holds no images), each of
+    those rows decoded alone by ``native``; Pillow (``rescue``) for the rows left out and
+    the ones that failed. Eager ops, one image at a time, and no ``tf.function``: a graph
+    traced here stayed alive with the ``numpy_function`` (~6 MiB per ``predict`` call that
+    met an odd file). Pinned to the CPU: a ``numpy_function``'s thread has no device
+    scope, and on a GPU machine the resize would run there, with other roundings."""
     def redo(keys: np.ndarray, sources: np.ndarray, labels: np.ndarray, draws: np.ndarray,
              images: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out, found = np.zeros((len(keys), *shape), np.uint8), labels.copy()
-        rest = np.arange(len(keys))
-        if len(images) == len(rows):
-            out[rows] = images
-            rest = np.setdiff1d(rest, rows)
-        got, flags = careful(keys[rest], sources[rest], labels[rest], draws[rest])
-        out[rest], found[rest] = np.asarray(got), np.asarray(flags)
+        to_pillow = np.setdiff1d(np.arange(len(keys)), rows).tolist()
+        with tf.device("/CPU:0"):
+            if len(images) == len(rows):
+                out[rows] = images
+            else:
+                for row in rows.tolist():
+                    try:
+                        out[row] = native((tf.constant(sources[row]),
+                                           tf.constant(draws[row]))).numpy()
+                    except tf.errors.OpError:  # broken, or only Pillow decodes it right
+                        to_pillow.append(row)
+            for row in to_pillow:
+                image, label = rescue(keys[row], tf.constant(sources[row]), labels[row],
+                                      tf.constant(draws[row]))
+                out[row], found[row] = image.numpy(), label.numpy()
         return out, found
 
     return redo

@@ -235,12 +235,13 @@ def pillow_places(files: list[str], labels: np.ndarray, how: Resize, channels: i
         rows = args[1] if len(args) > 1 else tf.zeros([len(indices), 0])
         images, found = images.copy(), found.copy()
         left = found == PILLOW_LABEL
-        for place in np.flatnonzero(left if left.ndim == 1 else left[:, 0]):
-            key = int(indices[place])
-            image, label = rescue(tf.constant(key, tf.int64), tf.constant(files[key]),
-                                  tf.constant(0), rows[place])
-            images[place] = image.numpy()
-            found[place] = labels[key] if int(label) >= 0 else SKIPPED_LABEL
+        with tf.device("/CPU:0"):  # as batch_decode._rows_in_python: the resize's roundings
+            for place in np.flatnonzero(left if left.ndim == 1 else left[:, 0]):
+                key = int(indices[place])
+                image, label = rescue(tf.constant(key, tf.int64), tf.constant(files[key]),
+                                      tf.constant(0), rows[place])
+                images[place] = image.numpy()
+                found[place] = labels[key] if int(label) >= 0 else SKIPPED_LABEL
         return images, found
 
     return finish
