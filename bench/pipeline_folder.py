@@ -4,7 +4,8 @@
                                     [--photo 500x375]
 
 Makes photo-size JPEGs (500x375, quality 90) under a temp folder, then reports the median
-images/s over alternating full passes (``resnet_builder.benchmark.pipelines``) of:
+images/s over alternating passes of 3 epochs, each pipeline iterated as a training run does
+(``resnet_builder.benchmark.pipelines.folder_pipelines``) of:
   * ours: ``load_data(folder, cache=false)`` + ``train_dataset`` (flip on), streaming;
   * tfdata: read_file + decode_jpeg + resize + flip in a parallel map (no error handling);
   * keras: ``keras.utils.image_dataset_from_directory`` + a flip;

@@ -17,6 +17,10 @@ alternating so all see the same machine conditions, and prints median images/s:
     that redo; uint8);
   * ours, ``train_dataset`` without augmentation (+ the float32 copy), and with the flip;
   * the hand-written tf.data pipeline of ``bench/pipeline_folder.py`` (no error handling).
+
+The last two come from ``benchmark.pipelines.folder_pipelines``: a pass there is 3 epochs,
+each iterated as a training run does (ours one dataset for the run, the hand-written one
+dataset per epoch); the other stages are one epoch a pass.
 """
 
 from __future__ import annotations

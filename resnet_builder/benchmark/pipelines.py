@@ -1,8 +1,9 @@
 """Input pipelines side by side: ours against what a plain Keras user would write.
 
 Photo-size JPEGs (made here, 500x375) are decoded, flipped and resized to the model's
-input by three pipelines, each timed over full passes, alternating so all see the same
-machine conditions:
+input by three pipelines, each timed over passes of ``EPOCHS_PER_PASS`` epochs as a
+training run iterates it (``folder_pipelines``), alternating so all see the same machine
+conditions:
 
 * ours: ``load_data`` on the folder with ``data.cache: false`` (streaming), flips on;
 * hand-written tf.data: ``read_file`` + ``decode_jpeg`` + ``resize`` + flip in a parallel
@@ -12,6 +13,7 @@ machine conditions:
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -51,9 +53,18 @@ def images_per_second(make: Callable[[], Iterable]) -> float:
     return count / (time.perf_counter() - start)
 
 
+EPOCHS_PER_PASS = 3  # epochs one timed pass runs, each pipeline iterated as a training run does
+
+
 def folder_pipelines(folder: Path, size: int, batch: int,
                      channels: int = 3) -> dict[str, Callable[[], Iterable]]:
-    """name -> a function giving one epoch of batches, for ours and the two baselines."""
+    """name -> a function giving one pass of ``EPOCHS_PER_PASS`` epochs of batches, for ours
+    and the two baselines, each used the way a training run uses it: ours one dataset for
+    the run's epochs (``train_batches``, what the trainer iterates: the next epoch's first
+    batches are made while one ends), the baselines one dataset iterated once per epoch
+    (what ``fit`` does). Each pass builds its pipeline and iterators inside the timed pass,
+    and nothing runs between passes. Timed one epoch a pass, ours rebuilt its pipeline every
+    epoch (~150 ms here) and ran at 0.82x its rate in a run (1,266 vs 1,593 images/s)."""
     import keras
     import tensorflow as tf
 
@@ -61,7 +72,7 @@ def folder_pipelines(folder: Path, size: int, batch: int,
                      validation_split=0.0, cache=False, batch_size=batch)
     bundle = load_data(cfg, AugmentConfig(horizontal_flip=True), seed=0)
     names = sorted(str(p) for p in folder.rglob("*.jpg"))
-    epochs = iter(range(1_000_000))
+    passes = iter(range(1_000_000))
 
     def hand_written() -> tf.data.Dataset:
         def load(path: tf.Tensor) -> tuple[tf.Tensor, int]:
@@ -80,8 +91,18 @@ def folder_pipelines(folder: Path, size: int, batch: int,
             color_mode="rgb" if channels == 3 else "grayscale")
         return ds.map(lambda x, y: (flip(x), y), num_parallel_calls=tf.data.AUTOTUNE)
 
-    return {"ours": lambda: bundle.train_dataset(next(epochs), batch),
-            "tfdata": hand_written, "keras_directory": keras_directory}
+    def ours() -> tf.data.Dataset:
+        first = next(passes) * EPOCHS_PER_PASS
+        return bundle.train_batches(range(first, first + EPOCHS_PER_PASS), batch)
+
+    def per_epoch(build: Callable[[], tf.data.Dataset]) -> Callable[[], Iterable]:
+        def run() -> Iterable:
+            dataset = build()
+            return itertools.chain.from_iterable(dataset for _ in range(EPOCHS_PER_PASS))
+        return run
+
+    return {"ours": ours, "tfdata": per_epoch(hand_written),
+            "keras_directory": per_epoch(keras_directory)}
 
 
 def compare_folder_pipelines(folder: Path, size: int, batch: int, rounds: int = 3,
