@@ -30,17 +30,19 @@ from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import (
     BATCHES_AT_ONCE,
     DECODE_THREADS,
+    SKIPPED_LABEL,
     native_decode_and_resize,
     needs_pil,
     pillow_rescue,
+    rescue_in_python,
     without_autotune,
 )
 from resnet_builder.data.resizing import Resize
+from resnet_builder.data.shards import plain
 from resnet_builder.data.skips import SkipLog
 
-# Plain TF ops, no Python control flow on tensors: AutoGraph's conversion of these functions
-# was most of a streamed folder's time to its first batch (~1.5 s, profiled).
-plain = tf.autograph.experimental.do_not_convert
+# The graph functions here are marked ``plain`` (no AutoGraph): its conversion of them was
+# most of a streamed folder's time to its first batch (~1.5 s, profiled).
 
 
 def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: bool,
@@ -123,8 +125,7 @@ def _rows_in_python(native: Callable[[tuple], tf.Tensor], rescue: Callable[..., 
     met an odd file). That makes a batch with a file broken in a new way slow: 64 photos
     with one broken took ~300 ms against 95 ms through a traced careful decoder (and the
     careful decoder called eagerly, tracing its map each time, ~315 ms); once known, the
-    file skips the attempt. Pinned to the CPU: a ``numpy_function``'s thread has no device
-    scope, and on a GPU machine the resize would run there, with other roundings."""
+    file skips the attempt. Pinned to the CPU, as ``decode.rescue_in_python``."""
     def redo(keys: np.ndarray, sources: np.ndarray, labels: np.ndarray, draws: np.ndarray,
              images: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out, found = np.zeros((len(keys), *shape), np.uint8), labels.copy()
@@ -139,10 +140,8 @@ def _rows_in_python(native: Callable[[tuple], tf.Tensor], rescue: Callable[..., 
                                            tf.constant(draws[row]))).numpy()
                     except tf.errors.OpError:  # broken, or only Pillow decodes it right
                         to_pillow.append(row)
-            for row in to_pillow:
-                image, label = rescue(keys[row], tf.constant(sources[row]), labels[row],
-                                      tf.constant(draws[row]))
-                out[row], found[row] = image.numpy(), label.numpy()
+        decoded = rescue_in_python(rescue, to_pillow, keys, sources, draws, out)
+        found[to_pillow] = np.where(decoded, labels[to_pillow], SKIPPED_LABEL)
         return out, found
 
     return redo

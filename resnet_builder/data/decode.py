@@ -303,4 +303,22 @@ def pillow_rescue(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     return rescue
 
 
+def rescue_in_python(rescue: Callable[..., tuple], places: list[int], keys: np.ndarray,
+                     sources: np.ndarray, draws: np.ndarray | tf.Tensor,
+                     images: np.ndarray) -> np.ndarray:
+    """``rescue`` (``pillow_rescue``) run eagerly on the rows ``places`` of a batch, from
+    Python (a ``numpy_function``: ``stream.pillow_places``, ``batch_decode``), writing
+    ``images`` in place; bool per place: decoded (False: skipped, recorded in the log).
+    Pinned to the CPU: a ``numpy_function``'s thread has no device scope, and on a GPU
+    machine the resize would run there, with other roundings."""
+    decoded = np.zeros(len(places), bool)
+    with tf.device("/CPU:0"):
+        for i, place in enumerate(places):
+            image, flag = rescue(tf.constant(keys[place], tf.int64),
+                                 tf.constant(sources[place]), tf.constant(0),
+                                 tf.constant(draws[place]))
+            images[place], decoded[i] = image.numpy(), int(flag) >= 0
+    return decoded
+
+
 BATCHES_AT_ONCE = 2  # parallel batch_decoder calls: the next batch starts as one finishes

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_builder.data.decode import BATCHES_AT_ONCE, PILLOW_LABEL
+from resnet_builder.data.shards import plain
 
 Lookup = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 # (the lookups' arguments, images, labels) -> (images, labels) with the places labelled
@@ -49,7 +50,6 @@ def guarded_batches(numbers: range, inputs: Callable[[tf.Tensor], tuple], fast: 
     the (images, labels) ``tf.TensorSpec``s of a batch; ``on_redo`` is told the first input
     (the keys) of each batch ``safe`` redoes. ``inputs`` runs in the parallel map: fed by
     a per-epoch dataset (``shards.run_rows``) this ran ~6% slower (971 vs 1,039)."""
-    plain = tf.autograph.experimental.do_not_convert  # plain TF ops: see batch_decode.plain
     image_spec, label_spec = element_spec
     no_rows = ([0, *image_spec.shape[1:]], [0, *label_spec.shape[1:]])
 
@@ -96,7 +96,7 @@ def _filler(redo: Callable[..., tuple], element_spec: tuple, finishing: bool
     A ``tf.cond`` whose branch is one ``numpy_function`` costs nothing when not taken."""
     image_spec, label_spec = element_spec
 
-    @tf.autograph.experimental.do_not_convert
+    @plain
     def filled(number: tf.Tensor, images: tf.Tensor, labels: tf.Tensor,
                again: tf.Tensor) -> tuple:
         def redone() -> tuple:

@@ -36,6 +36,7 @@ from resnet_builder.data.decode import (
     SkipLog,
     native_decode_and_resize,
     pillow_rescue,
+    rescue_in_python,
 )
 from resnet_builder.data.guarded import Finish
 from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
@@ -228,20 +229,18 @@ def pillow_places(files: list[str], labels: np.ndarray, how: Resize, channels: i
     (``decode.pillow_rescue``: the same resize, crop and flip as the safe decoder), with
     their labels, or zeros and -1 (recorded in ``skips``) where Pillow fails too."""
     rescue = pillow_rescue(how, channels, skips, from_files=True, taken=taken)
+    paths = np.array(files, object)
 
     def finish(args: tuple, images: np.ndarray, found: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         indices = np.asarray(args[0])
-        rows = args[1] if len(args) > 1 else tf.zeros([len(indices), 0])
+        rows = args[1] if len(args) > 1 else np.zeros([len(indices), 0], np.float32)
         images, found = images.copy(), found.copy()
         left = found == PILLOW_LABEL
-        with tf.device("/CPU:0"):  # as batch_decode._rows_in_python: the resize's roundings
-            for place in np.flatnonzero(left if left.ndim == 1 else left[:, 0]):
-                key = int(indices[place])
-                image, label = rescue(tf.constant(key, tf.int64), tf.constant(files[key]),
-                                      tf.constant(0), rows[place])
-                images[place] = image.numpy()
-                found[place] = labels[key] if int(label) >= 0 else SKIPPED_LABEL
+        places = np.flatnonzero(left if left.ndim == 1 else left[:, 0]).tolist()
+        decoded = rescue_in_python(rescue, places, indices, paths[indices], rows, images)
+        for place, good in zip(places, decoded, strict=True):
+            found[place] = labels[indices[place]] if good else SKIPPED_LABEL
         return images, found
 
     return finish

@@ -236,7 +236,7 @@ class TFRecordBundle(DataBundle):
         decode = self._record_decoder(batch_size, offset)
         drawing = self.decoder_augment() is not None
 
-        @tf.autograph.experimental.do_not_convert  # plain TF ops: see batch_decode.plain
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: see batch_decode
         def decoded(number: tf.Tensor, batch: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             return decode(*batch, number % steps, number // steps) if drawing else decode(*batch)
 
