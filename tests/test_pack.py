@@ -80,6 +80,9 @@ def test_pack_writes_shards_counts_and_skipped_csv(packed):
         assert sum(split["per_class"].values()) == split["count"]
     assert all(train["per_class"][c] + val["per_class"][c] == PER_CLASS for c in CLASSES)
     assert val["count"] == 13  # ceil(0.2 * 61 listed files), stratified
+    for split in (train, val):  # every 4th file a PNG
+        assert split["formats"]["jpeg"] + split["formats"]["other"] == split["count"]
+    assert train["formats"]["other"] > 0 and not bundle(out).jpeg_only
     assert len(info["mean"]["rgb"]) == 3 and len(info["std"]["gray"]) == 1
     assert info["stats"]["images"] == train["count"]  # fewer than 2,000: all of them
     assert sorted(p.name for p in out.iterdir()) == sorted(report.files)
@@ -292,3 +295,43 @@ def test_records_only_pillow_reads_right_decode_like_predict_every_epoch(tmp_pat
         images, labels = epoch(b, number, batch=4)
         got = dict(zip(fingerprints(images), labels.tolist(), strict=True))
         assert got == want
+
+
+def test_a_pack_of_jpegs_decodes_without_the_format_check_and_a_png_still_works(tmp_path):
+    """pack counts formats; a pack of JPEGs only is decoded on the JPEG-only route. If a
+    record is not a JPEG after all (dataset.json edited here to say so), its batch goes
+    the careful way: every image still equals what ``predict`` decodes, every epoch."""
+    from resnet_builder.data.decode import decode_and_resize
+    from resnet_builder.data.resizing import Resize
+
+    rng, root = np.random.default_rng(3), tmp_path / "jpegs"
+    for name in ("ant", "bee"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            photo = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+            Image.fromarray(photo).save(root / name / f"{i}.jpg", quality=90)
+    out = tmp_path / "packed"
+    pack_folder(root, str(out), shards=2, validation_split=0.0)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"]["train"]["formats"] == {"jpeg": 8, "other": 0}
+    assert bundle(out).jpeg_only
+
+    Image.fromarray(photo).save(root / "bee" / "odd.png")  # 9 images: a PNG among them
+    pack_folder(root, str(out), shards=2, validation_split=0.0, overwrite=True)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"]["train"]["formats"] == {"jpeg": 8, "other": 1}
+    info["splits"]["train"]["formats"] = {"jpeg": 9, "other": 0}
+    (out / "dataset.json").write_text(json.dumps(info))
+    b = bundle(out)
+    assert b.jpeg_only
+    want = {}
+    for c, name in enumerate(("ant", "bee")):
+        for path in sorted((root / name).iterdir()):
+            image = decode_and_resize(tf.constant(path.read_bytes()), Resize(16), 3).numpy()
+            want[fingerprints(image[None])[0]] = c
+    for number in range(2):
+        images, labels = epoch(b, number, batch=4)
+        good = labels >= 0  # the last batch is padded
+        assert dict(zip(fingerprints(images[good]), labels[good].tolist(), strict=True)) == want
+        assert good.sum() == 9 and not b.take_skipped()
+    assert len(b._skips._pillow) == 1  # the PNG: given to Pillow from the first epoch on

@@ -125,6 +125,11 @@ def is_jpeg(contents: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.strings.substr(contents, 0, 3), _JPEG)
 
 
+def is_jpeg_bytes(contents: bytes) -> bool:
+    """``is_jpeg`` in Python (``pack`` counts the JPEG records)."""
+    return contents[:3] == _JPEG
+
+
 def _jpeg_asks(channels: int) -> int:
     """The channels to ask libjpeg for: RGB directly when RGB is wanted, else as stored."""
     return 3 if channels == 3 else 0

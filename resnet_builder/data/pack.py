@@ -35,6 +35,7 @@ from PIL import Image
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.bundle import ORDER_STREAM, STATS_STREAM, seeded_rng
+from resnet_builder.data.decode import is_jpeg_bytes
 from resnet_builder.data.folder import STATS_SAMPLE, folder_layout, list_files
 from resnet_builder.data.images import ImageError, decode_image_bytes, resize_image, to_channels
 from resnet_builder.data.splits import STATS_SIZE, ChannelStats
@@ -177,22 +178,24 @@ def _write_split(name: str, items: list[Item], count: int, image_size: int | Non
     """Write ``items`` into ``count`` shards (at most one per item) -> the split's listing."""
     count = min(count, len(items))
     per_class = dict.fromkeys(report.class_names, 0)
+    formats = {"jpeg": 0, "other": 0}  # "other": 0 lets training skip the format check
     shards = []
     workers = min(32, 4 * (os.cpu_count() or 1))  # threads: Pillow and file reads release the GIL
     with ThreadPoolExecutor(workers) as pool:
         for k, part in enumerate(np.array_split(np.arange(len(items)), count) if count else []):
             file = shard_name(name, k, count)
             written = _write_shard(join(report.out, file), [items[i] for i in part], image_size,
-                                   stats, report, pool, per_class)
+                                   stats, report, pool, per_class, formats)
             shards.append({"file": file, "count": written})
             _say(report, file, written, on_file)
     report.counts[name] = sum(s["count"] for s in shards)
-    return {"count": report.counts[name], "per_class": per_class, "shards": shards}
+    return {"count": report.counts[name], "per_class": per_class, "formats": formats,
+            "shards": shards}
 
 
 def _write_shard(path: str, items: list[Item], image_size: int | None,
                  stats: dict[int, ChannelStats], report: PackReport, pool: ThreadPoolExecutor,
-                 per_class: dict[str, int]) -> int:
+                 per_class: dict[str, int], formats: dict[str, int]) -> int:
     """One shard, atomically; unreadable items go to ``report.skipped``. -> records written."""
     written = 0
     with _atomic_file(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
@@ -209,6 +212,7 @@ def _write_shard(path: str, items: list[Item], image_size: int | None,
                     stats[1].add(to_channels(small, 1))
                 writer.write(example_bytes(data, item.label, item.relative))
                 per_class[report.class_names[item.label]] += 1
+                formats["jpeg" if is_jpeg_bytes(data) else "other"] += 1
                 written += 1
     return written
 
