@@ -56,10 +56,9 @@ def batch_decoder(how: Resize, channels: int, skips: SkipLog, *, from_files: boo
     float32 [b, taken.columns] (``augment.decoder_draws``): each image is then its random
     resized crop taken from the file and / or mirrored where its draws say so.
     ``attempt`` False: the careful decoder alone (``guarded``'s redo, whose fast path just
-    failed on the same batch). ``only_jpeg`` (sources known to be JPEGs, such as a pack with
-    no other format): the attempt skips the format branch (``decode.by_format``); a record
-    of another format fails it, goes to Pillow and, remembered there, skips the attempt
-    from then on.
+    failed on the same batch). ``only_jpeg`` (a pack of JPEGs only): the attempt skips the
+    format branch (``decode.by_format``); bytes of another format fail it, go to Pillow
+    and, remembered, skip the attempt from then on.
 
     Measured (1,000 photos 500x375 as bytes -> 224, batch 64, 2 parallel calls, AVX512,
     4 alternating passes): careful decoder alone 1,096-1,130 images/s; with the attempt and
