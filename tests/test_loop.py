@@ -307,3 +307,81 @@ def test_streaming_with_corrupt_files_names_them_and_finishes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped" in out and "broken.png" in out
     assert out.count("broken.png") == 1  # named once, not every epoch
+
+
+def _corrupt_folder(root: Path) -> Path:
+    """3 classes x 12 PNGs, and 2 broken files in each class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label in ("a", "b", "c"):
+        (root / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+        for k in range(2):
+            (root / label / f"bad{k}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+def test_files_skipped_before_a_mid_epoch_stop_are_named_after_resume(tmp_path, monkeypatch):
+    """The skip list of the epoch so far travels in the mid-epoch checkpoint: a resumed
+    epoch names every unreadable file, as an uninterrupted one does."""
+    images = _corrupt_folder(tmp_path / "images")
+    settings = ["model.depth=8", "model.block_type=basic", "data.source=folder",
+                f"data.path={images}", "data.image_size=8", "data.batch_size=6",
+                "data.cache=false", "data.validation_split=0", "train.epochs=1",
+                "run.log_every=1", "run.progress=none", "run.plots=false",
+                "run.tensorboard=false", f"run.project={tmp_path / 'runs'}"]
+    whole = api.train(load_config(None, [*settings, "run.name=whole"]))
+    with open(whole.run_dir / "skipped.csv") as f:
+        named = sorted(Path(row["path"]).name for row in csv.DictReader(f))
+    assert len(named) == 6
+
+    report = loop.TrainingLoop._report
+
+    def stop_at_step_4(self, epoch, step, *args):
+        self.stop.requested = step >= 4  # as SIGTERM would, 3 of 7 batches before the end
+        return report(self, epoch, step, *args)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_report", stop_at_step_4)
+    with pytest.raises(UserError, match="stopped by SIGTERM; saved at epoch 1, step 4") as stop:
+        api.train(load_config(None, [*settings, "run.name=cut"]))
+    assert stop.value.exit_code == PREEMPTED_EXIT_CODE
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "cut"
+    assert read_meta(run / "checkpoint.npz")["epoch_progress"]["skipped"]  # some before the stop
+    api.resume(run)
+    with open(run / "skipped.csv") as f:
+        assert sorted(Path(row["path"]).name for row in csv.DictReader(f)) == named
+    assert results(run) == results(whole.run_dir)
+
+
+def test_sigterm_after_the_last_epoch_trained_lets_the_run_finish(tmp_path, monkeypatch,
+                                                                  capsys):
+    """SIGTERM during the last evaluation finishes the run (exit 0, nothing to resume);
+    during an earlier one it stops after that epoch; one during the final writes (here from
+    a callback's on_train_end) is held, not the default kill."""
+    import keras
+
+    evaluate = loop.TrainingLoop.evaluate
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler turns it into the flag
+        return evaluate(self)
+
+    class SignalAtEnd(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate", signalled)
+    with pytest.raises(UserError, match="saved at epoch 1, step 20") as stop:
+        api.train(config(tmp_path, "data.validation_split=0.2", name="early"))
+    assert stop.value.exit_code == PREEMPTED_EXIT_CODE
+    result = api.train(config(tmp_path, "data.validation_split=0.2", "train.epochs=1",
+                              name="last"), callbacks=[SignalAtEnd()])
+    assert result.summary["status"] == "finished"
+    assert len(results(result.run_dir)) == 1
+    assert "SIGTERM arrived as the run ended: it finished, nothing to resume" in (
+        capsys.readouterr().out)

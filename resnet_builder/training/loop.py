@@ -132,14 +132,25 @@ class TrainingLoop:
         self.inputs = RunBatches(self._run_iterator)  # one iterator for the run's epochs
         self._background: ThreadPoolExecutor | None = None  # validation's pipeline is made there
         self._counts: dict[int, tf.Tensor] = {}  # batches per call, as tensors (_batch_count)
+        # files this worker found unreadable this epoch before its last mid-epoch checkpoint,
+        # saved in it (epoch_progress): a resumed epoch still names them at its end
+        self._skipped_before: list[list[str]] = []
 
     def run(self) -> None:
         """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
         self.model.stop_training = False
         self.callbacks.on_train_begin()
+        # SIGTERM stays a flag until the run's last files are written (the default action
+        # killed a run in its final plots); after the last epoch it no longer stops anything
+        with self.stop.catching_sigterm():
+            self._run_epochs()
+        if self.stop.requested:
+            progress.say(self.cfg.run.progress, "SIGTERM arrived as the run ended: it "
+                         "finished, nothing to resume")
+
+    def _run_epochs(self) -> None:
         try:
-            with self.stop.catching_sigterm():
-                self._epochs()
+            self._epochs()
         except Diverged as nan:
             self._end("diverged")
             raise UserError(
@@ -193,17 +204,19 @@ class TrainingLoop:
             with self.ema.in_model() if self.ema else contextlib.nullcontext():
                 self._end_epoch(epoch, logs)  # optim.ema: the EMA model is evaluated and saved
             self.clock.written(epoch * self.steps_per_epoch)
-            if self.stop.requested:
-                raise Preempted(epoch, self.steps_per_epoch)
             if self.model.stop_training:
                 break
+            if self.stop.requested and epoch < cfg.train.epochs:  # the last: run finished
+                raise Preempted(epoch, self.steps_per_epoch)
 
     def _end_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         """Evaluate, record and tell the callbacks (they write the run folder)."""
         cfg = self.cfg
         evaluation = self.evaluate()
         # each worker decoded its own share: the chief's skipped.csv lists every worker's
-        self.state.note_skipped(pairs_from_every_worker(self.dist, self.data.take_skipped()))
+        found = [(path, why) for path, why in self._skipped_before] + self.data.take_skipped()
+        self._skipped_before = []
+        self.state.note_skipped(pairs_from_every_worker(self.dist, found))
         if evaluation is not None:
             logs.update(evaluation.logs())
         elif is_multilabel(self.model):
@@ -237,6 +250,7 @@ class TrainingLoop:
         resumed = self.state.epoch_progress
         resumed = resumed if resumed and resumed["epoch"] == epoch else None
         step = resumed["batches"] if resumed else 0
+        self._skipped_before = list(resumed.get("skipped", [])) if resumed else []
         before = resumed["seconds"] if resumed else 0.0
         totals = EpochTotals(resumed)
         iterator = self.inputs.at(epoch, step)
@@ -323,9 +337,12 @@ class TrainingLoop:
         loss_sum, correct, count = totals.read()
         if not math.isfinite(loss_sum):
             raise Diverged(epoch, step)
-        self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
-                                     "correct": correct, "count": count, "seconds": seconds}
         save = (checkpoint_due or self.stop.requested) and step < self.steps_per_epoch
+        if save:
+            self._skipped_before += [[path, why] for path, why in self.data.take_skipped()]
+        self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
+                                     "correct": correct, "count": count, "seconds": seconds,
+                                     "skipped": list(self._skipped_before)}
         self.callbacks.on_train_batch_end(step - 1, {
             "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
             "images_per_second": count / max(seconds, 1e-9), "checkpoint": save})
