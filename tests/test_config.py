@@ -720,8 +720,11 @@ def test_config_module_does_not_import_tensorflow() -> None:
     ("hardware.steps_per_call=fast", "must be an integer >= 1 or auto, got 'fast'"),
     ("hardware.steps_per_call=0", "must be >= 1, got 0"),
     ("train.checkpoint_every=soon",
-     "must be an integer >= 1 or minutes such as '10min', or null, got 'soon'"),
+     "must be an integer >= 1 or a time such as '10min', '30s' or '1.5h', or null, got "
+     "'soon'"),
     ("train.checkpoint_every=0min", "got '0min'"),
+    ("train.checkpoint_every=0.0s", "got '0.0s'"),
+    ("train.checkpoint_every=10 days", "got '10 days'"),
     ("data.cache=ram", "data.cache must be one of true, false, disk; got 'ram'"),
 ])
 def test_keys_that_take_a_number_or_words(setting: str, message: str) -> None:
@@ -735,6 +738,9 @@ def test_number_or_words_keys_accept_both() -> None:
     assert (cfg.hardware.steps_per_call, cfg.train.checkpoint_every) == (4, "10min")
     assert (cfg.data.cache, cfg.run.log_every) == ("disk", 5)
     assert load_config(None, ["train.checkpoint_every=200"]).train.checkpoint_every == 200
+    for time_ in ("30s", "1.5h", "10 MIN", "0.5min"):
+        assert load_config(None, [f"train.checkpoint_every={time_}"]).train.checkpoint_every \
+            == time_
     assert load_config(None).hardware.steps_per_call == "auto"
 
 

@@ -62,6 +62,12 @@ def test_clock_counts_steps_and_minutes(monkeypatch):
     assert not timed.due(1)
     now[0] += 2
     assert timed.due(1)
+    for every, seconds in (("30s", 30), ("1.5h", 5400), ("10 MIN", 600), ("0.5min", 30)):
+        clock = CheckpointClock(every)
+        now[0] += seconds - 1
+        assert not clock.due(1)
+        now[0] += 2
+        assert clock.due(1)
 
 
 def test_the_run_s_iterator_is_reused_where_it_stands():

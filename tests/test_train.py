@@ -112,6 +112,15 @@ def test_resume_refuses_model_changes(tmp_path, finished):
         trainer.resume(finished.run_dir, ("model.depth=14",))
 
 
+def test_resume_may_change_how_it_reports_checkpoints_and_caches_not_the_data():
+    from resnet_builder.training.resume import check_overrides
+
+    check_overrides(["run.log_every=3", "train.checkpoint_every=5min", "data.cache=disk"])
+    for key in ("data.path=/elsewhere", "data.batch_size=8", "hardware.seed=1"):
+        with pytest.raises(UserError, match="cannot change when resuming"):
+            check_overrides([key])
+
+
 def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monkeypatch):
     class InterruptInEpoch2(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

@@ -27,7 +27,7 @@ def declare(default: Any, help: str, *, choices: tuple | None = None, min: float
     r"""A dataclass field with the facts validation and docs need.
 
     ``text``: for a number key that also takes words, (regex, the words for messages),
-    e.g. ``("auto", "auto")`` or ``(r"[1-9]\d*min", "minutes such as '10min'")``.
+    e.g. ``("auto", "auto")`` or ``(DURATION, "a time such as '10min', ...")``.
     ``length``: a list key must have exactly this many items.
     ``parts``: for a key that takes a mapping, its entries by name (missing ones take their
     defaults), or one ``Part`` that every entry of a free-keyed mapping follows.

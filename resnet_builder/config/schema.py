@@ -19,8 +19,10 @@ from resnet_builder.depth import BLOCK_TYPE_ALIASES
 from resnet_builder.model.architecture import RESIZE_MODES
 from resnet_builder.runs import TRAIN_PROJECT
 
-# How a key that counts steps says minutes instead ('10min'); group 1 is the number.
-MINUTES = r"([1-9]\d*)min"
+# How a key that counts steps says a time instead ('10min', '30s', '1.5h', '10 MIN'); group 1
+# is the number (not zero), group 2 the unit (``DURATION_SECONDS``).
+DURATION = r"(?i)\s*(?=[\d.]*[1-9])(\d+(?:\.\d+)?)\s*(s|sec|min|h)\s*"
+DURATION_SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 
 # Every block-type spelling depth.py accepts, in its order (ours before keras-cv's).
 BLOCK_TYPES = tuple(BLOCK_TYPE_ALIASES)
@@ -213,9 +215,10 @@ class TrainConfig:
     eval_batch_size: int | None = _key(None, "Validation batch size; null = data.batch_size.",
                                        min=1, nullable=True)
     checkpoint_every: int | str | None = _key(
-        None, "Also write a mid-epoch checkpoint every N steps (a number) or every N minutes "
-        "('10min'); train --resume continues at that step. null = at epoch ends only.",
-        min=1, nullable=True, text=(MINUTES, "minutes such as '10min'"))
+        None, "Also write a mid-epoch checkpoint every N steps (a number) or after a time "
+        "('10min', '30s', '1.5h'); train --resume continues at that step. null = at epoch "
+        "ends only.",
+        min=1, nullable=True, text=(DURATION, "a time such as '10min', '30s' or '1.5h'"))
 
 
 @dataclass

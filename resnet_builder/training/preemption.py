@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from resnet_builder.config.schema import MINUTES
+from resnet_builder.config.schema import DURATION, DURATION_SECONDS
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -29,10 +29,10 @@ class CheckpointClock:
         if isinstance(every, int):
             self.steps = every
         elif isinstance(every, str):
-            minutes = re.fullmatch(MINUTES, every)
-            if minutes is None:  # the config checks the form; this is a bug if reached
-                raise ValueError(f"checkpoint_every {every!r} is neither steps nor 'Nmin'")
-            self.seconds = 60.0 * int(minutes.group(1))
+            time_ = re.fullmatch(DURATION, every)
+            if time_ is None:  # the config checks the form; this is a bug if reached
+                raise ValueError(f"checkpoint_every {every!r} is neither steps nor a time")
+            self.seconds = float(time_.group(1)) * DURATION_SECONDS[time_.group(2).lower()]
         self.last_step, self.last_time = 0, time.monotonic()
 
     def due(self, global_step: int) -> bool:

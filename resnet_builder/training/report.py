@@ -59,6 +59,7 @@ def start_line(cfg: Config, state: RunState, run_dir: Path, data: DataBundle, pa
 def end_line(s: dict[str, Any]) -> str:
     best = (f"best {s['monitor']} {s['best_value']:.4f} at epoch {s['best_epoch']}"
             if s["best_value"] is not None else "no validation data")
-    return (f"{s['status']}: {s['epochs_completed']} epochs, {best}, "
+    epochs = f"{s['epochs_completed']} epoch{'' if s['epochs_completed'] == 1 else 's'}"
+    return (f"{s['status']}: {epochs}, {best}, "
             f"{s['wall_seconds']:.1f}s, {s['train_images_per_second']:.0f} train img/s "
             f"-> {s['run_dir']}")

@@ -1,7 +1,8 @@
 """What a resumed run may change, and whether a run folder can go on.
 
 A resumed run continues after its last completed epoch from ``checkpoint.npz``.
-It may change how long it runs, how it reports and the machine it runs on:
+It may change how long it runs, how it reports and checkpoints, where decoded images are
+kept (``data.cache``) and the machine it runs on:
 every ``hardware`` key but the seed (precision ``auto`` re-resolves on the
 machine that resumes; the checkpoint holds the optimizer's own state, without
 float16 loss scaling, so a GPU run resumes on a CPU and back).
@@ -17,8 +18,10 @@ from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import checkpoint, progress
 
-RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "run.progress", "run.plots",
-                  "run.tensorboard", "run.loggers", "distribute.strategy",
+RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
+                  "run.progress", "run.plots", "run.tensorboard", "run.loggers", "run.log_every",
+                  "data.cache",  # where decoded images are kept: the same images either way
+                  "distribute.strategy",
                   "distribute.connect_timeout",
                   *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))
 
@@ -44,7 +47,7 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
                         hint=f"to train further: resnet-builder train --resume {run_dir} "
                              f"--set train.epochs=N (N > {done})")
     if done >= cfg.train.epochs:
-        raise UserError(f"{run_dir} already finished its {done} epochs",
+        raise UserError(f"{run_dir} already finished its {done} epoch{'' if done == 1 else 's'}",
                         hint=f"to extend it: resnet-builder train --resume {run_dir} "
                              f"--set train.epochs=N (N > {done})")
     if cfg != original:
