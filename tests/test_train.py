@@ -115,10 +115,36 @@ def test_resume_refuses_model_changes(tmp_path, finished):
 def test_resume_may_change_how_it_reports_checkpoints_and_caches_not_the_data():
     from resnet_builder.training.resume import check_overrides
 
-    check_overrides(["run.log_every=3", "train.checkpoint_every=5min", "data.cache=disk"])
-    for key in ("data.path=/elsewhere", "data.batch_size=8", "hardware.seed=1"):
+    check_overrides(["run.log_every=3", "train.checkpoint_every=5min", "data.cache=disk",
+                     "data.path=/moved/here"])
+    for key in ("data.limit=100", "data.batch_size=8", "hardware.seed=1"):
         with pytest.raises(UserError, match="cannot change when resuming"):
             check_overrides([key])
+
+
+def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+                tmp_path / "images" / label / f"{i}.png")
+    cfg = tiny_config(tmp_path, "data.source=folder", f"data.path={tmp_path / 'images'}",
+                      "data.channels=3", "train.epochs=1")
+    run = trainer.train(cfg).run_dir
+    shutil.move(tmp_path / "images", tmp_path / "moved")
+    trainer.resume(run, ("train.epochs=2", f"data.path={tmp_path / 'moved'}"))
+    assert "the data differs" not in capsys.readouterr().out
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(tmp_path / "moved/a/new.png")
+    trainer.resume(run, ("train.epochs=3",))
+    out = capsys.readouterr().out
+    assert "note: the data differs from what this run trained on so far (val images 4 -> 5)" \
+        in out
+    assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
 
 
 def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monkeypatch):

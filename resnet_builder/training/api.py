@@ -28,7 +28,7 @@ from resnet_builder.training.ema import EmaWeights
 from resnet_builder.training.loggers import check_loggers
 from resnet_builder.training.loop import TrainingLoop
 from resnet_builder.training.report import end_line, run_summary, start_line
-from resnet_builder.training.resume import check_overrides, resume_meta
+from resnet_builder.training.resume import check_overrides, data_change, data_shape, resume_meta
 from resnet_builder.training.schedules import build_schedule
 from resnet_builder.training.setup import (
     configure_hardware,
@@ -195,6 +195,10 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
         raise _cluster_error(exc, dist, s.meta) from None
     state = RunState.from_meta(s.meta)
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
+    change = data_change(state.data_shape, data_shape(s.data))
+    if change is not None:
+        progress.say(cfg.run.progress, change)
+    state.data_shape = data_shape(s.data)
 
     def summary() -> dict[str, Any]:
         return run_summary(state, cfg, dist, paths.root, s.precision)

@@ -2,18 +2,21 @@
 
 A resumed run continues after its last completed epoch from ``checkpoint.npz``.
 It may change how long it runs, how it reports and checkpoints, where decoded images are
-kept (``data.cache``) and the machine it runs on:
-every ``hardware`` key but the seed (precision ``auto`` re-resolves on the
-machine that resumes; the checkpoint holds the optimizer's own state, without
-float16 loss scaling, so a GPU run resumes on a CPU and back).
+kept (``data.cache``), where the data is (``data.path``: a moved folder; a note says when
+the data differs from what the run trained on) and the machine it runs on: every
+``hardware`` key but the seed (precision ``auto`` re-resolves on the machine that resumes;
+the checkpoint holds the optimizer's own state, without float16 loss scaling, so a GPU run
+resumes on a CPU and back).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from resnet_builder.config import Config, dump_config, key_specs
+from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import checkpoint, progress
@@ -21,6 +24,7 @@ from resnet_builder.training import checkpoint, progress
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
                   "run.progress", "run.plots", "run.tensorboard", "run.loggers", "run.log_every",
                   "data.cache",  # where decoded images are kept: the same images either way
+                  "data.path",  # a moved folder (``data_change`` says if the data differs)
                   "distribute.strategy",
                   "distribute.connect_timeout",
                   *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))
@@ -58,3 +62,23 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
                      f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
         meta["stale_epochs"] = 0  # an extended run gets a fresh patience
     return meta
+
+
+def data_shape(data: DataBundle) -> dict[str, Any]:
+    """What a checkpoint records of the data: class names and split sizes."""
+    return {"classes": list(data.class_names), "train": data.num_train, "val": data.num_val}
+
+
+def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """A note when a resumed run's data differs from what it trained on (files added or
+    removed, classes renamed), None when it looks the same (or the checkpoint predates
+    the record): its batches then differ from an uninterrupted run's."""
+    if before is None or before == now:
+        return None
+    changes = [f"{split} images {before[split]} -> {now[split]}" for split in ("train", "val")
+               if before.get(split) != now[split]]
+    if before.get("classes") != now["classes"]:
+        changes.append("class names")
+    return (f"note: the data differs from what this run trained on so far "
+            f"({', '.join(changes)}); the resumed run goes on with it, but cannot match an "
+            "uninterrupted run")

@@ -45,6 +45,8 @@ class RunState:
     epoch_progress: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> reason
     skipped_now: list[tuple[str, str]] = field(default_factory=list)  # new this epoch
+    # what the run trains on: {"classes", "train", "val"} (resume.data_change compares it)
+    data_shape: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     @classmethod
@@ -61,7 +63,7 @@ class RunState:
                    train_images=float(meta.get("train_images", 0.0)),
                    train_seconds=float(meta.get("train_seconds", 0.0)),
                    epoch_progress=meta.get("epoch_progress"),
-                   skipped=dict(meta.get("skipped", {})))
+                   skipped=dict(meta.get("skipped", {})), data_shape=meta.get("data"))
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
@@ -70,7 +72,8 @@ class RunState:
                 "best_confusion": self.best_confusion, "status": self.status,
                 "wall_seconds": self.wall_seconds, "train_images": self.train_images,
                 "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs,
-                "epoch_progress": self.epoch_progress, "skipped": self.skipped}
+                "epoch_progress": self.epoch_progress, "skipped": self.skipped,
+                "data": self.data_shape}
 
     @property
     def epochs_completed(self) -> int:
