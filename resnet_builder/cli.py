@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import warnings
 
 import click
 
@@ -36,7 +38,8 @@ class Group(click.Group):
     """Starts TensorFlow for the commands that need it; turns errors into clean exits.
 
     A ``UserError`` (or ``ArgumentError``, a bad model argument) is one message and
-    its exit code. Anything else is a bug: the CLI says so, names the error and
+    its exit code, as is a damaged packed shard (TensorFlow's ``DataLossError`` from the
+    record reader). Anything else is a bug: the CLI says so, names the error and
     how to see the traceback (``RESNET_BUILDER_DEBUG=1``), and exits 1.
     """
 
@@ -49,6 +52,11 @@ class Group(click.Group):
         return name, command, rest
 
     def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():  # restores Python's own display afterwards
+            warnings.showwarning = _show_warning
+            return self._invoke_sorting_errors(ctx)
+
+    def _invoke_sorting_errors(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -61,10 +69,33 @@ class Group(click.Group):
         except Exception as exc:
             if os.environ.get("RESNET_BUILDER_DEBUG"):
                 raise
+            damaged = _damaged_shard(exc)
+            if damaged is not None:
+                raise CommandFailed(str(damaged), damaged.exit_code) from None
             raise CommandFailed(
                 f"{type(exc).__name__}: {exc}\n  this is a bug in resnet-builder, not something "
                 "you did; please report it with the traceback, which RESNET_BUILDER_DEBUG=1 "
                 "shows", 1) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning meant for the user (``UserWarning``: files skipped, weights that only
+    partly fit) as ``warning: ...`` on stderr, not Python's form with our source line."""
+    if issubclass(category, UserWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True,
+                   nl=False)
+
+
+def _damaged_shard(exc: Exception) -> UserError | None:
+    """A truncated or corrupt packed shard is the user's to fix, not a bug. It surfaces from
+    inside the training step (tf.data), so it is recognised here, where errors are sorted."""
+    if "tensorflow" not in sys.modules:  # no TensorFlow error then; never import it for this
+        return None
+    from resnet_builder.data.tfrecord import damaged_shard_error
+
+    return damaged_shard_error(exc)
 
 
 BLOCK_TYPES = tuple(BLOCK_TYPE_ALIASES)

@@ -37,7 +37,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
     be read) and dataset.json (classes, counts, mean/std). Train from it with
     data.source: tfrecord and data.path: OUT.
     """
-    from resnet_builder.data.pack import pack_folder
+    from resnet_builder.data.pack import check_paths, pack_folder
     from resnet_builder.data.tfrecord import DATASET_FILE, SKIPPED_FILE
 
     def wrote(name: str, count: int) -> None:
@@ -45,6 +45,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
                 "mean/std"}.get(name, f"{count} image(s)")
         click.echo(f"  {name}: {what}")
 
+    check_paths(folder, out)  # a missing FOLDER or OUT inside it: say so before "packing"
     click.echo(f"packing {folder} into {out}")
     report = pack_folder(folder, out, shards=shards, image_size=image_size,
                          validation_split=validation_split, seed=seed, overwrite=overwrite,

@@ -417,13 +417,27 @@ def test_depth_rule_agrees_with_depth_py(block: str | None) -> None:
             assert load_config(None, overrides).model.depth == depth
 
 
-@pytest.mark.parametrize("source", ["folder", "npz"])
-def test_folder_and_npz_need_a_path(tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize("source", ["folder", "npz", "csv", "tfrecord"])
+def test_sources_without_a_location_need_a_path(tmp_path: Path, source: str) -> None:
     err = error(write(tmp_path, f"data:\n  batch_size: 8\n  source: {source}\n"))
     assert err.message.endswith(f"x.yaml:3: data.source is {source} but data.path is not set")
     assert "data.path" in err.hint
     cfg = load_config(write(tmp_path, f"data:\n  source: {source}\n  path: p\n", "y.yaml"))
     assert cfg.data.path == "p"
+
+
+def test_config_command_rejects_tfrecord_without_a_path_up_front(tmp_path: Path) -> None:
+    """Caught by `resnet-builder config` (usage error, exit 2), as for folder and csv."""
+    from click.testing import CliRunner
+
+    from resnet_builder.cli import main
+
+    path = write(tmp_path, "data:\n  source: folder\n  path: photos\n")
+    result = CliRunner().invoke(main, ["config", str(path), "--set", "data.source=tfrecord",
+                                       "--set", "data.path=null"])
+    assert result.exit_code == 2, result.output
+    assert "data.source is tfrecord but data.path is not set" in result.output
+    assert "resnet-builder pack" in result.output and "Traceback" not in result.output
 
 
 def test_step_schedule_needs_milestones(tmp_path: Path) -> None:

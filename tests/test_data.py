@@ -249,6 +249,29 @@ def test_folder_bad_files_are_skipped_with_reasons(tmp_path):
     _labels_match_colours(bundle, bundle.train_dataset(0, 4))
 
 
+def test_the_cli_shows_skipped_files_as_a_plain_warning(tmp_path):
+    """In the terminal a skipped file is one ``warning:`` line per notice, not Python's
+    warning form with our source file and line."""
+    from click.testing import CliRunner
+
+    from resnet_builder.cli import main
+
+    _class_tree(tmp_path / "images", 3)
+    (tmp_path / "images" / "bee" / "notes.txt").write_text("labels checked by hand")
+    digits = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+    settings = [f"data.path={tmp_path / 'images'}", "data.source=folder", "data.image_size=8",
+                "data.channels=3", "data.validation_split=0", "model.depth=8",
+                "model.block_type=basic", "train.epochs=1", "run.plots=false",
+                "run.tensorboard=false"]
+    result = CliRunner().invoke(main, [
+        "train", str(digits), *[arg for item in settings for arg in ("--set", item)],
+        "--progress", "none", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped 1 file(s) that are not usable images:" in result.output
+    assert "notes.txt" in result.output
+    assert "SkippedFilesWarning" not in result.output and ".py:" not in result.output
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_folder_without_cache_decodes_on_demand_identically(tmp_path, verify):
     for i, name in enumerate(COLOURS):

@@ -6,6 +6,8 @@ import csv
 import hashlib
 import io
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +251,67 @@ def test_cli_pack_names_the_files(folder, tmp_path):
     missing = CliRunner().invoke(main, ["pack", str(tmp_path / "nope"), str(tmp_path / "o2")])
     assert missing.exit_code != 0 and "hint:" in missing.output
     assert "Traceback" not in missing.output and isinstance(missing.exception, SystemExit)
+    assert "not a folder" in missing.output
+    assert "packing" not in missing.output  # checked first, then announced
+    assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("inside", ["out", "bee/out", "."])
+def test_pack_refuses_an_output_folder_inside_the_source(tmp_path, inside):
+    """A pack inside the source would be read later as a class folder without images."""
+    source = make_folder(tmp_path / "photos")
+    before = sorted(source.rglob("*"))
+    out = str(source / inside)
+    result = CliRunner().invoke(main, ["pack", str(source), out, "--shards", "2"])
+    assert result.exit_code == 2, result.output
+    assert f"the output folder {out} is" in result.output and str(source) in result.output
+    assert "outside the source folder" in result.output and "packing" not in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert sorted(source.rglob("*")) == before  # nothing written into the source
+    with pytest.raises(UserError, match="inside the source folder"):
+        pack_folder(source, str(tmp_path / "photos" / ".." / "photos" / "x"), shards=2)
+    pack_folder(source, str(tmp_path / "photos-packed"), shards=2)  # a sibling is fine
+
+
+def test_a_damaged_shard_is_a_user_error_not_a_bug(packed, tmp_path):
+    """A truncated copy of a shard: one message and a hint, exit 1, no traceback."""
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "train-00001-of-00003.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:3000])  # as `head -c 3000` would
+    config = tmp_path / "x.yaml"
+    config.write_text(f"data:\n  source: tfrecord\n  path: {copy}\n  image_size: 16\n"
+                      "model:\n  depth: 8\n  block_type: basic\n")
+    result = CliRunner().invoke(main, [
+        "train", str(config), "--set", "train.epochs=1", "--set", "run.plots=false",
+        "--set", "run.tensorboard=false", "--progress", "none",
+        "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"a packed shard under {copy} is damaged (truncated or corrupt)" in result.output
+    assert re.search(r"truncated record at \d+\n", result.output)
+    assert "--overwrite" in result.output and "copy the whole packed folder" in result.output
+    assert "bug in resnet-builder" not in result.output and "File " not in result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "data_damaged"
+
+
+def test_a_corrupt_record_is_named_and_other_data_loss_is_not(packed, tmp_path):
+    _, out = packed
+    data = bytearray((out / "val-00000-of-00001.tfrecord").read_bytes())
+    data[5000] ^= 0xFF  # one flipped byte: the record's checksum fails
+    bad = tmp_path / "val-00000-of-00001.tfrecord"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tf.errors.DataLossError) as caught:
+        list(tf.data.TFRecordDataset(str(bad)))
+    error = tfrecord.damaged_shard_error(caught.value)
+    assert error is not None and "corrupted record at" in error.message
+    named = tf.errors.DataLossError(None, None, f"corrupted record at 12 in {bad}")
+    assert "shard val-00000-of-00001.tfrecord under" in tfrecord.damaged_shard_error(named).message
+    checkpoint = tf.errors.DataLossError(None, None, "not an sstable (bad magic number)")
+    assert tfrecord.damaged_shard_error(checkpoint) is None
+    assert tfrecord.damaged_shard_error(ValueError("corrupted record at 3")) is None
 
 
 @pytest.mark.slow

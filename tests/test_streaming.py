@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -365,13 +366,35 @@ def test_disk_cache_is_written_then_read(tmp_path, monkeypatch):
     cached = list((tmp_path / "tmp" / "resnet_builder_cache").glob("*.npy"))
     assert len(cached) == 1  # images and their state, one file
     assert bundle._train.store.filled == 9
+    again = load_data(cfg, seed=0)  # a new run finds the same cache file, already filled
+    assert again._train.store.path == cached[0] and again._train.store.filled == 9
     for image in data.rglob("*.png"):
         image.write_bytes(b"")  # from now on only the cache can give the pixels
-    x, y = _epoch(bundle.train_dataset(0, 4))
-    np.testing.assert_array_equal(x, first[0])
-    assert (y >= 0).all() and bundle.take_skipped() == []
-    again = load_data(cfg, seed=0)  # a new run finds the same cache file
-    np.testing.assert_array_equal(_epoch(again.train_dataset(0, 4))[0], first[0])
+    for run in (bundle, again):
+        x, y = _epoch(run.train_dataset(0, 4))
+        np.testing.assert_array_equal(x, first[0])
+        assert (y >= 0).all() and run.take_skipped() == []
+
+
+def test_disk_cache_is_not_reused_after_images_are_overwritten(tmp_path, monkeypatch):
+    """Same names, new pixels: the cache key holds each file's size and mtime."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    data = _tree(tmp_path / "data", 3)
+    cfg = DataConfig(source="folder", path=str(data), image_size=8, validation_split=0.0,
+                     cache="disk")
+    old = load_data(cfg, seed=0)
+    before = _epoch(old.train_dataset(0, 4))[0]
+    for n, image in enumerate(sorted(data.rglob("*.png"))):
+        Image.fromarray(_photo(12, 12, 100 + n)).save(image)  # in place, same name and size
+        os.utime(image, ns=(os.stat(image).st_atime_ns, os.stat(image).st_mtime_ns + 10**9))
+    new = load_data(cfg, seed=0)
+    assert new._train.store.path != old._train.store.path
+    assert new._train.store.filled == 0  # a fresh cache: nothing stale to read
+    fresh = _epoch(load_data(dataclasses.replace(cfg, cache=False), seed=0).train_dataset(0, 4))[0]
+    x, y = _epoch(new.train_dataset(0, 4))
+    assert not np.array_equal(x, before)
+    np.testing.assert_array_equal(x, fresh)
+    assert (y >= 0).all()
 
 
 @pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])

@@ -92,10 +92,12 @@ def _rule_depth(cfg: Config, where: Where) -> None:
 
 
 def _rule_data_path(cfg: Config, where: Where) -> None:
-    """folder, npz and csv have no built-in location."""
+    """folder, npz, csv and tfrecord have no built-in location: caught here, not at train."""
     d = cfg.data
-    if d.source in ("folder", "npz", "csv") and not d.path:
+    if d.source in ("folder", "npz", "csv", "tfrecord") and not d.path:
         what = "the .npz file" if d.source == "npz" else "the CSV file (a path column and labels)"
+        if d.source == "tfrecord":
+            what = "the folder `resnet-builder pack FOLDER OUT` wrote (OUT)"
         if d.source == "folder":
             what = ("the image folder (train/ and val/ sub-folders of one folder per class, "
                     "or one folder per class and data.validation_split)")

@@ -98,7 +98,7 @@ def pack_folder(folder: str | os.PathLike, out: str, *, shards: int = 16,
     if shards < 1:
         raise UserError(f"--shards must be at least 1, got {shards}", exit_code=2)
     start = time.perf_counter()
-    root = Path(folder).expanduser()
+    root = check_paths(folder, out)
     class_names, splits, skipped = _plan(root, validation_split, seed)
     made_split = folder_layout(root)[1] is None  # no val/: the split is made here
     out = _prepare_out(out, overwrite)
@@ -122,13 +122,28 @@ def pack_folder(folder: str | os.PathLike, out: str, *, shards: int = 16,
     return report
 
 
+def check_paths(folder: str | os.PathLike, out: str) -> Path:
+    """The source folder, checked before anything is printed or written: it must be a folder,
+    and ``out`` must lie outside it (a pack inside the source would later be read as one
+    more class folder, without images, by ``data.source: folder``)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}", hint="give a folder of class folders: FOLDER/"
+                        "<class>/<images>, or FOLDER/train/<class>/ with FOLDER/val/<class>/")
+    if not is_url(out):
+        target, source = Path(out).expanduser().resolve(), root.resolve()
+        if target.is_relative_to(source):
+            where = "is" if target == source else "is inside"
+            raise UserError(f"the output folder {out} {where} the source folder {folder}",
+                            hint="choose an output folder outside the source folder (inside "
+                            "it, the pack would be read as one more class folder)", exit_code=2)
+    return root
+
+
 def _plan(root: Path, validation_split: float,
           seed: int) -> tuple[list[str], tuple[list[Item], list[Item]], list[tuple[str, str]]]:
     """(class names, (train, val) items, files left out by the scan): the folder source's
     listing (``folder.list_files``: layout rules, scanner, stratified split)."""
-    if not root.is_dir():
-        raise UserError(f"not a folder: {root}", hint="give a folder of class folders: FOLDER/"
-                        "<class>/<images>, or FOLDER/train/<class>/ with FOLDER/val/<class>/")
     listing = list_files(DataConfig(source="folder", path=str(root),
                                      validation_split=validation_split), seed)
 

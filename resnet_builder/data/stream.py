@@ -8,10 +8,12 @@ back afterwards:
 * ``data.cache: true`` (when the split fits the memory budget): a zero-filled array, whose
   pages the system commits only as images are stored, so memory grows with what was read;
 * ``data.cache: disk``: the same in a ``.npy`` memory map under
-  ``<system temp>/resnet_builder_cache/``, named by a hash of data.path, the split's files,
-  image_size and channels, so the next run (or the next epoch) reads decoded pixels from
-  disk. A random-access file is used rather than ``tf.data.Dataset.cache``/``snapshot``:
-  those replay one fixed order, while every epoch here reads its own (seed, epoch) order.
+  ``<system temp>/resnet_builder_cache/``, named by a hash of data.path, the split's files
+  (with each one's size and modification time), image_size and channels, so the next run
+  (or the next epoch) reads decoded pixels from disk; an image overwritten in place gives a
+  new cache file. A random-access file is used rather than ``tf.data.Dataset.cache``/
+  ``snapshot``: those replay one fixed order, while every epoch here reads its own
+  (seed, epoch) order. Old cache files are not deleted: remove the folder to reclaim space.
 """
 
 from __future__ import annotations
@@ -111,12 +113,27 @@ def _create_store(path: Path, count: int, kind: np.dtype) -> None:
 
 def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> Path:
     """The cache file for one split: a hash of the folder, its files, the resize rule (with
-    its version: caches made by an older rule are not reused) and channels."""
+    its version: caches made by an older rule are not reused) and channels.
+
+    Each file's size and modification time are hashed too (one ``os.stat`` per file), so an
+    image overwritten in place under the same name gives a new cache file, not stale pixels.
+    """
     rule = f"{how.size}\0{how.mode}\0{how.crop_pct}\0{RESIZE_RULE_VERSION}"
     digest = hashlib.sha256(f"{root}\0{rule}\0{channels}\0".encode())
     for name in files:
         digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(_file_stamp(name))
     return Path(tempfile.gettempdir()) / "resnet_builder_cache" / f"{digest.hexdigest()[:24]}.npy"
+
+
+def _file_stamp(name: str) -> bytes:
+    """A file's size and modification time (ns); a file gone already is marked as missing
+    (its decode will be skipped and logged as for any unreadable file)."""
+    try:
+        stat = os.stat(name)
+    except OSError:
+        return b"missing\0"
+    return f"{stat.st_size}\0{stat.st_mtime_ns}\0".encode()
 
 
 def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int,

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from resnet_builder import scores
 from resnet_builder.data import DataBundle
+from resnet_builder.data.tfrecord import damaged_shard_error
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
@@ -160,6 +161,10 @@ class TrainingLoop:
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
             ) from None
         except tf.errors.OpError as exc:
+            damaged = damaged_shard_error(exc, self.cfg.data.path)
+            if damaged is not None:  # a packed shard cut short or corrupt: the user's to fix
+                self._end("data_damaged")
+                raise damaged from None
             if self.dist.name != "multi_worker":
                 raise
             self._end("worker_lost")

@@ -4,7 +4,8 @@
 results.csv rows, the best epoch by ``train.monitor`` (which chooses best.keras and
 drives early stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
 checkpoint stores. ``status`` is one of running, finished, stopped_early, stopped (by a
-callback), diverged, interrupted, preempted (SIGTERM) or worker_lost.
+callback), diverged, interrupted, preempted (SIGTERM), worker_lost or data_damaged (a
+packed shard cut short or corrupt).
 """
 
 from __future__ import annotations
