@@ -398,3 +398,16 @@ def test_a_pack_of_jpegs_decodes_without_the_format_check_and_a_png_still_works(
         assert dict(zip(fingerprints(images[good]), labels[good].tolist(), strict=True)) == want
         assert good.sum() == 9 and not b.take_skipped()
     assert len(b._skips._pillow) == 1  # the PNG: given to Pillow from the first epoch on
+
+
+def test_settings_a_pack_makes_pointless_are_named_not_ignored(packed, folder, tmp_path):
+    _, out = packed
+    with pytest.warns(UserWarning, match=r"^data.verify does not apply to packed records"):
+        bundle(out, verify=True)
+    with pytest.warns(UserWarning, match=r"^data.verify and data.cache: disk do not apply"):
+        bundle(out, verify=True, cache="disk")
+    small = tmp_path / "small"
+    pack_folder(folder, str(small), shards=1, image_size=12)
+    with pytest.warns(UserWarning, match="packed with --image-size 12; data.image_size 16 "
+                                         "enlarges every image"):
+        bundle(small)

@@ -22,9 +22,9 @@ apply (pack checked every file).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,8 +39,6 @@ from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SKIPPED_LABEL, SkipLog, without_autotune
 from resnet_builder.data.shards import check_sharding
 from resnet_builder.errors import UserError
-
-log = logging.getLogger(__name__)
 
 DATASET_FILE = "dataset.json"
 SKIPPED_FILE = "skipped.csv"
@@ -134,10 +132,7 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
     val = [Shard(k, join(folder, s["file"]), int(s["count"]))
            for k, s in enumerate(info["splits"]["val"]["shards"])]
     train = limit_shards(train, data.limit)
-    packed = info.get("image_size")
-    if packed and data.image_size > packed:
-        log.warning("%s was packed with --image-size %d; data.image_size %d enlarges every "
-                    "image", folder, packed, data.image_size)
+    _warn_unused_settings(data, folder, info.get("image_size"))
     return TFRecordBundle(class_names=list(info["class_names"]),
                           num_train=sum(s.count for s in train),
                           num_val=sum(s.count for s in val), image_size=data.image_size,
@@ -149,6 +144,19 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
 def _jpeg_only(split: dict) -> bool:
     """Whether pack counted only JPEG records in ``split`` (packs before that count: no)."""
     return split.get("formats", {}).get("other") == 0
+
+
+def _warn_unused_settings(data: DataConfig, folder: str, packed: int | None) -> None:
+    """Say what a packed folder makes pointless, rather than ignoring it without a word."""
+    if packed and data.image_size > packed:
+        warnings.warn(f"{folder} was packed with --image-size {packed}; data.image_size "
+                      f"{data.image_size} enlarges every image", UserWarning, stacklevel=3)
+    unused = [name for name, on in (("data.verify", data.verify),
+                                    ("data.cache: disk", data.cache == "disk")) if on]
+    if unused:
+        warnings.warn(f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not "
+                      "apply to packed records (pack decoded every file once; records are "
+                      "always streamed)", UserWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
