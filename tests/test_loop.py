@@ -364,30 +364,49 @@ def test_files_skipped_before_a_mid_epoch_stop_are_named_after_resume(tmp_path, 
     assert results(run) == results(whole.run_dir)
 
 
-def test_sigterm_after_the_last_epoch_trained_lets_the_run_finish(tmp_path, monkeypatch,
-                                                                  capsys):
-    """SIGTERM during the last evaluation finishes the run (exit 0, nothing to resume);
-    during an earlier one it stops after that epoch; one during the final writes (here from
-    a callback's on_train_end) is held, not the default kill."""
-    import keras
-
-    evaluate = loop.TrainingLoop.evaluate
+def test_sigterm_in_an_evaluation_leaves_at_once_and_the_resumed_run_matches(
+        tmp_path, reference, monkeypatch):
+    """SIGTERM during an evaluation does not wait for it to end: the epoch's training is
+    saved (its last step), the run exits 143, and the resumed run evaluates that epoch and
+    gives the uninterrupted results.csv."""
+    evaluate, batches = loop.TrainingLoop.evaluate, []
 
     def signalled(self):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler turns it into the flag
         return evaluate(self)
 
+    eval_step = loop.TrainingLoop._stop_if_asked
+
+    def counted(self):
+        batches.append(self.stop.requested)
+        return eval_step(self)
+
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate", signalled)
+    monkeypatch.setattr(loop.TrainingLoop, "_stop_if_asked", counted)
+    with pytest.raises(UserError, match="stopped by SIGTERM; saved at epoch 1, step 20") as stop:
+        api.train(config(tmp_path))
+    assert stop.value.exit_code == PREEMPTED_EXIT_CODE
+    assert batches == [True]  # left before the first validation batch
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "exp"
+    meta = read_meta(run / "checkpoint.npz")
+    assert (meta["epochs_completed"], meta["epoch_progress"]["batches"]) == (0, 20)
+    api.resume(run)
+    assert results(run) == results(reference)
+
+
+def test_sigterm_after_the_last_epoch_is_recorded_lets_the_run_finish(tmp_path, capsys):
+    """Once the last epoch is recorded there is nothing to resume: a SIGTERM during the
+    final writes (here from a callback's on_train_end) is held, not the default kill, and
+    the run finishes (exit 0) and says so."""
+    import keras
+
     class SignalAtEnd(keras.callbacks.Callback):
         def on_train_end(self, logs=None):
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(loop.TrainingLoop, "evaluate", signalled)
-    with pytest.raises(UserError, match="saved at epoch 1, step 20") as stop:
-        api.train(config(tmp_path, "data.validation_split=0.2", name="early"))
-    assert stop.value.exit_code == PREEMPTED_EXIT_CODE
-    result = api.train(config(tmp_path, "data.validation_split=0.2", "train.epochs=1",
-                              name="last"), callbacks=[SignalAtEnd()])
+    result = api.train(config(tmp_path, "train.epochs=1"), callbacks=[SignalAtEnd()])
     assert result.summary["status"] == "finished"
-    assert len(results(result.run_dir)) == 1
+    assert json.loads((result.run_dir / "summary.json").read_text())["status"] == "finished"
     assert "SIGTERM arrived as the run ended: it finished, nothing to resume" in (
         capsys.readouterr().out)

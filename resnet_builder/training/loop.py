@@ -17,7 +17,6 @@ import contextlib
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -52,7 +51,13 @@ from resnet_builder.training.strategy import (
     distribute_shards,
     pairs_from_every_worker,
 )
+from resnet_builder.training.totals import EpochTotals, Evaluation
 from resnet_builder.training.workers import cluster_failure
+
+
+class _StoppedInEvaluation(Exception):
+    """SIGTERM arrived while an epoch was being evaluated."""
+
 
 _NO_VALIDATION = object()  # what val_batches keeps when the data has no validation split
 
@@ -69,40 +74,6 @@ class Diverged(Exception):
     def __init__(self, epoch: int, step: int) -> None:
         super().__init__(f"epoch {epoch} step {step}")
         self.epoch, self.step = epoch, step
-
-
-@dataclass
-class Evaluation:
-    loss: float
-    confusion: np.ndarray | None  # int64 [K, K], rows true, columns predicted (multiclass)
-    labels: scores.LabelScores | None = None  # multilabel: AP and F1 at the threshold
-
-    def logs(self) -> dict[str, float | None]:
-        """The validation columns of results.csv (definitions: ``resnet_builder.scores``)."""
-        if self.labels is not None:
-            return {"val_loss": self.loss, "val_map": self.labels.mean_ap,
-                    "val_micro_f1": self.labels.micro_f1, "val_macro_f1": self.labels.macro_f1}
-        return {"val_loss": self.loss, "val_accuracy": scores.accuracy(self.confusion),
-                "val_balanced_accuracy": scores.balanced_accuracy(self.confusion),
-                "val_macro_f1": scores.macro_f1(self.confusion)}
-
-
-class EpochTotals:
-    """Loss sum, correct and image count of the epoch so far, kept as float64 device tensors."""
-
-    def __init__(self, progress: dict[str, Any] | None) -> None:
-        start = progress or {}
-        self.sums = [tf.constant(float(start.get(k, 0.0)), tf.float64)
-                     for k in ("loss_sum", "correct", "count")]
-
-    def add(self, call_sums) -> None:
-        self.sums = [total + tf.cast(s, tf.float64) for total, s in zip(self.sums, call_sums,
-                                                                         strict=True)]
-
-    def read(self) -> tuple[float, float, float]:
-        """The host's copy (this waits for the device)."""
-        loss_sum, correct, count = (float(v) for v in self.sums)
-        return loss_sum, correct, count
 
 
 class TrainingLoop:
@@ -207,12 +178,27 @@ class TrainingLoop:
             logs = self.train_epoch(epoch, train_fn)
             sync_moving_stats()  # before evaluating and saving: one model on every replica
             with self.ema.in_model() if self.ema else contextlib.nullcontext():
-                self._end_epoch(epoch, logs)  # optim.ema: the EMA model is evaluated and saved
+                try:  # optim.ema: the EMA model is evaluated and saved
+                    self._end_epoch(epoch, logs)
+                except _StoppedInEvaluation:  # SIGTERM: leave now, evaluate again on resume
+                    self._save_trained_epoch()
+                    raise Preempted(epoch, self.steps_per_epoch) from None
             self.clock.written(epoch * self.steps_per_epoch)
             if self.model.stop_training:
                 break
-            if self.stop.requested and epoch < cfg.train.epochs:  # the last: run finished
+            if self.stop.requested and epoch < cfg.train.epochs:  # the last: the run is done
                 raise Preempted(epoch, self.steps_per_epoch)
+
+    def _save_trained_epoch(self) -> None:
+        """A mid-epoch checkpoint at the epoch's last step (its evaluation not done): a
+        resumed run trains no more of it, evaluates it and goes on."""
+        self._skipped_before += [[path, why] for path, why in self.data.take_skipped()]
+        progress = self.state.epoch_progress = {**self.state.epoch_progress,
+                                                "skipped": list(self._skipped_before)}
+        count = max(progress["count"], 1.0)
+        self.callbacks.on_train_batch_end(self.steps_per_epoch - 1, {
+            "loss": progress["loss_sum"] / count, "accuracy": progress["correct"] / count,
+            "images_per_second": count / max(progress["seconds"], 1e-9), "checkpoint": True})
 
     def _end_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         """Evaluate, record and tell the callbacks (they write the run folder)."""
@@ -258,7 +244,8 @@ class TrainingLoop:
         self._skipped_before = list(resumed.get("skipped", [])) if resumed else []
         before = resumed["seconds"] if resumed else 0.0
         totals = EpochTotals(resumed)
-        iterator = self.inputs.at(epoch, step)
+        # resumed after the epoch trained (stopped in its evaluation): no batches to read
+        iterator = self.inputs.at(epoch, step) if step < self.steps_per_epoch else None
         start, last_read, first_call = time.perf_counter(), step, True
         while step < self.steps_per_epoch:
             taken = min(self.batches_per_call, self.steps_per_epoch - step)
@@ -369,17 +356,25 @@ class TrainingLoop:
         k = self.model.num_classes
         loss_sum, confusion = tf.constant(0.0, tf.float64), tf.zeros((k, k), tf.int64)
         for batch in self.val_batches:
+            self._stop_if_asked()
             batch_loss, batch_confusion = self.eval_step(batch)
             loss_sum += tf.cast(batch_loss, tf.float64)
             confusion += tf.cast(batch_confusion, tf.int64)
         matrix = confusion.numpy()
         return Evaluation(float(loss_sum) / max(int(matrix.sum()), 1), matrix)
 
+    def _stop_if_asked(self) -> None:
+        """SIGTERM between evaluation batches: a large validation split could outlast the
+        grace period a scheduler gives."""
+        if self.stop.requested:
+            raise _StoppedInEvaluation
+
     def _evaluate_labels(self) -> Evaluation:
         """Multilabel: every validation probability comes back (kept on the device until the
         end), then AP, mAP and F1 at the model's threshold; rows of -1 (unreadable) drop."""
         loss_sum, probabilities, truth = tf.constant(0.0, tf.float64), [], []
         for batch in self.val_batches:
+            self._stop_if_asked()
             batch_loss, batch_probabilities, batch_truth = self.eval_step(batch)
             loss_sum += tf.cast(batch_loss, tf.float64)
             probabilities.append(batch_probabilities)
