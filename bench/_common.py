@@ -10,6 +10,7 @@ steadier than the absolute images/s. We report medians over the rounds.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -170,3 +171,13 @@ def write_json(path: str | None, payload: dict) -> None:
 
 def timer() -> float:
     return time.perf_counter()
+
+
+def photo_pipeline_args() -> argparse.Namespace:
+    """The options of the photo-pipeline benches (pipeline_stages, pipeline_records)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser.parse_args()

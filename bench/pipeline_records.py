@@ -16,13 +16,13 @@ images/s and the median CPU time per image (process time over both cores):
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import photo_pipeline_args
 
 EPOCHS = 3
 
@@ -56,12 +56,7 @@ def pipelines(photos: Path, packed: Path, size: int, batch: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = photo_pipeline_args()
 
     from resnet_builder.benchmark.pipelines import make_jpegs
     from resnet_builder.data.pack import pack_folder

@@ -25,12 +25,12 @@ dataset per epoch); the other stages are one epoch a pass.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from _common import photo_pipeline_args
 
 
 def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterable]]:
@@ -116,12 +116,7 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = photo_pipeline_args()
 
     from resnet_builder.benchmark.pipelines import images_per_second, make_jpegs
 
