@@ -159,3 +159,27 @@ def test_python_api_export_through_the_package(digits, tmp_path, monkeypatch):
     assert (report.folder / "model.tflite").is_file()
     assert json.loads((report.folder / "export.json").read_text())["passed"]
     assert resnet_builder.export_model is resnet_builder.export  # the CLI's name for it
+
+
+def test_the_check_uses_only_readable_validation_images(tmp_path):
+    """An unreadable validation file (a blank row, label -1, in the split) is not a check
+    image: it is named in the samples' skipped list instead."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 3)):
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+                    tmp_path / "data" / split / label / f"{i}.png")
+    (tmp_path / "data" / "val" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nno")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  source: folder\n  path: {tmp_path / 'data'}\n  image_size: 8\n"
+                      "  channels: 3\n  cache: false\n")
+    im = SimpleNamespace(image_size=8, channels=3, task="multiclass")
+    samples = export_module._config_samples(im, config, 64)
+    assert len(samples.check) == 6 and samples.check_source.startswith("6 validation images")
+    assert [name.rsplit("/", 1)[-1] for name, _ in samples.skipped] == ["broken.png"]

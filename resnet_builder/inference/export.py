@@ -181,14 +181,15 @@ def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
     val = bundle.val_dataset(64)
     if val is not None:
         parts, got = [], 0
-        for images, _labels in val.as_numpy_iterator():
-            parts.append(images.astype(np.uint8))
-            got += len(images)
+        for images, labels in val.as_numpy_iterator():
+            readable = labels.reshape(len(labels), -1).min(axis=1) >= 0  # unreadable: -1, blank
+            parts.append(images[readable].astype(np.uint8))
+            got += int(readable.sum())
             if got >= n:
                 break
         check = np.concatenate(parts)[:n]
         check_what = f"{len(check)} validation images of {config} ({d.source})"
-    return Samples(check, check_what, calibration, what)
+    return Samples(check, check_what, calibration, what, skipped=bundle.take_skipped())
 
 
 # ---------------------------------------------------------------------------- export
