@@ -93,7 +93,7 @@ def _damaged_shard(exc: Exception) -> UserError | None:
     inside the training step (tf.data), so it is recognised here, where errors are sorted."""
     if "tensorflow" not in sys.modules:  # no TensorFlow error then; never import it for this
         return None
-    from resnet_builder.data.tfrecord import damaged_shard_error
+    from resnet_builder.data.shard_errors import damaged_shard_error
 
     return damaged_shard_error(exc)
 

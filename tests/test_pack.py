@@ -18,7 +18,7 @@ from PIL import Image
 
 from resnet_builder.cli import main
 from resnet_builder.config import AugmentConfig, DataConfig, load_config
-from resnet_builder.data import load_data, tfrecord
+from resnet_builder.data import load_data, shard_errors, tfrecord
 from resnet_builder.data.pack import pack_folder
 from resnet_builder.data.tfrecord import FEATURES
 from resnet_builder.errors import UserError
@@ -305,13 +305,14 @@ def test_a_corrupt_record_is_named_and_other_data_loss_is_not(packed, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(tf.errors.DataLossError) as caught:
         list(tf.data.TFRecordDataset(str(bad)))
-    error = tfrecord.damaged_shard_error(caught.value)
+    error = shard_errors.damaged_shard_error(caught.value)
     assert error is not None and "corrupted record at" in error.message
     named = tf.errors.DataLossError(None, None, f"corrupted record at 12 in {bad}")
-    assert "shard val-00000-of-00001.tfrecord under" in tfrecord.damaged_shard_error(named).message
+    message = shard_errors.damaged_shard_error(named).message
+    assert "shard val-00000-of-00001.tfrecord under" in message
     checkpoint = tf.errors.DataLossError(None, None, "not an sstable (bad magic number)")
-    assert tfrecord.damaged_shard_error(checkpoint) is None
-    assert tfrecord.damaged_shard_error(ValueError("corrupted record at 3")) is None
+    assert shard_errors.damaged_shard_error(checkpoint) is None
+    assert shard_errors.damaged_shard_error(ValueError("corrupted record at 3")) is None
 
 
 @pytest.mark.slow
@@ -411,3 +412,24 @@ def test_settings_a_pack_makes_pointless_are_named_not_ignored(packed, folder, t
     with pytest.warns(UserWarning, match="packed with --image-size 12; data.image_size 16 "
                                          "enlarges every image"):
         bundle(small)
+
+
+def test_a_record_that_fails_to_decode_is_named_by_its_file(packed, tmp_path):
+    """skipped.csv names the packed file a bad record came from, with its place."""
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "train-00000-of-00003.tfrecord"
+    records = [tf.io.parse_single_example(r, FEATURES) for r in tf.data.TFRecordDataset(
+        str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for k, example in enumerate(records):
+            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == 2 else example["image"].numpy()
+            writer.write(tfrecord.example_bytes(image, int(example["label"]),
+                                                example["path"].numpy().decode()))
+    b = bundle(copy)
+    _, labels = epoch(b, 0)
+    assert (labels == -1).sum() > 0
+    path = records[2]["path"].numpy().decode()
+    assert [name for name, _ in b.take_skipped()] == [
+        f"{path} (train-00000-of-00003.tfrecord#2)"]

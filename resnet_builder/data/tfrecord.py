@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,24 +101,6 @@ def read_dataset_info(folder: str) -> dict:
     return info
 
 
-def damaged_shard_error(exc: BaseException, folder: str | None = None) -> UserError | None:
-    """TensorFlow's record reader failing on a shard (``DataLossError``: truncated or
-    corrupt, e.g. a partial copy) as a ``UserError``, since the fix is the user's: copy or
-    pack again; ``folder``: the packed folder, named in the message. None for anything else
-    (other data-loss errors, e.g. a damaged checkpoint)."""
-    text = str(getattr(exc, "message", exc))
-    reason = re.search(r"(?:truncated|corrupted) record at \d+", text)
-    if not isinstance(exc, tf.errors.DataLossError) or reason is None:
-        return None
-    shard = re.search(SHARD_PATTERN, text)
-    where = f"shard {shard.group(0)}" if shard else "shard"
-    return UserError(f"a packed {where} under {folder or 'data.path'} is damaged (truncated "
-                     "or corrupt): "
-                     f"TensorFlow reports {reason.group(0)}",
-                     hint="copy the whole packed folder again, or re-run `resnet-builder pack "
-                          "FOLDER OUT --overwrite`")
-
-
 def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
     """The bundle of a packed folder: facts from dataset.json, images streamed per epoch."""
     if not data.path:
@@ -189,6 +170,7 @@ class TFRecordBundle(DataBundle):
     val_shards: list[Shard] = field(default_factory=list, repr=False)
     jpeg_only: bool = False  # every training record a JPEG: decoded without the format check
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
+    _names: dict[int, str] = field(default_factory=dict, repr=False)  # skipped key -> its name
 
     def train_batches(self, epochs: range, batch_size: int, *, shard: int = 0,
                       num_shards: int = 1, first_batch: int = 0) -> tf.data.Dataset:
@@ -324,14 +306,20 @@ class TFRecordBundle(DataBundle):
         return np.stack(picked) if picked else np.zeros(shape, np.uint8)
 
     def take_skipped(self) -> list[tuple[str, str]]:
-        """Records that failed to decode since the last call: ("<shard file>#<record>", reason)."""
+        """Records that failed to decode since the last call: ("<the packed file> (<shard
+        file>#<record>)", reason), the file read back from the record (rare: cached)."""
         paths = {("train", s.index): s.path for s in self.train_shards}
         paths.update({("val", s.index): s.path for s in self.val_shards})
         out = []
         for key, reason in self._skips.take():
-            split, index, position = key >> 62, (key >> 32) & 0x3FFFFFFF, key & 0xFFFFFFFF
-            name = os.path.basename(paths[("val" if split else "train", index)])
-            out.append((f"{name}#{position}", reason))
+            if key not in self._names:
+                split, index, position = key >> 62, (key >> 32) & 0x3FFFFFFF, key & 0xFFFFFFFF
+                shard = paths[("val" if split else "train", index)]
+                record = next(iter(tf.data.TFRecordDataset(shard).skip(position).take(1)))
+                packed = tf.io.parse_single_example(record, {"path": FEATURES["path"]})
+                self._names[key] = (f"{packed['path'].numpy().decode()} "
+                                    f"({os.path.basename(shard)}#{position})")
+            out.append((self._names[key], reason))
         return out
 
     def batches_per_epoch(self, batch_size: int, num_shards: int = 1) -> int:

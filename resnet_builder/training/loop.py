@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from resnet_builder import scores
 from resnet_builder.data import DataBundle
-from resnet_builder.data.tfrecord import damaged_shard_error
+from resnet_builder.data.shard_errors import damaged_shard_error
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import progress
