@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,19 @@ def test_collect_globs_missing_sources_and_duplicates(tmp_path, monkeypatch):
     assert [s.path for s in found] == ["a/x.png", "b/x.png", "top.png"]
     assert skipped == [Skipped("nope.png", "file or folder not found"),
                        Skipped("none/*.jpg", "no file matches this pattern")]
+
+
+def test_collect_same_name_from_two_sources_stays_distinct(tmp_path, monkeypatch):
+    """Two globs (or folders) that each give x.png: paths become relative to their common
+    parent instead of colliding; a named file stays absolute."""
+    monkeypatch.chdir(tmp_path)
+    for rel in ["pred/x.png", "pred/y.png", "pred/sub/x.png", "other/X.png", "one.png"]:
+        _touch(tmp_path / rel)
+    found, _ = collect_images(["pred/*.png", "pred/sub/*.png"])
+    assert [s.path for s in found] == ["x.png", "y.png", "sub/x.png"]
+    found, _ = collect_images(["pred/sub", "other", "one.png"])  # X.png vs x.png: cam/ too
+    assert [s.path for s in found] == ["pred/sub/x.png", "other/X.png",
+                                       str((tmp_path / "one.png").resolve())]
 
 
 def test_csv_columns():
@@ -194,3 +208,36 @@ def test_gradcam_heatmaps(digits):
     np.testing.assert_allclose(probs, im.probabilities(digits.val_images[:8]), atol=1e-5)
     assert heat.shape == (8, 4, 4)  # the backbone's last feature map for 16x16 inputs
     assert heat.min() >= 0 and np.allclose(heat.max(axis=(1, 2)), 1.0)
+
+
+@pytest.mark.slow
+def test_cli_two_globs_with_the_same_file_name(digits, tmp_path):
+    """pred/x.png and pred/sub/x.png through two globs: two rows, each with its own cam."""
+    pred = tmp_path / "pred"
+    save_as(digits.val_images[0], pred / "x.png", "L")
+    save_as(digits.val_images[1], pred / "sub" / "x.png", "L")
+    project = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["predict", str(pred / "*.png"), str(pred / "sub" / "*.png"),
+                                       "-m", str(digits.model_file), "--cam",
+                                       "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    out = project / "exp"
+    rows = _rows(out / "predictions.csv")
+    assert [r["path"] for r in rows] == ["x.png", "sub/x.png"]
+    cams = sorted(p.relative_to(out / "cam").as_posix() for p in (out / "cam").rglob("*.png"))
+    assert cams == sorted(r["path"] for r in rows)  # cam/x.png, cam/sub/x.png: no x~2.png
+
+
+def test_cli_model_file_that_is_not_a_keras_archive(tmp_path):
+    fake = tmp_path / "fake.keras"
+    fake.write_text("not a model")
+    empty_zip = tmp_path / "zip.keras"
+    with zipfile.ZipFile(empty_zip, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    for model, reason in [(fake, "not a zip archive"), (empty_zip, "without the config.json")]:
+        result = CliRunner().invoke(main, ["predict", str(tmp_path), "-m", str(model),
+                                           "--project", str(tmp_path / "runs")])
+        assert result.exit_code != 0
+        assert f"{model} is not a Keras model file (.keras): " in result.output
+        assert reason in result.output and "best.keras or last.keras" in result.output
+        assert "File not found" not in result.output and "Traceback" not in result.output

@@ -160,11 +160,33 @@ def _load_keras_file(path: Path) -> Any:
         raise UserError(f"model {path} is not a .keras file",
                         hint="pass a .keras model file, a run folder (runs/train/exp) or an "
                              "export (model.tflite, model.onnx, a saved_model folder)")
+    _check_keras_archive(path)
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # a corrupt zip, a foreign model, missing classes...
         raise UserError(f"cannot load model {path}: {type(exc).__name__}: {exc}",
                         hint="pass a .keras file written by resnet-builder") from None
+
+
+def _check_keras_archive(path: Path) -> None:
+    """Refuse a file that is not a .keras zip before Keras calls it "File not found"."""
+    import zipfile
+
+    reason = None
+    try:
+        if not zipfile.is_zipfile(path):
+            reason = "not a zip archive"
+        else:
+            with zipfile.ZipFile(path) as archive:
+                if "config.json" not in archive.namelist():
+                    reason = "a zip archive without the config.json of a Keras model"
+    except OSError as exc:
+        reason = f"cannot read it ({exc.strerror or exc})"
+    if reason:
+        raise UserError(f"{path} is not a Keras model file (.keras): {reason}",
+                        hint="pass a run folder (runs/train/exp), its best.keras or "
+                             "last.keras, or an export (model.tflite, model.onnx, a "
+                             "saved_model folder)")
 
 
 def _describe(model: Any, source: str) -> InferenceModel:

@@ -2,7 +2,10 @@
 
 * ``path`` in the outputs is relative to the source it was found through (a folder
   or the fixed part of a glob), or absolute for a file named on its own, so files
-  of the same name in different sub-folders stay distinct.
+  of the same name in different sub-folders stay distinct. When two sources would
+  still give the same ``path`` (``"a/*.jpg" "a/sub/*.jpg"`` both give ``x.jpg``), every
+  relative ``path`` becomes relative to the common parent folder of those files
+  (``x.jpg``, ``sub/x.jpg``), so each row names one file.
 * Inside a folder, files without an image extension are skipped with that reason
   (hidden files are ignored). A file named explicitly is tried whatever its
   extension.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from resnet_builder.data.images import is_image_file, walk_files
@@ -96,11 +99,30 @@ def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
         yield Skipped(text, "file or folder not found")
 
 
+def _distinct_paths(found: list[ImageSource]) -> list[ImageSource]:
+    """Relabel relative paths against their common parent if two sources gave the same one.
+
+    Compared case-insensitively, as the Grad-CAM file names that mirror them are.
+    """
+    relative = [i for i, s in enumerate(found) if not os.path.isabs(s.path)]
+    names = [found[i].path.lower() for i in relative]
+    if len(set(names)) == len(names):
+        return found  # no collision: keep each source's own relative paths
+    files = {i: os.path.abspath(found[i].file) for i in relative}
+    try:
+        base = os.path.commonpath(list(files.values()))
+    except ValueError:  # different drives: absolute paths are distinct anyway
+        return [replace(s, path=files.get(i, s.path)) for i, s in enumerate(found)]
+    return [replace(s, path=_rel(Path(files[i]), Path(base))) if i in files else s
+            for i, s in enumerate(found)]
+
+
 def collect_images(sources: str | os.PathLike | Iterable[str | os.PathLike]
                    ) -> tuple[list[ImageSource], list[Skipped]]:
     """Files to predict from files, folders (recursive) and globs, in the order given.
 
-    A file reached twice (a folder and a glob inside it) is predicted once.
+    A file reached twice (a folder and a glob inside it) is predicted once; file names
+    that two sources share are told apart (``_distinct_paths``).
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -114,4 +136,4 @@ def collect_images(sources: str | os.PathLike | Iterable[str | os.PathLike]
             elif (key := os.path.realpath(item.file)) not in seen:
                 seen.add(key)
                 found.append(item)
-    return found, skipped
+    return _distinct_paths(found), skipped
