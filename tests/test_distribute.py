@@ -406,6 +406,8 @@ def test_two_workers_train_alike_and_only_the_chief_writes(two_workers):
     assert worker.backups() == []  # ... and removed its own checkpoint at the end
     assert "this is worker 0 (127.0.0.1:" in chief.output() and ", chief)" in chief.output()
     assert "not the chief: writes no run folder" in worker.output()
+    assert "train img/s (the chief wrote the run folder)" in worker.output()  # no path it lacks
+    assert "train img/s -> runs/train/mw" in chief.output()
     losses = epoch_losses(chief.output())
     assert len(losses) == 2 and losses == epoch_losses(worker.output())
     difference = max_difference(weights_of(chief), weights_of(worker))

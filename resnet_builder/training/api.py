@@ -218,5 +218,5 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
     finally:
         keras.mixed_precision.set_global_policy("float32")
     result = summary()
-    progress.say(cfg.run.progress, end_line(result))
+    progress.say(cfg.run.progress, end_line(result, writes_run_folder=s.dist.is_chief))
     return TrainResult(paths.root, result, state.history)

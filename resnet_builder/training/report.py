@@ -56,10 +56,12 @@ def start_line(cfg: Config, state: RunState, run_dir: Path, data: DataBundle, pa
             f"global batch {cfg.data.batch_size}{scaled}, {_strategy_words(dist)}")
 
 
-def end_line(s: dict[str, Any]) -> str:
+def end_line(s: dict[str, Any], writes_run_folder: bool = True) -> str:
+    """The run's last line; a worker that is not the chief names no folder (it has none)."""
+    where = f"-> {s['run_dir']}" if writes_run_folder else "(the chief wrote the run folder)"
     best = (f"best {s['monitor']} {s['best_value']:.4f} at epoch {s['best_epoch']}"
             if s["best_value"] is not None else "no validation data")
     epochs = f"{s['epochs_completed']} epoch{'' if s['epochs_completed'] == 1 else 's'}"
     return (f"{s['status']}: {epochs}, {best}, "
             f"{s['wall_seconds']:.1f}s, {s['train_images_per_second']:.0f} train img/s "
-            f"-> {s['run_dir']}")
+            f"{where}")
