@@ -36,13 +36,15 @@ class SkipLog:
         it decodes only JPEGs, the files whose bytes are not one (a PNG saved as .jpg) go to
         Pillow from then on, so each fails the fast path once. Reads 3 bytes a file, and
         only for a batch that failed."""
+        from resnet_builder.data.decode import is_jpeg_bytes  # decode imports this module
+
         files = self.jpeg_only_files
         if files is None:  # the format branch decodes such a file natively
             return
         for key in np.asarray(keys).reshape(-1).tolist():
             if 0 <= key < len(files):
                 with contextlib.suppress(OSError), open(files[key], "rb") as file:
-                    if file.read(3) != b"\xff\xd8\xff":
+                    if not is_jpeg_bytes(file.read(3)):
                         self.note_pillow(key)
 
     def add(self, key: int, reason: str) -> None:

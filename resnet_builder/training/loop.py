@@ -181,7 +181,9 @@ class TrainingLoop:
                 try:  # optim.ema: the EMA model is evaluated and saved
                     self._end_epoch(epoch, logs)
                 except _StoppedInEvaluation:  # SIGTERM: leave now, evaluate again on resume
-                    self._save_trained_epoch()
+                    # a checkpoint at the epoch's last step: the resumed run trains no more
+                    # of it, evaluates it and goes on
+                    self._tell_progress(self.steps_per_epoch, checkpoint=True)
                     raise Preempted(epoch, self.steps_per_epoch) from None
             self.clock.written(epoch * self.steps_per_epoch)
             if self.model.stop_training:
@@ -189,16 +191,19 @@ class TrainingLoop:
             if self.stop.requested and epoch < cfg.train.epochs:  # the last: the run is done
                 raise Preempted(epoch, self.steps_per_epoch)
 
-    def _save_trained_epoch(self) -> None:
-        """A mid-epoch checkpoint at the epoch's last step (its evaluation not done): a
-        resumed run trains no more of it, evaluates it and goes on."""
-        self._skipped_before += [[path, why] for path, why in self.data.take_skipped()]
-        progress = self.state.epoch_progress = {**self.state.epoch_progress,
-                                                "skipped": list(self._skipped_before)}
+    def _tell_progress(self, step: int, checkpoint: bool) -> None:
+        """Tell the callbacks where the epoch stands (``state.epoch_progress``); with
+        ``checkpoint`` they write a mid-epoch checkpoint, which holds the files the epoch
+        skipped so far."""
+        if checkpoint:
+            self._skipped_before += [[path, why] for path, why in self.data.take_skipped()]
+        progress = self.state.epoch_progress
+        progress["skipped"] = list(self._skipped_before)
         count = max(progress["count"], 1.0)
-        self.callbacks.on_train_batch_end(self.steps_per_epoch - 1, {
+        self.callbacks.on_train_batch_end(step - 1, {
             "loss": progress["loss_sum"] / count, "accuracy": progress["correct"] / count,
-            "images_per_second": count / max(progress["seconds"], 1e-9), "checkpoint": True})
+            "images_per_second": progress["count"] / max(progress["seconds"], 1e-9),
+            "checkpoint": checkpoint})
 
     def _end_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
         """Evaluate, record and tell the callbacks (they write the run folder)."""
@@ -330,14 +335,9 @@ class TrainingLoop:
         if not math.isfinite(loss_sum):
             raise Diverged(epoch, step)
         save = (checkpoint_due or self.stop.requested) and step < self.steps_per_epoch
-        if save:
-            self._skipped_before += [[path, why] for path, why in self.data.take_skipped()]
         self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
-                                     "correct": correct, "count": count, "seconds": seconds,
-                                     "skipped": list(self._skipped_before)}
-        self.callbacks.on_train_batch_end(step - 1, {
-            "loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0),
-            "images_per_second": count / max(seconds, 1e-9), "checkpoint": save})
+                                     "correct": correct, "count": count, "seconds": seconds}
+        self._tell_progress(step, checkpoint=save)
         if save:
             self.clock.written((epoch - 1) * self.steps_per_epoch + step)
         if self.stop.requested and step < self.steps_per_epoch:  # at the end: after saving
