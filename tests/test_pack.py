@@ -433,3 +433,35 @@ def test_a_record_that_fails_to_decode_is_named_by_its_file(packed, tmp_path):
     path = records[2]["path"].numpy().decode()
     assert [name for name, _ in b.take_skipped()] == [
         f"{path} (train-00000-of-00003.tfrecord#2)"]
+
+
+def test_batch_parsed_validation_equals_its_records_read_one_at_a_time(packed, tmp_path):
+    """Validation is parsed and decoded a batch at a time: each image, label and place is
+    what its record gives read alone; a corrupt one is label -1, named, and spoils no other."""
+    from resnet_builder.data.decode import decode_and_resize
+
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "val-00000-of-00001.tfrecord"
+    records = [tf.io.parse_single_example(r, FEATURES) for r in tf.data.TFRecordDataset(
+        str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for k, example in enumerate(records):
+            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == 6 else example["image"].numpy()
+            writer.write(tfrecord.example_bytes(image, int(example["label"]),
+                                                example["path"].numpy().decode()))
+    b = bundle(copy)
+    batches = [(x.numpy(), y.numpy()) for x, y in b.val_dataset(5)]
+    assert [len(y) for _, y in batches] == [5, 5, 3]
+    images = np.concatenate([x for x, _ in batches])
+    labels = np.concatenate([y for _, y in batches])
+    want = [int(r["label"]) for r in records]
+    want[6] = -1
+    assert labels.tolist() == want
+    for k, example in enumerate(records):
+        alone = (np.zeros_like(images[k]) if k == 6 else
+                 decode_and_resize(example["image"], b.resizing, 3).numpy())
+        assert np.array_equal(images[k], alone), k
+    path = records[6]["path"].numpy().decode()
+    assert [name for name, _ in b.take_skipped()] == [f"{path} (val-00000-of-00001.tfrecord#6)"]
