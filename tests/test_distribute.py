@@ -252,7 +252,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
 # --------------------------------------------------------------------------- multi-worker
 
 LAUNCHER = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 import numpy as np
 import keras
@@ -269,6 +269,14 @@ class DumpWeights(keras.callbacks.Callback):  # the final weights of a worker th
         if logs["status"] in ("finished", "stopped_early"):
             np.savez(os.environ["TEST_WEIGHTS"],
                      *[np.asarray(v.numpy()) for v in self.model.weights])
+
+class SigtermAt(keras.callbacks.Callback):  # SIGTERM to this worker alone, at epoch:step
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+    def on_train_batch_end(self, batch, logs=None):
+        epoch, step = map(int, os.environ["TEST_SIGTERM_AT"].split(":"))
+        if (self.epoch, batch + 1) == (epoch, step):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 DECODED = [0]
 if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process decodes
@@ -295,6 +303,8 @@ def with_test_callbacks(**kwargs):
     extra = [StallAfterSaving()] if os.environ.get("TEST_STALL_AFTER_EPOCH") else []
     if os.environ.get("TEST_COUNT_DECODES"):
         extra.append(CountDecodes())
+    if os.environ.get("TEST_SIGTERM_AT"):
+        extra.append(SigtermAt())
     return standard(**kwargs) + extra + [DumpWeights()]
 api.standard_callbacks = with_test_callbacks
 if os.environ.get("TEST_DIE_AFTER_RENDEZVOUS"):  # answer the others, then vanish
@@ -364,6 +374,11 @@ def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 def epoch_losses(text: str) -> list[str]:
     return re.findall(r"^epoch \d+/\d+\s+loss (\S+)\s+acc (\S+)\s+val_loss (\S+)", text, re.M)
+
+
+def without_time(path: Path) -> list[list[str]]:
+    """results.csv's rows without their time column."""
+    return [line.split(",")[:1] + line.split(",")[2:] for line in path.read_text().split()]
 
 
 def mw_config(tmp_path: Path, *extra: str) -> Path:
@@ -458,8 +473,43 @@ def test_killed_worker_then_restart_resumes_where_it_was(tmp_path, two_workers):
     assert worker.output().count("resuming runs/train/mw") == 1
     assert worker.backups() == []
 
-    def without_time(path: Path) -> list[list[str]]:
-        return [line.split(",")[:1] + line.split(",")[2:] for line in path.read_text().split()]
+    assert without_time(run / "results.csv") == without_time(
+        reference.dir / "runs" / "train" / "mw" / "results.csv")
+    assert max_difference(weights_of(chief), weights_of(worker)) <= 1e-6
+    assert max_difference(weights_of(chief), weights_of(reference)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_every_worker_at_one_step_and_a_restart_matches(
+        tmp_path, two_workers):
+    """A preempted machine: SIGTERM reaches the non-chief alone, in epoch 2. The workers
+    agree on the stop at their next read (every step here), so both save at the same step
+    and exit 143 (before, the chief waited in the next collective and lost the worker); the
+    same commands started again finish with the uninterrupted run's results."""
+    reference, _, _ = two_workers
+    cfg = mw_config(tmp_path, "run.log_every=1")
+    ports = free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+    chief = Worker(tmp_path, "chief", tf_config(cluster, "chief", 0), [str(cfg)])
+    worker = Worker(tmp_path, "worker", tf_config(cluster, "worker", 0), [str(cfg)],
+                    TEST_SIGTERM_AT="2:1")
+    assert wait_all([chief, worker], 300) == [143, 143], chief.output()[-3000:] + \
+        worker.output()[-3000:]
+    for w in (chief, worker):  # the signal came at step 1's read; the next read stops both
+        assert "stopped by SIGTERM; saved at epoch 2, step 2" in w.output(), w.output()[-3000:]
+        assert "lost contact" not in w.output()
+    run = chief.dir / "runs" / "train" / "mw"
+    meta = read_meta(run / "checkpoint.npz")
+    assert (meta["epochs_completed"], meta["epoch_progress"]["batches"]) == (1, 2)
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    [backup] = worker.backups()  # the worker's own, at the same step
+    assert read_meta(backup)["epoch_progress"]["batches"] == 2
+
+    chief = Worker(tmp_path, "chief", tf_config(cluster, "chief", 0), [str(cfg)])
+    worker = Worker(tmp_path, "worker", tf_config(cluster, "worker", 0), [str(cfg)])
+    assert wait_all([chief, worker], 300) == [0, 0], chief.output()[-3000:] + \
+        worker.output()[-3000:]
+    assert "holds this run's checkpoint: continuing it" in chief.output()
 
     assert without_time(run / "results.csv") == without_time(
         reference.dir / "runs" / "train" / "mw" / "results.csv")

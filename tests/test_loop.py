@@ -18,9 +18,14 @@ import pytest
 from resnet_builder.config import dump_config, load_config
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
-from resnet_builder.training import api, loop
+from resnet_builder.training import api, loop, preemption
 from resnet_builder.training.checkpoint import read_meta
-from resnet_builder.training.preemption import PREEMPTED_EXIT_CODE, CheckpointClock
+from resnet_builder.training.preemption import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointClock,
+    StopFlag,
+    StopPoints,
+)
 from resnet_builder.training.run_inputs import RunBatches
 
 # 400 images, batch 20: 20 steps per epoch, so there is a middle to stop in.
@@ -68,6 +73,57 @@ def test_clock_counts_steps_and_minutes(monkeypatch):
         assert not clock.due(1)
         now[0] += 2
         assert clock.due(1)
+
+
+class _Workers:
+    """A stand-in ``StrategyInfo`` of ``workers`` workers."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+
+def test_one_worker_reads_at_once_for_sigterm_or_a_due_checkpoint():
+    stop = StopFlag()
+    points = StopPoints(CheckpointClock(3), stop, _Workers(1), log_every=10)
+    assert points.after_call(1, 1, False) == (False, False, False)
+    assert points.after_call(3, 3, False) == (True, True, False)  # checkpoint due
+    stop.requested = True
+    assert points.after_call(4, 1, False) == (True, True, True)
+    assert points.stop_agreed() and points.stop_in_evaluation(0)
+
+
+def test_several_workers_stop_and_save_only_where_every_worker_reads(monkeypatch):
+    """A worker's own SIGTERM or timed checkpoint waits for the next read every worker
+    makes (log_every steps, the epoch's end, a checkpoint every N steps); there the
+    workers agree, so a peer's SIGTERM stops this one too."""
+    asked: list[list[bool]] = []
+    peer = [False, False]  # what the other worker says: [checkpoint due, SIGTERM]
+
+    def any_worker(dist, flags):
+        asked.append(list(flags))
+        return [mine or theirs for mine, theirs in zip(flags, peer[-len(flags):],
+                                                           strict=True)]
+
+    monkeypatch.setattr(preemption, "any_worker", any_worker)
+    now = [0.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
+    stop = StopFlag()
+    timed = StopPoints(CheckpointClock("1min"), stop, _Workers(2), log_every=4)
+    stop.requested = True
+    now[0] = 120.0  # a timed checkpoint is due here, and SIGTERM arrived here
+    assert timed.after_call(1, 1, False) == (False, False, False) and asked == []
+    assert timed.after_call(4, 4, False) == (True, True, True) and asked == [[True, True]]
+    stop.requested, peer[:] = False, [False, True]  # now only the peer got SIGTERM
+    assert timed.after_call(5, 1, True) == (True, True, True)  # the epoch's end: agreed
+    assert timed.stop_agreed()
+    stepped = StopPoints(CheckpointClock(3), stop, _Workers(2), log_every=10)
+    peer[:] = [False, False]
+    assert stepped.after_call(3, 3, False) == (True, True, False)  # every worker counts steps
+    # evaluation: agreed every log_every batches, never before the first
+    asked.clear()
+    peer[:] = [False, True]
+    assert [stepped.stop_in_evaluation(b) for b in (0, 5, 10)] == [False, False, True]
+    assert len(asked) == 1
 
 
 def test_the_run_s_iterator_is_reused_where_it_stands():
@@ -348,7 +404,9 @@ def test_files_skipped_before_a_mid_epoch_stop_are_named_after_resume(tmp_path, 
     report = loop.TrainingLoop._report
 
     def stop_at_step_4(self, epoch, step, *args):
-        self.stop.requested = step >= 4  # as SIGTERM would, 3 of 7 batches before the end
+        # as a SIGTERM during step 3's read would: the loop stops at step 4, 3 of 7 batches
+        # before the end
+        self.stop.requested = step >= 3
         return report(self, epoch, step, *args)
 
     monkeypatch.setattr(loop.TrainingLoop, "_report", stop_at_step_4)
@@ -377,9 +435,9 @@ def test_sigterm_in_an_evaluation_leaves_at_once_and_the_resumed_run_matches(
 
     eval_step = loop.TrainingLoop._stop_if_asked
 
-    def counted(self):
+    def counted(self, batch):
         batches.append(self.stop.requested)
-        return eval_step(self)
+        return eval_step(self, batch)
 
     monkeypatch.setattr(loop.TrainingLoop, "evaluate", signalled)
     monkeypatch.setattr(loop.TrainingLoop, "_stop_if_asked", counted)

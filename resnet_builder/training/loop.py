@@ -36,6 +36,7 @@ from resnet_builder.training.preemption import (
     CheckpointClock,
     Preempted,
     StopFlag,
+    StopPoints,
 )
 from resnet_builder.training.run_inputs import RepeatedBatches, RunBatches
 from resnet_builder.training.step import (
@@ -101,6 +102,7 @@ class TrainingLoop:
             dist.strategy)
         self.clock = CheckpointClock(cfg.train.checkpoint_every)
         self.stop = StopFlag()
+        self.points = StopPoints(self.clock, self.stop, dist, cfg.run.log_every)
         self.inputs = RunBatches(self._run_iterator)  # one iterator for the run's epochs
         self._background: ThreadPoolExecutor | None = None  # validation's pipeline is made there
         self._counts: dict[int, tf.Tensor] = {}  # batches per call, as tensors (_batch_count)
@@ -188,7 +190,7 @@ class TrainingLoop:
             self.clock.written(epoch * self.steps_per_epoch)
             if self.model.stop_training:
                 break
-            if self.stop.requested and epoch < cfg.train.epochs:  # the last: the run is done
+            if epoch < cfg.train.epochs and self.points.stop_agreed():  # the last: the run is done
                 raise Preempted(epoch, self.steps_per_epoch)
 
     def _tell_progress(self, step: int, checkpoint: bool) -> None:
@@ -261,11 +263,13 @@ class TrainingLoop:
             step += taken
             self.inputs.moved_to(*((epoch, step) if step < self.steps_per_epoch
                                    else (epoch + 1, 0)))
-            due = self.clock.due((epoch - 1) * self.steps_per_epoch + step)
-            if (step - last_read >= self.cfg.run.log_every or due or self.stop.requested
-                    or step == self.steps_per_epoch):
+            read, due, stopping = self.points.after_call(
+                (epoch - 1) * self.steps_per_epoch + step, step - last_read,
+                step == self.steps_per_epoch)
+            if read:
                 last_read = step
-                self._report(epoch, step, totals, before + time.perf_counter() - start, due)
+                self._report(epoch, step, totals, before + time.perf_counter() - start, due,
+                             stopping)
         loss_sum, correct, count = totals.read()
         seconds = time.perf_counter() - start
         self.state.train_images += count - (resumed["count"] if resumed else 0.0)
@@ -329,18 +333,18 @@ class TrainingLoop:
         return iter(distribute_shards(self.dist, shard_batches, batch))
 
     def _report(self, epoch: int, step: int, totals: EpochTotals, seconds: float,
-                checkpoint_due: bool) -> None:
+                checkpoint_due: bool, stopping: bool) -> None:
         """Read the totals, stop on NaN, tell the callbacks; checkpoint or leave if asked."""
         loss_sum, correct, count = totals.read()
         if not math.isfinite(loss_sum):
             raise Diverged(epoch, step)
-        save = (checkpoint_due or self.stop.requested) and step < self.steps_per_epoch
+        save = (checkpoint_due or stopping) and step < self.steps_per_epoch
         self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
                                      "correct": correct, "count": count, "seconds": seconds}
         self._tell_progress(step, checkpoint=save)
         if save:
             self.clock.written((epoch - 1) * self.steps_per_epoch + step)
-        if self.stop.requested and step < self.steps_per_epoch:  # at the end: after saving
+        if stopping and step < self.steps_per_epoch:  # at the end: after saving
             raise Preempted(epoch, step)
 
     def evaluate(self) -> Evaluation | None:
@@ -355,26 +359,26 @@ class TrainingLoop:
             return self._evaluate_labels()
         k = self.model.num_classes
         loss_sum, confusion = tf.constant(0.0, tf.float64), tf.zeros((k, k), tf.int64)
-        for batch in self.val_batches:
-            self._stop_if_asked()
+        for index, batch in enumerate(self.val_batches):
+            self._stop_if_asked(index)
             batch_loss, batch_confusion = self.eval_step(batch)
             loss_sum += tf.cast(batch_loss, tf.float64)
             confusion += tf.cast(batch_confusion, tf.int64)
         matrix = confusion.numpy()
         return Evaluation(float(loss_sum) / max(int(matrix.sum()), 1), matrix)
 
-    def _stop_if_asked(self) -> None:
+    def _stop_if_asked(self, batch: int) -> None:
         """SIGTERM between evaluation batches: a large validation split could outlast the
         grace period a scheduler gives."""
-        if self.stop.requested:
+        if self.points.stop_in_evaluation(batch):
             raise _StoppedInEvaluation
 
     def _evaluate_labels(self) -> Evaluation:
         """Multilabel: every validation probability comes back (kept on the device until the
         end), then AP, mAP and F1 at the model's threshold; rows of -1 (unreadable) drop."""
         loss_sum, probabilities, truth = tf.constant(0.0, tf.float64), [], []
-        for batch in self.val_batches:
-            self._stop_if_asked()
+        for index, batch in enumerate(self.val_batches):
+            self._stop_if_asked(index)
             batch_loss, batch_probabilities, batch_truth = self.eval_step(batch)
             loss_sum += tf.cast(batch_loss, tf.float64)
             probabilities.append(batch_probabilities)

@@ -232,6 +232,15 @@ def all_workers(info: StrategyInfo, flag: bool) -> bool:
     return float(_sum_over_workers(info, np.array([0.0 if flag else 1.0]), True)[0]) == 0.0
 
 
+def any_worker(info: StrategyInfo, flags: list[bool]) -> list[bool]:
+    """Each of ``flags``: true on at least one worker (every worker calls this at the same
+    point, with as many flags)."""
+    if info.workers == 1:
+        return list(flags)
+    sums = _sum_over_workers(info, np.array(flags, dtype=np.float64), True)
+    return [bool(total > 0) for total in sums]
+
+
 def json_from_chief(info: StrategyInfo, obj: Any) -> Any:
     """The chief's ``obj`` (anything JSON can hold) on every worker; others' ``obj`` is ignored."""
     if info.workers == 1:
