@@ -25,6 +25,7 @@ from resnet_builder.data.policies import (
     transformation,
 )
 from resnet_builder.errors import ConfigError, UserError
+from resnet_builder.training.checkpoint import read_meta
 from resnet_builder.training.step import _readable, make_loss
 
 TINY = [
@@ -232,6 +233,10 @@ def test_resume_mid_epoch_is_exact_with_mixup_and_rand_augment(tmp_path):
         resnet_builder.train(cfg, callbacks=[_SigtermAt(3)])
     assert stopped.value.exit_code == 143
     run = tmp_path / "b" / "exp"
+    # the signal came during step 4's read: the run saved at step 5 and left there (it used
+    # to leave at step 4 without saving, its message naming a checkpoint it never wrote)
+    assert "saved at epoch 1, step 5" in str(stopped.value)
+    assert read_meta(run / "checkpoint.npz")["epoch_progress"]["batches"] == 5
     resumed = resnet_builder.resume(run)
     assert resumed.summary["status"] == "finished"
     assert _results(run) == _results(reference.run_dir)
