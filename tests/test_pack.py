@@ -414,19 +414,26 @@ def test_settings_a_pack_makes_pointless_are_named_not_ignored(packed, folder, t
         bundle(small)
 
 
-def test_a_record_that_fails_to_decode_is_named_by_its_file(packed, tmp_path):
-    """skipped.csv names the packed file a bad record came from, with its place."""
-    _, out = packed
+def _spoiled_copy(out: Path, tmp_path: Path, shard_name: str, bad: int
+                  ) -> tuple[Path, list[dict]]:
+    """A copy of the pack ``out`` whose record ``bad`` of ``shard_name`` holds bytes that
+    start like a JPEG and are none; -> (the copy, that shard's parsed records)."""
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    shard = copy / "train-00000-of-00003.tfrecord"
+    shard = copy / shard_name
     records = [tf.io.parse_single_example(r, FEATURES) for r in tf.data.TFRecordDataset(
         str(shard))]
     with tf.io.TFRecordWriter(str(shard)) as writer:
         for k, example in enumerate(records):
-            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == 2 else example["image"].numpy()
+            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == bad else example["image"].numpy()
             writer.write(tfrecord.example_bytes(image, int(example["label"]),
                                                 example["path"].numpy().decode()))
+    return copy, records
+
+
+def test_a_record_that_fails_to_decode_is_named_by_its_file(packed, tmp_path):
+    """skipped.csv names the packed file a bad record came from, with its place."""
+    copy, records = _spoiled_copy(packed[1], tmp_path, "train-00000-of-00003.tfrecord", 2)
     b = bundle(copy)
     _, labels = epoch(b, 0)
     assert (labels == -1).sum() > 0
@@ -440,17 +447,7 @@ def test_batch_parsed_validation_equals_its_records_read_one_at_a_time(packed, t
     what its record gives read alone; a corrupt one is label -1, named, and spoils no other."""
     from resnet_builder.data.decode import decode_and_resize
 
-    _, out = packed
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    shard = copy / "val-00000-of-00001.tfrecord"
-    records = [tf.io.parse_single_example(r, FEATURES) for r in tf.data.TFRecordDataset(
-        str(shard))]
-    with tf.io.TFRecordWriter(str(shard)) as writer:
-        for k, example in enumerate(records):
-            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == 6 else example["image"].numpy()
-            writer.write(tfrecord.example_bytes(image, int(example["label"]),
-                                                example["path"].numpy().decode()))
+    copy, records = _spoiled_copy(packed[1], tmp_path, "val-00000-of-00001.tfrecord", 6)
     b = bundle(copy)
     batches = [(x.numpy(), y.numpy()) for x, y in b.val_dataset(5)]
     assert [len(y) for _, y in batches] == [5, 5, 3]
