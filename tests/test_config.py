@@ -481,6 +481,10 @@ def test_cosine_floor_above_lr_is_an_error() -> None:
 def test_freezing_a_random_backbone_is_an_error() -> None:
     err = error(None, ["model.freeze_backbone_epochs=2"])
     assert "model.freeze_backbone_epochs needs trained weights to freeze" in err.message
+    # a preset alone names an architecture: its backbone would be frozen at random values
+    err = error(None, ["model.freeze_backbone_epochs=2", "model.preset=resnet18_v2",
+                       "model.depth=null"])
+    assert "model.freeze_backbone_epochs needs trained weights to freeze" in err.message
     cfg = load_config(None, ["model.freeze_backbone_epochs=2", "model.weights=w.keras"])
     assert cfg.model.freeze_backbone_epochs == 2
 

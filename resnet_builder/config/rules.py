@@ -146,9 +146,10 @@ def _rule_min_lr(cfg: Config, where: Where) -> None:
 
 
 def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
-    """Freezing a randomly initialised backbone trains only the head on random features."""
+    """Freezing a randomly initialised backbone trains only the head on random features; a
+    preset alone is an architecture (its weights come only through model.weights)."""
     m = cfg.model
-    if m.freeze_backbone_epochs > 0 and m.weights is None and m.preset is None:
+    if m.freeze_backbone_epochs > 0 and m.weights is None:
         raise ConfigError(f"{where('model.freeze_backbone_epochs')}: "
                           "model.freeze_backbone_epochs needs trained weights to freeze, but "
                           "model.weights is not set",
