@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -156,6 +157,9 @@ def test_python_api_evaluate_through_the_package(digits, tmp_path):
     on_run = resnet_builder.evaluate(run=str(digits.run))
     assert on_run.metrics["images"] == 360 and on_run.metrics["accuracy"] > 0.9
     assert on_run.folder is None  # the Python API writes nothing
+    # the run folder as the first argument, as on the command line
+    assert resnet_builder.evaluate(str(digits.run)).metrics == {
+        **on_run.metrics, "seconds": ANY, "images_per_second": ANY}
     data = tmp_path / "data"
     for i in range(20):
         save_as(digits.val_images[i], data / str(digits.val_labels[i]) / f"{i}.png", "L")

@@ -187,6 +187,9 @@ def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike |
 
     if data is not None and config is not None:
         raise UserError("pass --data or --config, not both")
+    if (run is None and isinstance(model, (str, os.PathLike))
+            and RunPaths(Path(model)).config.exists()):
+        run, model = model, None  # evaluate("runs/train/exp"): a run folder, as on the CLI
     if run is not None and not Path(run).is_dir():
         raise UserError(f"{run} is not a run folder",
                         hint="pass a run folder (runs/train/exp), or --model FILE with --data")
