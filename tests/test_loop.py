@@ -422,6 +422,30 @@ def test_files_skipped_before_a_mid_epoch_stop_are_named_after_resume(tmp_path, 
     assert results(run) == results(whole.run_dir)
 
 
+def test_a_run_with_seed_null_keeps_the_seed_it_drew_so_a_resume_repeats_it(tmp_path,
+                                                                             monkeypatch):
+    """hardware.seed: null draws a seed once and writes it to config.yaml: a resumed run
+    keeps its validation split and data order (it used to draw another one, so its training
+    split could hold images validated on before), and the drawn seed repeats the run."""
+    report = loop.TrainingLoop._report
+
+    def stop_at_step_5(self, epoch, step, *args):
+        self.stop.requested = epoch == 2 and step >= 5
+        return report(self, epoch, step, *args)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_report", stop_at_step_5)
+    with pytest.raises(UserError, match="stopped by SIGTERM"):
+        api.train(config(tmp_path, "hardware.seed=null", "run.log_every=5", name="drawn"))
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "drawn"
+    seed = load_config(run / "config.yaml").hardware.seed
+    assert isinstance(seed, int)
+    assert api.resume(run).summary["status"] == "finished"
+    assert load_config(run / "config.yaml").hardware.seed == seed
+    again = api.train(config(tmp_path, f"hardware.seed={seed}", name="again"))
+    assert results(run) == results(again.run_dir)
+
+
 def test_sigterm_in_an_evaluation_leaves_at_once_and_the_resumed_run_matches(
         tmp_path, reference, monkeypatch):
     """SIGTERM during an evaluation does not wait for it to end: the epoch's training is

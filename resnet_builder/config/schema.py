@@ -253,7 +253,8 @@ class HardwareConfig:
     """Seed, precision and compilation."""
 
     seed: int | None = _key(0, "Random seed of the validation split, data order, augmentation "
-                            "and initial weights; null = a new seed each run. It does not turn "
+                            "and initial weights; null = a new seed each run (written to the "
+                            "run's config.yaml, so a resume repeats it). It does not turn "
                             "on op determinism (see deterministic); on CPU the same seed and "
                             "config give the same results.csv without it.",
                             min=0, max=2**32 - 1, nullable=True)

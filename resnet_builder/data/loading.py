@@ -55,6 +55,9 @@ def load_data(data: DataConfig, augment: AugmentConfig | None = None,
 
 def _resolve_seed(seed: int | None) -> int:
     """A non-negative seed; None becomes a random one (fixed for this bundle)."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % 2**31)
-    return int(seed) % 2**31
+    return draw_seed() if seed is None else int(seed) % 2**31
+
+
+def draw_seed() -> int:
+    """A fresh non-negative seed from the OS's entropy (``hardware.seed: null``)."""
+    return int(np.random.SeedSequence().entropy % 2**31)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from resnet_builder import runs
 from resnet_builder.config import Config, apply_overrides, dump_config, load_config
 from resnet_builder.data import DataBundle, load_data
+from resnet_builder.data.loading import draw_seed
 from resnet_builder.errors import UserError
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import fuse_batch_norm, synchronize_batchnorm
@@ -135,6 +136,10 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
         raise UserError("distribute.strategy multi_worker needs hardware.seed",
                         hint="every worker must shuffle and augment the same way; set "
                              "hardware.seed to a number (the default is 0)", exit_code=2)
+    if cfg.hardware.seed is None:  # drawn once and written to config.yaml: a resume repeats it
+        cfg = replace(cfg, hardware=replace(cfg.hardware, seed=draw_seed()))
+        progress.say(cfg.run.progress, f"hardware.seed is null: this run drew seed "
+                                       f"{cfg.hardware.seed} (kept in its config.yaml)")
     precision = resolve_precision(cfg.hardware.mixed_precision)  # on this machine, every time
     configure_hardware(cfg, precision)
     dist = make_strategy(cfg.distribute.strategy,
