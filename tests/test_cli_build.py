@@ -135,6 +135,10 @@ def test_format_summary_shows_the_rule_counts_files_and_note():
     text = format_summary(s)
     assert "ResNetV2-56: rule 9n+2 (bottleneck units), n=6 (default block type)" in text
     assert "also fits 6n+2 (basic units): pass --block-type basic" in text
+    basic = format_summary({**model_summary(resolve_architecture(20, block_type="basic"), 10),
+                            "build_seconds": 0.1})
+    assert "ResNetV2-20: rule 6n+2 (basic units), n=3 (basic block type asked for)" in basic
+    assert "20 also fits 9n+2 (bottleneck units): pass --block-type bottleneck" in basic
     assert "601,674 total, 593,578 trainable, 8,096 non-trainable" in text
     assert "multiply-adds: 87.21M per image" in text
     assert "wrote m.keras\nnote: wrote with keras.Model.save: the fast writer is verified for " \

@@ -68,8 +68,13 @@ def _human(n: float) -> str:
 
 def _title(s: dict) -> list[str]:
     if s["source"] == "depth":
-        default = "default block type" if s["also_fits"] else "the only rule that fits"
-        lines = [f"ResNetV2-{s['depth']}: rule {s['rule']}, n={s['n']} ({default})"]
+        if not s["also_fits"]:
+            why = "the only rule that fits"
+        elif s["block_type"] == BOTTLENECK:
+            why = "default block type"
+        else:  # the depth fits both rules and basic was asked for
+            why = "basic block type asked for"
+        lines = [f"ResNetV2-{s['depth']}: rule {s['rule']}, n={s['n']} ({why})"]
         if s["also_fits"]:
             other = SHORT_NAMES[BASIC if s["block_type"] == BOTTLENECK else BOTTLENECK]
             lines.append(f"  {s['depth']} also fits {s['also_fits']}: pass --block-type {other}")
