@@ -278,6 +278,15 @@ class SigtermAt(keras.callbacks.Callback):  # SIGTERM to this worker alone, at e
         if (self.epoch, batch + 1) == (epoch, step):
             os.kill(os.getpid(), signal.SIGTERM)
 
+if os.environ.get("TEST_SIGTERM_IN_EVAL"):  # SIGTERM to this worker as epoch N's evaluation starts
+    from resnet_builder.training import loop
+    evaluate = loop.TrainingLoop.evaluate
+    def signalled(self):
+        if self.state.epochs_completed + 1 == int(os.environ["TEST_SIGTERM_IN_EVAL"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self)
+    loop.TrainingLoop.evaluate = signalled
+
 DECODED = [0]
 if os.environ.get("TEST_COUNT_DECODES"):  # count every image file this process decodes
     import tensorflow as tf
@@ -515,6 +524,32 @@ def test_sigterm_to_one_worker_stops_every_worker_at_one_step_and_a_restart_matc
         reference.dir / "runs" / "train" / "mw" / "results.csv")
     assert max_difference(weights_of(chief), weights_of(worker)) <= 1e-6
     assert max_difference(weights_of(chief), weights_of(reference)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_in_an_evaluation_stops_both_and_a_restart_matches(
+        tmp_path, two_workers):
+    """SIGTERM reaches the non-chief as epoch 1's evaluation starts: the workers agree on it
+    at the next validation batch, both save the epoch's training (its last step) and exit
+    143, and the restarted run evaluates epoch 1 and ends as the uninterrupted one."""
+    reference, _, _ = two_workers
+    cfg = mw_config(tmp_path, "run.log_every=1")
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i), [str(cfg)],
+                      **({"TEST_SIGTERM_IN_EVAL": "1"} if i == 1 else {})) for i in range(2)]
+    assert wait_all(workers, 300) == [143, 143], "\n".join(w.output()[-3000:] for w in workers)
+    for w in workers:
+        assert "stopped by SIGTERM; saved at epoch 1, step 4" in w.output(), w.output()[-3000:]
+    run = workers[0].dir / "runs" / "train" / "mw"
+    meta = read_meta(run / "checkpoint.npz")
+    assert (meta["epochs_completed"], meta["epoch_progress"]["batches"]) == (0, 4)
+    workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i), [str(cfg)])
+               for i in range(2)]
+    assert wait_all(workers, 300) == [0, 0], "\n".join(w.output()[-3000:] for w in workers)
+    assert without_time(run / "results.csv") == without_time(
+        reference.dir / "runs" / "train" / "mw" / "results.csv")
+    assert max_difference(weights_of(workers[0]), weights_of(reference)) <= 1e-6
 
 
 @pytest.mark.slow
