@@ -401,6 +401,42 @@ def test_a_pack_of_jpegs_decodes_without_the_format_check_and_a_png_still_works(
     assert len(b._skips._pillow) == 1  # the PNG: given to Pillow from the first epoch on
 
 
+def test_validation_of_a_pack_of_jpegs_skips_the_format_check_and_a_png_still_works(tmp_path):
+    """The validation split gets the JPEG-only route too when pack counted only JPEGs there;
+    a PNG it holds after all (dataset.json edited) is still read, in order."""
+    from resnet_builder.data.decode import decode_and_resize
+    from resnet_builder.data.resizing import Resize
+
+    rng, root = np.random.default_rng(4), tmp_path / "photos"
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                photo = rng.integers(0, 256, (18 + i, 24, 3), dtype=np.uint8)
+                Image.fromarray(photo).save(root / split / name / f"{i}.jpg", quality=90)
+    out = tmp_path / "packed"
+    pack_folder(root, str(out), shards=1)
+    assert bundle(out).val_jpeg_only
+    Image.fromarray(photo).save(root / "val" / "bee" / "odd.png")
+    pack_folder(root, str(out), shards=1, overwrite=True)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"]["val"]["formats"] == {"jpeg": 6, "other": 1}
+    info["splits"]["val"]["formats"] = {"jpeg": 7, "other": 0}
+    (out / "dataset.json").write_text(json.dumps(info))
+    b = bundle(out)
+    assert b.val_jpeg_only
+    want = sorted((fingerprints(decode_and_resize(tf.constant(path.read_bytes()), Resize(16),
+                                                  3).numpy()[None])[0], c)
+                  for c, name in enumerate(("ant", "bee"))
+                  for path in (root / "val" / name).iterdir())
+    for _ in range(2):
+        batches = [(x.numpy(), y.numpy()) for x, y in b.val_dataset(4)]
+        images = np.concatenate([x for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        assert sorted(zip(fingerprints(images), labels.tolist(), strict=True)) == want
+        assert not b.take_skipped()
+
+
 def test_settings_a_pack_makes_pointless_are_named_not_ignored(packed, folder, tmp_path):
     _, out = packed
     with pytest.warns(UserWarning, match=r"^data.verify does not apply to packed records"):

@@ -120,7 +120,8 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
                           num_val=sum(s.count for s in val), image_size=data.image_size,
                           channels=data.channels, mean=list(info["mean"][stats]),
                           std=list(info["std"][stats]), train_shards=train, val_shards=val,
-                          jpeg_only=_jpeg_only(info["splits"]["train"]))
+                          jpeg_only=_jpeg_only(info["splits"]["train"]),
+                          val_jpeg_only=_jpeg_only(info["splits"]["val"]))
 
 
 def _jpeg_only(split: dict) -> bool:
@@ -170,6 +171,7 @@ class TFRecordBundle(DataBundle):
     train_shards: list[Shard] = field(default_factory=list, repr=False)
     val_shards: list[Shard] = field(default_factory=list, repr=False)
     jpeg_only: bool = False  # every training record a JPEG: decoded without the format check
+    val_jpeg_only: bool = False  # the same for the validation records
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
     _names: dict[int, str] = field(default_factory=dict, repr=False)  # skipped key -> its name
 
@@ -295,13 +297,13 @@ class TFRecordBundle(DataBundle):
         if self.num_val == 0:
             return None
         records = self._records(self.val_shards, "val", parallel=False)
-        return self._decoded(records, batch_size).prefetch(tf.data.AUTOTUNE)
+        return self._decoded(records, batch_size, self.val_jpeg_only).prefetch(tf.data.AUTOTUNE)
 
     def sample_images(self, n: int = 200) -> np.ndarray:
         """The first ``n`` training records in pack order (a seeded random sample), uint8."""
         n = min(n, self.num_train)
         batches = self._decoded(self._records(self.train_shards, "train", parallel=False)
-                                .take(n), DECODE_CHUNK)
+                                .take(n), DECODE_CHUNK, self.jpeg_only)
         picked = [image for images, labels in batches.as_numpy_iterator()
                   for image in images[labels >= 0]]
         shape = (0, self.image_size, self.image_size, self.channels)
@@ -356,11 +358,13 @@ class TFRecordBundle(DataBundle):
         return files.interleave(read, cycle_length=max(1, min(CYCLE_LENGTH, len(shards))),
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def _decoded(self, records: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    def _decoded(self, records: tf.data.Dataset, batch_size: int, only_jpeg: bool
+                 ) -> tf.data.Dataset:
         """(key, record) -> batches of (uint8 images, labels) in order, failures as label -1
         in the skip log. Parsed and decoded a batch at a time, as for training: no per-record
         parse, and no unbatching into chunks for the decoder and batching again."""
-        decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False)
+        decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
+                               only_jpeg=only_jpeg)
         parsed = records.batch(batch_size).map(_parse_batch, deterministic=True,
                                                num_parallel_calls=tf.data.AUTOTUNE)
         return (parsed.map(decode, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
