@@ -444,6 +444,30 @@ def test_a_run_with_seed_null_keeps_the_seed_it_drew_so_a_resume_repeats_it(tmp_
     assert load_config(run / "config.yaml").hardware.seed == seed
     again = api.train(config(tmp_path, f"hardware.seed={seed}", name="again"))
     assert results(run) == results(again.run_dir)
+    # the end line's time is summary.json's (it was taken again after the plots)
+    written = json.loads((again.run_dir / "summary.json").read_text())
+    assert again.summary["wall_seconds"] == written["wall_seconds"]
+
+
+def test_an_unexpected_error_still_ends_the_run_as_failed(tmp_path):
+    """A callback's own error (or a full disk) reaches the caller unchanged, and the run
+    still ends: summary.json says failed (it said running) and the loggers are closed."""
+    import keras
+
+    class Broken(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("my callback broke")
+
+    ended = []
+
+    class Ended(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            ended.append(logs["status"])
+
+    with pytest.raises(RuntimeError, match="my callback broke"):
+        api.train(config(tmp_path, "train.epochs=1"), callbacks=[Ended(), Broken()])
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["status"] == "failed" and ended == ["failed"]
 
 
 def test_sigterm_in_an_evaluation_leaves_at_once_and_the_resumed_run_matches(

@@ -30,7 +30,7 @@ from resnet_builder.training.state import RunState
 # Loggers that live in an optional extra: logger -> the module it imports.
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 # RunState.status values of a run that ended as asked, and of one the user or machine stopped
-# (MLflow: KILLED); any other end (diverged, worker_lost, data_damaged) is a failure.
+# (MLflow: KILLED); any other end (diverged, worker_lost, data_damaged, failed) is a failure.
 ENDED_WELL = ("finished", "stopped_early", "stopped")
 STOPPED_FROM_OUTSIDE = ("interrupted", "preempted")
 

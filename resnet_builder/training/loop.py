@@ -139,6 +139,7 @@ class TrainingLoop:
                 self._end("data_damaged")
                 raise damaged from None
             if self.dist.name != "multi_worker":
+                self._end_failed()
                 raise
             self._end("worker_lost")
             raise cluster_failure(exc, self.dist, self.state.epochs_completed) from None
@@ -155,9 +156,18 @@ class TrainingLoop:
                 f"{self.paths.root}",
                 hint=f"resume with: resnet-builder train --resume {self.paths.root}",
                 exit_code=130) from None
+        except Exception:  # a callback's error, a full disk: the caller reports it
+            self._end_failed()
+            raise
         if self.state.status == "running":  # a callback set model.stop_training
             self.state.status = "stopped"
         self._end(self.state.status)
+
+    def _end_failed(self) -> None:
+        """An unexpected error: summary.json and the loggers still say the run failed (it
+        said "running", and an MLflow run stayed open); the error itself goes on."""
+        with contextlib.suppress(Exception):  # a callback that fails again must not hide it
+            self._end("failed")
 
     def _end(self, status: str) -> None:
         self.inputs.close()
@@ -165,7 +175,7 @@ class TrainingLoop:
         if self._background is not None:
             self._background.shutdown(wait=False)
             self._background = None
-        self.state.status = status
+        self.state.end(status)
         self.callbacks.on_train_end({"status": status})
 
     def _epochs(self) -> None:

@@ -4,8 +4,8 @@
 results.csv rows, the best epoch by ``train.monitor`` (which chooses best.keras and
 drives early stopping), the status and the timings. ``to_meta``/``from_meta`` are what the
 checkpoint stores. ``status`` is one of running, finished, stopped_early, stopped (by a
-callback), diverged, interrupted, preempted (SIGTERM), worker_lost or data_damaged (a
-packed shard cut short or corrupt).
+callback), diverged, interrupted, preempted (SIGTERM), worker_lost, data_damaged (a
+packed shard cut short or corrupt) or failed (an unexpected error).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class RunState:
     # what the run trains on: {"classes", "train", "val"} (resume.data_change compares it)
     data_shape: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
+    ended: float | None = field(default=None, repr=False)  # set as the run ends (end)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> RunState:
@@ -88,7 +89,12 @@ class RunState:
 
     @property
     def wall_seconds(self) -> float:
-        return self.wall_before + (time.perf_counter() - self.started)
+        return self.wall_before + ((self.ended or time.perf_counter()) - self.started)
+
+    def end(self, status: str) -> None:
+        """The run ends with ``status``; its wall clock stops, so summary.json (written now)
+        and the end line (printed after the plots and loggers) give the same time."""
+        self.status, self.ended = status, time.perf_counter()
 
     @property
     def images_per_second(self) -> float:
