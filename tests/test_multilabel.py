@@ -118,6 +118,10 @@ def test_unreadable_image_is_skipped_not_fatal(tmp_path):
     labels = np.concatenate([lab for _, lab in bundle.train_dataset(0, 4).as_numpy_iterator()])
     assert (labels.min(axis=1) < 0).sum() == 1 and (labels == -1).all(axis=1).sum() == 1
     assert [Path(p).name for p, _ in bundle.take_skipped()] == ["0.png"]
+    verified = load_config(None, ["data.source=csv", f"data.path={path}",
+                                  "data.image_size=8", "data.verify=true"])
+    with pytest.warns(UserWarning, match="^data.verify applies to the folder source"):
+        load_data(verified.data, None, 0, "multilabel")
 
 
 def test_streamed_rows_of_pillow_files_keep_their_labels_every_epoch(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,10 @@ def _splits(path: Path, body: list, column: int) -> list[str]:
 def csv_bundle(data: DataConfig, seed: int, task: str = "multiclass") -> DataBundle:
     """The CSV's images, streamed; labels int32 [N] (multiclass) or multi-hot [N, K]."""
     table = read_label_csv(required_path(data, "a CSV file with a path column and labels"))
+    if data.verify:  # said, not ignored without a word (as for packed records)
+        warnings.warn("data.verify applies to the folder source; a CSV's images are checked "
+                      "as they are read (an unreadable one is skipped and listed in the run's "
+                      "skipped.csv)", UserWarning, stacklevel=3)
     multilabel = task == "multilabel"
     labels = table.rows if multilabel else table.single_labels()
     k = len(table.class_names)
