@@ -349,7 +349,8 @@ main.add_command(pack)
 @model_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Timed training steps (after warm-up).")
+              help="Training steps timed per round for our step, the loop and fit "
+                   "alike (at least 20 are run; after warm-up).")
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--xla", is_flag=True, help="Compile our step with XLA.")
 @click.option("--no-pipelines", is_flag=True, help="Skip the input-pipeline measurements.")
