@@ -390,6 +390,15 @@ def without_time(path: Path) -> list[list[str]]:
     return [line.split(",")[:1] + line.split(",")[2:] for line in path.read_text().split()]
 
 
+def assert_like_reference(run: Path, reference: Worker, *workers: Worker) -> None:
+    """The run's results.csv (but its time column) and every worker's final weights are
+    the uninterrupted run's."""
+    assert without_time(run / "results.csv") == without_time(
+        reference.dir / "runs" / "train" / "mw" / "results.csv")
+    for worker in workers:
+        assert max_difference(weights_of(worker), weights_of(reference)) <= 1e-6
+
+
 def mw_config(tmp_path: Path, *extra: str) -> Path:
     path = tmp_path / "cfg.yaml"
     dump_config(load_config(None, [*SMALL, "train.epochs=2", "optim.lr=0.05",
@@ -482,10 +491,7 @@ def test_killed_worker_then_restart_resumes_where_it_was(tmp_path, two_workers):
     assert worker.output().count("resuming runs/train/mw") == 1
     assert worker.backups() == []
 
-    assert without_time(run / "results.csv") == without_time(
-        reference.dir / "runs" / "train" / "mw" / "results.csv")
-    assert max_difference(weights_of(chief), weights_of(worker)) <= 1e-6
-    assert max_difference(weights_of(chief), weights_of(reference)) <= 1e-6
+    assert_like_reference(run, reference, chief, worker)
 
 
 @pytest.mark.slow
@@ -520,10 +526,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_one_step_and_a_restart_matc
         worker.output()[-3000:]
     assert "holds this run's checkpoint: continuing it" in chief.output()
 
-    assert without_time(run / "results.csv") == without_time(
-        reference.dir / "runs" / "train" / "mw" / "results.csv")
-    assert max_difference(weights_of(chief), weights_of(worker)) <= 1e-6
-    assert max_difference(weights_of(chief), weights_of(reference)) <= 1e-6
+    assert_like_reference(run, reference, chief, worker)
 
 
 @pytest.mark.slow
@@ -547,9 +550,7 @@ def test_sigterm_to_one_worker_in_an_evaluation_stops_both_and_a_restart_matches
     workers = [Worker(tmp_path, f"w{i}", tf_config(cluster, "worker", i), [str(cfg)])
                for i in range(2)]
     assert wait_all(workers, 300) == [0, 0], "\n".join(w.output()[-3000:] for w in workers)
-    assert without_time(run / "results.csv") == without_time(
-        reference.dir / "runs" / "train" / "mw" / "results.csv")
-    assert max_difference(weights_of(workers[0]), weights_of(reference)) <= 1e-6
+    assert_like_reference(run, reference, *workers)
 
 
 @pytest.mark.slow
