@@ -246,9 +246,7 @@ def _summing(strategy: tf.distribute.Strategy) -> Callable[[tf.Tensor], tf.Tenso
 
 def all_workers(info: StrategyInfo, flag: bool) -> bool:
     """True when ``flag`` is true on every worker."""
-    if info.workers == 1:
-        return flag
-    return float(_sum_over_workers(info, np.array([0.0 if flag else 1.0]), True)[0]) == 0.0
+    return not any_worker(info, [not flag])[0]
 
 
 def any_worker(info: StrategyInfo, flags: list[bool]) -> list[bool]:
