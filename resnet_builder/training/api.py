@@ -200,10 +200,11 @@ def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
         raise _cluster_error(exc, dist, s.meta) from None
     state = RunState.from_meta(s.meta)
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
-    change = data_change(state.data_shape, data_shape(s.data))
+    shape = data_shape(s.data)
+    change = data_change(state.data_shape, shape)
     if change is not None:
         progress.say(cfg.run.progress, change)
-    state.data_shape = data_shape(s.data)
+    state.data_shape = shape
 
     def summary() -> dict[str, Any]:
         return run_summary(state, cfg, dist, paths.root, s.precision)
