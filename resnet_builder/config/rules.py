@@ -91,16 +91,21 @@ def _rule_depth(cfg: Config, where: Where) -> None:
                       "n >= 1", hint=f"nearest valid depth: {nearest}")
 
 
+# The sources without a built-in location, and what their data.path names.
+_DATA_PATH_NAMES = {
+    "folder": "the image folder (train/ and val/ sub-folders of one folder per class, or one "
+              "folder per class and data.validation_split)",
+    "npz": "the .npz file",
+    "csv": "the CSV file (a path column and labels)",
+    "tfrecord": "the folder `resnet-builder pack FOLDER OUT` wrote (OUT)",
+}
+
+
 def _rule_data_path(cfg: Config, where: Where) -> None:
     """folder, npz, csv and tfrecord have no built-in location: caught here, not at train."""
     d = cfg.data
-    if d.source in ("folder", "npz", "csv", "tfrecord") and not d.path:
-        what = "the .npz file" if d.source == "npz" else "the CSV file (a path column and labels)"
-        if d.source == "tfrecord":
-            what = "the folder `resnet-builder pack FOLDER OUT` wrote (OUT)"
-        if d.source == "folder":
-            what = ("the image folder (train/ and val/ sub-folders of one folder per class, "
-                    "or one folder per class and data.validation_split)")
+    if d.source in _DATA_PATH_NAMES and not d.path:
+        what = _DATA_PATH_NAMES[d.source]
         raise ConfigError(f"{where('data.source', 'data.path')}: data.source is {d.source} "
                           "but data.path is not set",
                           hint=f"set data.path to {what}, e.g. --set data.path=...")
