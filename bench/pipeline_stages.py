@@ -5,6 +5,9 @@
 Makes photo-size JPEGs (500x375, quality 90), then times full passes of each stage below,
 alternating so all see the same machine conditions, and prints median images/s:
 
+  * decode alone: ``decode_jpeg`` (exact DCT) in a flat parallel map, a 224 corner kept so
+    images batch: the ceiling of any pipeline that decodes the whole photo (the hand-written
+    baseline does; 1.2x it needs a pipeline within a few % of this);
   * bare: ``decode_jpeg`` (exact DCT) + bilinear resize in a flat parallel map: the floor of
     the work any pipeline does here;
   * our per-image decode (``native_decode_and_resize``: the Pillow check, the format and
@@ -66,6 +69,9 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
     def ours_decode(contents: tf.Tensor) -> tf.Tensor:
         return native_decode_and_resize(contents, how, 3)
 
+    def decode_alone(contents: tf.Tensor) -> tf.Tensor:
+        return tf.io.decode_jpeg(contents, 3, dct_method="INTEGER_ACCURATE")[:size, :size]
+
     def bare(contents: tf.Tensor) -> tf.Tensor:
         return resample(tf.io.decode_jpeg(contents, 3, dct_method="INTEGER_ACCURATE"),
                         size, size)
@@ -104,7 +110,8 @@ def stages(folder: Path, size: int, batch: int) -> dict[str, Callable[[], Iterab
     unaugmented = load_data(cfg, AugmentConfig(), seed=0)
     baselines = folder_pipelines(folder, size, batch)  # ours with the flip, hand-written
     epochs = iter(range(10**6))
-    return {"bare decode + resize, flat map": flat(bare),
+    return {"decode alone (no resize), flat map": flat(decode_alone),
+            "bare decode + resize, flat map": flat(bare),
             "our per-image decode, flat map": flat(ours_decode),
             "our decode, map_fn per batch": batch_level,
             "ours: failure-safe decoder (uint8)": batch_decoder,
