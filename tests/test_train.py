@@ -287,3 +287,27 @@ def test_auto_precision_is_float16_only_with_a_gpu(monkeypatch):
     assert resolve_precision("auto") == "off"
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
     assert resolve_precision("auto") == "float16"
+
+
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
+    """A copy cut short (BadZipFile) and a damaged array behind an intact meta both say
+    which file and what to do, for the meta read and for the restore."""
+    from resnet_builder.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(model.trainable_variables)
+    whole = tmp_path / "checkpoint.npz"
+    save_checkpoint(whole, model, optimizer, {"epochs_completed": 1})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"cut\.npz cannot be read"):
+        read_meta(cut)
+    first = data.index(b"model_0.npy")  # the first array's local header; meta stays intact
+    flipped = tmp_path / "flipped.npz"
+    flipped.write_bytes(data[:first + 200] + bytes(b ^ 0xFF for b in data[first + 200:first + 210])
+                        + data[first + 210:])
+    assert read_meta(flipped)["epochs_completed"] == 1
+    with pytest.raises(UserError, match=r"flipped\.npz cannot be read"):
+        load_checkpoint(flipped, model, optimizer)

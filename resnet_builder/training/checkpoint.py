@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,22 @@ def save_checkpoint(path: Path, model, optimizer, meta: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# What a damaged or foreign file raises from np.load (a file cut short: BadZipFile).
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"checkpoint {path} cannot be read ({exc})",
+                     hint="the file is damaged; start a new run")
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """Only the checkpoint's metadata (epoch, history, ...)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return json.loads(bytes(data["meta"]).decode())
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({exc})",
-                        hint="the file is damaged; start a new run") from None
+    except _UNREADABLE as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _assign(variables, stored: list[np.ndarray], what: str, path: Path) -> None:
@@ -82,9 +91,12 @@ def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
     The optimizer must already be built over the same variables.
     """
     meta = read_meta(path)
-    with np.load(path, allow_pickle=False) as data:
-        model_values = [data[f"model_{i}"] for i in range(_count(data, "model_"))]
-        opt_values = [data[f"opt_{i}"] for i in range(_count(data, "opt_"))]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            model_values = [data[f"model_{i}"] for i in range(_count(data, "model_"))]
+            opt_values = [data[f"opt_{i}"] for i in range(_count(data, "opt_"))]
+    except _UNREADABLE as exc:  # a damaged array after an intact meta
+        raise _unreadable(path, exc) from None
     _assign(model.variables, model_values, "model", path)
     _assign(optimizer_state(optimizer), opt_values, "optimizer", path)
     return meta
