@@ -119,6 +119,22 @@ def test_dilations_keep_resolution():
     assert out.shape == (1, 8, 8, 64)  # stem /4, second stack dilated instead of strided
 
 
+@pytest.mark.parametrize("way", [{"depth": 20}, {"preset": "resnet18_v2"}])
+def test_dilations_apply_to_a_depth_and_a_preset(way):
+    """--dilations with --depth or --preset used to be dropped without a word."""
+    stages = 3 if "depth" in way else 4
+    dilations = [1] * (stages - 1) + [2]
+    model = build_model(**way, stackwise_dilations=dilations, input_shape=(64, 64, 3),
+                        num_classes=2)
+    backbone = model.layers[1]  # the nested ResNetV2Backbone
+    rates = {layer.name: layer.dilation_rate for layer in backbone.layers
+             if layer.name.endswith("block2_2_conv")}
+    assert rates[f"v2_stack_{stages - 1}_block2_2_conv"] == (2, 2)
+    assert set(rates.values()) == {(1, 1), (2, 2)}
+    with pytest.raises(ValueError, match="same length"):
+        build_model(**way, stackwise_dilations=[1, 2], num_classes=2)
+
+
 @pytest.mark.parametrize(
     ("overrides", "text"),
     [

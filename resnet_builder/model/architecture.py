@@ -219,6 +219,8 @@ def resolve_architecture(
         extra["include_rescaling"] = bool(include_rescaling)
     if bn_momentum is not None:
         extra["bn_momentum"] = bn_momentum
+    if stackwise_dilations is not None:  # with any way (the plan checks one per stage)
+        extra["stackwise_dilations"] = list(stackwise_dilations)
     if ways == ["depth"]:
         rule = resolve_depth(depth, block_type)
         width = 16 if stem_filters is None else stem_filters
