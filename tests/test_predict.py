@@ -74,6 +74,16 @@ def test_collect_globs_missing_sources_and_duplicates(tmp_path, monkeypatch):
                        Skipped("none/*.jpg", "no file matches this pattern")]
 
 
+def test_collect_a_home_glob_is_relative_to_its_expanded_base(tmp_path, monkeypatch):
+    """~/imgs/*.png: the base is expanded with the matches (it used to give ../../..)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _touch(tmp_path / "home" / "imgs" / "a.png")
+    found, skipped = collect_images("~/imgs/*.png")
+    assert [s.path for s in found] == ["a.png"] and skipped == []
+    assert collect_images("~/none/*.png")[1] == [Skipped("~/none/*.png",
+                                                         "no file matches this pattern")]
+
+
 def test_collect_same_name_from_two_sources_stays_distinct(tmp_path, monkeypatch):
     """Two globs (or folders) that each give x.png: paths become relative to their common
     parent instead of colliding; a named file stays absolute."""

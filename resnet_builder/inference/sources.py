@@ -74,10 +74,11 @@ def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
 
 def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
     """The files a glob matches (folders it matches, recursively), relative to its fixed part."""
+    given, pattern = pattern, os.path.expanduser(pattern)  # the base and matches both expanded
     base = _glob_base(pattern)
-    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    matches = sorted(glob.glob(pattern, recursive=True))
     if not matches:
-        yield Skipped(pattern, "no file matches this pattern")
+        yield Skipped(given, "no file matches this pattern")
     for match in map(Path, matches):
         if match.is_dir():
             yield from _folder_files(match, base)
