@@ -364,7 +364,9 @@ def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json
     from resnet_builder.benchmark.run import run_benchmark
 
     arch, model_args = architecture_from_options(opts)
-    result = run_benchmark(arch, num_classes=model_args["num_classes"], batch_size=batch_size,
+    result = run_benchmark(arch, num_classes=model_args["num_classes"],
+                           head=model_args["head"], dropout=model_args["dropout"],
+                           batch_size=batch_size,
                            steps=steps, warmup=warmup, xla=xla, pipelines=not no_pipelines,
                            mixed_precision=mixed_precision)
     if as_json:

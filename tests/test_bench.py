@@ -43,3 +43,29 @@ def test_bench_mixed_precision_applies_to_every_training_number():
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["mixed_precision"] == "bfloat16"
     assert report["trainer_loop_images_per_second"] > 0 and report["train_vs_fit"] > 0
+
+
+def test_bench_times_the_model_its_flags_ask_for(monkeypatch):
+    """--num-classes, --head and --dropout reach every measurement (the step, fit, the loop
+    and predict used to build a plain head with the batch's label count or 10 classes)."""
+    from resnet_builder.benchmark.loop import BenchModel
+    from resnet_builder.model.architecture import resolve_architecture
+    from resnet_builder.model.summary import model_summary
+
+    built = []
+    build = BenchModel.build
+    monkeypatch.setattr(BenchModel, "build", lambda net: built.append(build(net)) or built[-1])
+    result = CliRunner().invoke(main, ["bench", "--depth", "8", "--block-type", "basic",
+                                       "--batch-size", "8", "--input-shape", "16,16,3",
+                                       "--num-classes", "20", "--head", "tutorial",
+                                       "--dropout", "0.3", "--steps", "2", "--warmup", "1",
+                                       "--no-pipelines", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert (report["num_classes"], report["head"]) == (20, "tutorial")
+    arch = resolve_architecture(8, block_type="basic", input_shape=(16, 16, 3))
+    assert report["macs_per_image"] == model_summary(arch, 20, "tutorial")["macs_per_image"]
+    assert len(built) == 4  # step, fit, loop, predict
+    for model in built:
+        assert model.output_shape == (None, 20)
+        assert model.get_layer("dropout").rate == 0.3

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnet_builder.benchmark.loop import loop_runner, precision
+from resnet_builder.benchmark.loop import BenchModel, loop_runner, precision
 from resnet_builder.benchmark.machine import matmul_gflops
 from resnet_builder.benchmark.pipelines import (
     compare_folder_pipelines,
@@ -32,17 +32,12 @@ from resnet_builder.benchmark.pipelines import (
 )
 from resnet_builder.config import DataConfig
 from resnet_builder.model.architecture import Architecture
-from resnet_builder.model.classifier import ResNetV2Classifier, build_backbone
 from resnet_builder.model.summary import model_summary
 from resnet_builder.runtime import onednn_in_force
 from resnet_builder.training.batchnorm import fuse_batch_norm
 from resnet_builder.training.step import make_loss, make_train_function
 
 BENCH_JPEGS = 256  # photo-size JPEGs the pipeline comparison decodes per pass
-
-
-def _model(arch: Architecture, num_classes: int) -> ResNetV2Classifier:
-    return ResNetV2Classifier(build_backbone(arch), num_classes)
 
 
 def _timed(fn, repeats: int) -> float:
@@ -53,14 +48,14 @@ def _timed(fn, repeats: int) -> float:
     return time.perf_counter() - start
 
 
-def step_runner(arch: Architecture, images, labels, batch_size: int, warmup: int, xla: bool,
+def step_runner(net: BenchModel, images, labels, batch_size: int, warmup: int, xla: bool,
                 mixed_precision: str = "off") -> Callable[[int], float]:
     """A warmed-up ``run(steps) -> images/s`` of the trainer's own step on one batch.
 
     The same train function the trainer runs, one step per call, fed by a tf.data
     iterator as in training.
     """
-    model = _model(arch, int(labels.max()) + 1)
+    model = net.build()
     fuse_batch_norm(model)  # as the trainer does (hardware.fused_batchnorm)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     if mixed_precision == "float16":
@@ -88,7 +83,7 @@ class _FitClock(keras.callbacks.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def fit_runner(arch: Architecture, images, labels, batch_size: int, warmup: int
+def fit_runner(net: BenchModel, images, labels, batch_size: int, warmup: int
                ) -> Callable[[int], float]:
     """A warmed-up ``run(steps) -> images/s`` of plain ``keras.Model.fit`` on the same model,
     batch and data (one ``fit`` call of ``steps`` steps, as a user's epoch).
@@ -98,7 +93,7 @@ def fit_runner(arch: Architecture, images, labels, batch_size: int, warmup: int
     before returning, which a user pays once per call, not per step; counted in rounds of
     20 steps it halved ``fit``'s rate.
     """
-    model = _model(arch, int(labels.max()) + 1)
+    model = net.build()
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
     x, y = images[:batch_size], labels[:batch_size]
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
@@ -113,10 +108,10 @@ def fit_runner(arch: Architecture, images, labels, batch_size: int, warmup: int
     return run
 
 
-def predict_rates(arch: Architecture, images, batch_size: int, repeats: int) -> tuple[float,
+def predict_rates(net: BenchModel, images, batch_size: int, repeats: int) -> tuple[float,
                                                                                         float]:
     """(ours, model.predict) images/s for inference over the same array."""
-    model = _model(arch, 10)
+    model = net.build()
     forward = tf.function(lambda x: model(x, training=False))
     batches = [tf.constant(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
@@ -133,7 +128,8 @@ def predict_rates(arch: Architecture, images, batch_size: int, repeats: int) -> 
     return n / _timed(ours, repeats), n / _timed(keras_predict, repeats)
 
 
-def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int = 128,
+def run_benchmark(arch: Architecture, *, num_classes: int = 10, head: str = "gap",
+                  dropout: float = 0.0, batch_size: int = 128,
                   steps: int = 10, warmup: int = 3, xla: bool = False,
                   pipelines: bool = True, mixed_precision: str = "off") -> dict[str, Any]:
     """Every number ``bench`` reports, as one JSON-ready dict.
@@ -146,13 +142,14 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
     images = rng.uniform(0, 255, (batch_size, h, w, c)).astype("float32")
     labels = rng.integers(0, num_classes, batch_size).astype("int32")
     labels[:num_classes] = np.arange(min(num_classes, batch_size))
-    macs = model_summary(arch, num_classes)["macs_per_image"]
+    macs = model_summary(arch, num_classes, head)["macs_per_image"]
+    net = BenchModel(arch, num_classes, head, dropout)
     with precision(mixed_precision):
-        step = step_runner(arch, images, labels, batch_size, warmup, xla, mixed_precision)
-        fit_epoch = fit_runner(arch, images, labels, batch_size, warmup)
+        step = step_runner(net, images, labels, batch_size, warmup, xla, mixed_precision)
+        fit_epoch = fit_runner(net, images, labels, batch_size, warmup)
     loop_steps = max(steps, 20)
-    loop_epoch = loop_runner(arch, num_classes=num_classes, batch_size=batch_size,
-                             steps=loop_steps, xla=xla, mixed_precision=mixed_precision)
+    loop_epoch = loop_runner(net, batch_size=batch_size, steps=loop_steps, xla=xla,
+                             mixed_precision=mixed_precision)
     # Alternating, the same number of steps each side, median of 5: with 10 bare steps
     # against a 20-step epoch in 3 rounds, ResNet-20's loop_vs_step read 0.924 where 7
     # rounds of 20 and 20 gave 0.962-1.030 on the same tree. fit alternates too: timed once
@@ -164,7 +161,7 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
     fit = float(np.median([f for _, _, f in rounds]))
     loop_ratio = float(np.median([lp / s for s, lp, _ in rounds]))
     fit_ratio = float(np.median([s / f for s, _, f in rounds]))
-    ours_predict, keras_predict = predict_rates(arch, np.repeat(images, 2, axis=0), batch_size,
+    ours_predict, keras_predict = predict_rates(net, np.repeat(images, 2, axis=0), batch_size,
                                                 max(2, steps // 3))
     matmul = matmul_gflops(seconds=2.0)
     train_gflops = 3 * 2 * macs * train / 1e9
@@ -172,6 +169,8 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, batch_size: int 
         "input_shape": [h, w, c],
         "batch_size": batch_size,
         "block_type": arch.backbone["block_type"],
+        "num_classes": num_classes,
+        "head": head,
         "macs_per_image": macs,
         "mixed_precision": mixed_precision,
         "train_images_per_second": round(train, 1),
