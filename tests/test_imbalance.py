@@ -72,9 +72,13 @@ def test_class_weight_vectors_balanced_and_mapping(tmp_path):
     assert float(np.mean(balanced[LABELS])) == pytest.approx(1.0)  # loss keeps its scale
     assert class_weight_vector({"dog": 3.0}, ["cat", "dog", "eel"], None).tolist() == [1, 3, 1]
     assert class_weight_vector(None, ["cat", "dog"], counts) is None
-    # a class without training images is never weighted: it keeps 1
-    assert class_weight_vector("balanced", ["a", "b", "c"], np.array([5, 0, 5])).tolist() == \
-        pytest.approx([10 / 15, 1.0, 10 / 15])
+    # a class without training images is never weighted (it keeps 1), and the others are
+    # scikit-learn's weights over the classes present, so the loss still keeps its scale
+    labels = np.array([0] * 6 + [2] * 2)
+    present = class_weight_vector("balanced", ["a", "b", "c"], np.bincount(labels, minlength=3))
+    assert present[[0, 2]] == pytest.approx(
+        compute_class_weight("balanced", classes=np.array([0, 2]), y=labels), rel=1e-6)
+    assert present[1] == 1.0 and float(np.mean(present[labels])) == pytest.approx(1.0)
     bundle = coded_bundle(coded_npz(tmp_path), "data.class_weight={eel: 0.5, cat: 2}")
     assert bundle.class_weights.tolist() == [2.0, 1.0, 0.5]
     with pytest.raises(UserError, match="zebra") as err:

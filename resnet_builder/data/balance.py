@@ -26,9 +26,10 @@ def class_weight_vector(setting: str | Mapping[str, float] | None, class_names: 
     """``data.class_weight`` -> float32 [num_classes] loss weights (None: no weighting).
 
     ``balanced``: n_samples / (n_classes * count), as scikit-learn, so the weights
-    average to 1 over the training images and the loss keeps its scale; a class
-    without training images is never weighted and keeps 1. A mapping names classes
-    by name (classes left out weigh 1); a name that is not a class is an error.
+    average to 1 over the training images and the loss keeps its scale; n_classes counts
+    the classes with training images (a class without any is never weighted and keeps 1).
+    A mapping names classes by name (classes left out weigh 1); a name that is not a class
+    is an error.
     """
     if setting is None:
         return None
@@ -36,7 +37,7 @@ def class_weight_vector(setting: str | Mapping[str, float] | None, class_names: 
     if setting == "balanced":
         present = counts > 0
         weights = np.ones(len(class_names), np.float64)
-        weights[present] = counts.sum() / (len(class_names) * counts[present])
+        weights[present] = counts.sum() / (present.sum() * counts[present])
         return weights.astype(np.float32)
     if not isinstance(setting, Mapping):
         raise UserError(f"data.class_weight must be null, balanced or a mapping, got {setting!r}",
