@@ -516,3 +516,32 @@ def test_sigterm_after_the_last_epoch_is_recorded_lets_the_run_finish(tmp_path, 
     assert json.loads((result.run_dir / "summary.json").read_text())["status"] == "finished"
     assert "SIGTERM arrived as the run ended: it finished, nothing to resume" in (
         capsys.readouterr().out)
+
+
+def test_a_resumed_run_counts_checkpoint_every_from_where_it_resumed(tmp_path, monkeypatch):
+    """Saved at step 4 with train.checkpoint_every=5: the resumed run's next mid-epoch
+    checkpoints come at steps 9, 14, 19, not at once at its first read (the clock counted
+    from step 0)."""
+    settings = ["train.epochs=1", "train.checkpoint_every=5", "run.log_every=1",
+                "hardware.steps_per_call=1", "run.progress=none"]
+    report = loop.TrainingLoop._report
+
+    def stop_at_step_4(self, epoch, step, *args):
+        self.stop.requested = step >= 3
+        return report(self, epoch, step, *args)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_report", stop_at_step_4)
+    with pytest.raises(UserError, match="saved at epoch 1, step 4"):
+        api.train(config(tmp_path, *settings))
+    monkeypatch.undo()
+    written: list[int] = []
+    tell = loop.TrainingLoop._tell_progress
+
+    def record(self, step, checkpoint):
+        if checkpoint:
+            written.append(step)
+        return tell(self, step, checkpoint)
+
+    monkeypatch.setattr(loop.TrainingLoop, "_tell_progress", record)
+    api.resume(tmp_path / "runs" / "exp")
+    assert written == [9, 14, 19]

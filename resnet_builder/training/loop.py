@@ -2,13 +2,12 @@
 
 Epoch ``k``'s data order and augmentation depend only on (seed, k), so a resumed
 run sees the same batches as an uninterrupted one, also from the middle of an
-epoch. The loop does not wait for the device after every step: each compiled
-call adds its sums to running totals on the device, and the host reads them
-every ``run.log_every`` steps (progress, NaN check), at a checkpoint and at the
-epoch's end. Everything written or shown happens in callbacks
-(``callbacks.py``); the loop turns a NaN loss, Ctrl-C, SIGTERM and a lost worker
-into a message that says how to go on, after telling the callbacks that training
-ended (so summary.json and the plots are written).
+epoch. The loop does not wait for the device after every step: each compiled call adds
+its sums to running totals on the device, and the host reads them every ``run.log_every``
+steps (progress, NaN check), at a checkpoint and at the epoch's end. Everything written or
+shown happens in callbacks (``callbacks.py``); the loop turns a NaN loss, Ctrl-C, SIGTERM
+and a lost worker into a message that says how to go on, after telling the callbacks that
+training ended (so summary.json and the plots are written).
 """
 
 from __future__ import annotations
@@ -181,6 +180,7 @@ class TrainingLoop:
     def _epochs(self) -> None:
         cfg, train_fn, frozen = self.cfg, None, None
         sync_moving_stats = make_moving_stats_sync(self.model, self.dist.strategy)
+        self.clock.written(self.state.steps_done(self.steps_per_epoch))  # not due on resume
         for epoch in range(self.state.epochs_completed + 1, cfg.train.epochs + 1):
             want_frozen = epoch <= cfg.model.freeze_backbone_epochs
             if train_fn is None or want_frozen != frozen:

@@ -81,6 +81,11 @@ class RunState:
     def epochs_completed(self) -> int:
         return len(self.history)
 
+    def steps_done(self, steps_per_epoch: int) -> int:
+        """The run's global step: its whole epochs and a mid-epoch checkpoint's batches."""
+        return (self.epochs_completed * steps_per_epoch
+                + (self.epoch_progress["batches"] if self.epoch_progress else 0))
+
     @property
     def best_val_accuracy(self) -> float | None:
         """val_accuracy of the best epoch (whatever ``train.monitor`` chose it by)."""
