@@ -61,6 +61,8 @@ def test_debug_shows_the_real_exception(monkeypatch):
 def test_bad_depth_is_a_usage_error_with_exit_2():
     result = CliRunner().invoke(main, ["build", "--depth", "57"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "depth 57 is not a valid ResNet depth" in result.output
+    assert "nearest: 56 and 65" in result.output and "nearest: 56 and 62" in result.output
 
 
 def test_no_deprecated_click_api_is_used():

@@ -41,20 +41,41 @@ def room_of(path: Path) -> str:
     return {"__main__": "main"}.get(parts[0], "top")
 
 
-def imported_rooms(path: Path) -> set[str]:
-    """The rooms (or ``cli``) a module imports, anywhere in it (function-level imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
+def imported_names(source: str, package: tuple[str, ...]) -> list[str]:
+    """Every module name ``source`` (a module of ``package``) imports, anywhere in it
+    (function-level imports too), relative imports made absolute, and
+    ``importlib.import_module("...")`` strings."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "resnet_builder" and len(parts) > 1:
-                found.add("cli" if parts[1].startswith("cli") else parts[1])
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names += [module] + [f"{module}.{alias.name}" for alias in node.names]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            names.append(str(node.args[0].value))
+    return names
+
+
+def imported_rooms(path: Path) -> set[str]:
+    """The rooms (or ``cli``) a module imports."""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    found = set()
+    for name in imported_names(path.read_text(), package):
+        parts = name.split(".")
+        if parts[0] == "resnet_builder" and len(parts) > 1:
+            found.add("cli" if parts[1].startswith("cli") else parts[1])
     return found
+
+
+def test_relative_and_importlib_imports_are_seen() -> None:
+    source = ("from ..training import loop\nfrom . import images\n"
+              "def f():\n    importlib.import_module('resnet_builder.inference.predict')\n")
+    names = imported_names(source, ("resnet_builder", "data"))
+    assert {"resnet_builder.training.loop", "resnet_builder.data.images",
+            "resnet_builder.inference.predict"} <= set(names)
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -109,11 +109,12 @@ def test_the_model_stores_its_resize_rule():
     assert (again.resize, again.crop_pct) == ("crop", 0.9)
 
 
-def test_a_run_trains_with_its_resize_rule_and_predict_uses_it(tmp_path):
+def test_a_run_trains_with_its_resize_rule_and_predict_uses_it(tmp_path, monkeypatch):
     """data.resize reaches the saved model; predict prepares files by the same rule."""
     import resnet_builder
     from resnet_builder.data.batch_decode import decode_or_skip
     from resnet_builder.data.decode import SkipLog
+    from resnet_builder.inference import predict as predicting
 
     for i in range(12):
         folder = tmp_path / "data" / ("wide" if i % 2 else "tall")
@@ -130,8 +131,13 @@ def test_a_run_trains_with_its_resize_rule_and_predict_uses_it(tmp_path):
     model = keras.models.load_model(result.run_dir / "best.keras")
     assert (model.resize, model.crop_pct) == ("pad", 0.875)
     files = sorted((tmp_path / "data").rglob("*.png"))
+    rules = []
+    decoded = predicting.decoded_batches
+    monkeypatch.setattr(predicting, "decoded_batches",
+                        lambda files, how, *rest: rules.append(how) or decoded(files, how, *rest))
     predictions = resnet_builder.predict(result.run_dir, files)
     assert len(predictions) == len(files)
+    assert rules == [Resize(8, "pad")]  # the rule predict decoded every file by
     elements = tf.data.Dataset.from_tensor_slices(
         (np.arange(2, dtype=np.int64), [str(f) for f in files[:2]], np.zeros(2, np.int32)))
     padded, _ = next(iter(decode_or_skip(elements, Resize(8, "pad"), 3, SkipLog(),

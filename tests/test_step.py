@@ -154,8 +154,14 @@ def test_fused_model_saves_as_plain_keras(tmp_path):
 
 def test_matmul_gflops_and_threads():
     assert machine.matmul_gflops(seconds=0.05, n=128) > 0
-    intra, inter = machine.configure_cpu_threads()  # None, None: reads, changes nothing
-    assert intra >= 0 and inter >= 0
+    threading = tf.config.threading
+    before = (threading.get_intra_op_parallelism_threads(),
+              threading.get_inter_op_parallelism_threads())
+    assert machine.configure_cpu_threads() == before  # None, None: reads, changes nothing
+    tf.constant(1.0) + 1.0  # TensorFlow has run an op: its pools are fixed now
+    with pytest.raises(RuntimeError, match="call configure_cpu_threads before"):
+        machine.configure_cpu_threads(intra_op=before[0] + 1)
+    assert threading.get_intra_op_parallelism_threads() == before[0]
     assert runtime.cpu_count() >= 1
 
 

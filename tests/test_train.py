@@ -212,9 +212,23 @@ def test_frozen_backbone_keeps_donor_weights(tmp_path, finished):
     assert any(head)
 
 
-@pytest.mark.parametrize("switch", ["hardware.mixed_precision=bfloat16", "hardware.xla=true"])
-def test_mixed_precision_and_xla_switches_train(tmp_path, switch):
+@pytest.mark.parametrize(("switch", "seen"), [
+    ("hardware.mixed_precision=bfloat16", ("bfloat16", False)),
+    ("hardware.xla=true", ("float32", True)),
+])
+def test_mixed_precision_and_xla_switches_train(tmp_path, monkeypatch, switch, seen):
+    """Each switch reaches the train function the loop compiles: the model computes in
+    bfloat16, or the step is compiled with XLA."""
+    compiled = []
+    make = loop.make_train_function
+
+    def spy(model, *args, **kwargs):
+        compiled.append((model.compute_dtype, kwargs["jit_compile"]))
+        return make(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_train_function", spy)
     result = trainer.train(tiny_config(tmp_path, "train.epochs=1", switch))
+    assert compiled == [seen]
     rows = results(result.run_dir)
     assert np.isfinite(float(rows[0]["loss"]))
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
