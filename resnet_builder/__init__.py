@@ -21,13 +21,17 @@ import importlib
 import itertools
 import os
 import sys
+from importlib import metadata as _metadata
 from typing import Any
 
 from resnet_builder.runtime import prefer_onednn
 
 prefer_onednn()  # before anything imports TensorFlow: its oneDNN switch is read only then
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (setup.cfg), not a second copy of it
+    __version__ = _metadata.version("resnet-builder")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "ResNetV2Backbone": "model.backbone",
@@ -53,7 +57,6 @@ _EXPORTS = {
     "Prediction": "inference.predict",
     "evaluate": "inference.evaluate",
     "export": "inference.export",
-    "export_model": "inference.export",
 }
 
 __all__ = sorted(_EXPORTS)

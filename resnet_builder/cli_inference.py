@@ -172,16 +172,16 @@ def export_command(model_source, formats, calibration, samples, output, project,
     (95% for tflite-int8) fails the command. Writes the files, labels.txt and
     export.json to PROJECT/NAME or --output.
     """
-    from resnet_builder.inference.export import describe_result, export_model
+    from resnet_builder.inference.export import describe_result, export
 
     if model_source is None:
         from resnet_builder.runs import latest_run
 
         model_source = str(latest_run())
         click.echo(f"model: {model_source} (newest run under {TRAIN_PROJECT})")
-    report = export_model(model_source, formats, calibration=calibration, samples=samples,
-                          output=output, project=project, name=name, exist_ok=exist_ok,
-                          on_done=lambda fmt, r: click.echo(describe_result(fmt, r)))
+    report = export(model_source, formats, calibration=calibration, samples=samples,
+                    output=output, project=project, name=name, exist_ok=exist_ok,
+                    on_done=lambda fmt, r: click.echo(describe_result(fmt, r)))
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(f"checked on {report.samples.check_source}")

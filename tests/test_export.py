@@ -16,7 +16,7 @@ from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.errors import UserError
 from resnet_builder.inference import export as export_module
 from resnet_builder.inference.export import resolve_formats
-from resnet_builder.inference.export_formats import run_tflite
+from resnet_builder.inference.export_formats import TFLiteRunner
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def test_cli_export_all_formats_agree_with_keras(digits, keras_probs, tmp_path):
     np.testing.assert_allclose(resized, want, atol=1e-5)
 
     # TFLite through tf.lite.Interpreter
-    float_probs = run_tflite((out / "model.tflite").read_bytes(), images)
+    float_probs = TFLiteRunner((out / "model.tflite").read_bytes())(images, 64)
     assert np.abs(float_probs - reference).max() < 1e-4
     assert _agreement(float_probs, reference) >= 0.99
     with warnings.catch_warnings():
@@ -100,7 +100,7 @@ def test_cli_export_all_formats_agree_with_keras(digits, keras_probs, tmp_path):
     interp.allocate_tensors()
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
-    int8_probs = run_tflite((out / "model_int8.tflite").read_bytes(), images)
+    int8_probs = TFLiteRunner((out / "model_int8.tflite").read_bytes())(images, 64)
     assert _agreement(int8_probs, reference) >= 0.95
 
     if has_onnx:
@@ -158,7 +158,6 @@ def test_python_api_export_through_the_package(digits, tmp_path, monkeypatch):
     assert "random images" in report.samples.check_source  # a model object has no run data
     assert (report.folder / "model.tflite").is_file()
     assert json.loads((report.folder / "export.json").read_text())["passed"]
-    assert resnet_builder.export_model is resnet_builder.export  # the CLI's name for it
 
 
 def test_the_check_uses_only_readable_validation_images(tmp_path):

@@ -64,7 +64,8 @@ def describe_keys() -> list[tuple[str, str, str]]:
 
 
 def markdown_table() -> str:
-    """The key table for the README and ``train --help``, built from describe_keys()."""
+    """The README's key table, built from describe_keys() (``train --help`` lists the same
+    keys through describe_keys; tests/test_config.py checks the README holds this table)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 

@@ -255,8 +255,6 @@ def export(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
     return ExportReport(folder, im.source, results, data, notes)
 
 
-export_model = export  # the name cli.py (and earlier versions) call it by
-
 
 def _export_checked(fmt: str, im: InferenceModel, target: Path, data: Samples,
                     reference: np.ndarray, workdir: Path) -> dict[str, Any]:

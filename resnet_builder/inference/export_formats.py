@@ -219,11 +219,6 @@ class TFLiteRunner:
         return np.asarray(y, np.float32)
 
 
-def run_tflite(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Probabilities (float32) from a TFLite model for raw images, quantising if needed."""
-    return TFLiteRunner(content)(images, batch)
-
-
 def export_onnx(im: InferenceModel, path: Path) -> dict[str, Any]:
     """model.onnx through Keras' exporter (tf2onnx), float32 input ``images``."""
     with _quiet():

@@ -218,8 +218,6 @@ def _alias(preset: str, layers: int) -> type:
                 {"__new__": __new__, "__doc__": doc, "__module__": __name__})
 
 
-backbone_from_preset = ResNetV2Backbone.from_preset  # its old name in presets.py
-
 ResNet18V2Backbone = _alias("resnet18_v2", 18)
 ResNet34V2Backbone = _alias("resnet34_v2", 34)
 ResNet50V2Backbone = _alias("resnet50_v2", 50)
