@@ -89,6 +89,10 @@ def _depth_error(depth: object, block_type: str | None) -> ArgumentError:
         else:
             near = f"smallest: {LAYERS_PER_UNIT[rule] + 2}"
         lines.append(f"{RULE_NAMES[rule]}: {near}")
+    others = [r for r in (BOTTLENECK, BASIC) if r not in rules and isinstance(depth, int)
+              and units_for(depth, r) is not None]
+    lines += [f"{depth} fits {RULE_NAMES[r]}: ask for block type {SHORT_NAMES[r]}"
+              for r in others]
     fits = " or ".join(RULE_NAMES[r] for r in rules)
     return ArgumentError(
         f"depth {depth!r} is not a valid ResNet depth: it must be {fits} with n >= 1 "

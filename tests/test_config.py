@@ -379,11 +379,16 @@ def test_stackwise_lists_must_not_be_empty() -> None:
 
 def test_depth_must_fit_the_block_type(tmp_path: Path) -> None:
     err = error(write(tmp_path, "model:\n  depth: 21\n  block_type: basic\n"))
-    assert err.message.endswith("x.yaml:2: model.depth 21 does not fit block_type basic: "
-                                "depth must be 6n+2 (basic blocks), n >= 1")
-    assert err.hint == "nearest valid depth: 20 or 26"
-    assert "9n+2" in error(None, ["model.depth=26", "model.block_type=bottleneck"]).message
-    assert "does not fit any block type" in error(None, ["model.depth=22"]).message
+    assert err.message.endswith("x.yaml:2: model.depth 21 is not a valid ResNet depth: it must "
+                                "be 6n+2 (basic units) with n >= 1 (6n+2 (basic units): "
+                                "nearest: 20 and 26).")
+    assert err.hint.startswith("change model.depth or model.block_type;")
+    wrong_block = error(None, ["model.depth=26", "model.block_type=bottleneck"]).message
+    assert "9n+2 (bottleneck units)" in wrong_block
+    assert "26 fits 6n+2 (basic units): ask for block type basic" in wrong_block
+    neither = error(None, ["model.depth=22"])
+    assert "nearest: 20 and 29" in neither.message and "nearest: 20 and 26" in neither.message
+    assert neither.hint.startswith("change model.depth;")
 
 
 @pytest.mark.parametrize(("depth", "block"), [(20, "basic"), (20, None), (29, "bottleneck"),
@@ -411,8 +416,8 @@ def test_depth_rule_agrees_with_depth_py(block: str | None) -> None:
         overrides = [f"model.depth={depth}", f"model.block_type={block or 'null'}"]
         try:
             depth_rules.resolve_depth(depth, block)
-        except ValueError:
-            assert "does not fit" in error(None, overrides).message, depth
+        except ValueError as exc:  # the same words, with the place in the file
+            assert f"model.{exc}" in error(None, overrides).message, depth
         else:
             assert load_config(None, overrides).model.depth == depth
 

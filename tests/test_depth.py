@@ -78,8 +78,12 @@ def test_invalid_depth_names_both_rules_and_neighbours(depth, expected):
 def test_depth_not_fitting_the_requested_block_type():
     with pytest.raises(ValueError, match=r"6n\+2 \(basic units\): nearest: 32 and 38"):
         resolve_depth(35, "basic")
-    with pytest.raises(ValueError, match=r"9n\+2"):
+    with pytest.raises(ValueError, match=r"9n\+2") as err:
         resolve_depth(32, "bottleneck")
+    assert "32 fits 6n+2 (basic units): ask for block type basic" in str(err.value)
+    with pytest.raises(ValueError) as err:  # 35 fits neither: no such line
+        resolve_depth(35, "basic")
+    assert "fits" not in str(err.value)
 
 
 def test_nearest_valid():

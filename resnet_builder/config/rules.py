@@ -12,16 +12,8 @@ from collections.abc import Callable
 
 from resnet_builder.config.messages import Where, num, yaml_text
 from resnet_builder.config.schema import STACKWISE, Config
-from resnet_builder.depth import (
-    BASIC,
-    BLOCK_TYPE_ALIASES,
-    BOTTLENECK,
-    LAYERS_PER_UNIT,
-    nearest_valid,
-    normalize_block_type,
-    units_for,
-)
-from resnet_builder.errors import ConfigError
+from resnet_builder.depth import resolve_depth
+from resnet_builder.errors import ArgumentError, ConfigError
 
 
 def _rule_one_way_to_say_model(cfg: Config, where: Where) -> None:
@@ -57,22 +49,9 @@ def _rule_stackwise_together(cfg: Config, where: Where) -> None:
                           f"in each; got lengths {shown}", hint=example)
 
 
-def _rule_words(block_type: str) -> str:
-    """'6n+2 (basic blocks)' for keras-cv's block type name, from depth.py's facts."""
-    ours = next(name for name, target in BLOCK_TYPE_ALIASES.items()
-                if target == block_type and name != block_type)
-    return f"{LAYERS_PER_UNIT[block_type]}n+2 ({ours} blocks)"
-
-
-def _nearest_depths(depth: int, block_types: list[str]) -> list[int]:
-    """The closest valid depth below and above under any of the rules, for the hint."""
-    pairs = [nearest_valid(depth, bt) for bt in block_types]
-    below = [b for b, _ in pairs if b is not None]
-    return ([max(below)] if below else []) + [min(above for _, above in pairs)]
-
-
 def _rule_depth(cfg: Config, where: Where) -> None:
-    """Without preset or stackwise lists, depth must be given and fit the block type."""
+    """Without preset or stackwise lists, depth must be given and fit the block type
+    (depth.py's rule and its message, with the place in the file)."""
     m = cfg.model
     if m.preset is not None or any(getattr(m, k) is not None for k in STACKWISE):
         return
@@ -81,14 +60,12 @@ def _rule_depth(cfg: Config, where: Where) -> None:
         raise ConfigError(f"{at}: model.depth is null and neither model.preset nor "
                           "model.stackwise_* is set; nothing says which network to build",
                           hint="set model.depth (e.g. 20, 56, 110, 164) or model.preset")
-    block_types = [normalize_block_type(m.block_type)] if m.block_type else [BASIC, BOTTLENECK]
-    if any(units_for(m.depth, bt) is not None for bt in block_types):
-        return
-    said = " or ".join(_rule_words(bt) for bt in block_types)
-    nearest = " or ".join(str(d) for d in _nearest_depths(m.depth, block_types))
-    kind = f"block_type {m.block_type}" if m.block_type else "any block type"
-    raise ConfigError(f"{at}: model.depth {m.depth} does not fit {kind}: depth must be {said}, "
-                      "n >= 1", hint=f"nearest valid depth: {nearest}")
+    try:
+        resolve_depth(m.depth, m.block_type)
+    except ArgumentError as exc:
+        fix = "model.depth" + (" or model.block_type" if m.block_type else "")
+        raise ConfigError(f"{at}: model.{exc}", hint=f"change {fix}; `resnet-builder depths` "
+                          "lists every valid depth") from None
 
 
 # The sources without a built-in location, and what their data.path names.
