@@ -1,4 +1,5 @@
-"""Figures for run folders: training curves, the confusion matrix, predict's contact sheet.
+"""Figures for run folders: training curves and the confusion matrix, and the canvas
+predict's contact sheet (``inference/drawing.py``) draws on.
 
 Figures are plain ``matplotlib.figure.Figure`` objects on an Agg canvas: no
 pyplot, so drawing never switches the backend of a notebook that imported us,
@@ -53,13 +54,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [true class, predicted class] (int64)."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels).astype(int), np.asarray(predictions).astype(int)), 1)
-    return matrix
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,

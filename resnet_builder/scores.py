@@ -42,6 +42,13 @@ def class_scores(confusion: np.ndarray) -> ClassScores:
                        predicted.astype(np.int64))
 
 
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class] (int64)."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels).astype(int), np.asarray(predictions).astype(int)), 1)
+    return matrix
+
+
 def accuracy(confusion: np.ndarray) -> float | None:
     """Correct / all; None for an empty matrix."""
     cm = np.asarray(confusion)
@@ -57,6 +64,13 @@ def balanced_accuracy(confusion: np.ndarray) -> float | None:
 def macro_f1(confusion: np.ndarray) -> float | None:
     """Mean F1 over the classes with support; None without any."""
     return _macro(class_scores(confusion).f1)
+
+
+def macro_precision(confusion: np.ndarray) -> float | None:
+    """Mean precision over the classes with support (a class predicted but absent from the
+    data does not count); None without any."""
+    scores = class_scores(confusion)
+    return _macro(scores.precision[scores.support > 0])
 
 
 def _macro(values: np.ndarray) -> float | None:

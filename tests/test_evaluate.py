@@ -54,6 +54,7 @@ def test_tally_definitions():
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0,
                                    "predicted": 1}
     assert m["macro_f1"] == 0.2  # over the classes with support
+    assert m["macro_precision"] == round(1 / 6, 6)  # c, predicted with no support, left out
     assert "accuracy 0.2500" in format_metrics({**m, "skipped": 0})
 
 
@@ -124,7 +125,8 @@ def test_cli_evaluate_needs_something_to_evaluate_on(tmp_path, monkeypatch):
 
 def test_one_confusion_figure_for_few_and_many_classes(tmp_path):
     """One figure for training and evaluate: counts for few classes, thinned ticks for many."""
-    from resnet_builder.plots import confusion_matrix, plot_confusion_matrix
+    from resnet_builder.plots import plot_confusion_matrix
+    from resnet_builder.scores import confusion_matrix
 
     matrix = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
     assert matrix.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]

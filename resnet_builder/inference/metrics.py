@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from resnet_builder.plots import confusion_matrix
 from resnet_builder.scores import (
     ClassScores,
+    accuracy,
     balanced_accuracy,
     class_scores,
+    confusion_matrix,
     label_scores,
     macro_f1,
+    macro_precision,
 )
 
 
@@ -49,16 +51,14 @@ class Tally:
         cm = self.confusion
         scores = class_scores(cm)
         per_class = {name: _class_metrics(scores, c) for c, name in enumerate(class_names)}
-        present = scores.support > 0
-        precision = float(scores.precision[present].mean()) if present.any() else None
         total = self.count
         return {
             "images": total,
-            "accuracy": _num(np.trace(cm) / total) if total else None,
+            "accuracy": _num(accuracy(cm)),
             "top_k": self.top_k,
             f"top{self.top_k}_accuracy": _num(self.top_k_hits / total) if total else None,
             "balanced_accuracy": _num(balanced_accuracy(cm)),
-            "macro_precision": _num(precision),
+            "macro_precision": _num(macro_precision(cm)),
             "macro_recall": _num(balanced_accuracy(cm)),
             "macro_f1": _num(macro_f1(cm)),
             "class_names": list(class_names),
