@@ -37,6 +37,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
     be read) and dataset.json (classes, counts, mean/std). Train from it with
     data.source: tfrecord and data.path: OUT.
     """
+    from resnet_builder.cli_inference import show_skipped
     from resnet_builder.data.pack import check_paths, pack_folder
     from resnet_builder.data.tfrecord import DATASET_FILE, SKIPPED_FILE
 
@@ -50,10 +51,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
     report = pack_folder(folder, out, shards=shards, image_size=image_size,
                          validation_split=validation_split, seed=seed, overwrite=overwrite,
                          on_file=wrote)
-    for path, reason in report.skipped[:20]:
-        click.echo(f"  skipped {path}: {reason}", err=True)
-    if len(report.skipped) > 20:
-        click.echo(f"  ... and {len(report.skipped) - 20} more (see skipped.csv)", err=True)
+    show_skipped(report.skipped)
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
     click.echo(f"wrote {report.out}: {len(report.files)} files ({counts} images, "
                f"{len(report.class_names)} classes, {len(report.skipped)} skipped) in "

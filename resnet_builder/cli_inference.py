@@ -32,11 +32,13 @@ def _run_options(default_project: str):
     return decorate
 
 
-def _show_skipped(skipped, shown: int = 50) -> None:
-    for s in skipped[:shown]:
-        click.echo(f"  skipped {s.path}: {s.reason}", err=True)
-    if len(skipped) > shown:
-        click.echo(f"  ... and {len(skipped) - shown} more (see skipped.csv)", err=True)
+def show_skipped(rows, shown: int = 50) -> None:
+    """Name the first ``shown`` left-out files (``(path, reason)`` pairs) on stderr."""
+    from resnet_builder.runs import skipped_lines
+
+    for line in skipped_lines([tuple(row) for row in rows], shown, word="skipped ",
+                              rest=" (see skipped.csv)"):
+        click.echo(line, err=True)
 
 
 @click.command()
@@ -89,7 +91,7 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
         click.echo(f"{p.path}: {p.label} {p.probability:.3f}")
     if report.predicted > len(report.shown):
         click.echo(f"... {report.predicted - len(report.shown)} more in {report.output.name}")
-    _show_skipped(report.skipped)
+    show_skipped((s.path, s.reason) for s in report.skipped)
     click.echo(f"predicted {report.predicted} image(s), skipped {len(report.skipped)}, "
                f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}"
                f"{' (with TTA: image and its horizontal flip)' if tta else ''}")
@@ -142,7 +144,7 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, tt
         return
     click.echo(f"model: {result.model}")
     click.echo(f"data: {result.data}")
-    _show_skipped(result.skipped)
+    show_skipped((s.path, s.reason) for s in result.skipped)
     click.echo(format_metrics(result.metrics))
     click.echo(f"wrote {result.folder}: {', '.join(result.files)} "
                f"({result.metrics['images_per_second']} images/s)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,16 @@ def skipped_csv_text(rows: Iterable[tuple[str, str]]) -> str:
     writer.writerow(["path", "reason"])
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def skipped_lines(rows: Sequence[tuple[str, str]], shown: int, *, word: str = "",
+                  rest: str = "") -> list[str]:
+    """The first ``shown`` (path, reason) rows as indented lines and a count of the others:
+    how every command names the files it left out (skipped.csv holds them all)."""
+    lines = [f"  {word}{path}: {reason}" for path, reason in rows[:shown]]
+    if len(rows) > shown:
+        lines.append(f"  ... and {len(rows) - shown} more{rest}")
+    return lines
 
 
 def write_skipped_csv(path: Path, rows: Iterable[tuple[str, str]]) -> None:

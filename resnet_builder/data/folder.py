@@ -49,6 +49,7 @@ from resnet_builder.data.sources import required_path
 from resnet_builder.data.splits import STATS_SIZE, ChannelStats, apply_limit, stratified_split
 from resnet_builder.data.stream import ImageStore, disk_store_path, file_images
 from resnet_builder.errors import UserError
+from resnet_builder.runs import skipped_lines
 
 STATS_SAMPLE = 500  # streamed training images decoded once for mean/std (time to first batch)
 _VAL_DIRS = ("val", "valid", "validation")
@@ -271,9 +272,7 @@ def _warn_skipped(skipped: list[tuple[str, str]], shown: int = 50) -> None:
     """
     if not skipped:
         return
-    lines = [f"  {path}: {reason}" for path, reason in skipped[:shown]]
-    if len(skipped) > shown:
-        lines.append(f"  ... and {len(skipped) - shown} more")
+    lines = skipped_lines(skipped, shown)
     message = f"skipped {len(skipped)} file(s) that are not usable images:\n" + "\n".join(lines)
     warnings.warn(message, SkippedFilesWarning, stacklevel=4)
 

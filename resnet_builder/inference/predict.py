@@ -33,7 +33,7 @@ from resnet_builder.inference.loading import (
     with_threshold,
 )
 from resnet_builder.inference.sources import ImageSource, Skipped, collect_images, write_skipped
-from resnet_builder.runs import DEFAULT_PROJECTS, new_run_dir
+from resnet_builder.runs import DEFAULT_PROJECTS, new_run_dir, skipped_lines
 
 GRID_MAX = 100
 
@@ -278,7 +278,5 @@ def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) 
         return "nothing could be predicted: no files were found"
     lines = [f"nothing could be predicted: all {len(skipped)} file(s) were skipped "
              f"(listed in {folder / 'skipped.csv'}):"]
-    lines += [f"  {s.path}: {s.reason}" for s in skipped[:shown]]
-    if len(skipped) > shown:
-        lines.append(f"  ... and {len(skipped) - shown} more")
+    lines += skipped_lines([(s.path, s.reason) for s in skipped], shown)
     return "\n".join(lines)
