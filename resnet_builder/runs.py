@@ -141,24 +141,28 @@ def output_folder(output: str | os.PathLike | None, project: str | os.PathLike, 
 def latest_run(project: str | os.PathLike = TRAIN_PROJECT) -> Path:
     """The most recently modified run folder under ``project`` that has a model."""
     project = Path(project)
-    runs = [p for p in project.glob("*") if p.is_dir() and
-            (RunPaths(p).best.exists() or RunPaths(p).last.exists())] if project.exists() else []
+    models = {p: _run_model(p) for p in project.glob("*") if p.is_dir()} if project.exists() else {}
+    runs = [p for p, model in models.items() if model is not None]
     if not runs:
         raise UserError(f"no trained run with a model was found under {project}",
                         hint="train one first (resnet-builder train configs/digits.yaml) or "
                              "pass --model PATH")
-    return max(runs, key=lambda p: (RunPaths(p).best if RunPaths(p).best.exists()
-                                    else RunPaths(p).last).stat().st_mtime)
+    return max(runs, key=lambda p: models[p].stat().st_mtime)
+
+
+def _run_model(run: Path) -> Path | None:
+    """A run folder's best model, else its last one, else None."""
+    paths = RunPaths(run)
+    return next((model for model in (paths.best, paths.last) if model.exists()), None)
 
 
 def model_path(source: str | os.PathLike) -> Path:
     """A ``.keras`` file as given, or a run folder's best (else last) model."""
     source = Path(source)
     if source.is_dir():
-        paths = RunPaths(source)
-        for candidate in (paths.best, paths.last):
-            if candidate.exists():
-                return candidate
+        model = _run_model(source)
+        if model is not None:
+            return model
         raise UserError(f"run folder {source} has no best.keras or last.keras",
                         hint="train it first, or pass a .keras file")
     if not source.exists():
