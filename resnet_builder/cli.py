@@ -147,7 +147,7 @@ MODEL_OPTIONS = [
     click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10)."),
     click.option("--input-shape",
                  help="H,W,C (default 32,32,3 for depth networks, else 224,224,3)."),
-    click.option("--head", type=click.Choice(["gap", "tutorial"]), help="Classifier head."),
+    click.option("--head", type=click.Choice(_choices("model.head")), help="Classifier head."),
     click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout."),
 ]
 WAYS = ("depth", "preset", "stackwise_blocks", "stackwise_filters", "stackwise_strides")
@@ -354,7 +354,8 @@ main.add_command(pack)
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--xla", is_flag=True, help="Compile our step with XLA.")
 @click.option("--no-pipelines", is_flag=True, help="Skip the input-pipeline measurements.")
-@click.option("--mixed-precision", type=click.Choice(["off", "float16", "bfloat16"]),
+@click.option("--mixed-precision",  # hardware.mixed_precision's, less auto (bench says which)
+              type=click.Choice([c for c in _choices("hardware.mixed_precision") if c != "auto"]),
               default="off", show_default=True,
               help="Compute dtype for our step, the trainer loop and fit alike.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

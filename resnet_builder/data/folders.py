@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_builder.data.images import is_image_file, walk_names
+from resnet_builder.data.images import is_image_file, not_an_image, walk_names
 
 
 @dataclass
@@ -47,8 +47,6 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
             if is_image_file(full):
                 images.append(Path(full))
             else:
-                extension = os.path.splitext(full)[1]
-                found.skipped.append((Path(full), "not an image file (extension "
-                                      f"{extension or 'none'!r})"))
+                found.skipped.append((Path(full), not_an_image(full)))
         found.classes[entry.name] = images
     return found

@@ -54,6 +54,12 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+def not_an_image(path: str | os.PathLike) -> str:
+    """Why a file without an image extension is left out (skipped.csv's reason)."""
+    extension = os.path.splitext(os.fspath(path))[1]
+    return f"not an image file (extension {extension or 'none'!r})"
+
+
 def walk_files(root: str | os.PathLike) -> Iterator[Path]:
     """Every non-hidden file below ``root``, following folder links once (no loops)."""
     for _, full in walk_names(root):

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from resnet_builder.data.images import is_image_file, walk_files
+from resnet_builder.data.images import is_image_file, not_an_image, walk_files
 from resnet_builder.runs import write_skipped_csv
 
 
@@ -69,7 +69,7 @@ def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
         if is_image_file(file):
             yield ImageSource(file, rel)
         else:
-            yield Skipped(rel, f"not an image file (extension {file.suffix or 'none'!r})")
+            yield Skipped(rel, not_an_image(file))
 
 
 def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
