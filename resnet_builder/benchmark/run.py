@@ -129,9 +129,9 @@ def predict_rates(net: BenchModel, images, batch_size: int, repeats: int) -> tup
 
 
 def run_benchmark(arch: Architecture, *, num_classes: int = 10, head: str = "gap",
-                  dropout: float = 0.0, batch_size: int = 128,
-                  steps: int = 10, warmup: int = 3, xla: bool = False,
-                  pipelines: bool = True, mixed_precision: str = "off") -> dict[str, Any]:
+                  dropout: float = 0.0, batch_size: int = 128, steps: int = 10, warmup: int = 3,
+                  xla: bool = False, pipelines: bool = True,
+                  mixed_precision: str = "off") -> dict[str, Any]:
     """Every number ``bench`` reports, as one JSON-ready dict.
 
     ``mixed_precision`` (off, float16, bfloat16) applies to our step, the trainer's
@@ -168,9 +168,7 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, head: str = "gap
     result: dict[str, Any] = {
         "input_shape": [h, w, c],
         "batch_size": batch_size,
-        "block_type": arch.backbone["block_type"],
-        "num_classes": num_classes,
-        "head": head,
+        "block_type": arch.backbone["block_type"], "num_classes": num_classes, "head": head,
         "macs_per_image": macs,
         "mixed_precision": mixed_precision,
         "train_images_per_second": round(train, 1),
