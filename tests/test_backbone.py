@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from resnet_builder import (
     PRESETS,
@@ -315,3 +316,40 @@ def test_head_description_is_the_built_head(head, dropout):
     assert [[tuple(w.shape) for w in layer.weights] for layer in built] == [
         [shape for _, shape in op.weights] for op in ops]
     assert model.layers[-len(ops) - 1] is model.backbone
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_a_narrow_strided_projection_subsamples_then_convolves(size):
+    """Under 16 input channels the projection is a 1x1 stride-2 max-pool, then a stride-1
+    conv: the same function as keras-cv's strided 1x1 conv (even and odd sizes), the same
+    weights; from 16 channels on it stays keras-cv's layer."""
+    narrow = build_model(8, block_type="basic", stem_filters=4, input_shape=(size, size, 1),
+                         num_classes=3).layers[1]
+    names = [layer.name for layer in narrow.layers]
+    assert {"v2_stack_1_block1_0_subsample", "v2_stack_2_block1_0_subsample"} <= set(names)
+    conv = narrow.get_layer("v2_stack_1_block1_0_conv")
+    assert conv.strides == (1, 1) and conv.kernel.shape == (1, 1, 4, 8)
+    pre = keras.Model(narrow.input, narrow.get_layer("v2_stack_1_block1_use_preactivation_relu")
+                      .output)
+    shortcut = keras.Model(narrow.input, conv.output)
+    x = np.random.default_rng(0).normal(size=(3, size, size, 1)).astype("float32")
+    strided = tf.nn.conv2d(pre(x), conv.kernel, 2, "SAME") + conv.bias
+    np.testing.assert_allclose(shortcut(x), strided, atol=1e-5)
+    wide = build_model(8, block_type="basic", input_shape=(16, 16, 1), num_classes=3).layers[1]
+    assert wide.get_layer("v2_stack_1_block1_0_conv").strides == (2, 2)
+    assert not [n for n in (layer.name for layer in wide.layers) if "subsample" in n]
+
+
+def test_a_narrow_model_trains_on_odd_batches():
+    """The case that crashed TensorFlow 2.21's oneDNN (AVX512): ResNet-8 with 4 stem filters,
+    1-channel 16x16 images, an odd batch. Run apart: a crash takes the process with it."""
+    script = ("import numpy as np, resnet_builder\n"
+              "m = resnet_builder.build_model(8, block_type='basic', stem_filters=4, "
+              "input_shape=(16, 16, 1), num_classes=10)\n"
+              "m.compile('adam', 'sparse_categorical_crossentropy')\n"
+              "x = np.random.default_rng(0).uniform(0, 255, (75, 16, 16, 1)).astype('float32')\n"
+              "m.fit(x, np.arange(75) % 10, batch_size=25, epochs=3, verbose=0)\n"
+              "print('trained')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]

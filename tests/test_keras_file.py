@@ -48,6 +48,8 @@ CASES = {
         depth=11, num_classes=3, mean=[125.3, 123.0, 113.9], std=[63.0, 62.1, 66.7],
         class_names=["cat", "dog", "bird"]),
     "depth8_basic_tutorial_head": dict(depth=8, num_classes=4, head="tutorial", dropout=0.3),
+    "depth8_basic_narrow_projection_subsampled": dict(
+        depth=8, block_type="basic", stem_filters=4, input_shape=(16, 16, 1), num_classes=10),
     "depth20_basic_dropout_any_size": dict(depth=20, block_type="basic", num_classes=10,
                                            dropout=0.25, input_shape=(None, None, 3)),
     "stackwise_dilated": dict(

@@ -56,11 +56,26 @@ def _preactivate(plan: Plan, x: str, name: str) -> str:
     return plan.relu(x, name=f"{name}_use_preactivation_relu")
 
 
+# Below this many input channels a strided 1x1 projection subsamples first (a 1x1 max-pool
+# with the stride: the same function, see _shortcut).
+NARROW_PROJECTION = 16
+
+
 def _shortcut(plan: Plan, x: str, pre: str, out_filters: int, stride: int, dilation: int,
               conv_shortcut: bool, name: str) -> str:
-    """Projection from the pre-activated tensor, else identity or a 1x1 strided pool."""
+    """Projection from the pre-activated tensor, else identity or a 1x1 strided pool.
+
+    A projection narrower than NARROW_PROJECTION input channels takes every stride-th
+    pixel first (``_0_subsample``) and then a stride-1 conv: TensorFlow 2.21's oneDNN
+    kernel for a strided 1x1 conv's input gradient corrupted memory with 4-12 input
+    channels and an odd batch (glibc abort or segfault in 3 of 3 runs, AVX512; 16 and 24
+    channels, even batches or TF_ENABLE_ONEDNN_OPTS=0 never did), and a run's last batch
+    is often odd. A 1x1 window reads the same pixels either way; the weights are the same.
+    """
     s = stride if dilation == 1 else 1
     if conv_shortcut:
+        if s > 1 and plan.shape(pre)[2] < NARROW_PROJECTION:
+            pre, s = plan.max_pool(pre, 1, strides=s, name=f"{name}_0_subsample"), 1
         return plan.conv(pre, out_filters, 1, strides=s, name=f"{name}_0_conv")
     if s > 1:
         return plan.max_pool(x, 1, strides=stride, name=f"{name}_0_max_pooling")
