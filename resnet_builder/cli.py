@@ -21,6 +21,7 @@ from resnet_builder.cli_inference import evaluate, export_command, predict
 from resnet_builder.config import key_specs
 from resnet_builder.depth import BLOCK_TYPE_ALIASES
 from resnet_builder.errors import ArgumentError, UserError
+from resnet_builder.interrupts import remembering_interrupts
 from resnet_builder.runs import TRAIN_PROJECT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
@@ -58,9 +59,12 @@ class Group(click.Group):
 
     def _invoke_sorting_errors(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with remembering_interrupts():  # a Ctrl-C Python dropped still stops train
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:  # not click's "Aborted!" and exit 1
+            raise CommandFailed("interrupted (Ctrl-C)", 130) from None
         except (UserError, ArgumentError) as exc:
             if os.environ.get("RESNET_BUILDER_DEBUG"):
                 raise

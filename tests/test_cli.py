@@ -103,3 +103,29 @@ def test_flag_choices_come_from_the_config_schema():
     assert tuple(options["progress"].type.choices) == tuple(key_specs()["run"]["progress"].choices)
     assert tuple(options["strategy"].type.choices) == tuple(
         key_specs()["distribute"]["strategy"].choices)
+
+
+def test_ctrl_c_exits_130_with_one_line_not_clicks_aborted(monkeypatch):
+    result = run_with(monkeypatch, KeyboardInterrupt())
+    assert result.exit_code == 130 and "interrupted (Ctrl-C)" in result.output
+    assert "Aborted!" not in result.output and "Traceback" not in result.output
+
+
+def test_a_ctrl_c_python_dropped_is_remembered_until_the_command_ends():
+    """Raised inside a garbage-collector callback, a KeyboardInterrupt is lost; the flag
+    keeps it for the training loop's next step. The handler is the caller's again after."""
+    import signal
+
+    from resnet_builder.interrupts import interrupt_pending, remembering_interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with remembering_interrupts():
+        assert not interrupt_pending()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            pass  # as the garbage collector would swallow it
+        assert interrupt_pending()
+    assert not interrupt_pending() and signal.getsignal(signal.SIGINT) is before

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "resnet_builder"
 ROOMS = ("model", "config", "data", "training", "inference", "benchmark")
-BASE = ("depth", "errors", "runtime", "runs", "files", "plots", "scores")
+BASE = ("depth", "errors", "interrupts", "runtime", "runs", "files", "plots", "scores")
 
 # What each room must never import (a lower room never imports a higher one).
 FORBIDDEN = {

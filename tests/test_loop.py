@@ -545,3 +545,27 @@ def test_a_resumed_run_counts_checkpoint_every_from_where_it_resumed(tmp_path, m
     monkeypatch.setattr(loop.TrainingLoop, "_tell_progress", record)
     api.resume(tmp_path / "runs" / "exp")
     assert written == [9, 14, 19]
+
+
+def test_a_ctrl_c_lost_during_start_up_stops_the_run_at_its_first_step(tmp_path, monkeypatch):
+    """As if Python dropped the KeyboardInterrupt (inside a garbage-collector callback) while
+    the model was built: `train` stops at its first step, exit 130, status interrupted."""
+    from click.testing import CliRunner
+
+    from resnet_builder import interrupts
+    from resnet_builder.cli import main
+
+    make_model = api.make_model
+
+    def dropped_ctrl_c(*args, **kwargs):
+        interrupts._Interrupts.pending = True
+        return make_model(*args, **kwargs)
+
+    monkeypatch.setattr(api, "make_model", dropped_ctrl_c)
+    cfg = config(tmp_path)
+    dump_config(cfg, tmp_path / "c.yaml")
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; 0 completed epoch(s)" in result.output
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from resnet_builder.config.schema import DURATION, DURATION_SECONDS
+from resnet_builder.interrupts import interrupt_pending
 from resnet_builder.training.strategy import StrategyInfo, any_worker
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
@@ -97,7 +98,9 @@ class StopPoints:
     def after_call(self, global_step: int, since_read: int, epoch_end: bool
                    ) -> tuple[bool, bool, bool]:
         """(read the totals, checkpoint due, stop) after a call, ``since_read`` steps
-        after the last read."""
+        after the last read. Raises a Ctrl-C that Python dropped (``interrupt_pending``)."""
+        if interrupt_pending():
+            raise KeyboardInterrupt
         due = self.clock.due(global_step)
         every_worker_reads = since_read >= self.log_every or epoch_end
         if self.dist.workers == 1:
