@@ -73,9 +73,9 @@ class Group(click.Group):
         except Exception as exc:
             if os.environ.get("RESNET_BUILDER_DEBUG"):
                 raise
-            damaged = _damaged_shard(exc)
-            if damaged is not None:
-                raise CommandFailed(str(damaged), damaged.exit_code) from None
+            known = _damaged_shard(exc) or _machine_problem(exc)
+            if known is not None:
+                raise CommandFailed(str(known), known.exit_code) from None
             raise CommandFailed(
                 f"{type(exc).__name__}: {exc}\n  this is a bug in resnet-builder, not something "
                 "you did; please report it with the traceback, which RESNET_BUILDER_DEBUG=1 "
@@ -90,6 +90,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     else:
         click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True,
                    nl=False)
+
+
+def _machine_problem(exc: Exception) -> UserError | None:
+    """A file the system refused (read-only, missing folder, no permission, disk full) or
+    memory that ran out: the machine's answer to what was asked, not a bug."""
+    if isinstance(exc, MemoryError):
+        return UserError(f"out of memory ({exc or 'MemoryError'})",
+                         hint="ask for a smaller model, batch or image size")
+    denied = "tensorflow" in sys.modules and isinstance(
+        exc, sys.modules["tensorflow"].errors.PermissionDeniedError)
+    if (isinstance(exc, OSError) and exc.filename is not None) or denied:
+        where = exc.message if denied else f"{exc.filename}: {exc.strerror}"
+        return UserError(f"cannot use {where}",
+                         hint="write somewhere you may (--project, --output, run.project, or "
+                              "another current folder); if the path looks wrong, "
+                              "RESNET_BUILDER_DEBUG=1 shows where it came from")
+    return None
 
 
 def _damaged_shard(exc: Exception) -> UserError | None:

@@ -33,6 +33,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        if exc.filename is None or os.fspath(exc.filename) != os.fspath(tmp):
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
     finally:
         if tmp.is_file():
             tmp.unlink()

@@ -129,3 +129,29 @@ def test_a_ctrl_c_python_dropped_is_remembered_until_the_command_ends():
             pass  # as the garbage collector would swallow it
         assert interrupt_pending()
     assert not interrupt_pending() and signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (OSError(30, "Read-only file system", "/mnt/ro/runs"),
+     "cannot use /mnt/ro/runs: Read-only file system"),
+    (PermissionError(13, "Permission denied", "out/m.keras"),
+     "cannot use out/m.keras: Permission denied"),
+    (MemoryError("Unable to allocate 10.1 GiB"), "out of memory (Unable to allocate 10.1 GiB)"),
+])
+def test_what_the_machine_refuses_is_named_not_called_a_bug(monkeypatch, error, said):
+    monkeypatch.delenv("RESNET_BUILDER_DEBUG", raising=False)
+    result = run_with(monkeypatch, error)
+    assert result.exit_code == 1 and said in result.output and "hint:" in result.output
+    assert "bug" not in result.output and "Traceback" not in result.output
+    nameless = run_with(monkeypatch, OSError("something inside"))  # no file: still a bug
+    assert "this is a bug" in nameless.output
+
+
+def test_the_atomic_writer_names_the_target_not_its_temporary_file(tmp_path):
+    from resnet_builder.files import atomic_write_text
+
+    target = tmp_path / "missing" / "summary.json"
+    with pytest.raises(FileNotFoundError) as err:
+        atomic_write_text(target, "{}")
+    assert err.value.filename == str(target)
+    assert not list(tmp_path.rglob(".summary*"))

@@ -819,3 +819,10 @@ def test_readme_key_table_is_the_generated_one() -> None:
     assert markdown_table() in readme, ("README.md's key table is stale: paste the output of "
                                         "python -c \"from resnet_builder.config import "
                                         "markdown_table; print(markdown_table())\"")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "c:\\\\runs"])
+def test_run_name_is_one_folder_name(name: str) -> None:
+    err = error(None, [f"run.name={name}"])
+    assert "is not a folder name" in err.message and "run.project" in err.hint
+    assert load_config(None, ["run.name=cifar-56"]).run.name == "cifar-56"

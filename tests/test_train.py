@@ -107,6 +107,16 @@ def test_resume_finished_run_says_so_and_extension_continues(tmp_path, finished,
     assert load_config(run / "config.yaml").train.epochs == 3
 
 
+def test_resume_of_a_stopped_run_asking_for_fewer_epochs_says_what_it_trained(tmp_path):
+    """1 of 3 epochs trained (as if stopped), resumed with train.epochs=1: not "finished"."""
+    run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
+    dump_config(load_config(run / "config.yaml", ["train.epochs=3"]), run / "config.yaml")
+    with pytest.raises(UserError) as err:
+        trainer.resume(run, ("train.epochs=1",))
+    assert "has trained 1 of its 3 epochs; train.epochs=1 leaves none" in err.value.message
+    assert "resume without --set train.epochs" in err.value.hint
+
+
 def test_resume_refuses_model_changes(tmp_path, finished):
     with pytest.raises(UserError, match="cannot change when resuming"):
         trainer.resume(finished.run_dir, ("model.depth=14",))

@@ -127,6 +127,16 @@ def _rule_min_lr(cfg: Config, where: Where) -> None:
                           hint="the cosine schedule decays from optim.lr down to min_lr")
 
 
+def _rule_run_name_is_a_folder_name(cfg: Config, where: Where) -> None:
+    """run.name names one folder under run.project: "a/b" failed when the folder was made
+    (a bug report, not a message), "" numbered runs 2, 3, ... and "../x" left the project."""
+    name = cfg.run.name
+    if name.strip() in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"{where('run.name')}: run.name {name!r} is not a folder name",
+                          hint="give a plain name such as exp or cifar-56; put the folders "
+                               "above it in run.project")
+
+
 def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
     """Freezing a randomly initialised backbone trains only the head on random features; a
     preset alone is an architecture (its weights come only through model.weights)."""
@@ -204,7 +214,8 @@ def _rule_multilabel(cfg: Config, where: Where) -> None:
 
 RULES: tuple[Callable[[Config, Where], None], ...] = (
     _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth, _rule_data_path,
-    _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_freeze_needs_weights,
+    _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_run_name_is_a_folder_name,
+    _rule_freeze_needs_weights,
     _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
 
 

@@ -204,7 +204,7 @@ class ScheduleConfig:
 class TrainConfig:
     """How long to train and when to stop."""
 
-    epochs: int = _key(15, "Epochs to train.", min=1)
+    epochs: int = _key(15, "Epochs to train.", min=1, max=1_000_000)
     early_stopping_patience: int = _key(0, "Stop after this many epochs without a better "
                                         "train.monitor. 0 = off.", min=0)
     monitor: str = _key("val_accuracy", "The validation number that chooses best.keras and "
@@ -226,7 +226,8 @@ class RunConfig:
     """Where results go and what is shown while training."""
 
     project: str = _key(TRAIN_PROJECT, "Parent folder of run folders.")
-    name: str = _key("exp", "Run name; exp, exp2, ... when taken (unless exist_ok). "
+    name: str = _key("exp", "Run name, a plain folder name; exp, exp2, ... when taken "
+                     "(unless exist_ok). "
                      "multi_worker uses it as is and continues the run when restarted.")
     exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
     progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",

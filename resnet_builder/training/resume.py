@@ -50,6 +50,10 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
         raise UserError(f"{run_dir} stopped early after {done} epochs",
                         hint=f"to train further: resnet-builder train --resume {run_dir} "
                              f"--set train.epochs=N (N > {done})")
+    if original.train.epochs > done >= cfg.train.epochs:  # stopped early, then asked for less
+        raise UserError(f"{run_dir} has trained {done} of its {original.train.epochs} epochs; "
+                        f"train.epochs={cfg.train.epochs} leaves none to train",
+                        hint=f"resume without --set train.epochs, or with N > {done}")
     if done >= cfg.train.epochs:
         raise UserError(f"{run_dir} already finished its {done} epoch{'' if done == 1 else 's'}",
                         hint=f"to extend it: resnet-builder train --resume {run_dir} "
