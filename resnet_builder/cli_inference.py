@@ -7,6 +7,7 @@ Thin skins over ``resnet_builder.inference``; ``cli.py`` adds them to the
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -104,7 +105,7 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
 
 
 @click.command()
-@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path(exists=True))
 @click.option("--model", "-m", "model_source", type=click.Path(exists=True),
               help="A .keras file, run folder or export (model.tflite, model.onnx, "
                    "saved_model/ with its export.json) (default: RUN_DIR's best.keras, else "
@@ -129,12 +130,18 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, tt
              project, name, exist_ok, as_json, threshold) -> None:
     """Accuracy, top-k accuracy, per-class precision/recall/F1 and a confusion matrix.
 
-    On RUN_DIR's validation split (its config.yaml data and best.keras), on --data
+    On RUN_DIR's validation split (its config.yaml data and best.keras; a .keras file
+    there is taken as --model), on --data
     FOLDER (FOLDER/<class>/images) or on --config CONFIG.yaml's validation split.
     Writes metrics.json and confusion_matrix.png to PROJECT/NAME or --output.
     """
     from resnet_builder.inference.evaluate import evaluate_to_folder, format_metrics
 
+    if run_dir is not None and os.path.isfile(run_dir):  # a model file given where a run goes
+        if model_source is not None:
+            raise click.BadParameter(f"{run_dir} is a file; give a run folder here, or the "
+                                     "model only with --model", param_hint="RUN_DIR")
+        run_dir, model_source = None, run_dir
     result = evaluate_to_folder(model_source, run=run_dir, data=data_dir, config=config_path,
                                 batch_size=batch_size, top_k=top_k, tta=tta, output=output,
                                 project=project, name=name, exist_ok=exist_ok,

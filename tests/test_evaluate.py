@@ -102,6 +102,14 @@ def test_cli_evaluate_class_folder_by_name(digits, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "runs" / "exp" / "metrics.json").read_text())
     assert metrics["images"] == len(truth) and metrics["skipped"] == 2
+    positional = CliRunner().invoke(main, ["evaluate", str(digits.model_file), "--data",
+                                           str(data), "--output", str(tmp_path / "p")])
+    assert positional.exit_code == 0, positional.output  # a model file where a run goes
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text()) == {
+        **metrics, "seconds": ANY, "images_per_second": ANY}
+    both = CliRunner().invoke(main, ["evaluate", str(digits.model_file), "--model",
+                                     str(digits.model_file), "--data", str(data)])
+    assert both.exit_code == 2 and "give a run folder here" in both.output
     assert metrics["accuracy"] >= 0.95
     present = {str(v) for v in truth.values()}
     for name, c in metrics["per_class"].items():  # classes with no folder have no support
