@@ -39,6 +39,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_resolve_formats(monkeypatch):
     assert resolve_formats(["tflite", "savedmodel", "tflite"])[0] == ["tflite", "savedmodel"]
+    assert resolve_formats("tflite")[0] == ["tflite"]  # one name, not its letters
     monkeypatch.setattr(export_module, "onnx_available", lambda: ["tf2onnx"])
     wanted, notes = resolve_formats(["all"])
     assert wanted == ["savedmodel", "tflite", "tflite-int8"]

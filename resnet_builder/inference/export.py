@@ -67,11 +67,12 @@ def onnx_available() -> list[str]:
             if importlib.util.find_spec(name) is None]
 
 
-def resolve_formats(formats: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(formats to export in order, notes); ``all`` = every format whose packages exist."""
+def resolve_formats(formats: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """(formats to export in order, notes); ``all`` = every format whose packages exist; one
+    name alone (``"tflite"``) is one format, not its letters."""
     wanted: list[str] = []
     notes: list[str] = []
-    for f in formats or ("savedmodel",):
+    for f in ([formats] if isinstance(formats, str) else formats) or ("savedmodel",):
         f = f.lower()
         if f == "all":
             for g in FORMATS:
@@ -217,7 +218,7 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
             "top1_agreement": round(float(np.mean(reference.argmax(1) == got.argmax(1))), 6)}
 
 
-def export(model: Any = None, formats: Sequence[str] = ("savedmodel",), *,
+def export(model: Any = None, formats: str | Sequence[str] = ("savedmodel",), *,
            calibration: str | os.PathLike | None = None, samples: int = 200,
            output: str | os.PathLike | None = None,
            project: str | os.PathLike = DEFAULT_PROJECTS["export"], name: str = "exp",
