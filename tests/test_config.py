@@ -300,7 +300,7 @@ def test_quoted_number_hints_at_the_quotes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("train.epochs=0", "--set train.epochs=0: train.epochs must be >= 1, got 0"),
+    ("train.epochs=0", "--set train.epochs=0: train.epochs must be in [1, 1000000], got 0"),
     ("optim.lr=-1", "--set optim.lr=-1: optim.lr must be >= 0, got -1"),
     ("optim.momentum=1.5", "--set optim.momentum=1.5: optim.momentum must be in [0, 1], "
                            "got 1.5"),
@@ -503,7 +503,8 @@ def test_dict_round_trip_and_dict_errors_name_the_source() -> None:
     assert data["schedule"]["milestones"] == [32000, 48000]
     assert config_from_dict(data) == cfg
     data["train"]["epochs"] = 0
-    with pytest.raises(ConfigError, match=r"^run/config.yaml: train.epochs must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^run/config.yaml: train.epochs must be in "
+                                          r"\[1, 1000000\], got 0"):
         config_from_dict(data, source="run/config.yaml")
 
 
@@ -583,7 +584,8 @@ def test_describe_keys_covers_every_field_with_default_and_allowed_values() -> N
               for f in dataclasses.fields(s.default_factory)]
     assert [key for key, _, _ in rows] == fields
     table = {key: (default, help) for key, default, help in rows}
-    assert table["train.epochs"] == ("15", "Epochs to train. Allowed: an integer >= 1.")
+    assert table["train.epochs"] == ("15", "Epochs to train. Allowed: an integer in "
+                                           "[1, 1000000].")
     assert table["hardware.mixed_precision"][0] == "auto"
     assert "one of sgd, adam, adamw" in table["optim.optimizer"][1]
     assert "a list of integers >= 1, or null" in table["model.stackwise_blocks"][1]
