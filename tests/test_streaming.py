@@ -397,6 +397,32 @@ def test_disk_cache_is_not_reused_after_images_are_overwritten(tmp_path, monkeyp
     assert (y >= 0).all()
 
 
+def test_disk_cache_gives_todays_labels_when_a_csv_changes_them(tmp_path, monkeypatch):
+    """Same files, labels swapped in the CSV: the cache (keyed by the files) keeps the
+    pixels, and every label is the CSV's new one (it used to hand back the stored ones)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    data = _tree(tmp_path / "data", 2)
+    files = sorted(data.rglob("*.png"))
+    table = tmp_path / "labels.csv"
+
+    def labelled(names: list[str]) -> np.ndarray:
+        table.write_text("path,label\n" + "".join(f"{f},{n}\n" for f, n in zip(
+            files, names, strict=True)))
+        cfg = DataConfig(source="csv", path=str(table), image_size=8, validation_split=0.0,
+                         cache="disk")
+        bundle = load_data(cfg, seed=0)
+        x, y = _epoch(bundle.train_dataset(0, 6))
+        order = np.argsort(x.reshape(len(x), -1).sum(axis=1))  # the same images either way
+        return bundle, x[order], np.array(bundle.class_names)[y[order]]
+
+    first, x1, y1 = labelled(["cat", "dog"] * 3)
+    second, x2, y2 = labelled(["dog", "cat"] * 3)
+    assert second._train.store.path == first._train.store.path
+    assert second._train.store.filled == 6  # read from the cache, not decoded again
+    np.testing.assert_array_equal(x1, x2)
+    assert (y2 == np.where(y1 == "cat", "dog", "cat")).all()
+
+
 @pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])
 def test_training_pixels_equal_predict_pixels(tmp_path, mode):
     """The bundle and predict's decoder prepare a file identically, in every resize mode."""

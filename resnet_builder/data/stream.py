@@ -181,7 +181,10 @@ def file_images(files: list[str], labels: np.ndarray, how: Resize, channels: int
                 return (tf.tensor_scatter_nd_update(images, new[:, None], decoded),
                         tf.tensor_scatter_nd_update(states, new[:, None], found))
 
-        return tf.cond(tf.size(new) > 0, fresh, lambda: (images, states))
+        images, states = tf.cond(tf.size(new) > 0, fresh, lambda: (images, states))
+        # a stored state only says the file decoded: the label is today's (a CSV's labels
+        # can change under the same files, and with them the disk cache's name stays)
+        return images, tf.where(states >= 0, tf.gather(label_table, indices), states)
 
     return kept
 
