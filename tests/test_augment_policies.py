@@ -240,3 +240,26 @@ def test_resume_mid_epoch_is_exact_with_mixup_and_rand_augment(tmp_path):
     resumed = resnet_builder.resume(run)
     assert resumed.summary["status"] == "finished"
     assert _results(run) == _results(reference.run_dir)
+
+
+def test_contrast_goes_both_ways_and_solarize_thresholds_are_in_range():
+    """Keras read one contrast float c as (0, c) and scaled only Solarization's upper bound:
+    the draws themselves, for RandAugment at magnitude 5 and 0 and colour jitter 0.4."""
+    from resnet_builder.data.policies import color_jitter_ops, rand_augment_ops
+
+    x = np.random.default_rng(0).uniform(0, 255, (512, 4, 4, 3)).astype("float32")
+
+    def drawn(layer, key):
+        return np.asarray(layer.get_random_transformation(x, training=True)[key])
+
+    by_type = {type(op).__name__: op for op in rand_augment_ops(5, 3)}
+    contrast = drawn(by_type["RandomContrast"], "contrast_factor")
+    assert contrast.min() < 0.7 and contrast.max() > 1.3  # 1 -+ 0.45
+    assert contrast.min() >= 0.55 - 1e-6 and contrast.max() <= 1.45 + 1e-6
+    thresholds = drawn(by_type["Solarization"], "thresholds")
+    assert thresholds.min() >= 127.5 and thresholds.max() <= 255  # [(1 - 0.5), 1] x 255
+    off = {type(op).__name__: op for op in rand_augment_ops(0, 3)}
+    assert (drawn(off["Solarization"], "thresholds") == 255).all()  # magnitude 0: a no-op
+    jitter = {type(op).__name__: op for op in color_jitter_ops([0.0, 0.4, 0.0, 0.0])}
+    factors = drawn(jitter["RandomContrast"], "contrast_factor")
+    assert factors.min() < 0.8 and factors.max() > 1.2 and factors.min() >= 0.6 - 1e-6

@@ -85,6 +85,22 @@ def apply_layer(layer: keras.layers.Layer, images: tf.Tensor, key: tf.Tensor, ro
     return tf.cond(tf.shape(chosen)[0] > 0, run, lambda: chosen)
 
 
+def two_sided_contrast(c: float) -> keras.layers.Layer:
+    """Contrast x(1 +- c): Keras' RandomContrast reads one float c as (0, c), which only
+    ever raised contrast (factors 1.0-1.5 for c = 0.5, measured); a pair is both sides."""
+    return keras.layers.RandomContrast((c, c), value_range=VALUE_RANGE)
+
+
+def solarize_above(low: float) -> keras.layers.Layer:
+    """Solarize above a threshold drawn in [low, 1] x 255. Keras' Solarization scales only
+    the upper bound by 255 (thresholds 0.8-253 for (0.5, 1.0), measured: far more pixels
+    inverted, and magnitude 0 not a no-op), and refuses a lower bound above 1, so the scaled
+    bound is set after construction; tests/test_augment_policies.py checks the draws."""
+    layer = keras.layers.Solarization(threshold_factor=(low, 1.0), value_range=VALUE_RANGE)
+    layer.threshold_factor = (low * 255.0, 1.0)
+    return layer
+
+
 def rand_augment_ops(magnitude: float, channels: int) -> list[keras.layers.Layer]:
     """keras.layers.RandAugment's eleven ops at timm's ranges for ``magnitude`` (0-10).
 
@@ -102,10 +118,10 @@ def rand_augment_ops(magnitude: float, channels: int) -> list[keras.layers.Layer
         layers.RandomShear(x_factor=0.3 * f, y_factor=0.3 * f),
         layers.RandomTranslation(0.45 * f, 0.45 * f),
         layers.RandomBrightness(0.45 * f, value_range=VALUE_RANGE),
-        layers.RandomContrast(0.9 * f, value_range=VALUE_RANGE),
+        two_sided_contrast(0.9 * f),
         layers.RandomSharpness((0.5 - 0.45 * f, 0.5 + 0.45 * f), value_range=VALUE_RANGE),
         layers.RandomPosterization((8 - round(4 * f), 8), value_range=VALUE_RANGE),
-        layers.Solarization(threshold_factor=(1.0 - f, 1.0), value_range=VALUE_RANGE),
+        solarize_above(1.0 - f),
         layers.AutoContrast(value_range=VALUE_RANGE),
         layers.Equalization(value_range=VALUE_RANGE),
     ]
@@ -148,7 +164,7 @@ def color_jitter_ops(factors: list[float]) -> list[keras.layers.Layer]:
     if brightness:
         ops.append(layers.RandomBrightness(brightness, value_range=VALUE_RANGE))
     if contrast:
-        ops.append(layers.RandomContrast(contrast, value_range=VALUE_RANGE))
+        ops.append(two_sided_contrast(contrast))
     if saturation:
         low, high = (1 - saturation) / (2 - saturation), (1 + saturation) / (2 + saturation)
         ops.append(layers.RandomSaturation((low, high), value_range=VALUE_RANGE))
