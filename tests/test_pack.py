@@ -64,6 +64,16 @@ def epoch(b, number: int, batch: int = 8, **shard) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def repack_counting_only_jpegs(root: Path, out: Path, split: str, jpegs: int, **pack) -> None:
+    """Pack ``root`` again (it holds one PNG among ``jpegs`` JPEGs in ``split``), then edit
+    dataset.json to count only JPEGs there, as if the PNG came after pack counted."""
+    pack_folder(root, str(out), overwrite=True, **pack)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"][split]["formats"] == {"jpeg": jpegs, "other": 1}
+    info["splits"][split]["formats"] = {"jpeg": jpegs + 1, "other": 0}
+    (out / "dataset.json").write_text(json.dumps(info))
+
+
 def fingerprints(images: np.ndarray) -> list[str]:
     return [hashlib.sha1(image.tobytes()).hexdigest() for image in images]
 
@@ -381,11 +391,7 @@ def test_a_pack_of_jpegs_decodes_without_the_format_check_and_a_png_still_works(
     assert bundle(out).jpeg_only
 
     Image.fromarray(photo).save(root / "bee" / "odd.png")  # 9 images: a PNG among them
-    pack_folder(root, str(out), shards=2, validation_split=0.0, overwrite=True)
-    info = json.loads((out / "dataset.json").read_text())
-    assert info["splits"]["train"]["formats"] == {"jpeg": 8, "other": 1}
-    info["splits"]["train"]["formats"] = {"jpeg": 9, "other": 0}
-    (out / "dataset.json").write_text(json.dumps(info))
+    repack_counting_only_jpegs(root, out, "train", jpegs=8, shards=2, validation_split=0.0)
     b = bundle(out)
     assert b.jpeg_only
     want = {}
@@ -418,11 +424,7 @@ def test_validation_of_a_pack_of_jpegs_skips_the_format_check_and_a_png_still_wo
     pack_folder(root, str(out), shards=1)
     assert bundle(out).val_jpeg_only
     Image.fromarray(photo).save(root / "val" / "bee" / "odd.png")
-    pack_folder(root, str(out), shards=1, overwrite=True)
-    info = json.loads((out / "dataset.json").read_text())
-    assert info["splits"]["val"]["formats"] == {"jpeg": 6, "other": 1}
-    info["splits"]["val"]["formats"] = {"jpeg": 7, "other": 0}
-    (out / "dataset.json").write_text(json.dumps(info))
+    repack_counting_only_jpegs(root, out, "val", jpegs=6, shards=1)
     b = bundle(out)
     assert b.val_jpeg_only
     want = sorted((fingerprints(decode_and_resize(tf.constant(path.read_bytes()), Resize(16),
