@@ -8,6 +8,7 @@ imported only inside the commands that need it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -102,11 +103,20 @@ def _machine_problem(exc: Exception) -> UserError | None:
         exc, sys.modules["tensorflow"].errors.PermissionDeniedError)
     if (isinstance(exc, OSError) and exc.filename is not None) or denied:
         where = exc.message if denied else f"{exc.filename}: {exc.strerror}"
-        return UserError(f"cannot use {where}",
-                         hint="write somewhere you may (--project, --output, run.project, or "
-                              "another current folder); if the path looks wrong, "
-                              "RESNET_BUILDER_DEBUG=1 shows where it came from")
+        return UserError(f"cannot use {where}", hint=_path_hint(None if denied else exc.errno))
     return None
+
+
+def _path_hint(code: int | None) -> str:
+    """What to do about a path the system refused, by why it refused it."""
+    debug = "RESNET_BUILDER_DEBUG=1 shows where the path came from"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return f"check that the path and its folders exist; {debug}"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that disk, or write elsewhere (--project, --output, " \
+               "run.project)"
+    return ("write somewhere you may (--project, --output, run.project, or another current "
+            f"folder); if the path looks wrong, {debug}")
 
 
 def _damaged_shard(exc: Exception) -> UserError | None:

@@ -131,17 +131,23 @@ def test_a_ctrl_c_python_dropped_is_remembered_until_the_command_ends():
     assert not interrupt_pending() and signal.getsignal(signal.SIGINT) is before
 
 
-@pytest.mark.parametrize(("error", "said"), [
+@pytest.mark.parametrize(("error", "said", "hint"), [
     (OSError(30, "Read-only file system", "/mnt/ro/runs"),
-     "cannot use /mnt/ro/runs: Read-only file system"),
+     "cannot use /mnt/ro/runs: Read-only file system", "write somewhere you may"),
     (PermissionError(13, "Permission denied", "out/m.keras"),
-     "cannot use out/m.keras: Permission denied"),
-    (MemoryError("Unable to allocate 10.1 GiB"), "out of memory (Unable to allocate 10.1 GiB)"),
+     "cannot use out/m.keras: Permission denied", "write somewhere you may"),
+    (FileNotFoundError(2, "No such file or directory", "gone/x.csv"),
+     "cannot use gone/x.csv: No such file or directory", "check that the path and its folders"),
+    (OSError(28, "No space left on device", "runs/train/3"),
+     "cannot use runs/train/3: No space left on device", "free some space on that disk"),
+    (MemoryError("Unable to allocate 10.1 GiB"), "out of memory (Unable to allocate 10.1 GiB)",
+     "ask for a smaller model, batch or image size"),
 ])
-def test_what_the_machine_refuses_is_named_not_called_a_bug(monkeypatch, error, said):
+def test_what_the_machine_refuses_is_named_not_called_a_bug(monkeypatch, error, said, hint):
     monkeypatch.delenv("RESNET_BUILDER_DEBUG", raising=False)
     result = run_with(monkeypatch, error)
-    assert result.exit_code == 1 and said in result.output and "hint:" in result.output
+    assert result.exit_code == 1 and said in result.output
+    assert f"hint: {hint}" in result.output
     assert "bug" not in result.output and "Traceback" not in result.output
     nameless = run_with(monkeypatch, OSError("something inside"))  # no file: still a bug
     assert "this is a bug" in nameless.output
