@@ -157,10 +157,15 @@ def test_streamed_rows_of_pillow_files_keep_their_labels_every_epoch(tmp_path):
                                                       "exactly one label"),
     (["path", *NAMES], ["img/0.png", "1", "2", "0"], "l.csv:2: class columns hold 0 or 1"),
     (["path", "labels"], None, "no rows below its header"),
+    (["path", "labels"], [["img/0.png", "left"], ["./img//0.png", "right"]],
+     "l.csv:3: ./img//0.png is listed again (first at line 2)"),
+    (["path", NAMES[0], NAMES[0], NAMES[1]], ["img/0.png", "1", "0", "0"],
+     f"l.csv:1: the header names class column(s) '{NAMES[0]}' more than once"),
 ])
 def test_bad_csv_is_a_user_error_with_file_and_line(tmp_path, header, row, message):
     band_images(tmp_path, 1)
-    path = write_csv(tmp_path / "l.csv", header, [] if row is None else [row])
+    rows = [] if row is None else row if isinstance(row[0], list) else [row]
+    path = write_csv(tmp_path / "l.csv", header, rows)
     yaml = tmp_path / "c.yaml"
     yaml.write_text(f"data: {{source: csv, path: {path}, image_size: 8}}\n"
                     f"run: {{project: {tmp_path / 'runs'}}}\n")

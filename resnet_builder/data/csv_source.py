@@ -107,11 +107,17 @@ def read_label_csv(path: Path, known: list[str] | None = None) -> LabelTable:
     else:
         columns = [k for k in range(len(header)) if k not in (path_col, split_col)]
         names = [records[0][1][k].strip() for k in columns]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise UserError(f"{path}:{records[0][0]}: the header names class column(s) "
+                            f"{', '.join(map(repr, twice))} more than once",
+                            hint="give every class one column")
         rows = _zero_one_columns(path, body, columns)
         if known is not None:
             rows = _reorder(path, records[0][0], names, rows, known)
             names = list(known)
     files = [_file(path, line, row[path_col]) for line, row in body]
+    _refuse_repeats(path, files, [(line, row[path_col].strip()) for line, row in body])
     splits = None if split_col is None else _splits(path, body, split_col)
     if known is None and len(names) < 2:
         raise UserError(f"{path}: found {len(names)} class(es) ({', '.join(names) or 'none'}); "
@@ -176,6 +182,19 @@ def _file(source: Path, line: int, cell: str) -> str:
                         hint="paths are read relative to the CSV's folder (absolute ones as "
                              "they are)")
     return os.fspath(file)
+
+
+def _refuse_repeats(source: Path, files: list[str], cells: list[tuple[int, str]]) -> None:
+    """One row per image: a repeated one would be counted twice, or land in both the
+    training and the validation split (inflating validation scores)."""
+    first: dict[str, int] = {}
+    for file, (line, cell) in zip(files, cells, strict=True):
+        key = os.path.normcase(os.path.normpath(os.path.abspath(file)))
+        if key in first:
+            raise UserError(f"{source}:{line}: {cell} is listed again (first at line "
+                            f"{first[key]})", hint="give each image one row; a multilabel "
+                            "image lists all its labels in that row (a;b)")
+        first[key] = line
 
 
 def _splits(path: Path, body: list, column: int) -> list[str]:
