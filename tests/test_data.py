@@ -319,12 +319,22 @@ def test_folder_converts_image_modes(tmp_path, verify):
     (lambda root: (_class_tree(root / "val", 1), root)[-1], "has val/ but no train/"),
     (lambda root: (_class_tree(root / "train", 1), _class_tree(root / "val", 1),
                    _class_tree(root / "valid", 1), root)[-1], "several validation folders"),
+    (lambda root: (_class_tree(root / "training", 1), _class_tree(root / "Testing", 1),
+                   root)[-1], "holds Testing/, training/: split folders, not classes"),
 ])
 def test_folder_errors_name_the_problem(tmp_path, make, expected):
     path = make(tmp_path)
     with pytest.raises(UserError, match=expected) as info:
         load_data(_cfg(source="folder", path=None if path is None else str(path)), seed=0)
     assert info.value.hint
+
+
+def test_split_folders_are_found_in_any_case(tmp_path):
+    _class_tree(tmp_path / "Train", 2, ("ant", "bee"))
+    _class_tree(tmp_path / "VAL", 1, ("ant", "bee"))
+    bundle = load_data(_cfg(source="folder", path=str(tmp_path)), seed=0)
+    assert bundle.class_names == ["ant", "bee"]  # not ["Train", "VAL"]
+    assert (bundle.num_train, bundle.num_val) == (4, 2)
 
 
 def test_folder_val_classes_must_match_train(tmp_path):

@@ -53,6 +53,8 @@ from resnet_builder.runs import skipped_lines
 
 STATS_SAMPLE = 500  # streamed training images decoded once for mean/std (time to first batch)
 _VAL_DIRS = ("val", "valid", "validation")
+# folder names that say "a split", not "a class": never trained on as classes
+_SPLIT_LIKE = ("train", "training", *_VAL_DIRS, "test", "testing")
 _LAYOUT_HINT = ("use <path>/<class>/<images> (split by data.validation_split) or "
                 "<path>/train/<class>/ with <path>/val/<class>/")
 
@@ -180,18 +182,27 @@ def natively_decoded(files: list[str], picks: np.ndarray, how: Resize, channels:
 
 
 def folder_layout(root: Path) -> tuple[Path, Path | None]:
-    """(train folder, val folder or None): ``train/`` + ``val|valid|validation/``, or one folder."""
+    """(train folder, val folder or None): ``train/`` + ``val|valid|validation/`` (any case),
+    or one folder of class folders."""
     if not root.is_dir():
         raise UserError(f"data.path is not a folder: {root}", hint=_LAYOUT_HINT)
-    vals = [root / name for name in _VAL_DIRS if (root / name).is_dir()]
-    if (root / "train").is_dir():
-        if len(vals) > 1:
-            raise UserError(f"{root} has several validation folders: "
-                            f"{', '.join(v.name + '/' for v in vals)}", hint="keep only one")
-        return root / "train", vals[0] if vals else None
+    folders = sorted(entry for entry in root.iterdir() if entry.is_dir())
+    trains = [f for f in folders if f.name.lower() == "train"]
+    vals = [f for f in folders if f.name.lower() in _VAL_DIRS]
+    if len(trains) > 1 or len(vals) > 1:
+        several = trains if len(trains) > 1 else vals
+        raise UserError(f"{root} has several {'training' if several is trains else 'validation'}"
+                        f" folders: {', '.join(f.name + '/' for f in several)}",
+                        hint="keep only one")
+    if trains:
+        return trains[0], vals[0] if vals else None
     if vals:
         raise UserError(f"{root} has {vals[0].name}/ but no train/",
                         hint="put the training class folders in train/, " + _LAYOUT_HINT)
+    split_like = [f.name for f in folders if f.name.lower() in _SPLIT_LIKE]
+    if split_like and len(split_like) == len(folders):  # not classes: a split named otherwise
+        raise UserError(f"{root} holds {', '.join(n + '/' for n in split_like)}: split folders, "
+                        "not classes", hint="name them train/ and val/, " + _LAYOUT_HINT)
     return root, None
 
 
