@@ -329,6 +329,22 @@ def test_folder_errors_name_the_problem(tmp_path, make, expected):
     assert info.value.hint
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path):
+    _class_tree(tmp_path, 3, ("ant", "bee"))
+    _image(tmp_path / "ant" / os.fsdecode(b"caf\xe9.png"), COLOURS["ant"])
+    with pytest.warns(SkippedFilesWarning, match=r"caf\\xe9\.png: its name is not valid UTF-8"):
+        bundle = load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0,
+                                cache=False), seed=0)
+    assert bundle.num_train == 6
+    assert [(Path(p).name, why) for p, why in bundle.skipped] == [
+        ("caf\\xe9.png", "its name is not valid UTF-8 (rename the file)")]
+    _, labels = _arrays(bundle.train_dataset(0, 4))
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    os.rename(tmp_path / "bee", tmp_path / os.fsdecode(b"b\xe9e"))
+    with pytest.raises(UserError, match=r"b\\xe9e: its name is not valid UTF-8"):
+        load_data(_cfg(source="folder", path=str(tmp_path)), seed=0)
+
+
 def test_split_folders_are_found_in_any_case(tmp_path):
     _class_tree(tmp_path / "Train", 2, ("ant", "bee"))
     _class_tree(tmp_path / "VAL", 1, ("ant", "bee"))

@@ -56,6 +56,20 @@ def test_collect_folder_paths_are_relative_and_distinct(tmp_path):
     assert skipped == [Skipped("notes.txt", "not an image file (extension '.txt')")]
 
 
+def test_collect_skips_a_name_that_is_not_utf8_by_folder_glob_and_file(tmp_path, monkeypatch):
+    """Such a name cannot enter a TensorFlow string or predictions.csv: skipped, shown as
+    \\xe9, never a crash."""
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "src" / "ok.png")
+    odd = _touch(tmp_path / "src" / os.fsdecode(b"caf\xe9.png"))
+    said = Skipped("caf\\xe9.png", "its name is not valid UTF-8 (rename the file)")
+    for source in ["src", "src/*.png"]:
+        found, skipped = collect_images(source)
+        assert [s.path for s in found] == ["ok.png"] and skipped == [said]
+    found, skipped = collect_images(str(odd))
+    assert found == [] and skipped[0].reason == said.reason and "\\xe9" in skipped[0].path
+
+
 def test_collect_single_file_is_absolute_and_tried_whatever_its_extension(tmp_path):
     file = _touch(tmp_path / "photo.webp")
     found, skipped = collect_images(str(file))

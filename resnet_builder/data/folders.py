@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_builder.data.images import is_image_file, not_an_image, walk_names
+from resnet_builder.data.images import has_utf8_name, shown_path, walk_names, why_not_readable
+from resnet_builder.errors import UserError
 
 
 @dataclass
@@ -40,13 +41,17 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            found.skipped.append((entry, "not inside a class folder"))
+            found.skipped.append((Path(shown_path(entry)), "not inside a class folder"))
             continue
+        if not has_utf8_name(entry.name):
+            raise UserError(f"class folder {shown_path(entry)}: its name is not valid UTF-8",
+                            hint="rename the folder: class names are stored in the model")
         images: list[Path] = []
         for _, full in sorted(walk_names(entry)):
-            if is_image_file(full):
+            reason = why_not_readable(full)
+            if reason is None:
                 images.append(Path(full))
             else:
-                found.skipped.append((Path(full), not_an_image(full)))
+                found.skipped.append((Path(shown_path(full)), reason))
         found.classes[entry.name] = images
     return found

@@ -60,6 +60,31 @@ def not_an_image(path: str | os.PathLike) -> str:
     return f"not an image file (extension {extension or 'none'!r})"
 
 
+NAME_NOT_UTF8 = "its name is not valid UTF-8 (rename the file)"
+
+
+def has_utf8_name(path: str | os.PathLike) -> bool:
+    """False for a path with bytes that are not UTF-8 (Python keeps them as surrogates):
+    TensorFlow's string tensors, run files and model configs cannot hold such a path."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as printable UTF-8 text: bytes that are not UTF-8 appear as ``\\xNN``."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def why_not_readable(path: str | os.PathLike) -> str | None:
+    """Why a listed file is left out before any decoding (skipped.csv's reason), or None."""
+    if not has_utf8_name(path):
+        return NAME_NOT_UTF8
+    return None if is_image_file(path) else not_an_image(path)
+
+
 def walk_files(root: str | os.PathLike) -> Iterator[Path]:
     """Every non-hidden file below ``root``, following folder links once (no loops)."""
     for _, full in walk_names(root):
@@ -92,7 +117,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise UserError(f"no such file or folder: {root}", hint="check the path")
-    found = [p for p in walk_files(root) if is_image_file(p)]
+    found = [p for p in walk_files(root) if why_not_readable(p) is None]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 

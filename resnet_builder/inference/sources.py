@@ -19,7 +19,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from resnet_builder.data.images import is_image_file, not_an_image, walk_files
+from resnet_builder.data.images import (
+    NAME_NOT_UTF8,
+    has_utf8_name,
+    shown_path,
+    walk_files,
+    why_not_readable,
+)
 from resnet_builder.runs import write_skipped_csv
 
 
@@ -66,10 +72,11 @@ def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
     files = sorted(walk_files(folder), key=lambda p: p.relative_to(folder).as_posix())
     for file in files:
         rel = _rel(file, base)
-        if is_image_file(file):
+        reason = why_not_readable(file)
+        if reason is None:
             yield ImageSource(file, rel)
         else:
-            yield Skipped(rel, not_an_image(file))
+            yield Skipped(shown_path(rel), reason)
 
 
 def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
@@ -82,6 +89,8 @@ def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
     for match in map(Path, matches):
         if match.is_dir():
             yield from _folder_files(match, base)
+        elif not has_utf8_name(match):
+            yield Skipped(shown_path(_rel(match, base)), NAME_NOT_UTF8)
         elif not match.name.startswith("."):
             yield ImageSource(match, _rel(match, base))
 
@@ -92,6 +101,8 @@ def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
     path = Path(text).expanduser()
     if path.is_dir():
         yield from _folder_files(path, path)
+    elif path.is_file() and not has_utf8_name(path.resolve()):
+        yield Skipped(shown_path(text), NAME_NOT_UTF8)
     elif path.is_file():
         yield ImageSource(path, str(path.resolve()))
     elif glob.has_magic(text):
