@@ -341,7 +341,9 @@ def _config_keys_epilog() -> str:
               help="Continue this run folder after its last completed epoch.")
 @click.option("--name", help=f"Run name ({TRAIN_PROJECT}/<name>, auto-numbered); = run.name.")
 @click.option("--project", help="Parent folder of runs; = run.project.")
-@click.option("--exist-ok", is_flag=True, default=None, help="Reuse the run folder if it exists.")
+@click.option("--exist-ok", is_flag=True, default=None,
+              help="Reuse the run folder if it exists (an earlier run's files there are "
+                   "removed).")
 @click.option("--progress", type=click.Choice(_choices("run.progress")),
               help="Progress display; = run.progress.")
 @click.option("--strategy", type=click.Choice(_choices("distribute.strategy")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,25 @@ def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -
             except FileExistsError:  # another run took it between the listing and now
                 pass
         number += 1
+
+
+def clear_earlier_run(root: Path) -> list[str]:
+    """Remove an earlier run's files from a folder a new run reuses (``run.exist_ok``), so
+    its checkpoint is never resumed as this run's, nor its best.keras taken for this run's
+    model; returns their names. Only the files a run writes (``RunPaths``) are touched."""
+    paths = RunPaths(root)
+    members = [name for name, value in vars(RunPaths).items() if isinstance(value, property)]
+    removed = []
+    for name in members:
+        path: Path = getattr(paths, name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path.name)
+    return sorted(removed)
 
 
 def output_folder(output: str | os.PathLike | None, project: str | os.PathLike, name: str,

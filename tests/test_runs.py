@@ -45,3 +45,16 @@ def test_run_paths_name_every_file(tmp_path: Path) -> None:
     assert paths.checkpoint == tmp_path / "checkpoint.npz"
     assert paths.best.name == "best.keras" and paths.tensorboard.name == "tensorboard"
     assert runs.TRAIN_PROJECT == runs.DEFAULT_PROJECTS["train"] == "runs/train"
+
+
+def test_clear_earlier_run_removes_only_what_a_run_writes(tmp_path: Path) -> None:
+    paths = RunPaths(tmp_path)
+    for file in (paths.best, paths.checkpoint, paths.results, paths.skipped):
+        file.write_text("old")
+    (paths.tensorboard / "train").mkdir(parents=True)
+    (paths.tensorboard / "train" / "events").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert runs.clear_earlier_run(tmp_path) == ["best.keras", "checkpoint.npz", "results.csv",
+                                                "skipped.csv", "tensorboard"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert runs.clear_earlier_run(tmp_path) == []

@@ -95,6 +95,29 @@ def test_run_names_auto_increment(tmp_path):
     assert (first.run_dir.name, second.run_dir.name) == ("exp", "exp2")
 
 
+def test_exist_ok_replaces_the_earlier_runs_files_so_none_is_taken_for_this_run(tmp_path, capsys):
+    """The second run keeps no validation split (no best.keras) and is interrupted before any
+    checkpoint: the first run's best.keras and checkpoint must not pose as its own."""
+    first = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
+
+    class InterruptAtOnce(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(UserError):
+        trainer.train(tiny_config(tmp_path, "run.exist_ok=true", "data.validation_split=0",
+                                  "model.stem_filters=8", "train.epochs=1"),
+                      callbacks=[InterruptAtOnce()])
+    said = capsys.readouterr().out
+    assert f"run.exist_ok: {first} held an earlier run; removed its best.keras" in said
+    assert not (first / "best.keras").exists() and not (first / "checkpoint.npz").exists()
+    assert not (first / "results.csv").exists()
+    resumed = trainer.resume(first)  # the second run, from its start: not the first's epoch 1
+    assert [r["epoch"] for r in results(first)] == ["1"]
+    assert resumed.summary["epochs_completed"] == 1 and not (first / "best.keras").exists()
+    assert load_config(first / "config.yaml").model.stem_filters == 8
+
+
 def test_resume_finished_run_says_so_and_extension_continues(tmp_path, finished, capsys):
     cfg = tiny_config(tmp_path, "train.epochs=2")
     run = trainer.train(cfg).run_dir

@@ -229,7 +229,8 @@ class RunConfig:
     name: str = _key("exp", "Run name, a plain folder name; exp, exp2, ... when taken "
                      "(unless exist_ok). "
                      "multi_worker uses it as is and continues the run when restarted.")
-    exist_ok: bool = _key(False, "Reuse an existing run folder of the same name.")
+    exist_ok: bool = _key(False, "Reuse an existing run folder of the same name; an earlier "
+                          "run's files there (checkpoint, models, results) are removed first.")
     progress: str = _key("auto", "auto (bar on a terminal, lines otherwise), bar, line or none.",
                          choices=("auto", "bar", "line", "none"))
     loggers: list[str] = _key(

@@ -159,11 +159,18 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
             run_dir, meta = start_together(cfg, run_dir, meta, dist, data)
         elif run_dir is None:
             run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
+            _say_cleared(cfg, run_dir, runs.clear_earlier_run(run_dir))
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, meta) from None
     if dist.is_chief:
         dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
+
+
+def _say_cleared(cfg: Config, run_dir: Path, removed: list[str]) -> None:
+    if removed:
+        progress.say(cfg.run.progress, f"run.exist_ok: {run_dir} held an earlier run; removed "
+                                       f"its {', '.join(removed)}")
 
 
 def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:

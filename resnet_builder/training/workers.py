@@ -112,6 +112,10 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
             if run_dir is None:  # no exp2 numbering: every worker must name the same folder
                 run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
                 meta = _continue_in_place(cfg, run_dir)
+                removed = [] if meta is not None else runs.clear_earlier_run(run_dir)
+                if removed:  # files of another run without a checkpoint to continue
+                    progress.say(cfg.run.progress, f"{run_dir} held an earlier run's files; "
+                                                   f"removed its {', '.join(removed)}")
             view = {"run_dir": str(run_dir), "meta": meta, "config": _flat_config(cfg),
                     "data": _data_fingerprint(data)}
         except UserError as exc:
