@@ -196,6 +196,26 @@ def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monke
     assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
 
 
+def test_a_callback_failing_as_training_begins_still_ends_the_run_as_failed(tmp_path):
+    """Loggers start in on_train_begin (MLflow's run opens there): a failure after that must
+    still reach on_train_end, or summary.json and the MLflow run stay "running"."""
+    ended = []
+
+    class Ends(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            ended.append(logs["status"])
+
+    class FailsAtBegin(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            raise RuntimeError("no API key")
+
+    with pytest.raises(RuntimeError, match="no API key"):
+        trainer.train(tiny_config(tmp_path), callbacks=[Ends(), FailsAtBegin()])
+    assert ended == ["failed"]
+    summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real = loop.make_train_function
 

@@ -112,7 +112,6 @@ class TrainingLoop:
     def run(self) -> None:
         """Train every remaining epoch; raises ``UserError`` for a stop that loses work."""
         self.model.stop_training = False
-        self.callbacks.on_train_begin()
         # SIGTERM stays a flag until the run's last files are written (the default action
         # killed a run in its final plots); after the last epoch it no longer stops anything
         with self.stop.catching_sigterm():
@@ -123,6 +122,7 @@ class TrainingLoop:
 
     def _run_epochs(self) -> None:
         try:
+            self.callbacks.on_train_begin()  # inside: a logger failing here still ends the run
             self._epochs()
         except Diverged as nan:
             self._end("diverged")
