@@ -245,10 +245,27 @@ def test_early_stopping_then_extension(tmp_path, monkeypatch):
     result = trainer.train(cfg)
     assert result.summary["status"] == "stopped_early"
     assert result.summary["epochs_completed"] == 3  # best at 1, then 2 epochs without gain
-    with pytest.raises(UserError, match="stopped early"):
+    with pytest.raises(UserError, match="stopped early after 3 of its 6 epochs") as err:
         trainer.resume(result.run_dir)
+    assert "--set train.epochs=N (N > 6" in err.value.hint  # 6 is refused: not an extension
+    config = (result.run_dir / "config.yaml").read_text()
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(UserError, match=r"run\.loggers has mlflow"):  # fails before any set-up
+        trainer.resume(result.run_dir, ("train.epochs=7", "run.loggers=[csv, mlflow]"))
+    monkeypatch.delitem(sys.modules, "mlflow")
+    assert (result.run_dir / "config.yaml").read_text() == config  # a failed resume keeps it
     extended = trainer.resume(result.run_dir, ("train.epochs=7",))
     assert extended.summary["epochs_completed"] == 5
+
+
+def test_patience_running_out_with_the_last_epoch_is_a_finished_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.TrainingLoop, "evaluate",
+                        lambda self: loop.Evaluation(1.0, np.eye(10, dtype=int)))
+    result = trainer.train(tiny_config(tmp_path, "train.epochs=3",
+                                       "train.early_stopping_patience=2"))
+    assert result.summary["status"] == "finished"  # epochs 2 and 3 stale, but 3 is the last
+    with pytest.raises(UserError, match="already finished its 3 epochs"):
+        trainer.resume(result.run_dir)
 
 
 def test_frozen_backbone_keeps_donor_weights(tmp_path, finished):

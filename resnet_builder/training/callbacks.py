@@ -85,6 +85,8 @@ class EarlyStopping(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.patience or (logs or {}).get(self.monitor) is None:
             return
+        if self.state.status == "finished":  # patience ran out with the last epoch: no stop
+            return
         if self.state.stale_epochs >= self.patience:
             self.state.status = "stopped_early"
             self.model.stop_training = True

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_builder.config import Config, dump_config, key_specs
+from resnet_builder.config import Config, key_specs
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
@@ -47,9 +47,10 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
     done = meta["epochs_completed"]
     extended = cfg.train.epochs != original.train.epochs
     if meta["status"] == "stopped_early" and not extended:
-        raise UserError(f"{run_dir} stopped early after {done} epochs",
-                        hint=f"to train further: resnet-builder train --resume {run_dir} "
-                             f"--set train.epochs=N (N > {done})")
+        raise UserError(f"{run_dir} stopped early after {done} of its {original.train.epochs} "
+                        "epochs", hint=f"to train further: resnet-builder train --resume "
+                        f"{run_dir} --set train.epochs=N (N > {original.train.epochs}; "
+                        "patience starts afresh)")
     if original.train.epochs > done >= cfg.train.epochs:  # stopped early, then asked for less
         raise UserError(f"{run_dir} has trained {done} of its {original.train.epochs} epochs; "
                         f"train.epochs={cfg.train.epochs} leaves none to train",
@@ -58,8 +59,6 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
         raise UserError(f"{run_dir} already finished its {done} epoch{'' if done == 1 else 's'}",
                         hint=f"to extend it: resnet-builder train --resume {run_dir} "
                              f"--set train.epochs=N (N > {done})")
-    if cfg != original:
-        dump_config(cfg, paths.config)  # the run folder's config says how it runs now
     if extended:
         progress.say(cfg.run.progress,
                      f"extending {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
