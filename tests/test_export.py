@@ -134,6 +134,26 @@ def test_export_int8_of_a_bare_model_file_needs_calibration(digits, tmp_path):
     assert [s["reason"] for s in report["skipped"]] == ["truncated file"]
 
 
+def test_an_export_into_a_used_folder_removes_the_earlier_formats(digits, tmp_path):
+    """export.json describes one export: an earlier export's file left beside it would run
+    with this export's labels and resize rule, so it is removed, and one that appears
+    later is refused."""
+    out = tmp_path / "o"
+    for fmt in ("tflite", "tflite-int8"):
+        result = CliRunner().invoke(main, ["export", str(digits.run), "-f", fmt, "--samples",
+                                           "16", "--output", str(out)])
+        assert result.exit_code == 0, result.output
+    assert f"removed model.tflite, left by an earlier export into {out}" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt",
+                                                     "model_int8.tflite"]
+    shutil.copy(out / "model_int8.tflite", out / "model.tflite")  # a stray file, unrecorded
+    result = CliRunner().invoke(main, ["predict", str(digits.run / "best.keras"), "--model",
+                                       str(out / "model.tflite")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "model.tflite is not among the exports its export.json records (it holds " \
+           "tflite-int8)" in result.output
+
+
 @pytest.mark.slow
 def test_export_failing_check_exits_non_zero(digits, tmp_path, monkeypatch):
     monkeypatch.setitem(export_module.THRESHOLDS, "tflite", 1.01)  # unreachable

@@ -244,6 +244,9 @@ def export(model: Any = None, formats: str | Sequence[str] = ("savedmodel",), *,
     reference = np.concatenate([im.probabilities(data.check[i:i + 64])
                                 for i in range(0, len(data.check), 64)])
     folder = output_folder(output, project, name, exist_ok)
+    if removed := _clear_other_exports(folder, wanted):
+        notes.append(f"removed {', '.join(removed)}, left by an earlier export into "
+                     f"{folder}: export.json describes this export only")
     atomic_write_bytes(folder / "labels.txt", ("\n".join(im.labels) + "\n").encode())
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="resnet-builder-export-") as tmp:
@@ -255,6 +258,22 @@ def export(model: Any = None, formats: str | Sequence[str] = ("savedmodel",), *,
     write_json(folder / "export.json", _summary(im, data, results, notes))
     return ExportReport(folder, im.source, results, data, notes)
 
+
+
+def _clear_other_exports(folder: Path, wanted: Sequence[str]) -> list[str]:
+    """Remove exports of formats not asked for now from a reused folder: the new export.json
+    would not describe them, and predict would run them with another model's labels."""
+    removed = []
+    for fmt, file in FILES.items():
+        path = folder / file
+        if fmt in wanted or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(file)
+    return removed
 
 
 def _export_checked(fmt: str, im: InferenceModel, target: Path, data: Samples,

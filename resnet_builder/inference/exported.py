@@ -74,10 +74,12 @@ def read_export_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _check_record(info: dict[str, Any], path: Path, kind: str) -> str:
+def _check_record(info: dict[str, Any], path: Path) -> str:
     """The export's format as export.json records it (tflite or tflite-int8).
 
-    An export whose check against the Keras model failed is refused.
+    An export whose check against the Keras model failed is refused, and so is a file the
+    record does not name (left by an earlier export into the folder: another model's,
+    perhaps, run with this record's labels and resize rule).
     """
     for fmt, result in info.get("exports", {}).items():
         if result.get("path") != path.name:
@@ -89,7 +91,10 @@ def _check_record(info: dict[str, Any], path: Path, kind: str) -> str:
                             f"({why})", hint="export it again; a failed export does not "
                                              "compute what the model does")
         return fmt
-    return kind
+    raise UserError(f"{path} is not among the exports its {EXPORT_INFO} records (it holds "
+                    f"{', '.join(sorted(info.get('exports', {}))) or 'none'}): an earlier export "
+                    "of perhaps another model", hint="export the model again, into this folder "
+                                                    "or a new one")
 
 
 def _check_input(runner: Any, path: Path, size: int, channels: int) -> None:
@@ -110,7 +115,7 @@ def load_exported(path: Path) -> InferenceModel:
         raise UserError(f"{path} is not an export", hint="pass model.tflite, model.onnx or a "
                                                          "saved_model folder")
     info = read_export_info(path)
-    fmt = _check_record(info, path, kind)
+    fmt = _check_record(info, path)
     size, _, channels = (int(v) for v in info["image_shape"])
     try:
         runner = open_export(fmt, path)
