@@ -663,3 +663,37 @@ def test_two_workers_skip_a_broken_file_and_read_a_pillow_only_one(tmp_path):
     # ... and the chief's run folder lists it
     listed = (workers[0].dir / "runs" / "train" / "mw" / "skipped.csv").read_text()
     assert "broken.png" in listed and "g.gif" not in listed
+
+
+def test_a_worker_backup_from_another_resume_point_is_not_restored(tmp_path):
+    """The end of epoch 2 and a mid-epoch checkpoint of epoch 3 both count 2 completed
+    epochs: a worker holding the one while the chief resumes from the other must not load
+    it (its replicas would silently differ); it takes the chief's weights instead."""
+    import keras
+
+    from resnet_builder.runs import RunPaths
+    from resnet_builder.training.checkpoint import save_checkpoint
+    from resnet_builder.training.strategy import StrategyInfo
+    from resnet_builder.training.workers import restore, resume_point
+
+    def model_and_optimizer(value: float):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        for v in model.variables:
+            v.assign(np.full(v.shape, value, np.float32))
+        optimizer = keras.optimizers.SGD()
+        optimizer.build(model.trainable_variables)
+        return model, optimizer
+
+    backup = tmp_path / "backup.npz"
+    save_checkpoint(backup, *model_and_optimizer(7.0), {"epochs_completed": 2,
+                                                        "epoch_progress": None})
+    chief_meta = {"epochs_completed": 2, "epoch_progress": {"epoch": 3, "batches": 50}}
+    assert resume_point(chief_meta) == (2, 3, 50) != resume_point(read_meta(backup))
+    worker = StrategyInfo(strategy=tf.distribute.get_strategy(), name="none", replicas=1,
+                          is_chief=False)
+    model, optimizer = model_and_optimizer(1.0)
+    restore(RunPaths(tmp_path), backup, model, optimizer, worker, chief_meta, "none")
+    assert float(model.variables[0][0, 0]) == 1.0  # not the backup's 7
+    restore(RunPaths(tmp_path), backup, model, optimizer, worker,
+            {"epochs_completed": 2, "epoch_progress": None}, "none")
+    assert float(model.variables[0][0, 0]) == 7.0  # the same point: the backup is loaded

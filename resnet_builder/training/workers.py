@@ -150,6 +150,19 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
     return Path(chief["run_dir"]), meta
 
 
+def resume_point(meta: dict) -> tuple[int, int | None, int | None]:
+    """Where a checkpoint stands: completed epochs, then the epoch and batch of a mid-epoch
+    one. A worker's backup must stand where the chief's checkpoint does: the end of epoch
+    k and a mid-epoch checkpoint of epoch k + 1 both count k completed epochs."""
+    inside = meta.get("epoch_progress") or {}
+    return meta["epochs_completed"], inside.get("epoch"), inside.get("batches")
+
+
+def _where(meta: dict) -> str:
+    done, epoch, batch = resume_point(meta)
+    return f"epoch {done} completed" if epoch is None else f"epoch {epoch}, batch {batch}"
+
+
 def restore(paths: RunPaths, backup: Path | None, model, optimizer, dist: StrategyInfo,
             meta: dict, progress_mode: str) -> None:
     """Load the resume point: the chief from the run folder, other workers from their backup.
@@ -164,14 +177,13 @@ def restore(paths: RunPaths, backup: Path | None, model, optimizer, dist: Strate
         have = False
         if backup is not None and backup.exists():
             try:
-                have = (checkpoint.read_meta(backup)["epochs_completed"]
-                        == meta["epochs_completed"])
+                have = resume_point(checkpoint.read_meta(backup)) == resume_point(meta)
             except UserError:
                 have = False
             if have:
                 checkpoint.load_checkpoint(backup, model, optimizer)
     if dist.name == "multi_worker" and not all_workers(dist, have):
         progress.say(progress_mode,
-                     f"a worker has no backup of epoch {meta['epochs_completed']}: every "
+                     f"a worker has no backup of this resume point ({_where(meta)}): every "
                      f"worker takes the chief's weights and optimizer state")
         variables_from_chief(dist, [*model.variables, *optimizer.variables])
