@@ -345,6 +345,23 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path):
         load_data(_cfg(source="folder", path=str(tmp_path)), seed=0)
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_validation_splits_skipped_files_are_kept_apart(tmp_path, verify):
+    """evaluate counts the validation split's skipped files, not train/'s (it counted both)."""
+    _class_tree(tmp_path / "train", 2, ("ant", "bee"))
+    _class_tree(tmp_path / "val", 1, ("ant", "bee"))
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("x")
+    (tmp_path / "val" / "bee" / "readme.md").write_text("x")
+    if verify:
+        (tmp_path / "val" / "ant" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(SkippedFilesWarning):
+        bundle = load_data(_cfg(source="folder", path=str(tmp_path), verify=verify), seed=0)
+    assert sorted(Path(p).name for p, _ in bundle.skipped) == sorted(
+        ["notes.txt", "readme.md"] + (["broken.png"] if verify else []))
+    assert sorted(Path(p).name for p, _ in bundle.val_skipped) == sorted(
+        ["readme.md"] + (["broken.png"] if verify else []))
+
+
 def test_split_folders_are_found_in_any_case(tmp_path):
     _class_tree(tmp_path / "Train", 2, ("ant", "bee"))
     _class_tree(tmp_path / "VAL", 1, ("ant", "bee"))

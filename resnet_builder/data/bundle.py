@@ -1,10 +1,10 @@
 """The ``DataBundle``: prepared splits that hand out reproducible ``tf.data`` pipelines.
 
-Epoch order is a full permutation drawn from ``(seed, epoch)`` (indices are
-shuffled, not images, so no shuffle buffer is needed), or with ``data.sampler:
-balanced`` a class-balanced draw of as many indices (``balance.py``); augmentation is seeded from
-``(seed, epoch, batch number)``. Every random choice of the data room draws from
-``seeded_rng`` with its own stream number, so one seed gives independent streams.
+Epoch order is a full permutation drawn from ``(seed, epoch)`` (indices are shuffled, not
+images, so no shuffle buffer is needed), or with ``data.sampler: balanced`` a class-balanced
+draw of as many indices (``balance.py``); augmentation is seeded from ``(seed, epoch, batch
+number)``. Every random choice of the data room draws from ``seeded_rng`` with its own stream
+number, so one seed gives independent streams.
 """
 
 from __future__ import annotations
@@ -44,11 +44,8 @@ def seeded_rng(seed: int, *stream: int) -> np.random.Generator:
 
 
 def fits_in_cache(count: int, data: DataConfig) -> bool:
-    """Whether ``count`` prepared images may be kept decoded in memory.
-
-    ``data.cache: disk`` counts as on here: array sources are in memory already, and the
-    folder source checks for ``disk`` first.
-    """
+    """Whether ``count`` prepared images may be kept decoded in memory. ``data.cache: disk``
+    counts as on: array sources are in memory already; the folder source checks disk first."""
     size = count * data.image_size**2 * data.channels
     return bool(data.cache) and size <= CACHE_BUDGET_BYTES
 
@@ -84,6 +81,7 @@ class DataBundle:
     mean: list[float]  # per channel, 0..255 scale, train split only, before augmentation
     std: list[float]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    val_skipped: list[tuple[str, str]] = field(default_factory=list)  # those of the val split
     _train: Split | None = field(default=None, repr=False)
     _val: Split | None = field(default=None, repr=False)
     _augment: AugmentConfig = field(default_factory=AugmentConfig, repr=False)

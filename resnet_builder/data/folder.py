@@ -72,6 +72,7 @@ class _Listing:
     train: tuple[list[str], np.ndarray]
     val: tuple[list[str], np.ndarray]
     skipped: list[tuple[str, str]]
+    val_skipped: list[tuple[str, str]]  # of skipped: the files of a val/ folder
 
 
 def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
@@ -84,7 +85,7 @@ def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
         stats = ChannelStats(data.channels)
         train, bad = _check_files(*found.train, data, cache, stats)
         val, val_bad = _check_files(*found.val, data, cache, None)
-        skipped += bad + val_bad
+        skipped = skipped + bad + val_bad
         _warn_skipped(skipped)
         _every_class_readable(found.train_dir, found.class_names, found.train[1], train.labels)
         mean, std = stats.result()
@@ -96,9 +97,11 @@ def folder_bundle(data: DataConfig, seed: int) -> DataBundle:
         train = streamed_split(*found.train, data, cache, root)
         val = streamed_split(*found.val, data, cache, root)
         mean, std = sample_stats(train, data, seed)
+    val_skipped = found.val_skipped + (val_bad if data.verify else [])
     return DataBundle(class_names=found.class_names, num_train=len(train), num_val=len(val),
                       image_size=data.image_size, channels=data.channels, mean=mean, std=std,
-                      skipped=skipped, _train=train, _val=val if len(val) else None)
+                      skipped=skipped, val_skipped=val_skipped, _train=train,
+                      _val=val if len(val) else None)
 
 
 def list_files(data: DataConfig, seed: int) -> _Listing:
@@ -108,6 +111,7 @@ def list_files(data: DataConfig, seed: int) -> _Listing:
     class_names = sorted(train_files)
     index = {name: k for k, name in enumerate(class_names)}
     train_paths, train_labels = _flatten(train_files, index)
+    val_skipped: list[tuple[str, str]] = []
     if val_dir is not None:
         val_files, val_skipped = _scan_classes(val_dir)
         skipped += val_skipped
@@ -120,7 +124,7 @@ def list_files(data: DataConfig, seed: int) -> _Listing:
     keep = apply_limit(train_labels, data.limit, len(class_names), seed)
     train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]
     return _Listing(train_dir, class_names, ([str(p) for p in train_paths], train_labels),
-                    ([str(p) for p in val_paths], val_labels), skipped)
+                    ([str(p) for p in val_paths], val_labels), skipped, val_skipped)
 
 
 def streamed_split(files: list[str], labels: np.ndarray, data: DataConfig, cache: bool,

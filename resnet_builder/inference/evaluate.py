@@ -146,7 +146,7 @@ def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> La
         raise UserError(f"{where} has no validation split (data.validation_split is 0)",
                         hint="pass --data FOLDER with labelled images")
     mapping = np.array(_model_indices(bundle.class_names, im, where), np.int64)
-    skipped = [Skipped(path, reason) for path, reason in bundle.skipped]
+    skipped = [Skipped(path, reason) for path, reason in bundle.val_skipped]  # not train's
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for images, labels in dataset.as_numpy_iterator():
