@@ -159,7 +159,8 @@ def output_folder(output: str | os.PathLike | None, project: str | os.PathLike, 
 
 
 def latest_run(project: str | os.PathLike = TRAIN_PROJECT) -> Path:
-    """The most recently modified run folder under ``project`` that has a model."""
+    """The run folder under ``project`` whose model (best or last) was written most recently:
+    a resumed run that did not improve rewrote only last.keras, and is still the newest."""
     project = Path(project)
     models = {p: _run_model(p) for p in project.glob("*") if p.is_dir()} if project.exists() else {}
     runs = [p for p, model in models.items() if model is not None]
@@ -167,7 +168,12 @@ def latest_run(project: str | os.PathLike = TRAIN_PROJECT) -> Path:
         raise UserError(f"no trained run with a model was found under {project}",
                         hint="train one first (resnet-builder train configs/digits.yaml) or "
                              "pass --model PATH")
-    return max(runs, key=lambda p: models[p].stat().st_mtime)
+    return max(runs, key=_newest_model_time)
+
+
+def _newest_model_time(run: Path) -> float:
+    paths = RunPaths(run)
+    return max(model.stat().st_mtime for model in (paths.best, paths.last) if model.exists())
 
 
 def _run_model(run: Path) -> Path | None:

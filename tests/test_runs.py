@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -58,3 +59,15 @@ def test_clear_earlier_run_removes_only_what_a_run_writes(tmp_path: Path) -> Non
                                                 "skipped.csv", "tensorboard"]
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     assert runs.clear_earlier_run(tmp_path) == []
+
+
+def test_the_latest_run_is_the_one_whose_best_or_last_model_is_newest(tmp_path: Path) -> None:
+    older, resumed = RunPaths(tmp_path / "a"), RunPaths(tmp_path / "b")
+    for paths, best, last in ((older, 300, 300), (resumed, 100, 400)):
+        paths.root.mkdir()
+        for model, when in ((paths.best, best), (paths.last, last)):
+            model.write_text("m")
+            os.utime(model, (when, when))
+    assert runs.latest_run(tmp_path) == resumed.root  # by last.keras, though its best is older
+    os.utime(older.best, (500, 500))
+    assert runs.latest_run(tmp_path) == older.root
