@@ -8,16 +8,15 @@ imported only inside the commands that need it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import sys
 import time
 import warnings
 
 import click
 
 from resnet_builder.cli_data import pack
+from resnet_builder.cli_errors import known_failure
 from resnet_builder.cli_inference import evaluate, export_command, predict
 from resnet_builder.config import key_specs
 from resnet_builder.depth import BLOCK_TYPE_ALIASES
@@ -74,7 +73,7 @@ class Group(click.Group):
         except Exception as exc:
             if os.environ.get("RESNET_BUILDER_DEBUG"):
                 raise
-            known = _damaged_shard(exc) or _machine_problem(exc)
+            known = known_failure(exc)
             if known is not None:
                 raise CommandFailed(str(known), known.exit_code) from None
             raise CommandFailed(
@@ -91,42 +90,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     else:
         click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True,
                    nl=False)
-
-
-def _machine_problem(exc: Exception) -> UserError | None:
-    """A file the system refused (read-only, missing folder, no permission, disk full) or
-    memory that ran out: the machine's answer to what was asked, not a bug."""
-    if isinstance(exc, MemoryError):
-        return UserError(f"out of memory ({exc or 'MemoryError'})",
-                         hint="ask for a smaller model, batch or image size")
-    denied = "tensorflow" in sys.modules and isinstance(
-        exc, sys.modules["tensorflow"].errors.PermissionDeniedError)
-    if (isinstance(exc, OSError) and exc.filename is not None) or denied:
-        where = exc.message if denied else f"{exc.filename}: {exc.strerror}"
-        return UserError(f"cannot use {where}", hint=_path_hint(None if denied else exc.errno))
-    return None
-
-
-def _path_hint(code: int | None) -> str:
-    """What to do about a path the system refused, by why it refused it."""
-    debug = "RESNET_BUILDER_DEBUG=1 shows where the path came from"
-    if code in (errno.ENOENT, errno.ENOTDIR):
-        return f"check that the path and its folders exist; {debug}"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "free some space on that disk, or write elsewhere (--project, --output, " \
-               "run.project)"
-    return ("write somewhere you may (--project, --output, run.project, or another current "
-            f"folder); if the path looks wrong, {debug}")
-
-
-def _damaged_shard(exc: Exception) -> UserError | None:
-    """A truncated or corrupt packed shard is the user's to fix, not a bug. It surfaces from
-    inside the training step (tf.data), so it is recognised here, where errors are sorted."""
-    if "tensorflow" not in sys.modules:  # no TensorFlow error then; never import it for this
-        return None
-    from resnet_builder.data.shard_errors import damaged_shard_error
-
-    return damaged_shard_error(exc)
 
 
 BLOCK_TYPES = tuple(BLOCK_TYPE_ALIASES)
@@ -363,6 +326,10 @@ def train(config_path, config_option, overrides, resume_dir, name, project, exis
     if resume_dir:
         if config_path:
             raise click.UsageError("give either CONFIG.yaml or --resume RUN, not both")
+        for flag, value in (("--name", name), ("--project", project), ("--exist-ok", exist_ok)):
+            if value is not None:
+                raise click.UsageError(f"{flag} is for a new run; --resume RUN goes on in RUN's "
+                                       "own folder")
         api.resume(resume_dir, overrides)
         return
     if not config_path:

@@ -161,3 +161,10 @@ def test_the_atomic_writer_names_the_target_not_its_temporary_file(tmp_path):
         atomic_write_text(target, "{}")
     assert err.value.filename == str(target)
     assert not list(tmp_path.rglob(".summary*"))
+
+
+@pytest.mark.parametrize("flag", [["--name", "b"], ["--project", "p"], ["--exist-ok"]])
+def test_resume_refuses_the_flags_of_a_new_run_by_their_name(tmp_path, flag):
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path), *flag])
+    assert result.exit_code == 2
+    assert f"{flag[0]} is for a new run; --resume RUN goes on in RUN's own folder" in result.output

@@ -266,6 +266,14 @@ def test_cli_pack_names_the_files(folder, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_an_output_path_the_system_refuses_is_named_not_a_bug(folder, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(main, ["pack", str(folder), str(tmp_path / "afile" / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot write the pack to {tmp_path / 'afile' / 'out'}: " in result.output
+    assert "is not a directory" in result.output and "bug" not in result.output
+
+
 @pytest.mark.parametrize("inside", ["out", "bee/out", "."])
 def test_pack_refuses_an_output_folder_inside_the_source(tmp_path, inside):
     """A pack inside the source would be read later as a class folder without images."""

@@ -101,25 +101,40 @@ def pack_folder(folder: str | os.PathLike, out: str, *, shards: int = 16,
     root = check_paths(folder, out)
     class_names, splits, skipped = _plan(root, validation_split, seed)
     made_split = folder_layout(root)[1] is None  # no val/: the split is made here
-    out = _prepare_out(out, overwrite)
-    report = PackReport(out, class_names, {}, skipped=skipped)
-    train, val = splits
-    _mark_sample(train, seed)
-    val_shards = math.ceil(shards * len(val) / max(len(train) + len(val), 1))
-    stats = {1: ChannelStats(1), 3: ChannelStats(3)}
-    listing = {}
-    for name, items, count in (("train", _pack_order(train, seed), shards),
-                               ("val", val, val_shards)):
-        listing[name] = _write_split(name, items, count, image_size, stats, report, on_file)
-    _no_empty_class(class_names, listing["train"], root)
-    _write_text(join(out, SKIPPED_FILE), skipped_csv_text(report.skipped))
-    _say(report, SKIPPED_FILE, len(report.skipped), on_file)
-    info = _dataset_info(class_names, listing, stats, image_size, root, seed,
-                         validation_split if made_split else None, len(report.skipped))
-    _write_text(join(out, DATASET_FILE), json.dumps(info, indent=2) + "\n")
-    _say(report, DATASET_FILE, sum(report.counts.values()), on_file)
-    report.seconds = time.perf_counter() - start
-    return report
+    with _writing_to(out):
+        out = _prepare_out(out, overwrite)
+        report = PackReport(out, class_names, {}, skipped=skipped)
+        train, val = splits
+        _mark_sample(train, seed)
+        val_shards = math.ceil(shards * len(val) / max(len(train) + len(val), 1))
+        stats = {1: ChannelStats(1), 3: ChannelStats(3)}
+        listing = {}
+        for name, items, count in (("train", _pack_order(train, seed), shards),
+                                   ("val", val, val_shards)):
+            listing[name] = _write_split(name, items, count, image_size, stats, report, on_file)
+        _no_empty_class(class_names, listing["train"], root)
+        _write_text(join(out, SKIPPED_FILE), skipped_csv_text(report.skipped))
+        _say(report, SKIPPED_FILE, len(report.skipped), on_file)
+        info = _dataset_info(class_names, listing, stats, image_size, root, seed,
+                             validation_split if made_split else None, len(report.skipped))
+        _write_text(join(out, DATASET_FILE), json.dumps(info, indent=2) + "\n")
+        _say(report, DATASET_FILE, sum(report.counts.values()), on_file)
+        report.seconds = time.perf_counter() - start
+        return report
+
+
+@contextmanager
+def _writing_to(out: str) -> Iterator[None]:
+    """tf.io.gfile's refusals to write OUT (not a folder, missing, read-only, full) are the
+    user's to fix: one message naming OUT, not an OpError reported as a bug."""
+    try:
+        yield
+    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError,
+            tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+            tf.errors.UnavailableError) as exc:
+        raise UserError(f"cannot write the pack to {out}: {exc.message}",
+                        hint="give a folder you may write to, on a disk with room for the "
+                             "encoded images") from None
 
 
 def check_paths(folder: str | os.PathLike, out: str) -> Path:
