@@ -270,10 +270,12 @@ def presets(as_json: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key, e.g. train.epochs=5 (repeatable).")
 def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> None:
-    """Show the default config, or check PATH (with --set overrides) and print it resolved."""
+    """Show the default config, or check PATH and/or --set overrides and print the result."""
     from resnet_builder.config import config_to_dict, default_config_yaml, load_config
 
-    if show or not path:
+    if show and (path or overrides):
+        raise click.UsageError("--show prints the defaults; leave it out to check PATH or --set")
+    if show or not (path or overrides):
         click.echo(default_config_yaml(), nl=False)
         return
     import yaml

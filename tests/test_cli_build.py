@@ -125,6 +125,11 @@ def test_config_show_and_check(tmp_path):
     assert checked.exit_code == 0 and "epochs: 3" in checked.output
     bad = run("config", "configs/digits.yaml", "--set", "train.epoch=3")
     assert bad.exit_code == 2 and "did you mean 'epochs'" in bad.output
+    defaults = run("config", "--set", "train.epochs=5")  # the defaults with the override
+    assert defaults.exit_code == 0 and "epochs: 5" in defaults.output
+    assert run("config", "--set", "bogus.x=1").exit_code == 2
+    both = run("config", "--show", "configs/digits.yaml")
+    assert both.exit_code == 2 and "--show prints the defaults" in both.output
 
 
 def test_format_summary_shows_the_rule_counts_files_and_note():
