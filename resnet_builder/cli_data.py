@@ -25,7 +25,7 @@ _SPLIT = key_specs()["data"]["validation_split"]  # the config owns the range an
 @click.option("--validation-split", type=click.FloatRange(_SPLIT.min, _SPLIT.max),
               default=_SPLIT.default, show_default=True,
               help="Share held out for validation when FOLDER has no val/ (stratified).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
               help="Seeds the validation split, the record order and the mean/std sample.")
 @click.option("--overwrite", is_flag=True,
               help="Pack into a folder that holds an earlier pack (its files are replaced).")

@@ -138,6 +138,20 @@ def test_yaml_1_2_scalars_off_is_text_and_exponents_are_numbers(tmp_path: Path) 
     assert cfg.optim.lr == pytest.approx(0.2)
 
 
+def test_yaml_1_2_integers_are_decimal_not_octal_or_base_60(tmp_path: Path) -> None:
+    text = "train:\n  epochs: 010\n  early_stopping_patience: 1_000\nhardware:\n  seed: 0x10\n"
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.train.epochs, cfg.train.early_stopping_patience) == (10, 1000)  # not 8
+    assert cfg.hardware.seed == 16
+    msg = str(error(write(tmp_path, "train:\n  checkpoint_every: 1:30\n")))  # not 90 steps
+    assert "train.checkpoint_every" in msg and "'1:30'" in msg
+
+
+def test_an_integer_past_floats_range_is_not_a_finite_number(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optim\.lr must be a finite number, got 1000"):
+        load_config(None, ["optim.lr=1" + "0" * 320])
+
+
 def test_yes_is_not_a_boolean(tmp_path: Path) -> None:
     msg = str(error(write(tmp_path, "data:\n  normalize: yes\n")))
     assert "x.yaml:2: data.normalize must be true or false, got 'yes' (a string)" in msg
@@ -306,7 +320,8 @@ def test_quoted_number_hints_at_the_quotes(tmp_path: Path) -> None:
                            "got 1.5"),
     ("data.image_size=5000", "data.image_size must be in [8, 4096], got 5000"),
     ("schedule.milestones=[5,0]", "schedule.milestones[1] must be >= 1, got 0"),
-    ("hardware.seed=-1", "hardware.seed must be in [0, 4294967295], got -1"),
+    ("hardware.seed=-1", "hardware.seed must be in [0, 2147483647], got -1"),
+    ("hardware.seed=2147483648", "hardware.seed must be in [0, 2147483647], got 2147483648"),
 ])
 def test_out_of_range_names_key_range_and_value(override: str, expected: str) -> None:
     assert expected in error(None, [override]).message

@@ -49,8 +49,19 @@ def _as_type(value: Any, typ: Any) -> tuple[bool, Any]:
     if typ is bool or isinstance(value, bool):
         return typ is bool and isinstance(value, bool), value
     if typ is float and isinstance(value, (int, float)):
-        return math.isfinite(value), float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range: not a finite number
+            return False, value
+        return math.isfinite(number), number
     return isinstance(value, typ), value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _looks_numeric(text: str) -> bool:
@@ -63,7 +74,7 @@ def _looks_numeric(text: str) -> bool:
 
 def _type_error(spec: KeySpec, name: str, value: Any, at: str, wanted: str) -> ConfigError:
     hint = takes(spec)
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _finite(value):
         wanted = "a finite number"
     elif isinstance(value, float) and value.is_integer():
         hint = f"write {int(value)}, without the decimal point; " + hint

@@ -27,21 +27,41 @@ from resnet_builder.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader reading YAML 1.2 style: only true/false are booleans, and 1e-4 is a number.
+    """SafeLoader reading YAML 1.2 style: only true/false are booleans, 1e-4 is a number, and
+    integers are decimal (or 0x/0o).
 
-    Plain PyYAML reads ``mixed_precision: off`` as False and ``weight_decay: 1e-4``
-    as the string "1e-4"; both would be confusing type errors here.
+    Plain PyYAML reads ``mixed_precision: off`` as False, ``weight_decay: 1e-4`` as the
+    string "1e-4", ``epochs: 010`` as 8 (octal) and ``checkpoint_every: 1:30`` as 90 (base
+    60); all would be confusing here.
     """
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _INT_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+_Loader.add_implicit_resolver(
+    _INT_TAG, re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+|[-+]?0o[0-7_]+)$"),
+    list("-+0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """010 is ten (YAML 1.2), not eight; 0x1f and 0o17 keep their bases; 1_000 is 1000."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+    try:
+        return sign * int(digits, 0 if digits[:2].lower() in ("0x", "0o") else 10)
+    except ValueError:  # an explicit !!int on something else
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer",
+                                                node.start_mark) from None
+
+
+_Loader.add_constructor(_INT_TAG, _construct_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),

@@ -259,7 +259,7 @@ class HardwareConfig:
                             "run's config.yaml, so a resume repeats it). It does not turn "
                             "on op determinism (see deterministic); on CPU the same seed and "
                             "config give the same results.csv without it.",
-                            min=0, max=2**32 - 1, nullable=True)
+                            min=0, max=2**31 - 1, nullable=True)  # TensorFlow's int32 seeds
     fused_batchnorm: bool = _key(True, "Train batch norm through TensorFlow's fused kernel "
                                  "(same weights and files; 1.6-1.8x faster on CPU than "
                                  "Keras' element-wise batch norm).")

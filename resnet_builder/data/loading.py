@@ -54,8 +54,11 @@ def load_data(data: DataConfig, augment: AugmentConfig | None = None,
 
 
 def _resolve_seed(seed: int | None) -> int:
-    """A non-negative seed; None becomes a random one (fixed for this bundle)."""
-    return draw_seed() if seed is None else int(seed) % 2**31
+    """A seed in [0, 2**31) (hardware.seed and pack --seed allow no more, so no two seeds
+    give the same split); None becomes a random one (fixed for this bundle)."""
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {seed}")
+    return draw_seed() if seed is None else int(seed)
 
 
 def draw_seed() -> int:
