@@ -468,3 +468,26 @@ def test_workers_opening_the_disk_cache_at_once_keep_each_others_images(tmp_path
             image, label = store.get(np.int64(slot))
             assert int(label) == slot and (image == slot + 1).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy"]  # no temp files left
+
+
+def test_a_disk_without_room_for_the_disk_cache_is_named_not_a_crash(tmp_path, monkeypatch):
+    """The cache file is sparse until written: its blocks are claimed first, so a full disk
+    is an error naming the file (writing into the memory map killed the process, SIGBUS)."""
+    import errno
+
+    from resnet_builder.data.stream import ImageStore
+
+    claimed = []
+
+    def no_room(fd, offset, length):
+        claimed.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room, raising=False)
+    path = tmp_path / "cache" / "c.npy"
+    with pytest.raises(UserError, match=r"no room for the disk cache .*c\.npy .*No space left"):
+        ImageStore(1000, (32, 32, 3), path)
+    assert claimed and claimed[0] >= 1000 * 32 * 32 * 3  # the whole file, pixels and states
+    assert list((tmp_path / "cache").iterdir()) == []  # the temporary file is gone
+    monkeypatch.undo()
+    assert ImageStore(10, (2, 2, 1), path).filled == 0  # with room, as before

@@ -19,6 +19,7 @@ back afterwards:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -42,6 +43,7 @@ from resnet_builder.data.decode import (
 )
 from resnet_builder.data.guarded import Finish
 from resnet_builder.data.resizing import RESIZE_RULE_VERSION, Resize
+from resnet_builder.errors import UserError
 
 JPEG_NAMES = (".jpg", ".jpeg", ".jpe", ".jfif")  # lower case: the fast path's JPEG-only route
 _NOT_YET = -2  # store state of an image not decoded yet; otherwise its label (>= 0)
@@ -101,6 +103,7 @@ def _create_store(path: Path, count: int, kind: np.dtype) -> None:
     fresh = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         records = np.lib.format.open_memmap(fresh, "w+", kind, (count,))
+        _reserve(fresh, path)
         records["state"] = _NOT_YET
         records.flush()
         del records
@@ -109,6 +112,24 @@ def _create_store(path: Path, count: int, kind: np.dtype) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             fresh.unlink()
+
+
+def _reserve(fresh: Path, path: Path) -> None:
+    """Claim the (sparse) file's blocks now: a disk without room then says so here, where a
+    memory-mapped write into a page the disk cannot hold killed the process (SIGBUS)."""
+    if not hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+        return
+    size = fresh.stat().st_size
+    with open(fresh, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot
+                return
+            amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+            raise UserError(f"no room for the disk cache {path} ({amount}): "
+                            f"{exc.strerror}", hint=f"free space in {path.parent.parent} (or "
+                            "point TMPDIR at a bigger disk), or set data.cache: false") from None
 
 
 def disk_store_path(root: str, files: list[str], how: Resize, channels: int) -> Path:
