@@ -107,6 +107,38 @@ def test_tensorboard_gets_the_results_columns_and_csv_can_be_left_out(logged):
     assert {("val_accuracy", 2), ("loss", 1), ("lr", 2), ("time", 1)} <= seen
 
 
+def test_a_server_failing_mid_run_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    """MLflow refusing epoch 2's numbers must not end a run that trains fine: one warning,
+    the logger stops, the run finishes and is still closed on the server. Params go in
+    batches MLflow accepts (at most 100 each; 10 here, so several)."""
+    mlflow = pytest.importorskip("mlflow")
+    from resnet_builder.training import loggers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(loggers, "MLFLOW_PARAMS_PER_BATCH", 10)
+    real = mlflow.MlflowClient.log_batch
+    sizes = []
+
+    def flaky(self, run_id, metrics=(), params=(), **kwargs):
+        sizes.append(len(params))
+        if metrics and metrics[0].step >= 2:
+            raise mlflow.exceptions.MlflowException("503 Service Unavailable")
+        return real(self, run_id, metrics=metrics, params=params, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", flaky)
+    with pytest.warns(UserWarning, match=r"MLflow logging failed \(epoch 2: MlflowException"):
+        result = resnet_builder.train(tiny(tmp_path / "proj", "run.loggers=[csv, mlflow]",
+                                           "train.epochs=3"))
+    assert result.summary["status"] == "finished" and len(result.history) == 3
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("proj").experiment_id])
+    assert run.info.status == "FINISHED"  # closed at the end all the same
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+    assert len(run.data.params) > 10 and max(sizes) == 10  # every param, 10 a batch
+    assert sizes.count(0) == 2  # epochs 1 and 2 tried; epoch 3 not, once it had failed
+
+
 @pytest.mark.parametrize("name", ["mlflow", "wandb"])
 def test_a_missing_extra_is_named_before_anything_runs(tmp_path, monkeypatch, name):
     monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed

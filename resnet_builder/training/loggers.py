@@ -14,6 +14,8 @@ import math
 import numbers
 import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,6 +35,7 @@ EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 # (MLflow: KILLED); any other end (diverged, worker_lost, data_damaged, failed) is a failure.
 ENDED_WELL = ("finished", "stopped_early", "stopped")
 STOPPED_FROM_OUTSIDE = ("interrupted", "preempted")
+MLFLOW_PARAMS_PER_BATCH = 100  # MLflow refuses a log_batch with more params than this
 
 
 def active_loggers(run: RunConfig) -> tuple[str, ...]:
@@ -120,7 +123,28 @@ class TensorBoardLogger(keras.callbacks.Callback):
             self.writer.close()
 
 
-class MLflowLogger(keras.callbacks.Callback):
+class RemoteLogger(keras.callbacks.Callback):
+    """A logger to a server (MLflow, W&B) that may fail mid-run: the failure is one warning
+    and the logger stops for the rest of the run; training goes on (the run folder keeps
+    every number). Starting the run stays an error, before anything trains."""
+
+    label = ""
+    broken = False
+
+    def _guard(self, what: str, call: Callable[[], None], *, always: bool = False) -> None:
+        if self.broken and not always:
+            return
+        try:
+            call()
+        except Exception as exc:  # a network or server error of any library's own type
+            if not self.broken:
+                warnings.warn(f"{self.label} logging failed ({what}: {type(exc).__name__}: "
+                              f"{exc}); training goes on without it, and the run folder keeps "
+                              "every number", UserWarning, stacklevel=2)
+            self.broken = True
+
+
+class MLflowLogger(RemoteLogger):
     """One MLflow run per train/resume call: the flat config as params, each epoch's numbers
     (step = epoch), and at the end the run folder's models, tables and plots as artifacts.
 
@@ -128,6 +152,8 @@ class MLflowLogger(keras.callbacks.Callback):
     disturbs a run the caller has active; the tracking URI is MLflow's own choice
     (MLFLOW_TRACKING_URI, ``mlflow.set_tracking_uri``, else its default store).
     """
+
+    label = "MLflow"
 
     def __init__(self, cfg: Config, paths: RunPaths, state: RunState) -> None:
         super().__init__()
@@ -157,18 +183,24 @@ class MLflowLogger(keras.callbacks.Callback):
         params = [mlflow.entities.Param(f"{section}.{key}", yaml_text(value))
                   for section, keys in config_to_dict(self.cfg).items()
                   for key, value in keys.items()]
-        self.client.log_batch(self.run_id, params=params)
+        for start in range(0, len(params), MLFLOW_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id,
+                                  params=params[start:start + MLFLOW_PARAMS_PER_BATCH])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         millis = int(time.time() * 1000)
         metrics = [self.mlflow.entities.Metric(key, value, millis, epoch + 1)
                    for key, value in epoch_metrics(self.state.history[-1]).items()
                    if math.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._guard(f"epoch {epoch + 1}",
+                    lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.run_id is None:
-            return
+        if self.run_id is not None:  # the server may be back: close the run if it can
+            self._guard("the run's end", self._finish, always=True)
+        self.run_id = None
+
+    def _finish(self) -> None:
         p = self.paths
         for path in (p.best, p.last, p.results, p.config, p.summary, p.curves,
                      p.confusion_matrix, p.skipped):
@@ -177,16 +209,17 @@ class MLflowLogger(keras.callbacks.Callback):
         status = self.state.status
         self.client.set_terminated(self.run_id, "FINISHED" if status in ENDED_WELL else
                                    "KILLED" if status in STOPPED_FROM_OUTSIDE else "FAILED")
-        self.run_id = None
 
 
-class WandbLogger(keras.callbacks.Callback):
+class WandbLogger(RemoteLogger):
     """One W&B run per train/resume call, named after the run folder, its files in
     <run>/wandb; the config as W&B's config, each epoch's numbers at step = epoch.
 
     WANDB_MODE (offline, disabled), WANDB_PROJECT and the rest of W&B's variables
     apply as usual; ``reinit="create_new"`` leaves a run the caller has open alone.
     """
+
+    label = "W&B"
 
     def __init__(self, cfg: Config, paths: RunPaths, state: RunState) -> None:
         super().__init__()
@@ -206,12 +239,13 @@ class WandbLogger(keras.callbacks.Callback):
                                  "take wandb out of run.loggers") from None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.run.log({**epoch_metrics(self.state.history[-1]), "epoch": epoch + 1},
-                     step=epoch + 1)
+        values = {**epoch_metrics(self.state.history[-1]), "epoch": epoch + 1}
+        self._guard(f"epoch {epoch + 1}", lambda: self.run.log(values, step=epoch + 1))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=0 if self.state.status in ENDED_WELL else 1)
+            code = 0 if self.state.status in ENDED_WELL else 1
+            self._guard("the run's end", lambda: self.run.finish(exit_code=code), always=True)
             self.run = None
 
 
