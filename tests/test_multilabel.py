@@ -105,6 +105,12 @@ def test_csv_source_reads_both_formats_for_both_tasks(tmp_path):
     assert (bundle.num_train, bundle.num_val) == (12, 6)
     images, labels = next(bundle.val_dataset(6).as_numpy_iterator())
     assert labels.dtype == np.int32 and list(labels) == [0, 1, 2, 0, 1, 2]  # sorted names
+    only_val = write_csv(tmp_path / "d.csv", ["file", "label", "split"],  # no training NAMES[2]
+                         [[f"img/{i}.png", NAMES[i % 3], "val" if i % 3 == 2 else "train"]
+                          for i in range(18)])
+    cfg = load_config(None, ["data.source=csv", f"data.path={only_val}", "data.image_size=8"])
+    with pytest.raises(UserError, match=f"no training rows for class\\(es\\) {NAMES[2]}"):
+        load_data(cfg.data, None, 0)
 
 
 def test_unreadable_image_is_skipped_not_fatal(tmp_path):

@@ -226,6 +226,11 @@ def csv_bundle(data: DataConfig, seed: int, task: str = "multiclass") -> DataBun
         train, val = stratified_split(strata, data.validation_split, 1 if multilabel else k, seed)
     if len(train) == 0:
         raise UserError(f"{table.source}: no training rows", hint="mark some rows split: train")
+    unseen = [] if multilabel else sorted(set(range(k)) - set(labels[train].tolist()))
+    if unseen:  # as the folder source: every class needs training images to be learned
+        raise UserError(f"{table.source}: no training rows for class(es) "
+                        f"{', '.join(table.class_names[c] for c in unseen)}",
+                        hint="mark some of their rows split: train")
     train = train[apply_limit(strata[train], data.limit, 1 if multilabel else k, seed)]
     cache = data.cache is True and fits_in_cache(len(train) + len(val), data)
     root = str(table.source.resolve())
