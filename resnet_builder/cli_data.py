@@ -39,7 +39,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
     """
     from resnet_builder.cli_inference import show_skipped
     from resnet_builder.data.pack import check_paths, pack_folder
-    from resnet_builder.data.tfrecord import DATASET_FILE, SKIPPED_FILE
+    from resnet_builder.data.pack_format import DATASET_FILE, SKIPPED_FILE
 
     def wrote(name: str, count: int) -> None:
         what = {SKIPPED_FILE: f"{count} file(s) left out", DATASET_FILE: "classes, counts, "

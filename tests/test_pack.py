@@ -20,7 +20,7 @@ from resnet_builder.cli import main
 from resnet_builder.config import AugmentConfig, DataConfig, load_config
 from resnet_builder.data import load_data, shard_errors, tfrecord
 from resnet_builder.data.pack import pack_folder
-from resnet_builder.data.tfrecord import FEATURES
+from resnet_builder.data.pack_format import FEATURES
 from resnet_builder.errors import UserError
 from resnet_builder.training import api as trainer
 
@@ -228,6 +228,24 @@ def test_missing_pieces_are_user_errors_that_say_how_to_pack(packed, tmp_path):
     with pytest.raises(UserError, match="missing") as caught:
         bundle(copy)
     assert "train-00000-of-00003.tfrecord" in str(caught.value)
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda info: info.pop("mean"), "it has no 'mean' entry"),
+    (lambda info: info["splits"]["val"]["shards"][0].pop("count"), "it has no 'count' entry"),
+    (lambda info: info.update(class_names=None), "'NoneType' object is not iterable"),
+    (lambda info: info["std"].update(rgb=["x"]), "could not convert string to float"),
+])
+def test_a_damaged_dataset_json_is_named_not_a_bug(packed, tmp_path, edit, said):
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    info = json.loads((copy / "dataset.json").read_text())
+    edit(info)
+    (copy / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="is damaged or was edited: " + re.escape(said)) as err:
+        bundle(copy)
+    assert "pack the folder again" in err.value.hint
 
 
 def test_pack_refuses_a_used_folder_unless_told(folder, tmp_path):

@@ -38,8 +38,7 @@ from resnet_builder.data.bundle import ORDER_STREAM, STATS_STREAM, seeded_rng
 from resnet_builder.data.decode import is_jpeg_bytes
 from resnet_builder.data.folder import STATS_SAMPLE, folder_layout, list_files
 from resnet_builder.data.images import ImageError, decode_image_bytes, resize_image, to_channels
-from resnet_builder.data.splits import STATS_SIZE, ChannelStats
-from resnet_builder.data.tfrecord import (
+from resnet_builder.data.pack_format import (
     DATASET_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -50,6 +49,7 @@ from resnet_builder.data.tfrecord import (
     join,
     shard_name,
 )
+from resnet_builder.data.splits import STATS_SIZE, ChannelStats
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_path
 from resnet_builder.runs import skipped_csv_text

@@ -8,7 +8,7 @@ import re
 
 import tensorflow as tf
 
-from resnet_builder.data.tfrecord import SHARD_PATTERN
+from resnet_builder.data.pack_format import SHARD_PATTERN
 from resnet_builder.errors import UserError
 
 

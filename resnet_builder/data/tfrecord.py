@@ -1,12 +1,7 @@
-"""The ``tfrecord`` source: streams the shards ``resnet-builder pack`` wrote (format owner).
+"""The ``tfrecord`` source: streams the shards ``resnet-builder pack`` wrote.
 
-A packed folder (local or any ``tf.io.gfile`` URL such as ``gs://bucket/data``) holds
-``train-KKKKK-of-NNNNN.tfrecord`` and ``val-...`` shards of ``tf.train.Example``
-records (``image``: the encoded file, ``label``: class index, ``path``: the file below
-the packed folder), ``skipped.csv`` and ``dataset.json``: class names, counts per
-split, class, format (``formats``: JPEG or other) and shard, and mean/std of the training
-images. Training starts
-without a pass over the data: everything the model needs is in ``dataset.json``.
+The folder's format (shard names, records, ``dataset.json``) is ``pack_format.py``'s. Training
+starts without a pass over the data: everything the model needs is in ``dataset.json``.
 
 Reading: the train shards are interleaved in parallel (deterministic order), the
 shard order is shuffled per epoch and records pass a shuffle buffer, both seeded
@@ -22,7 +17,6 @@ apply (pack checked every file).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable
@@ -37,75 +31,25 @@ from resnet_builder.data.batch_decode import DECODE_CHUNK, batch_decoder
 from resnet_builder.data.bundle import ORDER_STREAM, DataBundle, seeded_rng
 from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SKIPPED_LABEL, SkipLog, without_autotune
+from resnet_builder.data.pack_format import (
+    FEATURES,
+    PACK_HINT,
+    example_bytes,
+    is_url,
+    join,
+    read_dataset_info,
+)
 from resnet_builder.data.shards import check_sharding
 from resnet_builder.errors import UserError
 
-DATASET_FILE = "dataset.json"
-SKIPPED_FILE = "skipped.csv"
-FORMAT_NAME = "resnet-builder tfrecord"
-FORMAT_VERSION = 1
-SHARD_PATTERN = r"(train|val)-\d{5}-of-\d{5}\.tfrecord"
-FEATURES = {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([], tf.int64),
-            "path": tf.io.FixedLenFeature([], tf.string)}
 SHUFFLE_BUFFER = 4096  # records (encoded bytes: ~120 MB of 30 kB JPEGs) mixed across shards
 CYCLE_LENGTH = 16  # shard files read at once
-_PACK_HINT = "make one with `resnet-builder pack FOLDER OUT` and set data.path to OUT"
-
-
-def is_url(path: str) -> bool:
-    """``gs://...``, ``s3://...``: a ``tf.io.gfile`` URL rather than a local path."""
-    return "://" in path
-
-
-def join(folder: str, name: str) -> str:
-    """``folder/name`` for local paths and URLs alike."""
-    return folder.rstrip("/") + "/" + name if is_url(folder) else os.path.join(folder, name)
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-    """``train-00000-of-00016.tfrecord``."""
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
-
-def example_bytes(image: bytes, label: int, path: str) -> bytes:
-    """One serialized record: the encoded image as on disk, its label, its relative path."""
-    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-               "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-               "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode()]))}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def read_dataset_info(folder: str) -> dict:
-    """``dataset.json`` of a packed folder, checked: a missing file or shard is a UserError."""
-    path = join(folder, DATASET_FILE)
-    if not tf.io.gfile.exists(path):
-        what = "folder" if tf.io.gfile.isdir(folder) else "folder (it does not exist)"
-        raise UserError(f"no {DATASET_FILE} in {folder}: not a packed {what}", hint=_PACK_HINT)
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            info = json.load(f)
-    except (ValueError, tf.errors.OpError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", hint=_PACK_HINT) from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-        raise UserError(f"{path} is not a {FORMAT_NAME} description", hint=_PACK_HINT)
-    if info.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path} has format version {info.get('version')}, this resnet-builder "
-                        f"reads version {FORMAT_VERSION}", hint="pack the folder again")
-    present = {name.rstrip("/") for name in tf.io.gfile.listdir(folder)}
-    missing = [s["file"] for split in info["splits"].values() for s in split["shards"]
-               if s["file"] not in present]
-    if missing:
-        raise UserError(f"{len(missing)} shard file(s) listed in {path} are missing, e.g. "
-                        f"{join(folder, missing[0])}",
-                        hint="copy the whole packed folder, or pack again: " + _PACK_HINT)
-    return info
 
 
 def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
     """The bundle of a packed folder: facts from dataset.json, images streamed per epoch."""
     if not data.path:
-        raise UserError("data.source 'tfrecord' needs data.path", hint=_PACK_HINT)
+        raise UserError("data.source 'tfrecord' needs data.path", hint=PACK_HINT)
     folder = data.path if is_url(data.path) else os.path.expanduser(data.path)
     info = read_dataset_info(folder)
     stats = "rgb" if data.channels == 3 else "gray"
