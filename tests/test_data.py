@@ -647,3 +647,23 @@ def test_cifar_download_is_checked_and_cached(tmp_path, monkeypatch):
     assert (tmp_path / "kh" / "datasets" / "cifar-10-python.tar.gz").read_bytes() == archive
     monkeypatch.setattr(urllib.request, "urlopen", _no_network)
     _check_cifar(load_data(_cfg(source="cifar10"), seed=0), 15, 3)  # from the cache now
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_dropped(tmp_path, monkeypatch):
+    """(Permissions do not stop root, so the refusal is made here.)"""
+    _class_tree(tmp_path, 2, ("ant", "bee"))
+    _image(tmp_path / "bee" / "locked" / "x.png", COLOURS["bee"])
+    real = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.warns(SkippedFilesWarning, match=r"locked: folder cannot be read"):
+        bundle = load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0),
+                           seed=0)
+    assert bundle.num_train == 4
+    assert [(Path(p).name, why) for p, why in bundle.skipped] == [
+        ("locked", "folder cannot be read (Permission denied); its files are left out")]

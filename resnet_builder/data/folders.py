@@ -28,6 +28,11 @@ class ClassFolders:
     def names(self) -> list[str]:
         return list(self.classes)
 
+    def unreadable_folder(self, error: OSError) -> None:
+        """A folder that cannot be listed: its files are left out, and said so."""
+        self.skipped.append((Path(shown_path(error.filename or "?")),
+                             f"folder cannot be read ({error.strerror}); its files are left out"))
+
 
 def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
     """Every class folder of ``root`` with its image files; loose and non-image files skipped.
@@ -47,7 +52,7 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
             raise UserError(f"class folder {shown_path(entry)}: its name is not valid UTF-8",
                             hint="rename the folder: class names are stored in the model")
         images: list[Path] = []
-        for _, full in sorted(walk_names(entry)):
+        for _, full in sorted(walk_names(entry, found.unreadable_folder)):
             reason = why_not_readable(full)
             if reason is None:
                 images.append(Path(full))
