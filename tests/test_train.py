@@ -238,6 +238,35 @@ def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, 
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
 
 
+def test_weights_made_nan_by_an_epochs_last_update_are_not_saved_as_good(tmp_path,
+                                                                         monkeypatch):
+    """The last update of epoch 2 makes the weights NaN while its loss (computed before it)
+    is finite: nothing but the weights says so, and they must not become the checkpoint."""
+    real = loop.make_train_function
+
+    def poisoned(model, *args, **kwargs):
+        step = real(model, *args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(iterator, batches):
+            out = step(iterator, batches)
+            calls["n"] += 1
+            if calls["n"] == 2:  # one call per epoch: epoch 2's last update
+                model.trainable_variables[0].assign(
+                    np.full(model.trainable_variables[0].shape, np.nan, np.float32))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(loop, "make_train_function", poisoned)
+    with pytest.raises(UserError, match=r"loss or weights became NaN.*at epoch 2, by step 6"):
+        trainer.train(tiny_config(tmp_path, "hardware.steps_per_call=6", "run.log_every=100"))
+    run = tmp_path / "runs" / "exp"
+    assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
+    with np.load(run / "checkpoint.npz") as saved:
+        assert all(np.isfinite(saved[k]).all() for k in saved.files if k.startswith("model_"))
+
+
 def test_early_stopping_then_extension(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.TrainingLoop, "evaluate",
                         lambda self: loop.Evaluation(1.0, np.eye(10, dtype=int)))

@@ -33,6 +33,7 @@ from resnet_builder.training.ema import EmaWeights
 from resnet_builder.training.preemption import (
     PREEMPTED_EXIT_CODE,
     CheckpointClock,
+    Diverged,
     Preempted,
     StopFlag,
     StopPoints,
@@ -51,7 +52,7 @@ from resnet_builder.training.strategy import (
     distribute_shards,
     pairs_from_every_worker,
 )
-from resnet_builder.training.totals import EpochTotals, Evaluation
+from resnet_builder.training.totals import EpochTotals, Evaluation, finite_weights
 from resnet_builder.training.workers import cluster_failure
 
 
@@ -66,14 +67,6 @@ _NO_VALIDATION = object()  # what val_batches keeps when the data has no validat
 # 0.29-0.98 s less wall time, ~2.5% more images/s; 4 of 4 alternating pairs, 2 cores).
 _WARM_START = tf.data.Options()
 _WARM_START.experimental_warm_start = True
-
-
-class Diverged(Exception):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, step: int) -> None:
-        super().__init__(f"epoch {epoch} step {step}")
-        self.epoch, self.step = epoch, step
 
 
 class TrainingLoop:
@@ -127,7 +120,8 @@ class TrainingLoop:
         except Diverged as nan:
             self._end("diverged")
             raise UserError(
-                f"training diverged: the loss became NaN or infinite at epoch {nan.epoch}, "
+                f"training diverged: the loss or weights became NaN or infinite at epoch "
+                f"{nan.epoch}, "
                 f"by step {nan.step}; the last good checkpoint (epoch "
                 f"{self.state.epochs_completed}) is kept in {self.paths.root}",
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
@@ -346,9 +340,12 @@ class TrainingLoop:
                 checkpoint_due: bool, stopping: bool) -> None:
         """Read the totals, stop on NaN, tell the callbacks; checkpoint or leave if asked."""
         loss_sum, correct, count = totals.read()
-        if not math.isfinite(loss_sum):
-            raise Diverged(epoch, step)
         save = (checkpoint_due or stopping) and step < self.steps_per_epoch
+        # weights about to be saved are checked too: the last update can make them NaN
+        # while the loss it was computed from was still finite
+        if not math.isfinite(loss_sum) or ((save or step == self.steps_per_epoch)
+                                           and not finite_weights(self.model.trainable_variables)):
+            raise Diverged(epoch, step)
         self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
                                      "correct": correct, "count": count, "seconds": seconds}
         self._tell_progress(step, checkpoint=save)

@@ -50,6 +50,14 @@ class CheckpointClock:
         self.last_step, self.last_time = global_step, time.monotonic()
 
 
+class Diverged(Exception):
+    """The loss, or the weights about to be saved, became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"epoch {epoch} step {step}")
+        self.epoch, self.step = epoch, step
+
+
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was written at ``step`` of ``epoch``."""
 

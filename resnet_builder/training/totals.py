@@ -44,3 +44,8 @@ class EpochTotals:
         """The host's copy (this waits for the device)."""
         loss_sum, correct, count = (float(v) for v in self.sums)
         return loss_sum, correct, count
+
+
+def finite_weights(variables: list[tf.Variable]) -> bool:
+    """Whether every weight is finite (one reduction on the device, read once)."""
+    return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
