@@ -35,15 +35,23 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> None:
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Loss, accuracy and learning rate per epoch, train and validation."""
+    """Loss, accuracy and learning rate per epoch, train and validation; a multilabel run's
+    accuracy panel also shows validation mAP and macro F1 (it has no val_accuracy)."""
     epochs = [r["epoch"] for r in rows]
     fig = new_figure(13, 3.6)
     axes = fig.subplots(1, 3)
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+    multilabel = any("val_map" in r for r in rows)
+    panels = ((axes[0], "loss", "loss", {"val_loss": "val"}),
+              (axes[1], "accuracy", "accuracy, mAP, F1" if multilabel else "accuracy",
+               {"val_map": "val mAP", "val_macro_f1": "val macro F1"} if multilabel
+               else {"val_accuracy": "val"}))
+    for ax, key, title, val_keys in panels:
         ax.plot(epochs, [r[key] for r in rows], marker=".", label="train")
-        val = [r.get(f"val_{key}") for r in rows]
-        if any(v is not None for v in val):
-            ax.plot(epochs, [np.nan if v is None else v for v in val], marker=".", label="val")
+        for val_key, label in val_keys.items():
+            val = [r.get(val_key) for r in rows]
+            if any(v is not None for v in val):
+                ax.plot(epochs, [np.nan if v is None else v for v in val], marker=".",
+                        label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend()

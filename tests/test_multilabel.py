@@ -313,3 +313,21 @@ def test_multilabel_without_csv_is_refused_by_load_data():
     cfg = load_config(None, ["data.source=synthetic", "data.image_size=8"])
     with pytest.raises(UserError, match=r"needs data\.source csv"):
         load_data(cfg.data, None, 0, "multilabel")
+
+
+def test_curves_of_a_multilabel_run_show_its_map_and_f1(tmp_path, monkeypatch):
+    """A multilabel run has no val_accuracy: its accuracy panel showed training alone."""
+    from resnet_builder import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "lr": 0.1, "val_loss": 0.9,
+             "val_map": 0.3 * e, "val_micro_f1": 0.2, "val_macro_f1": 0.25} for e in (1, 2)]
+    plots.plot_curves(rows, tmp_path / "c.png")
+    panel = figures[0].axes[1]
+    assert [line.get_label() for line in panel.lines] == ["train", "val mAP", "val macro F1"]
+    np.testing.assert_allclose(panel.lines[1].get_ydata(), [0.3, 0.6])
+    for row in rows:  # a multiclass run keeps train and val accuracy
+        row.pop("val_map"), row.update(val_accuracy=0.7)
+    plots.plot_curves(rows, tmp_path / "c.png")
+    assert [line.get_label() for line in figures[1].axes[1].lines] == ["train", "val"]
