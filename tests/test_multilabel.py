@@ -297,8 +297,10 @@ def test_export_keeps_sigmoid_outputs_and_predicts_the_same_labels(trained, tmp_
     out = runner.invoke(main, ["export", str(result.run_dir), "-f", "tflite", "--samples", "16",
                                "--output", str(tmp_path / "x")])
     assert out.exit_code == 0, out.output
+    assert "label-set agreement 100.0% on 16 images" in out.output  # not an argmax's
     info = json.loads((tmp_path / "x" / "export.json").read_text())
     assert info["task"] == "multilabel" and info["threshold"] == 0.5
+    assert info["exports"]["tflite"]["label_agreement"] == 1.0
     for name, model in (("k", str(result.run_dir)), ("t", str(tmp_path / "x" / "model.tflite"))):
         got = runner.invoke(main, ["predict", str(folder / "img"), "-m", model, "--top-k", "3",
                                    "--project", str(tmp_path), "--name", name])
@@ -331,3 +333,30 @@ def test_curves_of_a_multilabel_run_show_its_map_and_f1(tmp_path, monkeypatch):
         row.pop("val_map"), row.update(val_accuracy=0.7)
     plots.plot_curves(rows, tmp_path / "c.png")
     assert [line.get_label() for line in figures[1].axes[1].lines] == ["train", "val"]
+
+
+def test_the_export_check_compares_label_sets_for_multilabel():
+    from resnet_builder.inference.export import compare
+
+    reference = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.8]])
+    got = np.array([[0.9, 0.4, 0.1], [0.2, 0.7, 0.8]])  # the same argmax, a label lost
+    assert compare(reference, got)["top1_agreement"] == 1.0
+    assert compare(reference, got, threshold=0.5)["label_agreement"] == 0.5
+
+
+def test_a_multilabel_savedmodel_gives_its_labels_at_the_threshold(trained, tmp_path):
+    import tensorflow as tf
+
+    from resnet_builder.inference.export_formats import export_savedmodel
+    from resnet_builder.inference.loading import load_inference_model
+
+    _, _, result = trained
+    im = load_inference_model(result.run_dir)
+    info = export_savedmodel(im, tmp_path / "saved_model")
+    assert info["outputs"] == ["probabilities", "positive"]
+    serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (4, im.image_size, im.image_size,
+                                                        im.channels)).astype(np.float32)
+    out = serve(images=tf.constant(images))
+    np.testing.assert_array_equal(out["positive"].numpy(),
+                                  out["probabilities"].numpy() >= im.threshold)

@@ -6,9 +6,10 @@ beyond decoding and resizing the image.
 
 * ``savedmodel``: ``saved_model/`` with signatures ``serving_default`` (float32
   images ``[B, H, W, C]`` of any height and width) and ``serve_uint8`` (the same for
-  uint8). Images not of the model's size are resized inside the graph (bilinear,
-  antialiased: close to, but not bit-identical with, Pillow's resize used by
-  ``predict``). Outputs: ``probabilities`` [B, K], ``class_index`` [B], ``label`` [B].
+  uint8). Images not of the model's size are resized inside the graph by the model's own
+  rule (``data.resizing.fit_image``, as ``predict``). Outputs: ``probabilities`` [B, K],
+  ``class_index`` [B], ``label`` [B]; multilabel: ``probabilities`` and ``positive``
+  [B, K] (bool, at the model's threshold).
 * ``tflite``: ``model.tflite``, float32 input ``[B, H, W, C]`` (B resizable), float32
   probabilities.
 * ``tflite-int8``: ``model_int8.tflite``, full-integer quantisation calibrated on
@@ -19,7 +20,8 @@ beyond decoding and resizing the image.
 
 Each export is run on sample images and compared with the Keras model before it
 counts as done: the largest absolute difference of the probabilities and the top-1
-agreement, which must reach 99% (float) or 95% (int8). Sample images: the run's
+agreement (multilabel: the share of images whose whole label set agrees at the
+threshold), which must reach 99% (float) or 95% (int8). Sample images: the run's
 validation images (calibration: its training images, ``DataBundle.sample_images``),
 or ``--calibration FOLDER`` for both. ``labels.txt`` lists the class names in
 output order.
@@ -48,6 +50,7 @@ from resnet_builder.inference.export_formats import (
     FILES,
     FORMATS,
     ONNX_HINT,
+    agreement,
     disk_size,
     run_export,
     write_export,
@@ -209,13 +212,21 @@ class ExportReport:
         return [f for f, r in self.results.items() if not r.get("passed")]
 
 
-def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
-    """Largest absolute difference and top-1 agreement of two probability arrays."""
+def compare(reference: np.ndarray, got: np.ndarray,
+            threshold: float | None = None) -> dict[str, Any]:
+    """Largest absolute difference of two probability arrays, and how often they agree:
+    on the top-1 class, or for a multilabel model (``threshold``) on the whole label set
+    at that threshold (an argmax says little about which labels a row gets)."""
+    key = "top1_agreement" if threshold is None else "label_agreement"
     if got.shape != reference.shape:
-        return {"max_abs_diff": None, "top1_agreement": 0.0,
+        return {"max_abs_diff": None, key: 0.0,
                 "error": f"output shape {list(got.shape)} != Keras {list(reference.shape)}"}
+    if threshold is None:
+        same = reference.argmax(1) == got.argmax(1)
+    else:
+        same = np.all((reference >= threshold) == (got >= threshold), axis=1)
     return {"max_abs_diff": round(float(np.max(np.abs(reference - got))), 8),
-            "top1_agreement": round(float(np.mean(reference.argmax(1) == got.argmax(1))), 6)}
+            key: round(float(np.mean(same)), 6)}
 
 
 def export(model: Any = None, formats: str | Sequence[str] = ("savedmodel",), *,
@@ -285,10 +296,11 @@ def _export_checked(fmt: str, im: InferenceModel, target: Path, data: Samples,
         if target.is_dir():
             shutil.rmtree(target)
         result.update(write_export(fmt, im, target, data.calibration, workdir))
-        result.update(compare(reference, run_export(fmt, target, data.check)))
+        result.update(compare(reference, run_export(fmt, target, data.check),
+                              im.threshold if im.task == "multilabel" else None))
         result["images"] = len(data.check)
         result["passed"] = (result.get("error") is None
-                            and result["top1_agreement"] >= THRESHOLDS[fmt])
+                            and agreement(result)[1] >= THRESHOLDS[fmt])
     except UserError:
         raise
     except Exception as exc:  # a converter failure fails this format, not the rest
@@ -329,6 +341,7 @@ def describe_result(fmt: str, r: dict[str, Any]) -> str:
     if r.get("error"):
         return f"{head}: FAILED: {r['error']}"
     verdict = "ok" if r["passed"] else "FAILED"
-    return (f"{head}: max |diff| {r['max_abs_diff']:.2e}, top-1 agreement "
-            f"{100 * r['top1_agreement']:.1f}% on {r['images']} images "
+    name, share = agreement(r)
+    return (f"{head}: max |diff| {r['max_abs_diff']:.2e}, {name} "
+            f"{100 * share:.1f}% on {r['images']} images "
             f"(needs {100 * r['threshold']:.0f}%): {verdict}")

@@ -52,7 +52,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _serving_function(im: InferenceModel) -> Callable:
-    """Raw images of any size (and dtype) -> probabilities, class index and label.
+    """Raw images of any size (and dtype) -> probabilities, and the class index and label
+    (multilabel: ``positive``, every class at or above the threshold).
 
     Images of another size are resized by the model's own rule (``data.resizing``: stretch,
     crop or pad), as training and ``predict`` prepare them.
@@ -76,10 +77,20 @@ def _serving_function(im: InferenceModel) -> Callable:
             tf.map_fn(fit, x, fn_output_signature=fitted), tf.float32))
         x = tf.ensure_shape(x, [None, size, size, channels])
         probs = tf.cast(model(x, training=False), tf.float32)
+        if im.task == "multilabel":  # independent sigmoids: every label at the threshold
+            return {"probabilities": probs, "positive": probs >= im.threshold}
         index = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"probabilities": probs, "class_index": index, "label": tf.gather(labels, index)}
 
     return serve
+
+
+def serving_outputs(im: InferenceModel) -> list[str]:
+    """The SavedModel's outputs: a multilabel model's ``positive`` [B, K] (bool: probability
+    >= threshold) in place of a multiclass model's argmax ``class_index`` and ``label``."""
+    if im.task == "multilabel":
+        return ["probabilities", "positive"]
+    return ["probabilities", "class_index", "label"]
 
 
 def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
@@ -100,7 +111,7 @@ def export_savedmodel(im: InferenceModel, path: Path) -> dict[str, Any]:
     return {"input": {"signature": "serving_default", "name": "images", "dtype": "float32",
                       "shape": spec, "values": "raw pixels 0..255, any size (resized inside)"},
             "signatures": ["serving_default", "serve_uint8"],
-            "outputs": ["probabilities", "class_index", "label"]}
+            "outputs": serving_outputs(im)}
 
 
 class SavedModelRunner:
@@ -292,3 +303,10 @@ def disk_size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def agreement(result: dict[str, Any]) -> tuple[str, float]:
+    """(what was compared, its share) of one export's check."""
+    if "label_agreement" in result:
+        return "label-set agreement", result["label_agreement"]
+    return "top-1 agreement", result.get("top1_agreement", 0.0)

@@ -20,7 +20,7 @@ from typing import Any
 
 from resnet_builder.data.resizing import Resize
 from resnet_builder.errors import UserError
-from resnet_builder.inference.export_formats import FILES, open_export
+from resnet_builder.inference.export_formats import FILES, agreement, open_export
 from resnet_builder.inference.loading import InferenceModel
 
 EXPORT_INFO = "export.json"  # written by export.py beside the exports
@@ -85,8 +85,8 @@ def _check_record(info: dict[str, Any], path: Path) -> str:
         if result.get("path") != path.name:
             continue
         if result.get("passed") is False:
-            why = result.get("error") or (f"top-1 agreement {result.get('top1_agreement')} "
-                                          f"under {result.get('threshold')}")
+            name, share = agreement(result)
+            why = result.get("error") or f"{name} {share} under {result.get('threshold')}"
             raise UserError(f"{path} failed its check against the Keras model at export "
                             f"({why})", hint="export it again; a failed export does not "
                                              "compute what the model does")
