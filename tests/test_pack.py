@@ -177,6 +177,18 @@ def test_two_workers_read_disjoint_shard_files_covering_the_epoch(packed):
     assert set(first) | set(second) == whole and len(first) + len(second) == len(whole)
 
 
+def test_more_workers_than_shard_files_says_which_is_short(packed):
+    """3 shard files: 4 workers need a new pack; 2 workers with a data.limit that keeps one
+    file's records need a larger limit, not a new pack."""
+    _, out = packed
+    with pytest.raises(UserError, match="4 workers but only 3 training shard") as err:
+        epoch(bundle(out), 0, batch=8, shard=0, num_shards=4)
+    assert "pack again with --shards 40" in err.value.hint
+    with pytest.raises(UserError, match=r"only 1 training shard file.* within data\.limit") as err:
+        epoch(bundle(out, limit=3), 0, batch=8, shard=0, num_shards=2)
+    assert "raise data.limit" in err.value.hint
+
+
 def test_first_batch_continues_the_same_epoch(packed):
     _, out = packed
     b = bundle(out, AugmentConfig(random_crop_padding=2, horizontal_flip=True))

@@ -57,6 +57,7 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
              for k, s in enumerate(info["splits"]["train"]["shards"])]
     val = [Shard(k, join(folder, s["file"]), int(s["count"]))
            for k, s in enumerate(info["splits"]["val"]["shards"])]
+    packed_shards = len(train)
     train = limit_shards(train, data.limit)
     _warn_unused_settings(data, folder, info.get("image_size"))
     return TFRecordBundle(class_names=list(info["class_names"]),
@@ -65,7 +66,8 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
                           channels=data.channels, mean=list(info["mean"][stats]),
                           std=list(info["std"][stats]), train_shards=train, val_shards=val,
                           jpeg_only=_jpeg_only(info["splits"]["train"]),
-                          val_jpeg_only=_jpeg_only(info["splits"]["val"]))
+                          val_jpeg_only=_jpeg_only(info["splits"]["val"]),
+                          packed_shards=packed_shards)
 
 
 def _jpeg_only(split: dict) -> bool:
@@ -116,6 +118,7 @@ class TFRecordBundle(DataBundle):
     val_shards: list[Shard] = field(default_factory=list, repr=False)
     jpeg_only: bool = False  # every training record a JPEG: decoded without the format check
     val_jpeg_only: bool = False  # the same for the validation records
+    packed_shards: int = 0  # training shard files in the pack, before data.limit
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
     _names: dict[int, str] = field(default_factory=dict, repr=False)  # skipped key -> its name
 
@@ -136,10 +139,13 @@ class TFRecordBundle(DataBundle):
         """
         check_sharding(batch_size, shard, num_shards, first_batch, epochs)
         if num_shards > len(self.train_shards):
+            limited = self.packed_shards >= num_shards  # data.limit left too few files
             raise UserError(f"{num_shards} workers but only {len(self.train_shards)} training "
-                            "shard file(s): each worker reads its own files",
-                            hint=f"pack again with --shards {10 * num_shards} (about 10 per "
-                            "worker) and --overwrite")
+                            "shard file(s)" + (" within data.limit" if limited else "")
+                            + ": each worker reads its own files",
+                            hint="raise data.limit (or leave it out) so each worker has a shard "
+                            "file" if limited else f"pack again with --shards {10 * num_shards} "
+                            "(about 10 per worker) and --overwrite")
         local = batch_size // num_shards
         steps = self.batches_per_epoch(batch_size, num_shards)
         epoch_batches = self._epoch_records(epochs, shard, num_shards, local, steps,
