@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import warnings
 
@@ -21,7 +22,7 @@ from resnet_builder.cli_inference import evaluate, export_command, predict
 from resnet_builder.config import key_specs
 from resnet_builder.depth import BLOCK_TYPE_ALIASES
 from resnet_builder.errors import ArgumentError, UserError
-from resnet_builder.interrupts import remembering_interrupts
+from resnet_builder.interrupts import Terminated, remembering_interrupts
 from resnet_builder.runs import TRAIN_PROJECT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
@@ -65,6 +66,8 @@ class Group(click.Group):
             raise
         except KeyboardInterrupt:  # not click's "Aborted!" and exit 1
             raise CommandFailed("interrupted (Ctrl-C)", 130) from None
+        except Terminated:  # before (or after) a training loop, which saves and says more
+            raise CommandFailed("terminated (SIGTERM)", 128 + signal.SIGTERM) from None
         except (UserError, ArgumentError) as exc:
             if os.environ.get("RESNET_BUILDER_DEBUG"):
                 raise

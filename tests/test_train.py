@@ -130,6 +130,16 @@ def test_resume_finished_run_says_so_and_extension_continues(tmp_path, finished,
     assert load_config(run / "config.yaml").train.epochs == 3
 
 
+def test_resume_without_the_checkpoint_of_a_trained_run_refuses_to_start_it_again(tmp_path):
+    run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
+    (run / "checkpoint.npz").unlink()
+    before = (run / "results.csv").read_text()
+    with pytest.raises(UserError, match=r"has no checkpoint\.npz, but it has trained") as err:
+        trainer.resume(run, ("train.epochs=2",))
+    assert "results.csv, last.keras, best.keras" in err.value.message
+    assert (run / "results.csv").read_text() == before  # nothing overwritten
+
+
 def test_resume_of_a_stopped_run_asking_for_fewer_epochs_says_what_it_trained(tmp_path):
     """1 of 3 epochs trained (as if stopped), resumed with train.epochs=1: not "finished"."""
     run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
@@ -390,6 +400,42 @@ def test_cli_train_line_progress_and_resume_messages(tmp_path):
     assert again.exit_code == 1 and "already finished" in again.output
     missing = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
     assert missing.exit_code == 1 and "not a run folder" in missing.output
+
+
+def test_sigterm_during_the_set_up_is_said_and_one_python_dropped_stops_at_step_one(
+        tmp_path, monkeypatch):
+    """SIGTERM's default action killed a run being set up without a word (exit 143, no
+    summary.json). It is now named; and one lost in a garbage-collector callback, as Ctrl-C
+    can be, still stops the loop at its first step, with a checkpoint and the resume line."""
+    from resnet_builder import interrupts
+    from resnet_builder.data import loading
+
+    path = tmp_path / "cfg.yaml"
+    dump_config(tiny_config(tmp_path, "train.epochs=1"), path)
+    real = loading.load_data
+
+    def terminated_while_loading(*args, dropped=False, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs between bytecodes
+                pass
+        except interrupts.Terminated:
+            if not dropped:
+                raise
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "load_data", terminated_while_loading)
+    result = CliRunner().invoke(main, ["train", str(path), "--name", "early"])
+    assert result.exit_code == 143 and "terminated (SIGTERM)" in result.output
+    monkeypatch.setattr(trainer, "load_data",
+                        lambda *a, **k: terminated_while_loading(*a, dropped=True, **k))
+    result = CliRunner().invoke(main, ["train", str(path), "--name", "dropped"])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM; saved at epoch 1, step 1" in result.output
+    assert "resnet-builder train --resume" in result.output
+    run = tmp_path / "runs" / "dropped"
+    assert read_meta(run / "checkpoint.npz")["epoch_progress"]["batches"] == 1
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
 
 
 def test_auto_precision_is_float16_only_with_a_gpu(monkeypatch):

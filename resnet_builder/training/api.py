@@ -87,10 +87,22 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
     check_overrides(overrides)
     cfg = load_config(paths.config, overrides)
     if not paths.checkpoint.exists():
+        _refuse_lost_checkpoint(paths)
         progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")
         return _run(cfg, paths.root, None, callbacks)
     meta = resume_meta(paths.root, cfg, load_config(paths.config))
     return _run(cfg, paths.root, meta, callbacks)
+
+
+def _refuse_lost_checkpoint(paths: runs.RunPaths) -> None:
+    """A run folder whose checkpoint.npz is gone but which has trained (models, results):
+    starting it again would overwrite them, so it is refused instead."""
+    trained = [p.name for p in (paths.results, paths.last, paths.best) if p.exists()]
+    if trained:
+        raise UserError(f"{paths.root} has no checkpoint.npz, but it has trained ("
+                        f"{', '.join(trained)}); resuming would start it again over them",
+                        hint="put its checkpoint.npz back, or train a new run (another --name, "
+                             "or --exist-ok to replace this one)")
 
 
 # Keras callbacks that need a compiled model (``model.optimizer``), and what does their job here.

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from resnet_builder.config.schema import DURATION, DURATION_SECONDS
-from resnet_builder.interrupts import interrupt_pending
+from resnet_builder.interrupts import interrupt_pending, terminate_pending
 from resnet_builder.training.strategy import StrategyInfo, any_worker
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
@@ -82,6 +82,7 @@ class StopFlag:
         def request(signum, frame) -> None:
             self.requested = True
 
+        self.requested = self.requested or terminate_pending()  # one dropped in the set-up
         previous = signal.signal(signal.SIGTERM, request)
         try:
             yield self
