@@ -8,11 +8,12 @@ at any moment leaves each file either old or new, never torn.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,27 @@ def clear_earlier_run(root: Path) -> list[str]:
             continue
         removed.append(path.name)
     return sorted(removed)
+
+
+@contextlib.contextmanager
+def holding_run(root: Path) -> Iterator[None]:
+    """One training process per run folder: an advisory lock (``flock``) on ``<run>/.lock``,
+    released by the system when the process ends, even by kill -9 (no stale lock to clear).
+    Two ``--resume`` of one run both trained into it, interleaving its files. Where there
+    is no ``fcntl`` (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(root / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{root} is in use: another training process is writing it",
+                            hint="let it finish (or stop it), or train a new run (another "
+                                 "--name)") from None
+        yield
 
 
 def output_folder(output: str | os.PathLike | None, project: str | os.PathLike, name: str,

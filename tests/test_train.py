@@ -140,6 +140,22 @@ def test_resume_without_the_checkpoint_of_a_trained_run_refuses_to_start_it_agai
     assert (run / "results.csv").read_text() == before  # nothing overwritten
 
 
+def test_a_run_folder_another_process_trains_in_is_refused(tmp_path):
+    """Two resumes of one run both trained into it, interleaving best/last.keras and leaving
+    config.yaml and results.csv at odds; --exist-ok could clear a folder in use."""
+    from resnet_builder import runs
+
+    run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
+    before = sorted(p.name for p in run.iterdir())
+    with runs.holding_run(run):  # as the other process does
+        with pytest.raises(UserError, match="is in use: another training process"):
+            trainer.resume(run, ("train.epochs=2",))
+        with pytest.raises(UserError, match="is in use"):
+            trainer.train(tiny_config(tmp_path, "run.exist_ok=true"))
+        assert sorted(p.name for p in run.iterdir()) == before  # nothing cleared
+    assert trainer.resume(run, ("train.epochs=2",)).summary["epochs_completed"] == 2
+
+
 def test_resume_of_a_stopped_run_asking_for_fewer_epochs_says_what_it_trained(tmp_path):
     """1 of 3 epochs trained (as if stopped), resumed with train.epochs=1: not "finished"."""
     run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir

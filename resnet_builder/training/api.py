@@ -8,6 +8,7 @@ a caller's own callbacks run after those.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -142,8 +143,10 @@ class _Setup:
     meta: dict | None
 
 
-def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
-    """The machine, the strategy, the data and the run folder every worker agrees on."""
+def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
+           held: contextlib.ExitStack) -> _Setup:
+    """The machine, the strategy, the data and the run folder every worker agrees on; the
+    chief holds the run folder's lock in ``held`` (one training process per folder)."""
     if cfg.distribute.strategy == "multi_worker" and cfg.hardware.seed is None:
         raise UserError("distribute.strategy multi_worker needs hardware.seed",
                         hint="every worker must shuffle and augment the same way; set "
@@ -166,15 +169,18 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None) -> _Setup:
         raise UserError("the training split is empty", hint="check data.path / data.limit")
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
+    fresh = run_dir is None and dist.name != "multi_worker"
     try:
         if dist.name == "multi_worker":
             run_dir, meta = start_together(cfg, run_dir, meta, dist, data)
         elif run_dir is None:
             run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
-            _say_cleared(cfg, run_dir, runs.clear_earlier_run(run_dir))
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, meta) from None
     if dist.is_chief:
+        held.enter_context(runs.holding_run(Path(run_dir)))
+        if fresh:
+            _say_cleared(cfg, run_dir, runs.clear_earlier_run(run_dir))
         dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
 
@@ -193,9 +199,16 @@ def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None
 
 def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
          user_callbacks: Sequence[keras.callbacks.Callback]) -> TrainResult:
+    with contextlib.ExitStack() as held:  # the run folder's lock, until the run ends
+        return _train(cfg, run_dir, meta, user_callbacks, held)
+
+
+def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
+           user_callbacks: Sequence[keras.callbacks.Callback],
+           held: contextlib.ExitStack) -> TrainResult:
     check_callbacks(user_callbacks)
     check_loggers(cfg.run)  # a missing optional package, before any data or model
-    s = _start(cfg, run_dir, meta)
+    s = _start(cfg, run_dir, meta, held)
     cfg, dist, paths = s.cfg, s.dist, runs.RunPaths(s.run_dir)
     steps_per_epoch = s.data.batches_per_epoch(cfg.data.batch_size, dist.workers)
     lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)
