@@ -30,7 +30,13 @@ from resnet_builder.training.ema import EmaWeights
 from resnet_builder.training.loggers import check_loggers
 from resnet_builder.training.loop import TrainingLoop
 from resnet_builder.training.report import end_line, run_summary, start_line
-from resnet_builder.training.resume import check_overrides, data_change, data_shape, resume_meta
+from resnet_builder.training.resume import (
+    check_overrides,
+    data_change,
+    data_shape,
+    flat_config,
+    resume_meta,
+)
 from resnet_builder.training.schedules import build_schedule
 from resnet_builder.training.setup import (
     configure_hardware,
@@ -231,6 +237,7 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, s.meta) from None
     state = RunState.from_meta(s.meta)
+    state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
     shape = data_shape(s.data)
     change = data_change(state.data_shape, shape)

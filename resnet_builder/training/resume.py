@@ -11,11 +11,12 @@ resumes on a CPU and back).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_builder.config import Config, key_specs
+from resnet_builder.config import Config, config_to_dict, key_specs
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
@@ -28,6 +29,24 @@ RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkp
                   "distribute.strategy",
                   "distribute.connect_timeout",
                   *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """``section.key -> value`` of a config, as it reads after a trip through JSON."""
+    flat = {f"{section}.{key}": value
+            for section, keys in config_to_dict(cfg).items() for key, value in keys.items()}
+    return json.loads(json.dumps(flat))  # the form it has after travelling as JSON
+
+
+def differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
+                    ignore: tuple[str, ...]) -> list[str]:
+    """The keys whose values differ between two flat configs, but those in ``ignore``."""
+    return [k for k in sorted(set(mine) | set(theirs))
+            if k not in ignore and mine.get(k) != theirs.get(k)]
+
+
+# where the run folder is and how it was named: a moved or renamed folder resumes
+FOLDER_KEYS = ("run.project", "run.name", "run.exist_ok")
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
@@ -44,6 +63,7 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
     """The checkpoint's metadata, after checking that the run can go on with ``cfg``."""
     paths = RunPaths(run_dir)
     meta = checkpoint.read_meta(paths.checkpoint)
+    _refuse_edited_config(paths, original, meta)
     done = meta["epochs_completed"]
     extended = cfg.train.epochs != original.train.epochs
     if meta["status"] == "stopped_early" and not extended:
@@ -65,6 +85,22 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
                      f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
         meta["stale_epochs"] = 0  # an extended run gets a fresh patience
     return meta
+
+
+def _refuse_edited_config(paths: RunPaths, original: Config, meta: dict) -> None:
+    """config.yaml edited by hand since the checkpoint (``optim.lr: 0.5``) would change the
+    run as ``--set`` may not: refused, naming the keys (checkpoints record their config)."""
+    trained = meta.get("config")
+    if trained is None:  # a checkpoint from before the record
+        return
+    now = flat_config(original)
+    differ = differing_keys(now, trained, (*RESUMABLE_KEYS, *FOLDER_KEYS))
+    if differ:
+        shown = ", ".join(f"{k}: {now.get(k)!r} (trained with {trained.get(k)!r})"
+                          for k in differ[:6])
+        raise UserError(f"{paths.config} was edited since its checkpoint: {shown}",
+                        hint="put those keys back to resume this run, or train a new run with "
+                             "the new settings", exit_code=2)
 
 
 def data_shape(data: DataBundle) -> dict[str, Any]:

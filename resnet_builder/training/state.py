@@ -48,6 +48,7 @@ class RunState:
     skipped_now: list[tuple[str, str]] = field(default_factory=list)  # new this epoch
     # what the run trains on: {"classes", "train", "val"} (resume.data_change compares it)
     data_shape: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # flat config it trains with (resume compares it)
     started: float = field(default_factory=time.perf_counter, repr=False)
     ended: float | None = field(default=None, repr=False)  # set as the run ends (end)
 
@@ -65,7 +66,8 @@ class RunState:
                    train_images=float(meta.get("train_images", 0.0)),
                    train_seconds=float(meta.get("train_seconds", 0.0)),
                    epoch_progress=meta.get("epoch_progress"),
-                   skipped=dict(meta.get("skipped", {})), data_shape=meta.get("data"))
+                   skipped=dict(meta.get("skipped", {})), data_shape=meta.get("data"),
+                   config=meta.get("config"))
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
@@ -75,7 +77,7 @@ class RunState:
                 "wall_seconds": self.wall_seconds, "train_images": self.train_images,
                 "train_seconds": self.train_seconds, "stale_epochs": self.stale_epochs,
                 "epoch_progress": self.epoch_progress, "skipped": self.skipped,
-                "data": self.data_shape}
+                "data": self.data_shape, "config": self.config}
 
     @property
     def epochs_completed(self) -> int:

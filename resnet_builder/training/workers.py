@@ -16,13 +16,18 @@ from typing import Any
 import tensorflow as tf
 
 from resnet_builder import runs
-from resnet_builder.config import Config, config_to_dict, load_config
+from resnet_builder.config import Config, load_config
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths
 from resnet_builder.training import checkpoint, progress
 from resnet_builder.training.callbacks import remove_backup
-from resnet_builder.training.resume import RESUMABLE_KEYS, resume_meta
+from resnet_builder.training.resume import (
+    RESUMABLE_KEYS,
+    differing_keys,
+    flat_config,
+    resume_meta,
+)
 from resnet_builder.training.strategy import (
     StrategyInfo,
     all_workers,
@@ -57,18 +62,6 @@ def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> Us
              f"completed epoch ({done})")
 
 
-def _flat_config(cfg: Config) -> dict[str, Any]:
-    flat = {f"{section}.{key}": value
-            for section, keys in config_to_dict(cfg).items() for key, value in keys.items()}
-    return json.loads(json.dumps(flat))  # the form it has after travelling as JSON
-
-
-def _differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
-                    ignore: tuple[str, ...]) -> list[str]:
-    return [k for k in sorted(set(mine) | set(theirs))
-            if k not in ignore and mine.get(k) != theirs.get(k)]
-
-
 def _data_fingerprint(data: DataBundle) -> dict[str, Any]:
     """What every worker must see the same of the data (the images themselves are not sent)."""
     return json.loads(json.dumps({
@@ -86,7 +79,7 @@ def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
         raise UserError(f"{run_dir} has a checkpoint but no config.yaml",
                         hint="use another run.name (--name) for a new run")
     original = load_config(paths.config)
-    differ = _differing_keys(_flat_config(cfg), _flat_config(original),
+    differ = differing_keys(flat_config(cfg), flat_config(original),
                              RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
     if differ:
         raise UserError(f"{run_dir} holds a run with another config (differs in "
@@ -116,7 +109,7 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
                 if removed:  # files of another run without a checkpoint to continue
                     progress.say(cfg.run.progress, f"{run_dir} held an earlier run's files; "
                                                    f"removed its {', '.join(removed)}")
-            view = {"run_dir": str(run_dir), "meta": meta, "config": _flat_config(cfg),
+            view = {"run_dir": str(run_dir), "meta": meta, "config": flat_config(cfg),
                     "data": _data_fingerprint(data)}
         except UserError as exc:
             refusal = exc
@@ -131,10 +124,10 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
                         f"refused to start: {chief['error']}", hint=chief.get("hint"))
     problem = None
     if not dist.is_chief:
-        differ = _differing_keys(_flat_config(cfg), chief["config"], LOCAL_KEYS)
+        differ = differing_keys(flat_config(cfg), chief["config"], LOCAL_KEYS)
         if differ:
             problem = ("this worker's config differs from the chief's in "
-                       + ", ".join(f"{k} ({_flat_config(cfg).get(k)!r} here, "
+                       + ", ".join(f"{k} ({flat_config(cfg).get(k)!r} here, "
                                    f"{chief['config'].get(k)!r} on the chief)"
                                    for k in differ[:6]))
         elif _data_fingerprint(data) != chief["data"]:
