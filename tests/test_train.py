@@ -156,14 +156,18 @@ def test_a_run_folder_another_process_trains_in_is_refused(tmp_path):
     assert trainer.resume(run, ("train.epochs=2",)).summary["epochs_completed"] == 2
 
 
-def test_resume_of_a_stopped_run_asking_for_fewer_epochs_says_what_it_trained(tmp_path):
+def test_resume_of_a_stopped_run_asking_for_fewer_epochs_says_what_it_trained(tmp_path,
+                                                                              capsys):
     """1 of 3 epochs trained (as if stopped), resumed with train.epochs=1: not "finished"."""
     run = trainer.train(tiny_config(tmp_path, "train.epochs=1")).run_dir
     dump_config(load_config(run / "config.yaml", ["train.epochs=3"]), run / "config.yaml")
     with pytest.raises(UserError) as err:
         trainer.resume(run, ("train.epochs=1",))
     assert "has trained 1 of its 3 epochs; train.epochs=1 leaves none" in err.value.message
-    assert "resume without --set train.epochs" in err.value.hint
+    assert "resume without --set train.epochs" in err.value.hint and err.value.exit_code == 2
+    dump_config(load_config(run / "config.yaml", ["train.epochs=4"]), run / "config.yaml")
+    trainer.resume(run, ("train.epochs=2",))  # 4 -> 2, above the 1 trained: shortened
+    assert "shortening " in capsys.readouterr().out
 
 
 def test_resume_refuses_a_config_yaml_edited_since_its_checkpoint(tmp_path):
@@ -428,7 +432,10 @@ def test_cli_train_line_progress_and_resume_messages(tmp_path):
     assert "\r" not in result.output
     assert sum(line.startswith("epoch 1/1") for line in result.output.splitlines()) == 1
     again = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "runs" / "cli")])
-    assert again.exit_code == 1 and "already finished" in again.output
+    assert again.exit_code == 2 and "already finished" in again.output
+    unknown = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "runs" / "cli"),
+                                        "--set", "train.epoch=3"])
+    assert unknown.exit_code == 2 and "did you mean 'epochs'" in unknown.output
     missing = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
     assert missing.exit_code == 1 and "not a run folder" in missing.output
 

@@ -91,8 +91,8 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
     if not paths.config.exists():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)",
                         hint="pass a folder made by resnet-builder train, e.g. runs/train/exp")
+    cfg = load_config(paths.config, overrides)  # first: an unknown key is named as such
     check_overrides(overrides)
-    cfg = load_config(paths.config, overrides)
     if not paths.checkpoint.exists():
         _refuse_lost_checkpoint(paths)
         progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")

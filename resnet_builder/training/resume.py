@@ -70,18 +70,20 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
         raise UserError(f"{run_dir} stopped early after {done} of its {original.train.epochs} "
                         "epochs", hint=f"to train further: resnet-builder train --resume "
                         f"{run_dir} --set train.epochs=N (N > {original.train.epochs}; "
-                        "patience starts afresh)")
+                        "patience starts afresh)", exit_code=2)
     if original.train.epochs > done >= cfg.train.epochs:  # stopped early, then asked for less
         raise UserError(f"{run_dir} has trained {done} of its {original.train.epochs} epochs; "
                         f"train.epochs={cfg.train.epochs} leaves none to train",
-                        hint=f"resume without --set train.epochs, or with N > {done}")
+                        hint=f"resume without --set train.epochs, or with N > {done}",
+                        exit_code=2)
     if done >= cfg.train.epochs:
         raise UserError(f"{run_dir} already finished its {done} epoch{'' if done == 1 else 's'}",
                         hint=f"to extend it: resnet-builder train --resume {run_dir} "
-                             f"--set train.epochs=N (N > {done})")
+                             f"--set train.epochs=N (N > {done})", exit_code=2)
     if extended:
+        how = "extending" if cfg.train.epochs > original.train.epochs else "shortening"
         progress.say(cfg.run.progress,
-                     f"extending {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
+                     f"{how} {run_dir} from {original.train.epochs} to {cfg.train.epochs} "
                      f"epochs; the learning-rate schedule is recomputed for {cfg.train.epochs}")
         meta["stale_epochs"] = 0  # an extended run gets a fresh patience
     return meta
