@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +176,23 @@ def test_importing_the_trainer_imports_neither_extra():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_tracking_server_that_does_not_answer_is_named_at_once(tmp_path, monkeypatch):
+    """MLflow's own retries kept such a run waiting about 4 minutes, then failed after the
+    set-up; one quick try now refuses it before any data is read."""
+    import time
+
+    pytest.importorskip("mlflow")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=f"tracking server http://127.0.0.1:{port} does not "
+                                        "answer") as err:
+        resnet_builder.train(tiny(tmp_path / "proj", "run.loggers=[csv, mlflow]"))
+    assert time.perf_counter() - start < 30 and err.value.exit_code == 2
+    assert not (tmp_path / "proj").exists()  # before any run folder
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # its own settings restored

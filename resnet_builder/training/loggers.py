@@ -62,7 +62,35 @@ def check_loggers(run: RunConfig) -> None:
         if name in EXTRAS:
             require(name)
     if "mlflow" in active_loggers(run):
-        mlflow_client()
+        _answering(mlflow_client())
+
+
+# MLflow's own retries (7, backing off) kept a run waiting ~4 minutes on a server that was
+# down; one quick try says so at once. Its settings hold only for this try.
+_ONE_QUICK_TRY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _answering(client: Any) -> None:
+    """A tracking server (http/https) must answer before anything trains."""
+    mlflow = require("mlflow")
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return  # a file or database store: opening the client checked it
+    saved = {key: os.environ.get(key) for key in _ONE_QUICK_TRY}
+    os.environ.update(_ONE_QUICK_TRY)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, timeout, HTTP error: MLflow's own types
+        reason = str(exc).splitlines()[0][:300]
+        raise UserError(f"MLflow's tracking server {uri} does not answer ({reason})",
+                        hint="start the server or fix MLFLOW_TRACKING_URI, or take mlflow out "
+                             "of run.loggers", exit_code=2) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def mlflow_client() -> Any:
