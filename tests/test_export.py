@@ -152,6 +152,16 @@ def test_an_export_into_a_used_folder_removes_the_earlier_formats(digits, tmp_pa
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "model.tflite is not among the exports its export.json records (it holds " \
            "tflite-int8)" in result.output
+    info = json.loads((out / "export.json").read_text())
+    info["class_names"] = info["class_names"][:5]  # edited, or another export's
+    (out / "export.json").write_text(json.dumps(info))
+    images = tmp_path / "images"
+    write_images(digits, images, count=2)
+    result = CliRunner().invoke(main, ["predict", str(images), "--model",
+                                       str(out / "model_int8.tflite"), "--project",
+                                       str(tmp_path / "p")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "gives 10 outputs, but the export.json beside it names 5 classes" in result.output
 
 
 @pytest.mark.slow

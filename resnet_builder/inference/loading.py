@@ -93,7 +93,13 @@ class InferenceModel:
 
     def _probabilities(self, images: Any) -> np.ndarray:
         if self.runner is not None:
-            return np.asarray(self.runner(np.asarray(images, np.float32)), np.float32)
+            probs = np.asarray(self.runner(np.asarray(images, np.float32)), np.float32)
+            if probs.ndim != 2 or probs.shape[1] != len(self.labels):
+                raise UserError(f"{self.source} gives {probs.shape[-1]} outputs, but the "
+                                f"export.json beside it names {len(self.labels)} classes",
+                                hint="that export.json belongs to another export: export "
+                                     "the model again")
+            return probs
         if "probs" not in self._functions:
             import tensorflow as tf
 
