@@ -369,6 +369,9 @@ def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json
     """Measure our training step against model.fit, prediction and the machine (synthetic data)."""
     from resnet_builder.benchmark.run import run_benchmark
 
+    if (opts.get("num_classes") or 10) < 2:  # build allows 1 (a one-label sigmoid model)
+        raise click.BadParameter("bench trains a softmax classifier: at least 2",
+                                 param_hint="--num-classes")
     arch, model_args = architecture_from_options(opts)
     result = run_benchmark(arch, num_classes=model_args["num_classes"],
                            head=model_args["head"], dropout=model_args["dropout"],

@@ -69,3 +69,9 @@ def test_bench_times_the_model_its_flags_ask_for(monkeypatch):
     for model in built:
         assert model.output_shape == (None, 20)
         assert model.get_layer("dropout").rate == 0.3
+
+
+def test_bench_refuses_one_class_by_its_flag():
+    result = CliRunner().invoke(main, ["bench", "--depth", "8", "--num-classes", "1"])
+    assert result.exit_code == 2 and "--num-classes" in result.output
+    assert "at least 2" in result.output and "data.synthetic_classes" not in result.output
