@@ -125,6 +125,31 @@ def test_cli_evaluate_class_folder_by_name(digits, tmp_path):
     assert "Traceback" not in bad.output
 
 
+def test_evaluate_names_what_it_cannot_evaluate_on(digits, tmp_path):
+    """An image given as --data (it was read as a CSV), a folder of unreadable files (their
+    reasons were not shown), a pack without val shards (it blamed data.validation_split)."""
+    from resnet_builder.data.pack import pack_folder
+
+    model = ["--model", str(digits.model_file), "--output", str(tmp_path / "o")]
+    write_images(digits, tmp_path / "imgs", count=2)
+    image = next((tmp_path / "imgs").rglob("*.png"))
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(image), *model])
+    assert result.exit_code == 1 and "is an image: evaluation needs labels" in result.output
+    (tmp_path / "bad" / "3").mkdir(parents=True)
+    (tmp_path / "bad" / "3" / "a.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "bad"), *model])
+    assert result.exit_code == 1 and "no image could be evaluated" in result.output
+    assert "a.png: " in result.output  # the reason, not only a count
+    packed = tmp_path / "packed"
+    pack_folder(tmp_path / "imgs", str(packed), shards=1, validation_split=0.0)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{source: tfrecord, path: {packed}, image_size: 16, "
+                      "channels: 1}\n")
+    result = CliRunner().invoke(main, ["evaluate", "--config", str(config), *model])
+    assert result.exit_code == 1 and f"its packed folder {packed} has no val shards" \
+        in result.output
+
+
 def test_cli_evaluate_needs_something_to_evaluate_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["evaluate"])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.data.folders import scan_class_folders
-from resnet_builder.data.images import IMAGE_KINDS
+from resnet_builder.data.images import IMAGE_KINDS, is_image_file
 from resnet_builder.errors import UserError
 from resnet_builder.files import write_json
 from resnet_builder.inference.decode import decoded_batches
@@ -43,7 +43,14 @@ from resnet_builder.inference.loading import (
 from resnet_builder.inference.metrics import LabelTally, Tally
 from resnet_builder.inference.sources import Skipped, write_skipped
 from resnet_builder.plots import plot_confusion_matrix
-from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, model_path, output_folder
+from resnet_builder.runs import (
+    DEFAULT_PROJECTS,
+    RunPaths,
+    latest_run,
+    model_path,
+    output_folder,
+    skipped_lines,
+)
 
 TTA_VIEWS = "horizontal flip"  # what --tta averages over, besides the image itself
 
@@ -143,7 +150,9 @@ def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> La
     bundle = load_data(d, cfg.augment, seed, im.task)
     dataset = bundle.val_dataset(batch_size)
     if dataset is None:
-        raise UserError(f"{where} has no validation split (data.validation_split is 0)",
+        why = (f"its packed folder {d.path} has no val shards (packed with --validation-split"
+               " 0)" if d.source == "tfrecord" else "data.validation_split is 0")
+        raise UserError(f"{where} has no validation split ({why})",
                         hint="pass --data FOLDER with labelled images")
     mapping = np.array(_model_indices(bundle.class_names, im, where), np.int64)
     skipped = [Skipped(path, reason) for path, reason in bundle.val_skipped]  # not train's
@@ -250,6 +259,10 @@ def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
     im = with_threshold(load_inference_model(source), threshold)
     start = time.perf_counter()
     if data is not None and Path(data).is_file():
+        if is_image_file(data):
+            raise UserError(f"--data {data} is an image: evaluation needs labels",
+                            hint="give a folder of class folders (<class>/<images>) or a CSV "
+                                 "of paths and labels; predict runs on unlabelled images")
         labelled = csv_data(data, im, batch_size)
     elif data is not None:
         labelled = folder_data(data, im, batch_size)
@@ -258,8 +271,11 @@ def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
     tally, plain = _tally(im, labelled, top_k, tta)
     seconds = time.perf_counter() - start
     if tally.count == 0:
-        raise UserError(f"no image could be evaluated in {labelled.description} "
-                        f"({len(labelled.skipped)} skipped)")
+        rows = [(skip.path, skip.reason) for skip in labelled.skipped]
+        raise UserError("\n".join([f"no image could be evaluated in {labelled.description}"
+                                   f" ({len(rows)} skipped):", *skipped_lines(rows, 10)]),
+                        hint="evaluate needs readable images (jpg, png, ...) in the class "
+                             "folders or CSV rows")
     metrics = {"model": im.source, "data": labelled.description, **tally.metrics(im.labels),
                "tta": TTA_VIEWS if tta else None,
                "skipped": len(labelled.skipped), "seconds": round(seconds, 3),
