@@ -96,6 +96,8 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
     click.echo(f"predicted {report.predicted} image(s), skipped {len(report.skipped)}, "
                f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}"
                f"{' (with TTA: image and its horizontal flip)' if tta else ''}")
+    if report.replaced:
+        click.echo(f"--exist-ok: removed the earlier predict's {', '.join(report.replaced)}")
     wrote = [report.output.name, "skipped.csv"]
     if report.grid:
         wrote.append(report.grid.name)

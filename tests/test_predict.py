@@ -265,3 +265,16 @@ def test_cli_model_file_that_is_not_a_keras_archive(tmp_path):
         assert f"{model} is not a Keras model file (.keras): " in result.output
         assert reason in result.output and "best.keras or last.keras" in result.output
         assert "File not found" not in result.output and "Traceback" not in result.output
+
+
+def test_cli_exist_ok_replaces_an_earlier_predicts_files(digits, images, tmp_path):
+    """predictions.csv of an earlier run stayed beside the new predictions.json."""
+    folder, _ = images
+    args = ["predict", str(folder), "--model", str(digits.model_file), "--project",
+            str(tmp_path), "--name", "odd", "--exist-ok"]
+    assert CliRunner().invoke(main, [*args, "--grid"]).exit_code == 0
+    result = CliRunner().invoke(main, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert "removed the earlier predict's predictions.csv, skipped.csv, grid.png" in result.output
+    assert sorted(p.name for p in (tmp_path / "odd").iterdir()) == ["predictions.json",
+                                                                    "skipped.csv"]

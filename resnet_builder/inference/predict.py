@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class PredictReport:
     grid: Path | None = None
     cam_folder: Path | None = None
     shown: list[Prediction] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # an earlier predict's, in the folder
 
     @property
     def images_per_second(self) -> float:
@@ -257,7 +259,8 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     images, skipped = collect_images(sources)
     folder = new_run_dir(project, name, exist_ok)
     report = PredictReport(folder=folder, model=im.source, predicted=0, skipped=skipped,
-                           seconds=0.0, output=folder / f"predictions.{fmt}")
+                           seconds=0.0, output=folder / f"predictions.{fmt}",
+                           replaced=_clear_earlier_predictions(folder))
     for_grid = _write_predictions(report, im, images, fmt=fmt, top_k=top_k,
                                   batch_size=batch_size, cam=cam, tta=tta,
                                   grid_max=grid_max if grid else 0, show=show)
@@ -271,6 +274,25 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
         report.grid = folder / "grid.png"
         contact_sheet(report.grid, for_grid, im.channels, total=report.predicted)
     return report
+
+
+# what a predict writes in its folder: a reused one (--exist-ok) loses the earlier files,
+# so predictions.csv of one run never sits beside predictions.json of another
+PREDICT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "grid.png", "cam")
+
+
+def _clear_earlier_predictions(folder: Path) -> list[str]:
+    removed = []
+    for name in PREDICT_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) -> str:
