@@ -138,6 +138,15 @@ def test_yaml_1_2_scalars_off_is_text_and_exponents_are_numbers(tmp_path: Path) 
     assert cfg.optim.lr == pytest.approx(0.2)
 
 
+def test_a_dict_of_sections_is_a_config_as_its_yaml_would_be() -> None:
+    cfg = load_config({"train": {"epochs": 2}, "model": {"depth": 8}}, ["optim.lr=0.5"])
+    assert (cfg.train.epochs, cfg.model.depth, cfg.optim.lr) == (2, 8, 0.5)
+    with pytest.raises(ConfigError, match="'epoch' is not a key of train"):  # as in a file
+        load_config({"train": {"epoch": 2}})
+    with pytest.raises(TypeError, match="a YAML path or a dict of sections, got int"):
+        load_config(3)  # type: ignore[arg-type]
+
+
 def test_yaml_1_2_integers_are_decimal_not_octal_or_base_60(tmp_path: Path) -> None:
     text = "train:\n  epochs: 010\n  early_stopping_patience: 1_000\nhardware:\n  seed: 0x10\n"
     cfg = load_config(write(tmp_path, text))

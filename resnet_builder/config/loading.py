@@ -7,8 +7,9 @@ so errors caused by it point at the ``--set`` instead of the file.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +211,20 @@ def _with_overrides(sections: dict[str, dict[str, Any]], overrides: Sequence[str
     return build(sections, where)
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """The config of a YAML file (None: all defaults) with ``--set`` overrides, validated.
+def load_config(path: str | Path | Mapping[str, Any] | None,
+                overrides: Sequence[str] = ()) -> Config:
+    """The config of a YAML file (None: all defaults; a dict: its sections, as the YAML
+    would give them) with ``--set`` overrides, validated.
 
     Raises ConfigError, naming file:line or the --set, for anything that cannot be used.
     """
     if path is None:
         data, where = None, Where("<defaults>")
+    elif isinstance(path, Mapping):
+        data, where = dict(path), Where("<dict>")
+    elif not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a config is a Config, a YAML path or a dict of sections, got "
+                        f"{type(path).__name__}")
     else:
         source = str(path)
         data, lines = _parse(_read(path), source)

@@ -216,7 +216,9 @@ def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike |
         cfg, where = load_config(config), str(config)
     elif data is None:
         if run is None:
-            raise UserError("--model needs --data FOLDER or --config CONFIG.yaml to evaluate on")
+            raise UserError("a model alone has nothing to evaluate on",
+                            hint="give labelled data: --data FOLDER|CSV or --config CONFIG.yaml "
+                                 "(from Python: data=... or config=...)")
         path = RunPaths(Path(run)).config
         if not path.exists():
             raise UserError(f"run folder {run} has no config.yaml",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,11 @@ class TrainResult:
         return self.summary["best_epoch"]
 
 
-def train(config: Config | str | os.PathLike, overrides: Sequence[str] = (),
+def train(config: Config | str | os.PathLike | Mapping[str, Any] | None,
+          overrides: Sequence[str] = (),
           callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
-    """Train a new run from ``config`` (a YAML path or a loaded ``Config``).
+    """Train a new run from ``config`` (a YAML path, a loaded ``Config``, a dict of sections
+    such as ``{"train": {"epochs": 2}}``, or None for every default).
 
     ``overrides`` are ``--set`` strings such as ``"train.epochs=2"``; ``callbacks``
     are Keras callbacks run after the trainer's own. With ``distribute.strategy:
