@@ -550,7 +550,8 @@ def test_dump_config_reloads_equal_and_leaves_no_temp_file(tmp_path: Path) -> No
 
 def test_dump_config_round_trips_awkward_strings(tmp_path: Path) -> None:
     cfg = Config()
-    names = ["off", "null", "2024", "a: b # c", " lead", "line\nbreak", "tab\there", "ünï", "'q\""]
+    names = ["off", "null", "2024", "0801", "09", "0o17", "1e-4", "0x_",  # numbers to YAML 1.2
+             "a: b # c", " lead", "line\nbreak", "tab\there", "ünï", "'q\""]
     for i, name in enumerate(names):
         cfg.run.name = name
         path = tmp_path / f"c{i}.yaml"

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from resnet_builder.config.checks import build, check_sections, unknown_key, unknown_section
-from resnet_builder.config.messages import Where
+from resnet_builder.config.messages import YAML_EXPONENT_FLOAT, YAML_INT, Where
 from resnet_builder.config.schema import (
     Config,
     KeySpec,
@@ -46,9 +46,7 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
-_Loader.add_implicit_resolver(
-    _INT_TAG, re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+|[-+]?0o[0-7_]+)$"),
-    list("-+0123456789"))
+_Loader.add_implicit_resolver(_INT_TAG, YAML_INT, list("-+0123456789"))
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
@@ -63,10 +61,8 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 
 
 _Loader.add_constructor(_INT_TAG, _construct_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", YAML_EXPONENT_FLOAT,
+                              list("-+0123456789."))
 
 
 # ----------------------------------------------------------------------------- the file

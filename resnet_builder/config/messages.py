@@ -7,6 +7,7 @@ from (``Where``): ``file:line`` or the ``--set`` that gave it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -14,10 +15,22 @@ import yaml
 
 from resnet_builder.config.keys import KeySpec, Part, part_spec
 
+# What our loader reads as numbers beyond PyYAML's YAML 1.1 rules (loading._Loader): decimal
+# integers with leading zeros (0801), 0o17, and exponents without a dot (1e-4). A string
+# that looks so is written quoted, or a run named 0801 came back as the integer 801.
+YAML_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F][0-9a-fA-F_]*"
+                      r"|[-+]?0o[0-7][0-7_]*)$")
+YAML_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
 
 def yaml_text(value: Any) -> str:
     """One value as one line of flow YAML that reads back as the same value anywhere."""
-    style = '"' if isinstance(value, str) and not value.isprintable() else None
+    style = None
+    if isinstance(value, str):
+        if not value.isprintable():
+            style = '"'
+        elif YAML_INT.match(value) or YAML_EXPONENT_FLOAT.match(value):
+            style = "'"
     text = yaml.safe_dump([value], default_flow_style=True, default_style=style,
                           width=2**30, allow_unicode=True)
     return text.strip()[1:-1]
