@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,20 @@ def test_resume_refuses_a_config_yaml_edited_since_its_checkpoint(tmp_path):
     assert err.value.exit_code == 2 and "train.epochs" not in err.value.message
     (run / "config.yaml").write_text(original)
     assert trainer.resume(run, ("train.epochs=2",)).summary["epochs_completed"] == 2
+
+
+def test_a_run_started_from_a_donor_that_moved_resumes(tmp_path, finished):
+    """Its model.weights file is read only by a new run: a resume starts from the checkpoint
+    (it failed on the missing donor, and fixing the path was refused as an edit)."""
+    donor = tmp_path / "donor.keras"
+    shutil.copy(finished.run_dir / "best.keras", donor)
+    run = trainer.train(tiny_config(tmp_path, "train.epochs=1",
+                                    f"model.weights={donor}")).run_dir
+    donor.unlink()
+    assert trainer.resume(run, ("train.epochs=2",)).summary["epochs_completed"] == 2
+    moved = tmp_path / "moved.keras"
+    assert trainer.resume(run, ("train.epochs=3", f"model.weights={moved}")).summary[
+        "epochs_completed"] == 3
 
 
 def test_resume_refuses_model_changes(tmp_path, finished):

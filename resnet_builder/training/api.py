@@ -226,7 +226,7 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
               if dist.name == "multi_worker" and not dist.is_chief else None)
     try:
         with dist.strategy.scope():
-            model = make_model(cfg, s.data)
+            model = make_model(cfg, s.data, initial_weights=s.meta is None)
             optimizer = make_optimizer(cfg, schedule, s.precision)
             optimizer.build(model.trainable_variables)
             ema = EmaWeights(optimizer, model.trainable_variables)  # optim.ema, else a no-op

@@ -26,6 +26,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkp
                   "run.progress", "run.plots", "run.tensorboard", "run.loggers", "run.log_every",
                   "data.cache",  # where decoded images are kept: the same images either way
                   "data.path",  # a moved folder (``data_change`` says if the data differs)
+                  "model.weights",  # a moved donor: a resumed run starts from its checkpoint
                   "distribute.strategy",
                   "distribute.connect_timeout",
                   *(f"hardware.{key}" for key in key_specs()["hardware"] if key != "seed"))

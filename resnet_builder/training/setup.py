@@ -46,8 +46,11 @@ def resolve_precision(setting: str) -> str:
     return "float16" if tf.config.list_physical_devices("GPU") else "off"
 
 
-def make_model(cfg: Config, data: DataBundle) -> ResNetV2Classifier:
-    """The classifier the config describes, sized and normalised for ``data``."""
+def make_model(cfg: Config, data: DataBundle,
+               initial_weights: bool = True) -> ResNetV2Classifier:
+    """The classifier the config describes, sized and normalised for ``data``; with
+    ``initial_weights`` (a new run) it starts from ``model.weights``. A resumed run's
+    weights come from its checkpoint, so a donor file moved since does not stop it."""
     args = model_arguments(cfg)
     num_classes = args.pop("num_classes", data.num_classes)
     if num_classes != data.num_classes:
@@ -61,7 +64,7 @@ def make_model(cfg: Config, data: DataBundle) -> ResNetV2Classifier:
         mean=data.mean if normalize else None, std=data.std if normalize else None,
         class_names=data.class_names,
     )
-    if cfg.model.weights:
+    if cfg.model.weights and initial_weights:
         load_initial_weights(model, cfg.model.weights)
     return model
 
