@@ -370,6 +370,23 @@ def test_split_folders_are_found_in_any_case(tmp_path):
     assert (bundle.num_train, bundle.num_val) == (4, 2)
 
 
+def test_a_class_named_train_stays_a_class(tmp_path):
+    """Bus/, Car/, Train/: Train/ in another case is the split only beside a val folder."""
+    for name, colour in zip(("Bus", "Car", "Train"), COLOURS.values(), strict=False):
+        for i in range(2):
+            _image(tmp_path / name / f"{i}.png", colour)
+    bundle = load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0), seed=0)
+    assert bundle.class_names == ["Bus", "Car", "Train"]
+
+
+def test_hidden_folders_do_not_hide_split_folders_named_as_classes(tmp_path):
+    _class_tree(tmp_path / "training", 1)
+    _class_tree(tmp_path / "testing", 1)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    with pytest.raises(UserError, match="split folders, not classes"):
+        load_data(_cfg(source="folder", path=str(tmp_path)), seed=0)
+
+
 def test_folder_val_classes_must_match_train(tmp_path):
     _class_tree(tmp_path / "train", 2, ("ant", "bee", "cat"))
     _class_tree(tmp_path / "val", 1, ("ant", "bee"))

@@ -186,11 +186,12 @@ def natively_decoded(files: list[str], picks: np.ndarray, how: Resize, channels:
 
 
 def folder_layout(root: Path) -> tuple[Path, Path | None]:
-    """(train folder, val folder or None): ``train/`` + ``val|valid|validation/`` (any case),
-    or one folder of class folders."""
+    """(train folder, val folder or None): ``train/`` + ``val|valid|validation/``, or one
+    folder of class folders. ``Train/`` in another case is the split only with a val
+    folder beside it: alone, it may be a class (Bus/, Car/, Train/)."""
     if not root.is_dir():
         raise UserError(f"data.path is not a folder: {root}", hint=_LAYOUT_HINT)
-    folders = sorted(entry for entry in root.iterdir() if entry.is_dir())
+    folders = sorted(e for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
     trains = [f for f in folders if f.name.lower() == "train"]
     vals = [f for f in folders if f.name.lower() in _VAL_DIRS]
     if len(trains) > 1 or len(vals) > 1:
@@ -198,9 +199,9 @@ def folder_layout(root: Path) -> tuple[Path, Path | None]:
         raise UserError(f"{root} has several {'training' if several is trains else 'validation'}"
                         f" folders: {', '.join(f.name + '/' for f in several)}",
                         hint="keep only one")
-    if trains:
+    if trains and (vals or trains[0].name == "train"):
         return trains[0], vals[0] if vals else None
-    if vals:
+    if vals and vals[0].name in _VAL_DIRS:
         raise UserError(f"{root} has {vals[0].name}/ but no train/",
                         hint="put the training class folders in train/, " + _LAYOUT_HINT)
     split_like = [f.name for f in folders if f.name.lower() in _SPLIT_LIKE]
