@@ -139,13 +139,16 @@ def test_an_export_into_a_used_folder_removes_the_earlier_formats(digits, tmp_pa
     with this export's labels and resize rule, so it is removed, and one that appears
     later is refused."""
     out = tmp_path / "o"
+    (out / "saved_model").mkdir(parents=True)  # the user's own, not recorded by an export
+    (out / "saved_model" / "saved_model.pb").write_text("mine")
     for fmt in ("tflite", "tflite-int8"):
         result = CliRunner().invoke(main, ["export", str(digits.run), "-f", fmt, "--samples",
                                            "16", "--output", str(out)])
         assert result.exit_code == 0, result.output
     assert f"removed model.tflite, left by an earlier export into {out}" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt",
-                                                     "model_int8.tflite"]
+                                                     "model_int8.tflite", "saved_model"]
+    assert (out / "saved_model" / "saved_model.pb").read_text() == "mine"  # kept
     shutil.copy(out / "model_int8.tflite", out / "model.tflite")  # a stray file, unrecorded
     result = CliRunner().invoke(main, ["predict", str(digits.run / "best.keras"), "--model",
                                        str(out / "model.tflite")])

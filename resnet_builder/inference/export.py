@@ -30,6 +30,7 @@ output order.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -272,12 +273,18 @@ def export(model: Any = None, formats: str | Sequence[str] = ("savedmodel",), *,
 
 
 def _clear_other_exports(folder: Path, wanted: Sequence[str]) -> list[str]:
-    """Remove exports of formats not asked for now from a reused folder: the new export.json
-    would not describe them, and predict would run them with another model's labels."""
+    """Remove an earlier export's files of formats not asked for now from a reused folder:
+    the new export.json would not describe them, and predict would run them with another
+    model's labels. Only files the folder's export.json records: nothing else is ours."""
+    try:
+        earlier = json.loads((folder / "export.json").read_text()).get("exports", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    recorded = {result.get("path") for result in earlier.values() if isinstance(result, dict)}
     removed = []
     for fmt, file in FILES.items():
         path = folder / file
-        if fmt in wanted or not (path.exists() or path.is_symlink()):
+        if fmt in wanted or file not in recorded or not (path.exists() or path.is_symlink()):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
