@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,9 @@ def holding_run(root: Path) -> Iterator[None]:
             raise UserError(f"{root} is in use: another training process is writing it",
                             hint="let it finish (or stop it), or train a new run (another "
                                  "--name)") from None
+        except OSError as exc:  # NFS without a lock daemon (ENOLCK), some FUSE mounts
+            warnings.warn(f"cannot lock {root} ({exc.strerror}): nothing stops a second "
+                          "process from training into it", UserWarning, stacklevel=3)
         yield
 
 

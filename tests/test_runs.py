@@ -71,3 +71,20 @@ def test_the_latest_run_is_the_one_whose_best_or_last_model_is_newest(tmp_path: 
     assert runs.latest_run(tmp_path) == resumed.root  # by last.keras, though its best is older
     os.utime(older.best, (500, 500))
     assert runs.latest_run(tmp_path) == older.root
+
+
+def test_a_folder_that_cannot_be_locked_trains_unlocked_with_a_warning(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """NFS without a lock daemon answers ENOLCK: that is not a bug, nor a reason to stop."""
+    import errno
+    import fcntl
+
+    import pytest
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock .*No locks available"), \
+            runs.holding_run(tmp_path):
+        pass

@@ -178,15 +178,20 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
     fresh = run_dir is None and dist.name != "multi_worker"
+
+    def lock(folder: Path) -> None:
+        held.enter_context(runs.holding_run(folder))
+
     try:
         if dist.name == "multi_worker":
-            run_dir, meta = start_together(cfg, run_dir, meta, dist, data)
+            run_dir, meta = start_together(cfg, run_dir, meta, dist, data, lock)
         elif run_dir is None:
             run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, meta) from None
     if dist.is_chief:
-        held.enter_context(runs.holding_run(Path(run_dir)))
+        if dist.name != "multi_worker":  # start_together took it, before anything else
+            lock(Path(run_dir))
         if fresh:
             _say_cleared(cfg, run_dir, runs.clear_earlier_run(run_dir))
         dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"

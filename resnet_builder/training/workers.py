@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,9 @@ def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
 
 
 def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: StrategyInfo,
-                    data: DataBundle) -> tuple[Path, dict | None]:
+                    data: DataBundle, lock: Callable[[Path], None]) -> tuple[Path, dict | None]:
     """Every worker agrees on the run folder, the resume point, the config and the data.
+    The chief takes the run folder's lock (``lock``) first; a refusal reaches every worker.
 
     The chief decides (its run folder is the record) and tells the others; a worker whose
     config or data differs stops every worker with a message instead of training on
@@ -102,8 +104,11 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
     refusal = None
     if dist.is_chief:
         try:
-            if run_dir is None:  # no exp2 numbering: every worker must name the same folder
+            fresh = run_dir is None
+            if fresh:  # no exp2 numbering: every worker must name the same folder
                 run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
+            lock(Path(run_dir))  # before anything in it is read or cleared
+            if fresh:
                 meta = _continue_in_place(cfg, run_dir)
                 removed = [] if meta is not None else runs.clear_earlier_run(run_dir)
                 if removed:  # files of another run without a checkpoint to continue
