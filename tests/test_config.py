@@ -138,6 +138,14 @@ def test_yaml_1_2_scalars_off_is_text_and_exponents_are_numbers(tmp_path: Path) 
     assert cfg.optim.lr == pytest.approx(0.2)
 
 
+def test_an_old_seed_above_the_range_says_which_seed_it_trained_as() -> None:
+    """Seeds up to 2**32 - 1 were allowed and folded: a run made then resumes with the
+    folded one (the same split and order)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["hardware.seed=3000000000"])
+    assert "this one trained as 852516352" in err.value.hint
+
+
 def test_a_dict_of_sections_is_a_config_as_its_yaml_would_be() -> None:
     cfg = load_config({"train": {"epochs": 2}, "model": {"depth": 8}}, ["optim.lr=0.5"])
     assert (cfg.train.epochs, cfg.model.depth, cfg.optim.lr) == (2, 8, 0.5)

@@ -101,8 +101,12 @@ def _check_scalar(spec: KeySpec, name: str, value: Any, at: str) -> None:
     below = spec.min is not None and value < spec.min
     above = spec.max is not None and value > spec.max
     if below or above:
+        hint = f"{spec.dotted}: {spec.help}"
+        if spec.dotted == "hardware.seed" and above and value < 2**32:  # allowed before 2026-12
+            hint = (f"seeds up to 2**32 - 1 were allowed and folded below 2**31: this one "
+                    f"trained as {value % 2**31}; write that, the same split and order")
         raise ConfigError(f"{at}: {name} must be {range_words(spec)}, got {show(value)}",
-                          hint=f"{spec.dotted}: {spec.help}")
+                          hint=hint)
 
 
 def _check_items(spec: KeySpec, item_type: Any, items: list, at: str) -> list:
