@@ -134,12 +134,13 @@ def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -
 def clear_earlier_run(root: Path) -> list[str]:
     """Remove an earlier run's files from a folder a new run reuses (``run.exist_ok``), so
     its checkpoint is never resumed as this run's, nor its best.keras taken for this run's
-    model; returns their names. Only the files a run writes (``RunPaths``) are touched."""
+    model; returns their names. Only the files a run writes (``RunPaths``, W&B's wandb/)
+    are touched."""
     paths = RunPaths(root)
-    members = [name for name, value in vars(RunPaths).items() if isinstance(value, property)]
+    members = [getattr(paths, name) for name, value in vars(RunPaths).items()
+               if isinstance(value, property)]
     removed = []
-    for name in members:
-        path: Path = getattr(paths, name)
+    for path in [*members, root / "wandb"]:  # W&B's files of that run, too
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():

@@ -54,9 +54,10 @@ def test_clear_earlier_run_removes_only_what_a_run_writes(tmp_path: Path) -> Non
         file.write_text("old")
     (paths.tensorboard / "train").mkdir(parents=True)
     (paths.tensorboard / "train" / "events").write_text("old")
+    (tmp_path / "wandb").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     assert runs.clear_earlier_run(tmp_path) == ["best.keras", "checkpoint.npz", "results.csv",
-                                                "skipped.csv", "tensorboard"]
+                                                "skipped.csv", "tensorboard", "wandb"]
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     assert runs.clear_earlier_run(tmp_path) == []
 
