@@ -9,13 +9,14 @@ worker logs; other workers may set ``run.loggers: []`` (a per-worker key).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import numbers
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -76,15 +77,24 @@ def _answering(client: Any) -> None:
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return  # a file or database store: opening the client checked it
+    try:
+        with one_quick_try():
+            client.search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, timeout, HTTP error: MLflow's own types
+        reason = str(exc).splitlines()[0][:300]
+        raise UserError(f"MLflow's tracking server {uri} refused or did not answer a first "
+                        f"request ({reason})", hint="start the server, fix "
+                        "MLFLOW_TRACKING_URI or its credentials, or take mlflow out of "
+                        "run.loggers", exit_code=2) from None
+
+
+@contextlib.contextmanager
+def one_quick_try() -> Iterator[None]:
+    """MLflow's HTTP requests without retries, for 10 s at most, inside the block."""
     saved = {key: os.environ.get(key) for key in _ONE_QUICK_TRY}
     os.environ.update(_ONE_QUICK_TRY)
     try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # connection refused, timeout, HTTP error: MLflow's own types
-        reason = str(exc).splitlines()[0][:300]
-        raise UserError(f"MLflow's tracking server {uri} does not answer ({reason})",
-                        hint="start the server or fix MLFLOW_TRACKING_URI, or take mlflow out "
-                             "of run.loggers", exit_code=2) from None
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -224,16 +234,21 @@ class MLflowLogger(RemoteLogger):
                     lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.run_id is not None:  # the server may be back: close the run if it can
-            self._guard("the run's end", self._finish, always=True)
+        if self.run_id is not None:  # the server may be back: close the run if it can,
+            # with one quick try if it failed before (its retries took ~4 minutes)
+            with one_quick_try() if self.broken else contextlib.nullcontext():
+                self._guard("the run's artifacts", self._upload, always=True)
+                self._guard("the run's end", self._close, always=True)
         self.run_id = None
 
-    def _finish(self) -> None:
+    def _upload(self) -> None:
         p = self.paths
         for path in (p.best, p.last, p.results, p.config, p.summary, p.curves,
                      p.confusion_matrix, p.skipped):
             if path.exists():
                 self.client.log_artifact(self.run_id, str(path))
+
+    def _close(self) -> None:
         status = self.state.status
         self.client.set_terminated(self.run_id, "FINISHED" if status in ENDED_WELL else
                                    "KILLED" if status in STOPPED_FROM_OUTSIDE else "FAILED")
