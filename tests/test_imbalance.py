@@ -276,6 +276,7 @@ def _make_old(run: Path) -> None:
     meta["history"] = [{k: v for k, v in row.items() if k not in new}
                        for row in meta["history"]]
     meta.pop("best_value")
+    meta.pop("config")  # old checkpoints did not record their config
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(checkpoint, **arrays)
     table = rows(run / "results.csv")
