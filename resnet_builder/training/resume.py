@@ -97,7 +97,8 @@ def _refuse_edited_config(paths: RunPaths, original: Config, meta: dict) -> None
     if trained is None:  # a checkpoint from before the record
         return
     now = flat_config(original)
-    differ = differing_keys(now, trained, (*RESUMABLE_KEYS, *FOLDER_KEYS))
+    differ = [key for key in differing_keys(now, trained, (*RESUMABLE_KEYS, *FOLDER_KEYS))
+              if key in trained and key in now]  # keys added or dropped by a new version: no
     if differ:
         shown = ", ".join(f"{k}: {now.get(k)!r} (trained with {trained.get(k)!r})"
                           for k in differ[:6])
