@@ -245,7 +245,8 @@ def test_missing_pieces_are_user_errors_that_say_how_to_pack(packed, tmp_path):
 @pytest.mark.parametrize(("edit", "said"), [
     (lambda info: info.pop("mean"), "it has no 'mean' entry"),
     (lambda info: info["splits"]["val"]["shards"][0].pop("count"), "it has no 'count' entry"),
-    (lambda info: info.update(class_names=None), "'NoneType' object is not iterable"),
+    (lambda info: info.update(class_names=None), "class_names must be a list of strings"),
+    (lambda info: info.update(class_names="abc"), "class_names must be a list of strings"),
     (lambda info: info["std"].update(rgb=["x"]), "could not convert string to float"),
 ])
 def test_a_damaged_dataset_json_is_named_not_a_bug(packed, tmp_path, edit, said):

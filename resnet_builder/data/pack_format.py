@@ -84,8 +84,9 @@ def _check_entries(info: dict, path: str) -> None:
         for split in ("train", "val"):
             for shard in info["splits"][split]["shards"]:
                 str(shard["file"]), int(shard["count"])
-        if not all(isinstance(name, str) for name in info["class_names"]):
-            raise ValueError("class_names must be strings")
+        names = info["class_names"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError("class_names must be a list of strings")
         for key in ("mean", "std"):
             for space in ("rgb", "gray"):
                 [float(v) for v in info[key][space]]

@@ -95,8 +95,9 @@ class InferenceModel:
         if self.runner is not None:
             probs = np.asarray(self.runner(np.asarray(images, np.float32)), np.float32)
             if probs.ndim != 2 or probs.shape[1] != len(self.labels):
-                raise UserError(f"{self.source} gives {probs.shape[-1]} outputs, but the "
-                                f"export.json beside it names {len(self.labels)} classes",
+                raise UserError(f"{self.source} gives outputs of shape {list(probs.shape)}, "
+                                f"but the export.json beside it names {len(self.labels)} "
+                                "classes",
                                 hint="that export.json belongs to another export: export "
                                      "the model again")
             return probs
