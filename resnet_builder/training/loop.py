@@ -52,7 +52,7 @@ from resnet_builder.training.strategy import (
     distribute_shards,
     pairs_from_every_worker,
 )
-from resnet_builder.training.totals import EpochTotals, Evaluation, finite_weights
+from resnet_builder.training.totals import EpochTotals, Evaluation, WeightCheck
 from resnet_builder.training.workers import cluster_failure
 
 
@@ -93,7 +93,7 @@ class TrainingLoop:
             model, make_loss(model.num_classes, cfg.optim.label_smoothing, task=task),
             dist.strategy)
         self.clock = CheckpointClock(cfg.train.checkpoint_every)
-        self.stop = StopFlag()
+        self.stop, self.weights_finite = StopFlag(), WeightCheck(model)
         self.points = StopPoints(self.clock, self.stop, dist, cfg.run.log_every)
         self.inputs = RunBatches(self._run_iterator)  # one iterator for the run's epochs
         self._background: ThreadPoolExecutor | None = None  # validation's pipeline is made there
@@ -344,7 +344,7 @@ class TrainingLoop:
         # weights about to be saved are checked too: the last update can make them NaN
         # while the loss it was computed from was still finite
         if not math.isfinite(loss_sum) or ((save or step == self.steps_per_epoch)
-                                           and not finite_weights(self.model.trainable_variables)):
+                                           and not self.weights_finite()):
             raise Diverged(epoch, step)
         self.state.epoch_progress = {"epoch": epoch, "batches": step, "loss_sum": loss_sum,
                                      "correct": correct, "count": count, "seconds": seconds}
