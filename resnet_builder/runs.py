@@ -139,8 +139,14 @@ def clear_earlier_run(root: Path) -> list[str]:
     paths = RunPaths(root)
     members = [getattr(paths, name) for name, value in vars(RunPaths).items()
                if isinstance(value, property)]
+    return sorted(remove_entries([*members, root / "wandb"]))  # W&B's files of that run too
+
+
+def remove_entries(paths: Iterable[Path]) -> list[str]:
+    """Delete each file or folder that exists (a link itself, not what it points to);
+    returns the names of those removed, in order."""
     removed = []
-    for path in [*members, root / "wandb"]:  # W&B's files of that run, too
+    for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -148,7 +154,7 @@ def clear_earlier_run(root: Path) -> list[str]:
         else:
             continue
         removed.append(path.name)
-    return sorted(removed)
+    return removed
 
 
 @contextlib.contextmanager

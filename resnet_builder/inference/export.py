@@ -57,7 +57,13 @@ from resnet_builder.inference.export_formats import (
     write_export,
 )
 from resnet_builder.inference.loading import InferenceModel, load_inference_model
-from resnet_builder.runs import DEFAULT_PROJECTS, RunPaths, latest_run, output_folder
+from resnet_builder.runs import (
+    DEFAULT_PROJECTS,
+    RunPaths,
+    latest_run,
+    output_folder,
+    remove_entries,
+)
 
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "tflite-int8": 0.95, "onnx": 0.99}
 
@@ -281,17 +287,8 @@ def _clear_other_exports(folder: Path, wanted: Sequence[str]) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     recorded = {result.get("path") for result in earlier.values() if isinstance(result, dict)}
-    removed = []
-    for fmt, file in FILES.items():
-        path = folder / file
-        if fmt in wanted or file not in recorded or not (path.exists() or path.is_symlink()):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        removed.append(file)
-    return removed
+    return remove_entries(folder / file for fmt, file in FILES.items()
+                          if fmt not in wanted and file in recorded)
 
 
 def _export_checked(fmt: str, im: InferenceModel, target: Path, data: Samples,

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from resnet_builder.inference.loading import (
     with_threshold,
 )
 from resnet_builder.inference.sources import ImageSource, Skipped, collect_images, write_skipped
-from resnet_builder.runs import DEFAULT_PROJECTS, new_run_dir, skipped_lines
+from resnet_builder.runs import DEFAULT_PROJECTS, new_run_dir, remove_entries, skipped_lines
 
 GRID_MAX = 100
 
@@ -282,17 +281,7 @@ PREDICT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "grid.png
 
 
 def _clear_earlier_predictions(folder: Path) -> list[str]:
-    removed = []
-    for name in PREDICT_FILES:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed
+    return remove_entries(folder / name for name in PREDICT_FILES)
 
 
 def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) -> str:
