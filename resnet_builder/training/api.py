@@ -35,6 +35,7 @@ from resnet_builder.training.resume import (
     data_change,
     data_shape,
     flat_config,
+    replace_earlier_run,
     resume_meta,
 )
 from resnet_builder.training.schedules import build_schedule
@@ -193,15 +194,9 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
         if dist.name != "multi_worker":  # start_together took it, before anything else
             lock(Path(run_dir))
         if fresh:
-            _say_cleared(cfg, run_dir, runs.clear_earlier_run(run_dir))
+            replace_earlier_run(cfg, run_dir, why="run.exist_ok: ")
         dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
-
-
-def _say_cleared(cfg: Config, run_dir: Path, removed: list[str]) -> None:
-    if removed:
-        progress.say(cfg.run.progress, f"run.exist_ok: {run_dir} held an earlier run; removed "
-                                       f"its {', '.join(removed)}")
 
 
 def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:

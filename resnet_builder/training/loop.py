@@ -121,8 +121,7 @@ class TrainingLoop:
             self._end("diverged")
             raise UserError(
                 f"training diverged: the loss or weights became NaN or infinite at epoch "
-                f"{nan.epoch}, "
-                f"by step {nan.step}; the last good checkpoint (epoch "
+                f"{nan.epoch}, by step {nan.step}; the last good checkpoint (epoch "
                 f"{self.state.epochs_completed}) is kept in {self.paths.root}",
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
             ) from None

@@ -19,7 +19,7 @@ from typing import Any
 from resnet_builder.config import Config, config_to_dict, key_specs
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
-from resnet_builder.runs import RunPaths
+from resnet_builder.runs import RunPaths, clear_earlier_run
 from resnet_builder.training import checkpoint, progress
 
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
@@ -40,7 +40,7 @@ def flat_config(cfg: Config) -> dict[str, Any]:
 
 
 def differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
-                    ignore: tuple[str, ...]) -> list[str]:
+                   ignore: tuple[str, ...]) -> list[str]:
     """The keys whose values differ between two flat configs, but those in ``ignore``."""
     return [k for k in sorted(set(mine) | set(theirs))
             if k not in ignore and mine.get(k) != theirs.get(k)]
@@ -48,6 +48,15 @@ def differing_keys(mine: dict[str, Any], theirs: dict[str, Any],
 
 # where the run folder is and how it was named: a moved or renamed folder resumes
 FOLDER_KEYS = ("run.project", "run.name", "run.exist_ok")
+
+
+def replace_earlier_run(cfg: Config, run_dir: Path, why: str = "") -> None:
+    """A new run in a folder that held another: that run's files go first (``runs.
+    clear_earlier_run``), and the terminal says which."""
+    removed = clear_earlier_run(run_dir)
+    if removed:
+        progress.say(cfg.run.progress, f"{why}{run_dir} held an earlier run; removed its "
+                                       f"{', '.join(removed)}")
 
 
 def check_overrides(overrides: Sequence[str]) -> None:

@@ -27,6 +27,7 @@ from resnet_builder.training.resume import (
     RESUMABLE_KEYS,
     differing_keys,
     flat_config,
+    replace_earlier_run,
     resume_meta,
 )
 from resnet_builder.training.strategy import (
@@ -81,7 +82,7 @@ def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
                         hint="use another run.name (--name) for a new run")
     original = load_config(paths.config)
     differ = differing_keys(flat_config(cfg), flat_config(original),
-                             RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
+                            RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
     if differ:
         raise UserError(f"{run_dir} holds a run with another config (differs in "
                         f"{', '.join(differ[:6])})",
@@ -110,10 +111,8 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
             lock(Path(run_dir))  # before anything in it is read or cleared
             if fresh:
                 meta = _continue_in_place(cfg, run_dir)
-                removed = [] if meta is not None else runs.clear_earlier_run(run_dir)
-                if removed:  # files of another run without a checkpoint to continue
-                    progress.say(cfg.run.progress, f"{run_dir} held an earlier run's files; "
-                                                   f"removed its {', '.join(removed)}")
+                if meta is None:  # another run's files, without a checkpoint to continue
+                    replace_earlier_run(cfg, run_dir)
             view = {"run_dir": str(run_dir), "meta": meta, "config": flat_config(cfg),
                     "data": _data_fingerprint(data)}
         except UserError as exc:
