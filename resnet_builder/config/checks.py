@@ -49,15 +49,12 @@ def _as_type(value: Any, typ: Any) -> tuple[bool, Any]:
     if typ is bool or isinstance(value, bool):
         return typ is bool and isinstance(value, bool), value
     if typ is float and isinstance(value, (int, float)):
-        try:
-            number = float(value)
-        except OverflowError:  # an integer past float's range: not a finite number
-            return False, value
-        return math.isfinite(number), number
+        return (True, float(value)) if _finite(value) else (False, value)
     return isinstance(value, typ), value
 
 
 def _finite(value: float) -> bool:
+    """math.isfinite, where an integer past float's range is not finite (it raised)."""
     try:
         return math.isfinite(value)
     except OverflowError:
