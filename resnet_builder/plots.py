@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.files import atomic_save
+from resnet_builder.runs import multilabel_rows
 
 
 def new_figure(width: float, height: float, dpi: int = 100) -> Any:
@@ -40,7 +41,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     fig = new_figure(13, 3.6)
     axes = fig.subplots(1, 3)
-    multilabel = any("val_map" in r for r in rows)
+    multilabel = multilabel_rows(rows)
     panels = ((axes[0], "loss", "loss", {"val_loss": "val"}),
               (axes[1], "accuracy", "accuracy, mAP, F1" if multilabel else "accuracy",
                {"val_map": "val mAP", "val_macro_f1": "val macro F1"} if multilabel

@@ -35,10 +35,14 @@ MULTILABEL_RESULTS_COLUMNS = ["epoch", "time", "lr", "loss", "accuracy", "val_lo
                               "val_micro_f1", "val_macro_f1"]
 
 
+def multilabel_rows(rows: Iterable[dict[str, Any]]) -> bool:
+    """Whether results.csv rows are a multilabel run's: they carry ``val_map``."""
+    return any("val_map" in row for row in rows)
+
+
 def results_columns(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """The results.csv columns of these rows: a multilabel run's rows carry ``val_map``."""
-    multilabel = any("val_map" in row for row in rows)
-    return MULTILABEL_RESULTS_COLUMNS if multilabel else RESULTS_COLUMNS
+    """The results.csv columns of these rows."""
+    return MULTILABEL_RESULTS_COLUMNS if multilabel_rows(rows) else RESULTS_COLUMNS
 
 
 def _member(name: str, doc: str) -> property:
