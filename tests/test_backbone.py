@@ -353,3 +353,61 @@ def test_a_narrow_model_trains_on_odd_batches():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_frozen_backbone_stays_frozen_through_save_and_load(tmp_path):
+    """Passing trainable=True to the classifier's constructor set every layer in it
+    trainable again, so a saved frozen backbone came back training (2 -> 42 weights)."""
+    model = build_model(11, num_classes=3, input_shape=(32, 32, 3))
+    model.backbone.trainable = False
+    model.save(tmp_path / "frozen.keras")
+    loaded = keras.models.load_model(tmp_path / "frozen.keras")
+    assert len(loaded.trainable_weights) == len(model.trainable_weights) == 2
+    model.trainable = False
+    model.save(tmp_path / "all.keras")
+    assert keras.models.load_model(tmp_path / "all.keras").trainable_weights == []
+
+
+def test_get_config_hands_out_copies_and_presets_too():
+    """Editing a config (or the presets table) must not change the model or later presets:
+    it left a model whose saved file could not be loaded."""
+    model = build_model(11, num_classes=2, input_shape=(32, 32, 3), class_names=["a", "b"])
+    backbone_config = model.backbone.get_config()
+    backbone_config["stackwise_blocks"][0] = 5
+    model.get_config()["class_names"].append("c")
+    assert model.backbone.stackwise_blocks[0] == 1 and model.class_names == ["a", "b"]
+    ResNetV2Backbone.presets["resnet18_v2"]["config"]["stackwise_blocks"].append(1)
+    assert ResNetV2Backbone.presets["resnet18_v2"]["config"]["stackwise_blocks"] == [2, 2, 2, 2]
+    assert list(ResNetV2Backbone.presets_with_weights) == [
+        "resnet50_v2_imagenet", "resnet101_v2_imagenet", "resnet152_v2_imagenet"]
+
+
+def test_keras_cv_positional_arguments_and_numpy_numbers():
+    """keras-cv's signature takes its first four arguments by position; NumPy's integers
+    and arrays are numbers like Python's (they were refused as not integers)."""
+    by_position = ResNetV2Backbone([8], [1], [2], False, None, (16, 16, 3), None, "basic")
+    by_numpy = ResNetV2Backbone(stackwise_filters=np.array([8]), stackwise_blocks=[np.int64(1)],
+                                stackwise_strides=[2], include_rescaling=False,
+                                block_type="basic", input_shape=(16, 16, 3),
+                                bn_momentum=np.float32(0.9))
+    assert by_position.count_params() == by_numpy.count_params()
+    assert by_numpy.get_config()["stackwise_filters"] == [8]
+    assert type(by_numpy.get_config()["stackwise_filters"][0]) is int
+    model = build_model(11, num_classes=np.int64(3), input_shape=(32, 32, 3))
+    assert model.get_config()["num_classes"] == 3 and model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize(("arguments", "text"), [
+    ({"stackwise_filters": None}, "`stackwise_filters` must be a list of integers"),
+    ({"stackwise_filters": "64"}, "Received: stackwise_filters='64'"),
+])
+def test_a_list_argument_of_another_type_is_named(arguments, text):
+    with pytest.raises(ValueError, match=text):
+        ResNetV2Backbone(**{"stackwise_filters": [8], "stackwise_blocks": [1],
+                            "stackwise_strides": [2], "include_rescaling": False, **arguments})
+
+
+@pytest.mark.parametrize("key", ["dropout", "threshold", "crop_pct"])
+def test_a_classifier_number_of_another_type_is_named(key):
+    with pytest.raises(ValueError, match=f"`{key}` must be in .*Received: {key}='x'"):
+        build_model(11, num_classes=2, **{key: "x"})

@@ -10,7 +10,8 @@ here imports Keras, so the CLI answers ``depths``, ``presets`` and most of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,27 @@ RESIZE_MODES = ("stretch", "crop", "pad")
 TASKS = ("multiclass", "multilabel")
 
 
+def _is_integer(value: object) -> bool:
+    """An integer, Python's or NumPy's, and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value: object) -> float:
+    """A real number as a float (NumPy's too); NaN for anything else, so range checks fail."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
 def _int_list(name: str, values: object, *, minimum: int) -> list[int]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    """A list of integers >= minimum; NumPy integers and arrays count (``np.int64`` is
+    ``numbers.Integral``), a string does not (it would be split into characters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise ArgumentError(f"`{name}` must be a list of integers. Received: {name}={values!r}")
+    values = list(values)
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if not _is_integer(v) or v < minimum:
             raise ArgumentError(
                 f"`{name}` must hold integers >= {minimum}. Received: {name}={list(values)!r}"
             )
@@ -85,10 +101,10 @@ def _check_options(stem: str, stride_position: str, stem_filters: int,
     if padding not in blocks.PADDINGS:
         raise ArgumentError(f"`padding` must be one of {blocks.PADDINGS}. "
                             f"Received: padding={padding!r}")
-    if isinstance(stem_filters, bool) or not isinstance(stem_filters, int) or stem_filters < 1:
+    if not _is_integer(stem_filters) or stem_filters < 1:
         raise ArgumentError(f"`stem_filters` must be a positive integer. "
                             f"Received: stem_filters={stem_filters!r}")
-    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not (
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) or not (
             0.0 <= bn_momentum < 1.0):
         raise ArgumentError(f"`bn_momentum` must be in [0, 1). "
                             f"Received: bn_momentum={bn_momentum!r}")
@@ -260,18 +276,18 @@ def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
     """Check the classifier's own arguments (shared by ``ResNetV2Classifier`` and the writer)."""
     if task not in TASKS:
         raise ArgumentError(f"`task` must be one of {TASKS}. Received: task={task!r}")
-    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+    if not 0.0 <= _real(threshold) <= 1.0:
         raise ArgumentError(f"`threshold` must be in [0, 1]. Received: threshold={threshold!r}")
     if resize not in RESIZE_MODES:
         raise ArgumentError(f"`resize` must be one of {RESIZE_MODES}. Received: resize={resize!r}")
-    if isinstance(crop_pct, bool) or not 0.0 < float(crop_pct) <= 1.0:
+    if not 0.0 < _real(crop_pct) <= 1.0:
         raise ArgumentError(f"`crop_pct` must be in (0, 1]. Received: crop_pct={crop_pct!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not _is_integer(num_classes) or num_classes < 1:
         raise ArgumentError(f"`num_classes` must be a positive integer. "
                             f"Received: num_classes={num_classes!r}")
     if head not in HEADS:
         raise ArgumentError(f"`head` must be one of {HEADS}. Received: head={head!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+    if not 0.0 <= _real(dropout) < 1.0:
         raise ArgumentError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ArgumentError(f"`class_names` must have num_classes={num_classes} names. "

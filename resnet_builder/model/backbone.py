@@ -9,6 +9,7 @@ which can also be inspected without building anything.
 
 from __future__ import annotations
 
+import copy
 import os
 import textwrap
 from collections.abc import Callable, Sequence
@@ -43,6 +44,33 @@ KERAS_LAYERS = {  # an Op's kind -> its Keras layer (backbone ops and the head's
 def make_layer(op: Op) -> keras.layers.Layer:
     """The Keras layer for one planned op."""
     return KERAS_LAYERS[op.kind](name=op.name, **op.args)
+
+
+def _ints(values: Sequence[int]) -> list[int]:
+    """Plain ints (the values were checked; NumPy's would not serialize)."""
+    return [int(v) for v in values]
+
+
+def with_trainable_flag(cls: type, config: dict) -> keras.Model:
+    """``cls(**config)``, frozen afterwards when the config says so: passing
+    ``trainable=True`` to a model's constructor sets every layer in it trainable, which
+    undid a frozen backbone inside a saved classifier."""
+    config = dict(config)
+    trainable = config.pop("trainable", True)
+    model = cls(**config)
+    if not trainable:
+        model.trainable = False
+    return model
+
+
+class CopiedTable:
+    """A class attribute read as a deep copy of a table (keras-cv's ``presets``)."""
+
+    def __init__(self, table: Callable[[], dict]) -> None:
+        self.table = table
+
+    def __get__(self, instance: object, owner: type) -> dict:
+        return copy.deepcopy(self.table())
 
 
 def _lists_presets(method: Callable) -> Callable:
@@ -83,7 +111,6 @@ class ResNetV2Backbone(keras.Model):
 
     def __init__(
         self,
-        *,
         stackwise_filters: Sequence[int],
         stackwise_blocks: Sequence[int],
         stackwise_strides: Sequence[int],
@@ -100,13 +127,12 @@ class ResNetV2Backbone(keras.Model):
         rescale_to: Sequence[float] = (0.0, 1.0),
         **kwargs,
     ) -> None:
-        arch = {
-            "stackwise_filters": list(stackwise_filters),
-            "stackwise_blocks": list(stackwise_blocks),
-            "stackwise_strides": list(stackwise_strides),
+        arch = {  # checked by backbone_plan below
+            "stackwise_filters": stackwise_filters,
+            "stackwise_blocks": stackwise_blocks,
+            "stackwise_strides": stackwise_strides,
             "include_rescaling": bool(include_rescaling),
-            "stackwise_dilations": None if stackwise_dilations is None
-            else list(stackwise_dilations),
+            "stackwise_dilations": stackwise_dilations,
             "block_type": block_type,
             "stem": stem,
             "stem_filters": stem_filters,
@@ -126,14 +152,15 @@ class ResNetV2Backbone(keras.Model):
 
         self.plan = plan
         self.pyramid_level_inputs = pyramid
-        self.stackwise_filters = arch["stackwise_filters"]
-        self.stackwise_blocks = arch["stackwise_blocks"]
-        self.stackwise_strides = arch["stackwise_strides"]
+        self.stackwise_filters = _ints(stackwise_filters)
+        self.stackwise_blocks = _ints(stackwise_blocks)
+        self.stackwise_strides = _ints(stackwise_strides)
         self.include_rescaling = arch["include_rescaling"]
-        self.stackwise_dilations = arch["stackwise_dilations"]
+        self.stackwise_dilations = None if stackwise_dilations is None else _ints(
+            stackwise_dilations)
         self.block_type = normalize_block_type(block_type)
         self.stem = stem
-        self.stem_filters = stem_filters
+        self.stem_filters = int(stem_filters)
         self.stride_position = stride_position
         self.bn_momentum = float(bn_momentum)
         self.padding = padding
@@ -141,14 +168,16 @@ class ResNetV2Backbone(keras.Model):
         self.input_tensor = input_tensor
 
     def get_config(self) -> dict:
+        """Copies of the lists: editing a config must not change this model."""
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "stackwise_filters": self.stackwise_filters,
-            "stackwise_blocks": self.stackwise_blocks,
-            "stackwise_strides": self.stackwise_strides,
+            "stackwise_filters": list(self.stackwise_filters),
+            "stackwise_blocks": list(self.stackwise_blocks),
+            "stackwise_strides": list(self.stackwise_strides),
             "include_rescaling": self.include_rescaling,
-            "stackwise_dilations": self.stackwise_dilations,
+            "stackwise_dilations": None if self.stackwise_dilations is None
+            else list(self.stackwise_dilations),
             "input_shape": list(self.plan.input_shape),
             "input_tensor": None,
             "block_type": self.block_type,
@@ -157,12 +186,12 @@ class ResNetV2Backbone(keras.Model):
             "stride_position": self.stride_position,
             "bn_momentum": self.bn_momentum,
             "padding": self.padding,
-            "rescale_to": self.rescale_to,
+            "rescale_to": list(self.rescale_to),
         }
 
     @classmethod
     def from_config(cls, config: dict) -> ResNetV2Backbone:
-        return cls(**config)
+        return with_trainable_flag(cls, config)
 
     @classmethod
     @_lists_presets
@@ -195,7 +224,11 @@ class ResNetV2Backbone(keras.Model):
             load_preset_weights(backbone, preset, weights_file)
         return backbone
 
-    presets = PRESETS  # name -> {"config", "params", "description", ["weights"]}
+    # name -> {"config", "params", "description", ["weights"]}: copies, as keras-cv's, so
+    # editing one cannot change what from_preset builds later in the process.
+    presets = CopiedTable(lambda: PRESETS)
+    presets_with_weights = CopiedTable(
+        lambda: {name: entry for name, entry in PRESETS.items() if "weights" in entry})
 
     def pyramid_model(self) -> keras.Model:
         """A model mapping images to the P-level feature maps, for detection/segmentation."""

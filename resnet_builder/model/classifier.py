@@ -20,7 +20,7 @@ from resnet_builder.model.architecture import (
     check_normalize_args,
     resolve_architecture,
 )
-from resnet_builder.model.backbone import ResNetV2Backbone, make_layer
+from resnet_builder.model.backbone import ResNetV2Backbone, make_layer, with_trainable_flag
 from resnet_builder.model.head import head_layers
 from resnet_builder.model.weights import load_preset_weights
 
@@ -55,7 +55,12 @@ class Normalize(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mean": self.mean, "std": self.std}
+        return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
+
+
+def _copy(values: list | None) -> list | None:
+    """A config's own copy: editing it must not change the model."""
+    return None if values is None else list(values)
 
 
 @keras.saving.register_keras_serializable(package="resnet_builder")
@@ -88,6 +93,7 @@ class ResNetV2Classifier(keras.Model):
         check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                               channels=backbone.input_shape[-1], resize=resize,
                               crop_pct=crop_pct, task=task, threshold=threshold)
+        num_classes = int(num_classes)  # NumPy's integers too (Keras' Dense refuses them)
         inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = inputs
         if mean is not None or std is not None:
@@ -116,9 +122,9 @@ class ResNetV2Classifier(keras.Model):
             "num_classes": self.num_classes,
             "head": self.head,
             "dropout": self.dropout,
-            "mean": self.mean,
-            "std": self.std,
-            "class_names": self.class_names,
+            "mean": _copy(self.mean),
+            "std": _copy(self.std),
+            "class_names": _copy(self.class_names),
             "resize": self.resize,
             "crop_pct": self.crop_pct,
             "task": self.task,
@@ -130,7 +136,7 @@ class ResNetV2Classifier(keras.Model):
         config = dict(config)
         if isinstance(config.get("backbone"), dict):
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return with_trainable_flag(cls, config)
 
     @property
     def image_shape(self) -> tuple:
