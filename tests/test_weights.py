@@ -20,6 +20,7 @@ from resnet_builder.model.weights import (
     PresetLayoutWarning,
     keras_applications_name,
     layout_differences,
+    load_donor_weights,
     load_preset_weights,
 )
 
@@ -168,3 +169,55 @@ def test_weights_in_another_network_warn_naming_the_difference(tiny_preset, monk
                                                  r".*model.preset: tiny_imagenet"):
         load_preset_weights(other, "tiny_imagenet")
     assert layout_differences(other, "tiny_imagenet") == {"padding": ("same", "symmetric")}
+
+
+def same_weights(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+
+
+def test_a_donor_file_gives_its_backbone_and_its_head_only_when_it_fits(tmp_path):
+    """model.weights: a classifier's .weights.h5 of another class count gives its backbone
+    (it was refused), a backbone's file loads without Keras' 'freshly-initialized' warnings,
+    a .keras donor with another head gives its backbone (refused before), and a head comes
+    over only with the same shapes and classes."""
+    donor = build_model(11, num_classes=5, input_shape=(16, 16, 3))
+    donor.save_weights(tmp_path / "classifier.weights.h5")
+    donor.backbone.save_weights(tmp_path / "backbone.weights.h5")
+    tutorial = build_model(11, num_classes=3, head="tutorial", input_shape=(16, 16, 3),
+                           class_names=["a", "b", "c"])
+    tutorial.save(tmp_path / "tutorial.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("classifier.weights.h5", "backbone.weights.h5"):
+            model = build_model(11, num_classes=3, input_shape=(16, 16, 3))
+            load_donor_weights(model, tmp_path / name)
+            assert same_weights(model.backbone, donor.backbone), name
+    whole = build_model(11, num_classes=5, input_shape=(16, 16, 3))
+    load_donor_weights(whole, tmp_path / "classifier.weights.h5")
+    assert same_weights(whole, donor)
+    gap = build_model(11, num_classes=3, input_shape=(16, 16, 3), class_names=["a", "b", "c"])
+    load_donor_weights(gap, tmp_path / "tutorial.keras")
+    assert same_weights(gap.backbone, tutorial.backbone)
+    swapped = build_model(11, num_classes=3, head="tutorial", input_shape=(16, 16, 3),
+                          class_names=["c", "b", "a"])
+    fresh_head = swapped.layers[-1].get_weights()
+    load_donor_weights(swapped, tmp_path / "tutorial.keras")
+    assert same_weights(swapped.backbone, tutorial.backbone)
+    head = swapped.layers[-1].get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(head, fresh_head, strict=True))
+    same = build_model(11, num_classes=3, head="tutorial", input_shape=(16, 16, 3),
+                       class_names=["a", "b", "c"])
+    load_donor_weights(same, tmp_path / "tutorial.keras")
+    assert same_weights(same, tutorial)
+
+
+@pytest.mark.parametrize("name", ["classifier.weights.h5", "junk.weights.h5", "donor.keras"])
+def test_a_donor_of_another_network_is_one_short_error(tmp_path, name):
+    donor = build_model(11, num_classes=5, input_shape=(16, 16, 3))
+    donor.save_weights(tmp_path / "classifier.weights.h5")
+    donor.save(tmp_path / "donor.keras")
+    (tmp_path / "junk.weights.h5").write_text("not hdf5")
+    with pytest.raises(UserError, match=f"model.weights .*{name} does not fit this model") as e:
+        load_donor_weights(build_model(20, num_classes=3, input_shape=(16, 16, 3)),
+                           tmp_path / name)
+    assert "\n" not in e.value.message and len(e.value.message) < 400

@@ -5,13 +5,15 @@ Two layouts: Keras 3 ``.weights.h5`` files (ours, or saved from a keras-cv
 Keras 2 HDF5 files of ``keras.applications`` (the ImageNet weights), matched by
 layer name: ``conv3_block2_preact_bn`` is keras-cv's
 ``v2_stack_1_block2_use_preactivation_bn``. A preset's weights are found (or
-fetched) by ``presets.weights_path`` and loaded by ``load_preset_weights``.
+fetched) by ``presets.weights_path`` and loaded by ``load_preset_weights``. A classifier
+starts from a user's own file (``model.weights``) through ``load_donor_weights``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -119,3 +121,64 @@ def load_preset_weights(backbone, preset: str,
                       f"but compute other features here. Build the network from the preset "
                       f"(model.preset: {preset}, or from_preset({preset!r})) to get theirs.",
                       PresetLayoutWarning, stacklevel=2)
+
+
+def load_donor_weights(model, path: str | os.PathLike) -> None:
+    """Start a classifier from a user's file: a saved ``.keras`` model, or a ``.weights.h5``
+    of a classifier (any class count) or of a backbone. The backbone always comes over, the
+    head too when its shapes and class names match this model's."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        # Keras warns of every layer it skips while a layout is tried: 77 lines saying layers
+        # "will retain their freshly-initialized weights" before a backbone file loaded whole.
+        warnings.simplefilter("ignore")
+        try:
+            if path.suffix == ".keras":
+                _load_saved_model(model, path)
+            else:
+                _load_weights_file(model, path)
+        except (ValueError, TypeError, OSError, KeyError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+            raise UserError(f"model.weights {path} does not fit this model ({reason[:300]})",
+                            hint="the file must come from a network with the same backbone "
+                                 "(depth, widths, block type, stem)") from None
+
+
+def _load_saved_model(model, path: Path) -> None:
+    import keras
+
+    donor = keras.models.load_model(path, compile=False)
+    model.backbone.set_weights(getattr(donor, "backbone", donor).get_weights())
+    if _same_head(donor, model):
+        model.set_weights(donor.get_weights())
+
+
+def _same_head(donor, model) -> bool:
+    """The donor's head fits: the same weight shapes, and the same classes when both name
+    them (a cat/dog head in a dog/cat model would swap every answer)."""
+    theirs, ours = getattr(donor, "class_names", None), model.class_names
+    return ([tuple(w.shape) for w in donor.weights] == [tuple(w.shape) for w in model.weights]
+            and (theirs is None or ours is None or list(theirs) == list(ours)))
+
+
+def _load_weights_file(model, path: Path) -> None:
+    """A classifier's file of this model's shape, a backbone's file, then the backbone
+    inside a classifier's file of another class count or head."""
+    for target in (model, model.backbone):
+        try:
+            target.load_weights(path)
+            return
+        except ValueError:
+            pass
+    import h5py
+
+    with h5py.File(path, "r") as stored, tempfile.TemporaryDirectory() as scratch:
+        groups = stored.get("layers", {})
+        inner = [name for name in groups if "backbone" in name and "layers" in groups[name]]
+        if len(inner) != 1:
+            raise ValueError("it holds neither this classifier's weights nor a backbone's")
+        backbone_file = Path(scratch) / "backbone.weights.h5"
+        with h5py.File(backbone_file, "w") as out:
+            for key in groups[inner[0]]:
+                groups[inner[0]].copy(key, out)
+        model.backbone.load_weights(backbone_file)

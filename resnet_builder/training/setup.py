@@ -12,7 +12,7 @@ from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.model.classifier import ResNetV2Classifier, build_model
 from resnet_builder.model.presets import PRESETS
-from resnet_builder.model.weights import load_preset_weights
+from resnet_builder.model.weights import load_donor_weights, load_preset_weights
 
 
 def configure_hardware(cfg: Config, precision: str) -> None:
@@ -79,22 +79,7 @@ def load_initial_weights(model: ResNetV2Classifier, source: str) -> None:
         raise UserError(f"model.weights {source!r} is neither a preset with weights nor a file",
                         hint="use e.g. resnet50_v2_imagenet, or a path to a .keras or "
                              ".weights.h5 file")
-    try:
-        if path.suffix == ".keras":
-            donor = keras.models.load_model(path, compile=False)
-            donor_backbone = getattr(donor, "backbone", donor)
-            model.backbone.set_weights(donor_backbone.get_weights())
-            if getattr(donor, "num_classes", None) == model.num_classes:
-                model.set_weights(donor.get_weights())
-        else:
-            try:
-                model.load_weights(path)
-            except ValueError:
-                model.backbone.load_weights(path)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"model.weights {source} does not fit this model ({exc})",
-                        hint="the file must come from a network with the same architecture"
-                        ) from None
+    load_donor_weights(model, path)
 
 
 def make_optimizer(cfg: Config, schedule, precision: str) -> keras.optimizers.Optimizer:
