@@ -20,7 +20,7 @@ from resnet_builder.cli_data import pack
 from resnet_builder.cli_errors import known_failure
 from resnet_builder.cli_inference import evaluate, export_command, predict
 from resnet_builder.config import key_specs
-from resnet_builder.depth import BLOCK_TYPE_ALIASES
+from resnet_builder.depth import BLOCK_TYPE_ALIASES, MAX_DEPTH
 from resnet_builder.errors import ArgumentError, UserError
 from resnet_builder.interrupts import Terminated, remembering_interrupts
 from resnet_builder.runs import TRAIN_PROJECT
@@ -148,6 +148,9 @@ MODEL_OPTIONS = [
     click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout."),
 ]
 WAYS = ("depth", "preset", "stackwise_blocks", "stackwise_filters", "stackwise_strides")
+# A network given on the command line replaces the config's whole network: its shape too
+# (``--preset resnet50_v2`` kept a config's basic blocks and 16-filter stem).
+NETWORK_SHAPE = ("block_type", "stem_filters", "stackwise_dilations")
 
 
 def model_options(command):
@@ -172,7 +175,7 @@ def architecture_from_options(opts: dict) -> tuple:
              "head": opts["head"], "dropout": opts["dropout"],
              "input_shape": int_list(opts["input_shape"], "--input-shape")}
     if any(given[k] is not None for k in WAYS):  # a way given on the command line wins
-        for key in WAYS:
+        for key in WAYS + NETWORK_SHAPE:
             request.pop(key, None)
     request.update({k: v for k, v in given.items() if v is not None})
     if request.get("input_shape") is not None and len(request["input_shape"]) != 3:
@@ -193,6 +196,7 @@ def architecture_from_options(opts: dict) -> tuple:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def build(output, plot, as_json, **opts) -> None:
     """Build a ResNetV2 classifier and summarise it (optionally save and plot it)."""
+    from resnet_builder.model.presets import presets_with_weights
     from resnet_builder.model.summary import format_summary, model_summary
 
     start = time.perf_counter()
@@ -203,6 +207,11 @@ def build(output, plot, as_json, **opts) -> None:
         from resnet_builder.model.saving import save_model_file
 
         summary.update(save_model_file(arch, output=output, plot=plot, **model_args))
+        if output and arch.preset in presets_with_weights():
+            summary["note"] = "; ".join(filter(None, [summary.get("note"), (
+                f"{output} holds freshly initialised weights, not {arch.preset}'s ImageNet "
+                f"weights: train with model.preset: {arch.preset} (or call ResNetV2Backbone."
+                f"from_preset({arch.preset!r}) in Python) to start from them")]))
     summary["build_seconds"] = round(time.perf_counter() - start, 3)
     if as_json:
         click.echo(json.dumps(summary))
@@ -223,30 +232,39 @@ def _model_request(config_path: str | None) -> dict:
 # --------------------------------------------------------------------------- depths, presets
 
 @main.command()
-@click.option("--max", "max_depth", type=click.IntRange(min=8), default=200, show_default=True,
+@click.option("--max", "max_depth", type=click.IntRange(min=8, max=MAX_DEPTH), default=200,
+              show_default=True,
               help="List depths up to this one.")
 @click.option("--block-type", type=click.Choice(BLOCK_TYPES),
               help="Only this rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def depths(max_depth: int, block_type: str | None, as_json: bool) -> None:
     """List valid depths for both rules with n and parameter count (10 classes, 32x32)."""
-    from resnet_builder.depth import RULE_NAMES, valid_depths
+    from resnet_builder.depth import LAYERS_PER_UNIT, RULE_NAMES, valid_depths
     from resnet_builder.model.architecture import resolve_architecture
     from resnet_builder.model.summary import model_summary
 
+    def params(block: str, n: int) -> int:
+        depth = LAYERS_PER_UNIT[block] * n + 2
+        return model_summary(resolve_architecture(depth, block_type=block), 10)["params_total"]
+
+    # Linear in n: a stage's units after its first are alike, so two plans per rule give every
+    # count (``--max 2000`` listed in 1 s, not the minute of a plan per depth).
+    first = {block: params(block, 1) for block in LAYERS_PER_UNIT}
+    per_unit = {block: params(block, 2) - first[block] for block in LAYERS_PER_UNIT}
     rows = []
     for rule in valid_depths(max_depth, block_type):
-        arch = resolve_architecture(rule.depth, block_type=rule.block_type)
         rows.append({"depth": rule.depth, "block_type": rule.block_type,
                      "rule": RULE_NAMES[rule.block_type], "n": rule.n,
-                     "params": model_summary(arch, 10)["params_total"],
+                     "params": first[rule.block_type] + (rule.n - 1) * per_unit[rule.block_type],
                      "default": rule.block_type == "block" or rule.also_fits is None})
     if as_json:
         click.echo(json.dumps(rows))
         return
     click.echo(f"{'depth':>5}  {'rule':<24} {'n':>4} {'params':>12}  note")
     for r in rows:
-        note = "" if r["default"] else f"needs --block-type basic ({r['depth']} fits both)"
+        note = "" if r["default"] or block_type else (
+            f"needs --block-type basic ({r['depth']} fits both)")
         click.echo(f"{r['depth']:>5}  {r['rule']:<24} {r['n']:>4} {r['params']:>12,}  {note}")
 
 

@@ -30,6 +30,10 @@ BLOCK_TYPE_ALIASES = {
     BASIC: BASIC,
     BOTTLENECK: BOTTLENECK,
 }
+# The deepest network built: He et al. trained 1,001 (ResNetV2) and 1,202 layers. Without a
+# bound a typo such as 1000000001 grew in memory until killed, before any message.
+MAX_DEPTH = 2000
+
 # The paper's short word for each block type, as the CLI suggests it ("--block-type basic").
 SHORT_NAMES = {name: alias for alias, name in BLOCK_TYPE_ALIASES.items() if alias != name}
 
@@ -111,6 +115,10 @@ def resolve_depth(depth: object, block_type: str | None = None) -> DepthRule:
             depth = int(str(depth).strip())
         except ValueError:
             raise _depth_error(depth, None) from None
+    if depth > MAX_DEPTH:
+        raise ArgumentError(f"depth {depth} is deeper than the {MAX_DEPTH:,} layers resnet-builder "
+                            f"builds (He et al. trained up to 1,202); choose a depth up to "
+                            f"{MAX_DEPTH:,}.")
     wanted = normalize_block_type(block_type) if block_type else None
     fits = [bt for bt in (BOTTLENECK, BASIC) if units_for(depth, bt) is not None]
     if wanted:

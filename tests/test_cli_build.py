@@ -110,6 +110,37 @@ def test_depths_lists_both_rules():
     assert by_depth[(56, "block")]["params"] == 601_674
     text = run("depths", "--max", "60").output
     assert "needs --block-type basic (56 fits both)" in text
+    assert "needs --block-type" not in run("depths", "--max", "60", "--block-type", "basic").output
+
+
+def test_depths_counts_every_depth_up_to_the_largest_exactly():
+    """Counts come from two plans per rule (linear in n), so --max 2000 lists at once; each
+    equals its own plan's count."""
+    rows = json.loads(run("depths", "--max", "2000", "--json").output)
+    assert rows[-1]["depth"] == 2000 and len(rows) == 555
+    for r in rows[::50] + rows[-2:]:
+        arch = resolve_architecture(r["depth"], block_type=r["block_type"])
+        assert r["params"] == model_summary(arch, 10)["params_total"], r
+    refused = run("depths", "--max", "2001")
+    assert refused.exit_code == 2 and "2001 is not in the range" in refused.output
+
+
+def test_a_network_on_the_command_line_replaces_the_configs_shape_too():
+    """--preset with --config kept the config's basic blocks and 16-filter stem."""
+    result = run("build", "--config", "configs/digits.yaml", "--preset", "resnet50_v2",
+                 "--input-shape", "64,64,3", "--json")
+    summary = json.loads(result.output)
+    assert (summary["block_type"], summary["stem_filters"]) == ("block", 64)
+    assert summary["backbone_params"] == 23_564_800, summary
+
+
+def test_building_an_imagenet_preset_says_its_weights_are_not_in_the_file(tmp_path):
+    result = run("build", "--preset", "resnet20_cifar", "--output", str(tmp_path / "a.keras"))
+    assert result.exit_code == 0 and "ImageNet" not in result.output
+    result = run("build", "--preset", "resnet50_v2_imagenet", "--input-shape", "32,32,3",
+                 "--output", str(tmp_path / "b.keras"))
+    assert result.exit_code == 0, result.output
+    assert "holds freshly initialised weights, not resnet50_v2_imagenet's ImageNet" in result.output
 
 
 def test_presets_lists_counts():

@@ -98,3 +98,10 @@ def test_valid_depths_lists_both_rules():
         (8, BASIC), (11, BOTTLENECK), (14, BASIC), (20, BOTTLENECK)]
     assert all((r.depth - 2) % (9 if r.block_type == BOTTLENECK else 6) == 0 for r in rows)
     assert {r.depth for r in valid_depths(60, "basic")} == {8, 14, 20, 26, 32, 38, 44, 50, 56}
+
+
+def test_a_depth_past_the_papers_is_refused_before_anything_is_built():
+    """A typo such as 1000000001 grew in memory until killed."""
+    assert resolve_depth(1001).n == 111
+    with pytest.raises(ValueError, match="deeper than the 2,000 layers"):
+        resolve_depth(1000000001)

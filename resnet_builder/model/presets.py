@@ -108,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def get_preset(name: str) -> dict[str, Any]:
     """The preset's table entry, or an ``ArgumentError`` that suggests the closest names."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=3, cutoff=0.4)
+        close = difflib.get_close_matches(str(name).lower(), list(PRESETS), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ArgumentError(f"Unknown preset {name!r}.{hint} Available presets: "
                             f"{', '.join(PRESETS)}. Received: preset={name!r}")
