@@ -257,9 +257,31 @@ def test_contrast_goes_both_ways_and_solarize_thresholds_are_in_range():
     assert contrast.min() < 0.7 and contrast.max() > 1.3  # 1 -+ 0.45
     assert contrast.min() >= 0.55 - 1e-6 and contrast.max() <= 1.45 + 1e-6
     thresholds = drawn(by_type["Solarization"], "thresholds")
-    assert thresholds.min() >= 127.5 and thresholds.max() <= 255  # [(1 - 0.5), 1] x 255
+    assert thresholds.min() >= 128 and thresholds.max() <= 256  # [(1 - 0.5), 1] x 256
     off = {type(op).__name__: op for op in rand_augment_ops(0, 3)}
-    assert (drawn(off["Solarization"], "thresholds") == 255).all()  # magnitude 0: a no-op
+    assert np.allclose(drawn(off["Solarization"], "thresholds"), 256)  # magnitude 0
+    white = np.full((2, 4, 4, 3), 255.0, np.float32)  # inverted to 0 at thresholds of 255
+    assert (np.asarray(off["Solarization"](white, training=True)) == 255).all()
     jitter = {type(op).__name__: op for op in color_jitter_ops([0.0, 0.4, 0.0, 0.0])}
     factors = drawn(jitter["RandomContrast"], "contrast_factor")
     assert factors.min() < 0.8 and factors.max() > 1.2 and factors.min() >= 0.6 - 1e-6
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_every_policy_augments_in_float32_under_mixed_precision(policy):
+    """The run's precision policy is set before the augmenter is made: under it RandAugment
+    failed to trace (a cond of bfloat16 and float32 branches), colour jitter could not
+    multiply, and mixup gave half-precision images. Same batch as in float32."""
+    images = tf.random.stateless_uniform([8, 16, 16, 3], [0, 1], 0, 255)
+    labels = tf.range(8) % 10
+    expected = augmenter(EVERY, 16, [120.0] * 3, seed=5, epoch=2, num_classes=10)(
+        images, labels, tf.constant(3, tf.int64))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        augment = augmenter(EVERY, 16, [120.0] * 3, seed=5, epoch=2, num_classes=10)
+        assert keras.config.dtype_policy().name == policy  # the run's policy is left as set
+        got = augment(images, labels, tf.constant(3, tf.int64))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert got[0].dtype == tf.float32 and got[1].dtype == tf.float32
+    np.testing.assert_allclose(got[0].numpy(), expected[0].numpy(), atol=1e-3)

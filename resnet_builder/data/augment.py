@@ -8,9 +8,11 @@ yields the same images whether or not training was resumed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
+import keras
 import tensorflow as tf
 
 from resnet_builder.config import AugmentConfig
@@ -39,11 +41,12 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
     Padding is filled with the training mean colour, which is zero after the model's
     normalization, as in He et al. (they padded mean-subtracted images with zeros).
     """
-    pixel_ops = image_policies(cfg, len(mean))
+    with float32_layers():
+        pixel_ops = image_policies(cfg, len(mean))
+        mix = mixing.mixer(cfg, num_classes) if mixing.mixing_on(cfg) else None
     if not (pixel_ops or cfg.random_resized_crop or cfg.random_crop_padding
             or cfg.horizontal_flip or cfg.random_scale or mixing.mixing_on(cfg)):
         return None
-    mix = mixing.mixer(cfg, num_classes) if mixing.mixing_on(cfg) else None
     fill = tf.constant(mean, tf.float32)
 
     def apply(images: tf.Tensor, labels: tf.Tensor, batch: tf.Tensor,
@@ -67,6 +70,19 @@ def augmenter(cfg: AugmentConfig, size: int, mean: list[float], seed: int, epoch
         return tf.ensure_shape(images, (None, size, size, len(mean))), labels
 
     return apply
+
+
+@contextlib.contextmanager
+def float32_layers() -> Iterator[None]:
+    """Keras layers made inside compute in float32 whatever the run's precision: made under
+    mixed_bfloat16 / mixed_float16 (``auto`` on a GPU), RandAugment failed to trace (a cond
+    of bfloat16 and float32 branches) and mixup gave half-precision images."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def geometric(images: tf.Tensor, cfg: AugmentConfig, key: tf.Tensor, seeds: tf.Tensor,

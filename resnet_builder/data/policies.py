@@ -92,12 +92,13 @@ def two_sided_contrast(c: float) -> keras.layers.Layer:
 
 
 def solarize_above(low: float) -> keras.layers.Layer:
-    """Solarize above a threshold drawn in [low, 1] x 255. Keras' Solarization scales only
-    the upper bound by 255 (thresholds 0.8-253 for (0.5, 1.0), measured: far more pixels
-    inverted, and magnitude 0 not a no-op), and refuses a lower bound above 1, so the scaled
-    bound is set after construction; tests/test_augment_policies.py checks the draws."""
+    """Invert pixels at or above a threshold drawn in [low, 1] x 256, as timm's increasing
+    solarize (256 at magnitude 0: nothing is inverted; x 255 inverted pure white even there).
+    Keras' Solarization scales only the upper bound by 255 (thresholds 0.8-253 for
+    (0.5, 1.0), measured) and refuses a lower bound above 1, so both bounds are set after
+    construction; tests/test_augment_policies.py checks the draws."""
     layer = keras.layers.Solarization(threshold_factor=(low, 1.0), value_range=VALUE_RANGE)
-    layer.threshold_factor = (low * 255.0, 1.0)
+    layer.threshold_factor = (low * 256.0, 256.0 / 255.0)
     return layer
 
 
