@@ -93,6 +93,8 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
     if report.predicted > len(report.shown):
         click.echo(f"... {report.predicted - len(report.shown)} more in {report.output.name}")
     show_skipped((s.path, s.reason) for s in report.skipped)
+    for missing in report.cam_missing:
+        click.echo(f"note: {missing.path}: {missing.reason}")
     click.echo(f"predicted {report.predicted} image(s), skipped {len(report.skipped)}, "
                f"{report.images_per_second:.1f} images/s{' (with Grad-CAM)' if cam else ''}"
                f"{' (with TTA: image and its horizontal flip)' if tta else ''}")

@@ -65,6 +65,12 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def literal(text: object) -> str:
+    """Text matplotlib draws as written: two "$" in a class or file name were read as a
+    formula, and a name like cost_$5_to_$10 made the figure fail."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
                           title: str = "confusion matrix (validation)") -> None:
     """The one confusion-matrix figure (training and evaluate): rows true, columns predicted.
@@ -82,7 +88,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ticks = np.arange(n) if n <= 40 else np.arange(0, n, max(1, n // 20))
-    names = [str(class_names[i]) for i in ticks]
+    names = [literal(class_names[i]) for i in ticks]
     ax.set_xticks(ticks, names, rotation=90, fontsize=7)
     ax.set_yticks(ticks, names, fontsize=7)
     if n <= 20:

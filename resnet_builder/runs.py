@@ -110,12 +110,22 @@ def _fmt(value: Any) -> Any:
     return "" if value is None else value
 
 
+def is_folder_name(name: str) -> bool:
+    """One folder under a project: "a/b" failed when made, "" numbered runs 2, 3, ... and
+    "." or ".." put a run (and what --exist-ok clears) in the project or above it."""
+    return name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
 def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:
     """``project/name``, or ``name2``, ``name3``... when taken (unless ``exist_ok``).
 
     The folder is created with ``exist_ok=False`` and the next number is tried
     on a clash, so two runs started at the same moment never share a folder.
     """
+    if not is_folder_name(name):
+        raise UserError(f"--name {name!r} is not a folder name",
+                        hint="give a plain name such as exp; put the folders above it in "
+                             "--project", exit_code=2)
     project = Path(project)
     project.mkdir(parents=True, exist_ok=True)
     if exist_ok:

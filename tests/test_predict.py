@@ -278,3 +278,117 @@ def test_cli_exist_ok_replaces_an_earlier_predicts_files(digits, images, tmp_pat
     assert "removed the earlier predict's predictions.csv, skipped.csv, grid.png" in result.output
     assert sorted(p.name for p in (tmp_path / "odd").iterdir()) == ["predictions.json",
                                                                     "skipped.csv"]
+
+
+def test_links_to_one_file_are_each_predicted_under_their_own_names(tmp_path):
+    """Two links to one file (and the file) were predicted once, the rest silently gone, and
+    a link given alone was named by its target."""
+    _touch(tmp_path / "src" / "pool.png")
+    for folder in ("a", "b"):
+        (tmp_path / "src" / folder).mkdir()
+        os.symlink("../pool.png", tmp_path / "src" / folder / "x.png")
+    found, skipped = collect_images([tmp_path / "src"])
+    assert [s.path for s in found] == ["a/x.png", "b/x.png", "pool.png"] and not skipped
+    alone, _ = collect_images([tmp_path / "src" / "a" / "x.png"])
+    assert alone[0].path == str(tmp_path / "src" / "a" / "x.png")
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "a/b"])
+def test_cli_name_must_be_a_folder_name(digits, images, tmp_path, name):
+    """--name . --exist-ok cleared the project folder itself (there: the images' cam/)."""
+    folder, _ = images
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                       "--project", str(tmp_path), "--name", name, "--exist-ok"])
+    assert result.exit_code == 2 and f"--name {name!r} is not a folder name" in result.output
+
+
+def test_cli_exist_ok_leaves_a_folder_of_the_users_own_and_the_images_alone(digits, tmp_path):
+    """Only a folder showing an earlier predict (its predictions file) is cleared, and
+    never when the images being predicted are inside what would be removed."""
+    own = tmp_path / "mine"
+    cam_image = own / "cam" / "p.png"
+    cam_image.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(cam_image)
+    (own / "grid.png").write_bytes(b"the user's")
+    args = ["predict", str(cam_image), "--model", str(digits.model_file), "--project",
+            str(tmp_path), "--name", "mine", "--exist-ok"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert cam_image.exists() and (own / "grid.png").read_bytes() == b"the user's"
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "which --exist-ok would replace" in again.output
+    assert cam_image.exists()
+
+
+def test_cli_grid_draws_names_with_dollars_and_multilabel_answers(digits, tmp_path):
+    """Two "$" in a name were read as a formula: 'this is a bug' and no grid.png. A
+    multilabel model's tile shows its labels at the threshold, not the top class."""
+    from resnet_builder.inference.drawing import _title
+    from resnet_builder.inference.predict import Prediction
+    from resnet_builder.plots import plot_confusion_matrix
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "cost_$5_to_$10.png")
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                       "--grid", "--project", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "exp" / "grid.png").stat().st_size > 0
+    plot_confusion_matrix(np.eye(2, dtype=int), ["$a", "b$"], tmp_path / "cm.png")
+    record = Prediction("x.png", "cat", 0.9, [("cat", 0.9), ("dog", 0.8)], 0,
+                        labels=[("cat", 0.9), ("dog", 0.8), ("cow", 0.7)])
+    assert _title(record) == "cat 0.90, dog 0.80 +1"
+    record.labels = []
+    assert _title(record) == "(no label)"
+
+
+def test_cli_threshold_on_a_multiclass_model_is_refused(digits, images, tmp_path):
+    folder, _ = images
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                       "--threshold", "0.3", "--project", str(tmp_path)])
+    assert result.exit_code == 2 and "--threshold applies to multilabel models" in result.output
+
+
+def test_cli_cam_notes_an_image_it_cannot_draw_and_predicts_on(digits, tmp_path, monkeypatch):
+    """One image Pillow refuses (too large) stopped the whole predict, with no
+    predictions.csv; it is now predicted, its overlay noted as missing."""
+    from resnet_builder.data.images import ImageError
+    from resnet_builder.inference import drawing
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "huge.png"):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / name)
+    real = drawing.display_pixels
+
+    def refusing(file, *args, **kwargs):
+        if Path(file).name == "huge.png":
+            raise ImageError(file, "image too large")
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(drawing, "display_pixels", refusing)
+    result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                       "--cam", "--project", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "note: huge.png: no Grad-CAM overlay: cannot read image" in result.output
+    out = tmp_path / "out" / "exp"
+    assert len(_rows(out / "predictions.csv")) == 2
+    assert [p.name for p in (out / "cam").iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_cam_heat_goes_back_through_the_resize_rule(mode):
+    """Heat over a crop model's input lands on the centre square it saw (the rest dimmed),
+    a pad model's padding rows are cut off: stretched over the whole image, both put heat
+    where the model never looked."""
+    from resnet_builder.inference.drawing import _placed_heat
+
+    heat = np.zeros((16, 16), np.float32)
+    heat[:, :8] = 1.0  # the input's left half is hot
+    placed, seen = _placed_heat(heat, Resize(16, mode, 0.5), (40, 80), (40, 80))
+    if mode == "crop":  # a 20x20 centre square at rows 10-30, columns 30-50
+        assert seen[10:30, 30:50].all() and seen.sum() == 400
+        assert placed[20, 32] > 0.9 and placed[20, 48] < 0.1 and placed[:, :30].max() == 0
+    else:  # the input held the image in rows 4-12: all of the image's width, every row
+        assert seen.all()
+        assert placed[:, :38].min() > 0.9 and placed[:, 42:].max() < 0.1

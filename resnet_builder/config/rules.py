@@ -14,6 +14,7 @@ from resnet_builder.config.messages import Where, num, yaml_text
 from resnet_builder.config.schema import STACKWISE, Config
 from resnet_builder.depth import resolve_depth
 from resnet_builder.errors import ArgumentError, ConfigError
+from resnet_builder.runs import is_folder_name
 
 
 def _rule_one_way_to_say_model(cfg: Config, where: Where) -> None:
@@ -131,7 +132,7 @@ def _rule_run_name_is_a_folder_name(cfg: Config, where: Where) -> None:
     """run.name names one folder under run.project: "a/b" failed when the folder was made
     (a bug report, not a message), "" numbered runs 2, 3, ... and "../x" left the project."""
     name = cfg.run.name
-    if name.strip() in ("", ".", "..") or "/" in name or "\\" in name:
+    if not is_folder_name(name):
         raise ConfigError(f"{where('run.name')}: run.name {name!r} is not a folder name",
                           hint="give a plain name such as exp or cifar-56; put the folders "
                                "above it in run.project")

@@ -16,9 +16,10 @@ import numpy as np
 
 from resnet_builder.data.images import ImageError, load_image
 from resnet_builder.files import atomic_write_bytes
-from resnet_builder.plots import new_figure, save_figure
+from resnet_builder.plots import literal, new_figure, save_figure
 
 if TYPE_CHECKING:
+    from resnet_builder.data.resizing import Resize
     from resnet_builder.inference.predict import Prediction
 
 
@@ -45,8 +46,10 @@ class MirroredNames:
         return self.root / candidate
 
 
-def display_pixels(file: Path, channels: int, lo: int = 160, hi: int = 512) -> np.ndarray:
-    """The image as RGB uint8 for viewing: small ones enlarged (nearest), big ones shrunk."""
+def display_pixels(file: Path, channels: int, lo: int = 160, hi: int = 512, *,
+                   with_source_shape: bool = False):
+    """The image as RGB uint8 for viewing: small ones enlarged (nearest), big ones shrunk
+    (and, ``with_source_shape``, the file's own height and width beside them)."""
     from PIL import Image
 
     pixels = load_image(file, 3 if channels == 3 else 1)
@@ -56,34 +59,80 @@ def display_pixels(file: Path, channels: int, lo: int = 160, hi: int = 512) -> n
     side = max(h, w)
     if side < lo:
         f = max(1, lo // side)
-        return np.repeat(np.repeat(pixels, f, axis=0), f, axis=1)
-    if side > hi:
+        pixels = np.repeat(np.repeat(pixels, f, axis=0), f, axis=1)
+    elif side > hi:
         scale = hi / side
         img = Image.fromarray(pixels).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                              Image.Resampling.BILINEAR)
-        return np.asarray(img)
-    return pixels
+        pixels = np.asarray(img)
+    return (pixels, (h, w)) if with_source_shape else pixels
 
 
-def cam_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """A jet-coloured heatmap (stretched to the image, bilinear) blended over RGB pixels."""
+def cam_overlay(pixels: np.ndarray, heatmap: np.ndarray, how: Resize | None = None,
+                source_shape: tuple[int, int] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """A jet-coloured heatmap blended over RGB pixels where the model looked.
+
+    The heatmap is over the model's input, so it goes back through the resize rule the
+    model was trained with (``how``, of an image of ``source_shape``): stretched over the
+    whole image, over the centre square a crop kept (the rest, unseen, dimmed), or with a
+    pad's borders cut off first. Stretching it over the whole image put a crop model's
+    heat on parts it never saw.
+    """
     from matplotlib import colormaps
-    from PIL import Image
 
     h, w = pixels.shape[:2]
-    heat = Image.fromarray(np.clip(heatmap * 255.0, 0, 255).astype(np.uint8))
-    heat = np.asarray(heat.resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
+    heat, seen = _placed_heat(heatmap, how, source_shape or (h, w), (h, w))
     colour = colormaps["jet"](heat)[..., :3] * 255.0
-    blended = (1.0 - alpha) * pixels.astype(np.float32) + alpha * colour
+    weight = np.where(seen, alpha, 0.0)[..., None]
+    blended = (1.0 - weight) * pixels.astype(np.float32) + weight * colour
+    blended = np.where(seen[..., None], blended, blended * 0.5)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def write_cam(path: Path, file: Path, heatmap: np.ndarray, channels: int) -> None:
+def _stretched(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float [0, 1] values resized bilinearly to (height, width)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.clip(values * 255.0, 0, 255).astype(np.uint8))
+    resized = image.resize((max(1, width), max(1, height)), Image.Resampling.BILINEAR)
+    return np.asarray(resized, np.float32) / 255.0
+
+
+def _placed_heat(heatmap: np.ndarray, how: Resize | None, source: tuple[int, int],
+                 shown: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(heat [h, w], seen [h, w] bool) over the shown image, by the model's resize rule
+    (``resizing.fit_image``'s arithmetic on the source image's height and width)."""
+    h, w = shown
+    seen = np.ones((h, w), bool)
+    if how is None or how.mode == "stretch":
+        return _stretched(heatmap, h, w), seen
+    heat = _stretched(heatmap, how.size, how.size)
+    src_h, src_w = source
+    if how.mode == "pad":
+        scale = how.size / max(src_h, src_w)
+        out_h = min(max(round(src_h * scale), 1), how.size)
+        out_w = min(max(round(src_w * scale), 1), how.size)
+        top, left = (how.size - out_h) // 2, (how.size - out_w) // 2
+        return _stretched(heat[top:top + out_h, left:left + out_w], h, w), seen
+    side = max(round(min(src_h, src_w) * how.crop_pct), 1)
+    top, left = (src_h - side) // 2, (src_w - side) // 2
+    y0, y1 = round(top * h / src_h), round((top + side) * h / src_h)
+    x0, x1 = round(left * w / src_w), round((left + side) * w / src_w)
+    placed = np.zeros((h, w), np.float32)
+    placed[y0:y1, x0:x1] = _stretched(heat, y1 - y0, x1 - x0)[:y1 - y0, :x1 - x0]
+    seen[:] = False
+    seen[y0:y1, x0:x1] = True
+    return placed, seen
+
+
+def write_cam(path: Path, file: Path, heatmap: np.ndarray, channels: int,
+              how: Resize | None = None) -> None:
     """The Grad-CAM overlay of one image file as a PNG (folders created as needed)."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(cam_overlay(display_pixels(file, channels), heatmap))
+    pixels, source_shape = display_pixels(file, channels, with_source_shape=True)
+    image = Image.fromarray(cam_overlay(pixels, heatmap, how, source_shape))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -103,14 +152,24 @@ def contact_sheet(path: Path, records: Sequence[Prediction], channels: int,
         except ImageError:
             pixels = np.zeros((8, 8, 3), np.uint8)
         ax.imshow(pixels, interpolation="nearest")
-        ax.set_title(f"{rec.label} {rec.probability:.2f}", fontsize=8)
-        ax.set_xlabel(_short(rec.path), fontsize=5)
+        ax.set_title(literal(_title(rec)), fontsize=8)
+        ax.set_xlabel(literal(_short(rec.path)), fontsize=5)
         ax.set_xticks([])
         ax.set_yticks([])
     shown = f"{n} of {total} images" if total and total > n else f"{n} images"
     fig.suptitle(f"predictions ({shown}): label probability", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+def _title(rec: Prediction) -> str:
+    """The tile's answer: the top class, or a multilabel model's labels at the threshold
+    (the top class alone showed a label predictions.csv did not give)."""
+    if rec.labels is None:
+        return f"{rec.label} {rec.probability:.2f}"
+    shown = ", ".join(f"{label} {p:.2f}" for label, p in rec.labels[:2])
+    more = f" +{len(rec.labels) - 2}" if len(rec.labels) > 2 else ""
+    return shown + more if shown else "(no label)"
 
 
 def _short(text: str, width: int = 28) -> str:

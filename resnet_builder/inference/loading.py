@@ -124,6 +124,10 @@ def with_threshold(im: InferenceModel, threshold: float | None) -> InferenceMode
         return im
     if not 0.0 <= float(threshold) <= 1.0:
         raise UserError(f"threshold must be in [0, 1], got {threshold}", exit_code=2)
+    if not im.multilabel:  # it was ignored without a word
+        raise UserError(f"--threshold applies to multilabel models; {im.source} is multiclass "
+                        "(one label per image, the most probable)", hint="drop --threshold",
+                        exit_code=2)
     return replace(im, threshold=float(threshold))
 
 

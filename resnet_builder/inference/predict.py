@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_builder.data.images import IMAGE_KINDS
+from resnet_builder.data.images import IMAGE_KINDS, ImageError
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_open
 from resnet_builder.inference.decode import decoded_batches
@@ -200,6 +200,7 @@ class PredictReport:
     cam_folder: Path | None = None
     shown: list[Prediction] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # an earlier predict's, in the folder
+    cam_missing: list[Skipped] = field(default_factory=list)  # predicted, not drawn
 
     @property
     def images_per_second(self) -> float:
@@ -225,8 +226,7 @@ def _write_predictions(report: PredictReport, im: InferenceModel, images: list[I
                 continue
             write(item)
             if cam_names is not None and item.heatmap is not None and item.file:
-                write_cam(cam_names(item.path), item.file, item.heatmap, im.channels)
-                item.heatmap = None
+                _write_cam(report, cam_names(item.path), item, im)
             if len(for_grid) < grid_max:
                 for_grid.append(item)
             if len(report.shown) < show:
@@ -234,6 +234,17 @@ def _write_predictions(report: PredictReport, im: InferenceModel, images: list[I
             report.predicted += 1
     report.seconds = time.perf_counter() - start
     return for_grid
+
+
+def _write_cam(report: PredictReport, path: Path, item: Prediction, im: InferenceModel) -> None:
+    """One Grad-CAM overlay; an image it cannot draw (too large for Pillow, a name taken by
+    a folder) is noted, and the run goes on: one such image stopped the whole predict."""
+    try:
+        write_cam(path, item.file, item.heatmap, im.channels, im.resizing)
+    except (ImageError, OSError) as exc:
+        reason = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+        report.cam_missing.append(Skipped(item.path, f"no Grad-CAM overlay: {reason}"))
+    item.heatmap = None
 
 
 def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int = 5,
@@ -259,7 +270,7 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     folder = new_run_dir(project, name, exist_ok)
     report = PredictReport(folder=folder, model=im.source, predicted=0, skipped=skipped,
                            seconds=0.0, output=folder / f"predictions.{fmt}",
-                           replaced=_clear_earlier_predictions(folder))
+                           replaced=_clear_earlier_predictions(folder, images))
     for_grid = _write_predictions(report, im, images, fmt=fmt, top_k=top_k,
                                   batch_size=batch_size, cam=cam, tta=tta,
                                   grid_max=grid_max if grid else 0, show=show)
@@ -280,8 +291,20 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
 PREDICT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "grid.png", "cam")
 
 
-def _clear_earlier_predictions(folder: Path) -> list[str]:
-    return remove_entries(folder / name for name in PREDICT_FILES)
+def _clear_earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> list[str]:
+    """An earlier predict's files in a reused folder (--exist-ok). Only a folder that shows
+    one (its predictions file) is cleared, and never over the images being predicted: a
+    folder of the user's own with a cam/ or grid.png in it was emptied."""
+    if not any((folder / f"predictions.{fmt}").is_file() for fmt in ("csv", "json")):
+        return []
+    entries = [Path(os.path.abspath(folder / name)) for name in PREDICT_FILES]
+    for image in images:
+        file = Path(os.path.abspath(image.file))
+        inside = next((e for e in entries if file == e or e in file.parents), None)
+        if inside is not None:
+            raise UserError(f"{image.file} is in {inside}, which --exist-ok would replace",
+                            hint="predict into another --name, or move the images")
+    return remove_entries(entries)
 
 
 def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) -> str:

@@ -104,7 +104,7 @@ def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
     elif path.is_file() and not has_utf8_name(path.resolve()):
         yield Skipped(shown_path(text), NAME_NOT_UTF8)
     elif path.is_file():
-        yield ImageSource(path, str(path.resolve()))
+        yield ImageSource(path, os.path.abspath(path))  # a link as given, not its target
     elif glob.has_magic(text):
         yield from _glob_files(text)
     else:
@@ -133,7 +133,8 @@ def collect_images(sources: str | os.PathLike | Iterable[str | os.PathLike]
                    ) -> tuple[list[ImageSource], list[Skipped]]:
     """Files to predict from files, folders (recursive) and globs, in the order given.
 
-    A file reached twice (a folder and a glob inside it) is predicted once; file names
+    A file reached twice (a folder and a glob inside it) is predicted once (two links to
+    one file are two files, as the user named them: one of them vanished); file names
     that two sources share are told apart (``_distinct_paths``).
     """
     if isinstance(sources, (str, os.PathLike)):
@@ -145,7 +146,7 @@ def collect_images(sources: str | os.PathLike | Iterable[str | os.PathLike]
         for item in _source_files(source):
             if isinstance(item, Skipped):
                 skipped.append(item)
-            elif (key := os.path.realpath(item.file)) not in seen:
+            elif (key := os.path.abspath(item.file)) not in seen:  # links stay apart
                 seen.add(key)
                 found.append(item)
     return _distinct_paths(found), skipped
