@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import sys
 import time
 import warnings
 
@@ -74,8 +76,8 @@ class Group(click.Group):
             code = exc.exit_code if isinstance(exc, UserError) else 2
             raise CommandFailed(str(exc), code) from None
         except Exception as exc:
-            if os.environ.get("RESNET_BUILDER_DEBUG"):
-                raise
+            if os.environ.get("RESNET_BUILDER_DEBUG") or _output_pipe_closed(exc):
+                raise  # click's main ends a closed pipe quietly (`predict ... | head`)
             known = known_failure(exc)
             if known is not None:
                 raise CommandFailed(str(known), known.exit_code) from None
@@ -83,6 +85,18 @@ class Group(click.Group):
                 f"{type(exc).__name__}: {exc}\n  this is a bug in resnet-builder, not something "
                 "you did; please report it with the traceback, which RESNET_BUILDER_DEBUG=1 "
                 "shows", 1) from None
+
+
+def _output_pipe_closed(exc: Exception) -> bool:
+    """The reader of our stdout went away (``| head``): a "this is a bug" was the answer."""
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:  # a pipe whose reader closed polls as an error (a socket's broken pipe is no match)
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout not a file
+        return False
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -391,6 +405,10 @@ def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json
         raise click.BadParameter("bench trains a softmax classifier: at least 2",
                                  param_hint="--num-classes")
     arch, model_args = architecture_from_options(opts)
+    height, width, _ = arch.input_shape
+    if height is None or height != width:  # the trainer's images are data.image_size squared
+        raise click.BadParameter(f"bench trains on square images (data.image_size); got "
+                                 f"{height}x{width}", param_hint="--input-shape")
     result = run_benchmark(arch, num_classes=model_args["num_classes"],
                            head=model_args["head"], dropout=model_args["dropout"],
                            batch_size=batch_size,

@@ -193,3 +193,11 @@ def test_build_output_on_unverified_keras_notes_the_keras_save(tmp_path, monkeyp
     assert summary["note"] == ("wrote with keras.Model.save: the fast writer is verified for "
                                "Keras 3.15, this is 3.16")
     assert keras.models.load_model(path).count_params() == summary["params_total"]
+
+
+def test_bench_refuses_a_non_square_input_before_measuring():
+    """The trainer's images are data.image_size squared: 8x16 failed after the step and fit
+    were set up, as 'this is a bug'."""
+    result = run("bench", "--depth", "8", "--block-type", "basic", "--input-shape", "8,16,1",
+                 "--no-pipelines")
+    assert result.exit_code == 2 and "bench trains on square images" in result.output
