@@ -684,3 +684,15 @@ def test_a_folder_that_cannot_be_listed_is_named_not_dropped(tmp_path, monkeypat
     assert bundle.num_train == 4
     assert [(Path(p).name, why) for p, why in bundle.skipped] == [
         ("locked", "folder cannot be read (Permission denied); its files are left out")]
+
+
+def test_a_named_pipe_among_the_images_is_skipped_never_read(tmp_path):
+    """Reading a pipe named x.png waited forever (Ctrl-C did not stop it)."""
+    _class_tree(tmp_path, 2, ("ant", "bee"))
+    os.mkfifo(tmp_path / "bee" / "pipe.png")
+    with pytest.warns(SkippedFilesWarning, match=r"pipe.png: not a regular file"):
+        bundle = load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0),
+                           seed=0)
+    assert bundle.num_train == 4
+    assert [(Path(p).name, why) for p, why in bundle.skipped] == [
+        ("pipe.png", "not a regular file (a named pipe, socket or device)")]

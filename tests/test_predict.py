@@ -392,3 +392,12 @@ def test_cam_heat_goes_back_through_the_resize_rule(mode):
     else:  # the input held the image in rows 4-12: all of the image's width, every row
         assert seen.all()
         assert placed[:, :38].min() > 0.9 and placed[:, 42:].max() < 0.1
+
+
+def test_collect_skips_a_named_pipe_in_a_folder(tmp_path):
+    """It was listed as an image, and predict waited on it forever."""
+    _touch(tmp_path / "src" / "a.png")
+    os.mkfifo(tmp_path / "src" / "pipe.png")
+    found, skipped = collect_images([tmp_path / "src"])
+    assert [s.path for s in found] == ["a.png"]
+    assert skipped == [Skipped("pipe.png", "not a regular file (a named pipe, socket or device)")]

@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_builder.data.images import has_utf8_name, shown_path, walk_names, why_not_readable
+from resnet_builder.data.images import (
+    NOT_A_FILE,
+    has_utf8_name,
+    shown_path,
+    walk_names,
+    why_not_readable,
+)
 from resnet_builder.errors import UserError
 
 
@@ -34,6 +40,11 @@ class ClassFolders:
                              f"folder cannot be read ({error.strerror}); its files are left out"))
 
 
+    def not_a_file(self, path: str) -> None:
+        """A named pipe, socket or device among the images: skipped, never read."""
+        self.skipped.append((Path(shown_path(path)), NOT_A_FILE))
+
+
 def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
     """Every class folder of ``root`` with its image files; loose and non-image files skipped.
 
@@ -52,7 +63,7 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
             raise UserError(f"class folder {shown_path(entry)}: its name is not valid UTF-8",
                             hint="rename the folder: class names are stored in the model")
         images: list[Path] = []
-        for _, full in sorted(walk_names(entry, found.unreadable_folder)):
+        for _, full in sorted(walk_names(entry, found.unreadable_folder, found.not_a_file)):
             reason = why_not_readable(full)
             if reason is None:
                 images.append(Path(full))

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from resnet_builder.data.images import (
     NAME_NOT_UTF8,
+    NOT_A_FILE,
     has_utf8_name,
     shown_path,
-    walk_files,
+    walk_names,
     why_not_readable,
 )
 from resnet_builder.runs import write_skipped_csv
@@ -69,8 +70,12 @@ def _rel(file: Path, base: Path) -> str:
 
 def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
     """Image files below ``folder`` (sorted); other files as skips."""
-    files = sorted(walk_files(folder), key=lambda p: p.relative_to(folder).as_posix())
-    for file in files:
+    others: list[str] = []  # pipes, sockets, devices: never read (a pipe waited forever)
+    files = sorted(walk_names(folder, irregular=others.append))
+    for full in sorted(others):
+        yield Skipped(shown_path(_rel(Path(full), base)), NOT_A_FILE)
+    for _, full in files:
+        file = Path(full)
         rel = _rel(file, base)
         reason = why_not_readable(file)
         if reason is None:
