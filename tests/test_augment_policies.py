@@ -285,3 +285,22 @@ def test_every_policy_augments_in_float32_under_mixed_precision(policy):
         keras.mixed_precision.set_global_policy("float32")
     assert got[0].dtype == tf.float32 and got[1].dtype == tf.float32
     np.testing.assert_allclose(got[0].numpy(), expected[0].numpy(), atol=1e-3)
+
+
+def test_saturation_jitter_is_torchvisions():
+    """A multiplier uniform in [1 - s, 1 + s] (Keras' median was 0.92 for s = 0.4), applied
+    as a blend with the image's gray, clipped: [200, 150, 40] at x1.4 is torchvision's
+    [219, 149, 0] (Keras gave [200, 130, -24], its hue moved)."""
+    from resnet_builder.data.policies import SaturationJitter
+
+    (layer,) = color_jitter_ops([0.0, 0.0, 0.4, 0.0])
+    assert isinstance(layer, SaturationJitter)
+    x = np.zeros((4000, 1, 1, 3), np.float32)
+    multipliers = np.asarray(layer.get_random_transformation(x)["factor"])
+    assert 0.6 <= multipliers.min() < 0.62 and 1.38 < multipliers.max() <= 1.4
+    assert abs(np.median(multipliers) - 1.0) < 0.02
+    pixel = np.array([[[[200.0, 150.0, 40.0]]]], np.float32)
+    out = layer.transform_images(pixel, {"factor": tf.constant([1.4])})
+    np.testing.assert_allclose(np.asarray(out).ravel(), [219.04, 149.04, 0.0], atol=0.05)
+    same = layer.transform_images(pixel, {"factor": tf.constant([1.0])})
+    np.testing.assert_allclose(np.asarray(same), pixel, atol=1e-4)

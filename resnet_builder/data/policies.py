@@ -152,12 +152,39 @@ def rand_augment(num_ops: int, magnitude: float, channels: int) -> Callable:
     return apply
 
 
+class SaturationJitter(keras.layers.RandomSaturation):
+    """torchvision's saturation jitter (and PIL's ImageEnhance.Color): each image blended
+    with its own gray, ``gray + m * (image - gray)``, m ~ U[1 - s, 1 + s], clipped to the
+    range. Keras' RandomSaturation multiplies HSV saturation by f / (1 - f) for a uniform f
+    (a median of 0.92 for s = 0.4: 60% of draws desaturated) and clips saturation to the
+    value range, 255 rather than 1: at x1.4 [200, 150, 40] came back [200, 130, -24] with its
+    hue moved (torchvision: [219, 149, 0])."""
+
+    def __init__(self, amount: float, **kwargs) -> None:
+        super().__init__(factor=(0.5, 0.5), value_range=VALUE_RANGE, **kwargs)
+        self.amount = float(amount)
+
+    def get_random_transformation(self, data, training: bool = True, seed=None) -> dict:
+        images = data["images"] if isinstance(data, dict) else data
+        rows = tf.shape(images)[0] if len(images.shape) == 4 else 1
+        seed = seed if seed is not None else self._get_seed_generator("tensorflow")
+        multiplier = keras.random.uniform([rows], 1.0 - self.amount, 1.0 + self.amount,
+                                          seed=seed)
+        return {"factor": multiplier}
+
+    def transform_images(self, images, transformation=None, training: bool = True):
+        if not training or transformation is None:
+            return images
+        images = tf.cast(images, tf.float32)
+        gray = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
+        multiplier = tf.reshape(transformation["factor"], [-1, 1, 1, 1])
+        return tf.clip_by_value(gray + multiplier * (images - gray), 0.0, 255.0)
+
+
 def color_jitter_ops(factors: list[float]) -> list[keras.layers.Layer]:
     """Brightness +-b of the range, contrast and saturation x(1 +- c), hue +-h/2 of the circle.
 
-    Keras' saturation factor s maps to the multiplier s / (1 - s), so [1 - c, 1 + c]
-    (torchvision's ColorJitter) is the factor range [(1 - c)/(2 - c), (1 + c)/(2 + c)].
-    A factor of 0 leaves that op out.
+    Saturation is ``SaturationJitter``, torchvision's; a factor of 0 leaves that op out.
     """
     brightness, contrast, saturation, hue = factors
     layers = keras.layers
@@ -167,8 +194,7 @@ def color_jitter_ops(factors: list[float]) -> list[keras.layers.Layer]:
     if contrast:
         ops.append(two_sided_contrast(contrast))
     if saturation:
-        low, high = (1 - saturation) / (2 - saturation), (1 + saturation) / (2 + saturation)
-        ops.append(layers.RandomSaturation((low, high), value_range=VALUE_RANGE))
+        ops.append(SaturationJitter(saturation))
     if hue:
         ops.append(layers.RandomHue(hue, value_range=VALUE_RANGE))
     return ops
