@@ -304,3 +304,19 @@ def test_saturation_jitter_is_torchvisions():
     np.testing.assert_allclose(np.asarray(out).ravel(), [219.04, 149.04, 0.0], atol=0.05)
     same = layer.transform_images(pixel, {"factor": tf.constant([1.0])})
     np.testing.assert_allclose(np.asarray(same), pixel, atol=1e-4)
+
+
+def test_sharpness_leaves_the_border_as_it_was():
+    """Keras smooths with zero padding: a flat image's one-pixel border darkened (blur) or
+    brightened (sharpen); PIL's sharpness, which timm uses, leaves it as it is."""
+    (layer,) = [op for op in rand_augment_ops(9, 3) if "Sharpness" in type(op).__name__]
+    flat = np.full((2, 8, 8, 3), 120.0, np.float32)
+    for factor in (0.05, 0.95):  # blur, sharpen
+        out = np.asarray(layer.transform_images(flat, {"factor": tf.constant([factor] * 2)}))
+        np.testing.assert_allclose(out, flat, atol=1e-3)
+    edge = np.zeros((1, 8, 8, 3), np.float32)
+    edge[:, :, 4:] = 255.0  # a vertical edge: the inside changes, the border does not
+    out = np.asarray(layer.transform_images(edge, {"factor": tf.constant([0.05])}))
+    assert not np.allclose(out[0, 1:-1, 1:-1], edge[0, 1:-1, 1:-1])
+    np.testing.assert_array_equal(out[0, 0], edge[0, 0])
+    np.testing.assert_array_equal(out[0, :, 0], edge[0, :, 0])
