@@ -411,3 +411,13 @@ def test_a_list_argument_of_another_type_is_named(arguments, text):
 def test_a_classifier_number_of_another_type_is_named(key):
     with pytest.raises(ValueError, match=f"`{key}` must be in .*Received: {key}='x'"):
         build_model(11, num_classes=2, **{key: "x"})
+
+
+def test_dilations_keep_a_first_unit_stride_and_the_size_check_knows_it():
+    """He et al.'s stacks stride in their first unit, which is never dilated: the check
+    took dilations as cancelling that stride and let a 2x2 input through to a 1x1 stage."""
+    with pytest.raises(ValueError, match="downsamples by 4"):
+        resolve_architecture(20, stackwise_dilations=[1, 2, 2], input_shape=(2, 2, 3)).plan()
+    plan, _ = resolve_architecture(20, stackwise_dilations=[1, 2, 2],
+                                   input_shape=(4, 4, 3)).plan()
+    assert plan.shape(plan.output)[:2] == (1, 1)

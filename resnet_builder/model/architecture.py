@@ -122,11 +122,16 @@ def input_range(rescale_to: object) -> tuple[float, float]:
     return low, high
 
 
-def _check_size(shape: tuple, stem: str, strides: list[int], dilations: list[int]) -> None:
-    """The input must survive the backbone's total downsampling."""
+def _check_size(shape: tuple, stem: str, strides: list[int], dilations: list[int],
+                stride_position: str) -> None:
+    """The input must survive the backbone's total downsampling. A dilated stack does not
+    downsample when its last unit strides (keras-cv's layout: that unit is dilated, which
+    cancels the stride); when its first unit strides (He et al.'s), that unit is never
+    dilated and still halves the size, which this check once assumed it did not."""
     _, stem_stride, pooled, _ = blocks.STEMS[stem]
     total = stem_stride * (2 if pooled else 1) * math.prod(
-        s for s, d in zip(strides, dilations, strict=True) if d == 1)
+        s for s, d in zip(strides, dilations, strict=True)
+        if d == 1 or stride_position == "first")
     for size in shape[:2]:
         if size is not None and size < total:
             raise ArgumentError(
@@ -162,7 +167,7 @@ def backbone_plan(
     block_type = normalize_block_type(block_type)
     _check_options(stem, stride_position, stem_filters, bn_momentum, padding)
     shape = _check_input_shape(input_shape)
-    _check_size(shape, stem, strides, dilations)
+    _check_size(shape, stem, strides, dilations, stride_position)
     low, high = input_range(rescale_to)
 
     plan = Plan(shape, bn_momentum=float(bn_momentum))
