@@ -25,12 +25,24 @@ def _run_options(default_project: str):
     def decorate(f):
         f = click.option("--exist-ok", is_flag=True,
                          help="Reuse PROJECT/NAME instead of numbering a new folder.")(f)
-        f = click.option("--name", default="exp", show_default=True,
-                         help="Output folder name; exp2, exp3, ... when taken.")(f)
+        f = click.option("--name", default="exp", show_default=True, callback=_folder_name,
+                         help="Output folder name (one folder, under --project); exp2, exp3, "
+                              "... when taken.")(f)
         f = click.option("--project", default=default_project, show_default=True,
                          help="Parent folder of output folders.")(f)
         return f
     return decorate
+
+
+def _folder_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
+    """Checked before the model loads: '.' or '..' put the output (and what --exist-ok
+    clears) in the project folder or above it."""
+    from resnet_builder.runs import is_folder_name
+
+    if not is_folder_name(name):
+        raise click.BadParameter(f"{name!r} is not a folder name: give a plain name such as "
+                                 "exp; put the folders above it in --project")
+    return name
 
 
 def show_skipped(rows, shown: int = 50) -> None:

@@ -50,8 +50,9 @@ MODEL_OPTIONS = [
     click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout."),
 ]
 WAYS = ("depth", "preset", "stackwise_blocks", "stackwise_filters", "stackwise_strides")
-# A network given on the command line replaces the config's whole network: its shape too
-# (``--preset resnet50_v2`` kept a config's basic blocks and 16-filter stem).
+# A preset or stages given on the command line replace the config's whole network, its shape
+# too (``--preset resnet50_v2`` kept a config's basic blocks and 16-filter stem); a --depth
+# keeps them, as ``train --set model.depth=...`` does.
 NETWORK_SHAPE = ("block_type", "stem_filters", "stackwise_dilations")
 
 
@@ -77,7 +78,8 @@ def architecture_from_options(opts: dict) -> tuple:
              "head": opts["head"], "dropout": opts["dropout"],
              "input_shape": int_list(opts["input_shape"], "--input-shape")}
     if any(given[k] is not None for k in WAYS):  # a way given on the command line wins
-        for key in WAYS + NETWORK_SHAPE:
+        whole = given["depth"] is None  # a preset or stages: a whole network, not a depth
+        for key in WAYS + (NETWORK_SHAPE if whole else ()):
             request.pop(key, None)
     request.update({k: v for k, v in given.items() if v is not None})
     if request.get("input_shape") is not None and len(request["input_shape"]) != 3:

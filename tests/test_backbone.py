@@ -421,3 +421,24 @@ def test_dilations_keep_a_first_unit_stride_and_the_size_check_knows_it():
     plan, _ = resolve_architecture(20, stackwise_dilations=[1, 2, 2],
                                    input_shape=(4, 4, 3)).plan()
     assert plan.shape(plan.output)[:2] == (1, 1)
+
+
+def test_iterators_are_read_once_and_sets_refused():
+    """An iterator was read by the checks, then saved as an empty list."""
+    backbone = ResNetV2Backbone(stackwise_filters=map(int, ["8", "16"]),
+                                stackwise_blocks=(n for n in [1, 1]),
+                                stackwise_strides=iter([1, 2]), include_rescaling=False,
+                                block_type="basic", input_shape=(16, 16, 3))
+    config = backbone.get_config()
+    assert (config["stackwise_filters"], config["stackwise_blocks"]) == ([8, 16], [1, 1])
+    assert ResNetV2Backbone.from_config(config).count_params() == backbone.count_params()
+    with pytest.raises(ValueError, match="must be a list of integers"):
+        ResNetV2Backbone(stackwise_filters={8, 16}, stackwise_blocks=[1, 1],
+                         stackwise_strides=[1, 2], include_rescaling=False)
+
+
+def test_stages_deeper_than_the_depth_limit_are_refused():
+    """--blocks 100000000,1 grew in memory until killed."""
+    with pytest.raises(ValueError, match="deeper than the 2,000"):
+        resolve_architecture(stackwise_blocks=[100_000_000, 1], stackwise_filters=[8, 8],
+                             stackwise_strides=[1, 2]).plan()

@@ -132,6 +132,9 @@ def test_a_network_on_the_command_line_replaces_the_configs_shape_too():
     summary = json.loads(result.output)
     assert (summary["block_type"], summary["stem_filters"]) == ("block", 64)
     assert summary["backbone_params"] == 23_564_800, summary
+    deeper = json.loads(run("build", "--config", "configs/digits.yaml", "--depth", "20",
+                            "--json").output)  # a depth keeps the config's basic blocks
+    assert deeper["block_type"] == "basic_block", deeper
 
 
 def test_building_an_imagenet_preset_says_its_weights_are_not_in_the_file(tmp_path):

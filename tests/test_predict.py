@@ -299,7 +299,7 @@ def test_cli_name_must_be_a_folder_name(digits, images, tmp_path, name):
     folder, _ = images
     result = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
                                        "--project", str(tmp_path), "--name", name, "--exist-ok"])
-    assert result.exit_code == 2 and f"--name {name!r} is not a folder name" in result.output
+    assert result.exit_code == 2 and f"{name!r} is not a folder name" in result.output
 
 
 def test_cli_exist_ok_leaves_a_folder_of_the_users_own_and_the_images_alone(digits, tmp_path):
@@ -398,6 +398,13 @@ def test_collect_skips_a_named_pipe_in_a_folder(tmp_path):
     """It was listed as an image, and predict waited on it forever."""
     _touch(tmp_path / "src" / "a.png")
     os.mkfifo(tmp_path / "src" / "pipe.png")
+    os.mkfifo(tmp_path / "elsewhere.png")
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "src" / "link.png")  # behind a link
+    os.symlink(tmp_path / "gone.png", tmp_path / "src" / "dangling.png")  # the read says
     found, skipped = collect_images([tmp_path / "src"])
-    assert [s.path for s in found] == ["a.png"]
-    assert skipped == [Skipped("pipe.png", "not a regular file (a named pipe, socket or device)")]
+    assert [s.path for s in found] == ["a.png", "dangling.png"]
+    why = "not a regular file (a named pipe, socket or device)"
+    assert skipped == [Skipped("link.png", why), Skipped("pipe.png", why)]
+    found, skipped = collect_images([str(tmp_path / "src" / "*.png")])
+    assert [s.path for s in found] == ["a.png", "dangling.png"]
+    assert sorted(s.path for s in skipped) == ["link.png", "pipe.png"]

@@ -221,3 +221,17 @@ def test_a_donor_of_another_network_is_one_short_error(tmp_path, name):
         load_donor_weights(build_model(20, num_classes=3, input_shape=(16, 16, 3)),
                            tmp_path / name)
     assert "\n" not in e.value.message and len(e.value.message) < 400
+
+
+def test_a_failed_whole_model_try_leaves_no_half_loaded_head(tmp_path):
+    """Keras assigns every layer that fits before it raises: a tutorial head's first dense
+    layer came from a 5-class donor into a 3-class model, its last stayed fresh."""
+    donor = build_model(11, num_classes=5, head="tutorial", input_shape=(16, 16, 3))
+    donor.save_weights(tmp_path / "tutorial5.weights.h5")
+    model = build_model(11, num_classes=3, head="tutorial", input_shape=(16, 16, 3))
+    head_before = [layer.get_weights() for layer in model.layers[2:]]
+    load_donor_weights(model, tmp_path / "tutorial5.weights.h5")
+    assert same_weights(model.backbone, donor.backbone)
+    for layer, before in zip(model.layers[2:], head_before, strict=True):
+        for now, then in zip(layer.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(now, then)

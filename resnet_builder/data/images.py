@@ -129,15 +129,18 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
 
 def _entry_kind(entry: os.DirEntry) -> str:
     """folder, file (a regular file, or a link whose target is missing: its read names
-    the problem) or other (a pipe, socket or device)."""
+    the problem) or other (a pipe, socket or device, also behind a link)."""
     try:
         if entry.is_dir():
             return "folder"
-        if entry.is_file() or entry.is_symlink():
+        if entry.is_file():
             return "file"
-    except OSError:  # a link loop or an entry gone since the listing: let the read say
+        if not entry.is_symlink():
+            return "other"
+        entry.stat()  # a link to something that is there and is neither: a pipe, a device
+        return "other"
+    except OSError:  # a missing target, a link loop, an entry gone since the listing
         return "file"
-    return "other"
 
 
 NOT_A_FILE = "not a regular file (a named pipe, socket or device)"

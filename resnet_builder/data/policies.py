@@ -183,9 +183,9 @@ class SaturationJitter(keras.layers.RandomSaturation):
     def get_random_transformation(self, data, training: bool = True, seed=None) -> dict:
         images = data["images"] if isinstance(data, dict) else data
         rows = tf.shape(images)[0] if len(images.shape) == 4 else 1
-        seed = seed if seed is not None else self._get_seed_generator("tensorflow")
-        multiplier = keras.random.uniform([rows], 1.0 - self.amount, 1.0 + self.amount,
-                                          seed=seed)
+        seed = seed if seed is not None else self._get_seed_generator(self.backend._backend)
+        multiplier = self.backend.random.uniform([rows], 1.0 - self.amount, 1.0 + self.amount,
+                                                 seed=seed)
         return {"factor": multiplier}
 
     def transform_images(self, images, transformation=None, training: bool = True):

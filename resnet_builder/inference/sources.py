@@ -97,7 +97,15 @@ def _glob_files(pattern: str) -> Iterator[ImageSource | Skipped]:
         elif not has_utf8_name(match):
             yield Skipped(shown_path(_rel(match, base)), NAME_NOT_UTF8)
         elif not match.name.startswith("."):
-            yield ImageSource(match, _rel(match, base))
+            yield _named_file(match, _rel(match, base))
+
+
+def _named_file(path: Path, shown: str) -> ImageSource | Skipped:
+    """A file named by a glob or on its own; a pipe, socket or device is never read (a pipe
+    named x.png waited forever, also behind a link)."""
+    if path.is_file() or not path.exists():  # a missing link target: the read says so
+        return ImageSource(path, shown)
+    return Skipped(shown, NOT_A_FILE)
 
 
 def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
@@ -108,8 +116,8 @@ def _source_files(source: str | os.PathLike) -> Iterator[ImageSource | Skipped]:
         yield from _folder_files(path, path)
     elif path.is_file() and not has_utf8_name(path.resolve()):
         yield Skipped(shown_path(text), NAME_NOT_UTF8)
-    elif path.is_file():
-        yield ImageSource(path, os.path.abspath(path))  # a link as given, not its target
+    elif path.is_file() or path.exists():
+        yield _named_file(path, os.path.abspath(path))  # a link as given, not its target
     elif glob.has_magic(text):
         yield from _glob_files(text)
     else:

@@ -15,7 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resnet_builder.depth import BOTTLENECK, DepthRule, normalize_block_type, resolve_depth
+from resnet_builder.depth import (
+    BOTTLENECK,
+    MAX_DEPTH,
+    DepthRule,
+    normalize_block_type,
+    resolve_depth,
+)
 from resnet_builder.errors import ArgumentError
 from resnet_builder.model import blocks
 from resnet_builder.model.head import HEADS
@@ -43,8 +49,9 @@ def _real(value: object) -> float:
 
 def _int_list(name: str, values: object, *, minimum: int) -> list[int]:
     """A list of integers >= minimum; NumPy integers and arrays count (``np.int64`` is
-    ``numbers.Integral``), a string does not (it would be split into characters)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+    ``numbers.Integral``), a string does not (it would be split into characters), nor a set
+    (no order)."""
+    if isinstance(values, (str, bytes, dict, set, frozenset)) or not isinstance(values, Iterable):
         raise ArgumentError(f"`{name}` must be a list of integers. Received: {name}={values!r}")
     values = list(values)
     out = []
@@ -122,6 +129,16 @@ def input_range(rescale_to: object) -> tuple[float, float]:
     return low, high
 
 
+def _check_depth(n_blocks: list[int], block_type: str) -> None:
+    """Stages as deep as ``depth`` allows (``MAX_DEPTH``): --blocks 100000000,1 grew in
+    memory until killed, as a depth of 1000000001 did."""
+    layers = 2 + sum(n_blocks) * (3 if block_type == BOTTLENECK else 2)
+    if layers > MAX_DEPTH:
+        raise ArgumentError(f"stackwise_blocks={n_blocks} make {layers:,} layers, deeper than "
+                            f"the {MAX_DEPTH:,} resnet-builder builds (He et al. trained up to "
+                            f"1,202). Received: stackwise_blocks={n_blocks}")
+
+
 def _check_size(shape: tuple, stem: str, strides: list[int], dilations: list[int],
                 stride_position: str) -> None:
     """The input must survive the backbone's total downsampling. A dilated stack does not
@@ -165,6 +182,7 @@ def backbone_plan(
     filters, n_blocks, strides, dilations = _stackwise_lists(
         stackwise_filters, stackwise_blocks, stackwise_strides, stackwise_dilations)
     block_type = normalize_block_type(block_type)
+    _check_depth(n_blocks, block_type)
     _check_options(stem, stride_position, stem_filters, bn_momentum, padding)
     shape = _check_input_shape(input_shape)
     _check_size(shape, stem, strides, dilations, stride_position)

@@ -46,6 +46,14 @@ def make_layer(op: Op) -> keras.layers.Layer:
     return KERAS_LAYERS[op.kind](name=op.name, **op.args)
 
 
+def _listed(values: object) -> object:
+    """An iterator as a list, read once (it was read by the checks, then saved empty); what
+    is not a sequence of values is left for the checks to name."""
+    if isinstance(values, (str, bytes, dict, set, frozenset)) or not hasattr(values, "__iter__"):
+        return values
+    return list(values)
+
+
 def _ints(values: Sequence[int]) -> list[int]:
     """Plain ints (the values were checked; NumPy's would not serialize)."""
     return [int(v) for v in values]
@@ -127,6 +135,9 @@ class ResNetV2Backbone(keras.Model):
         rescale_to: Sequence[float] = (0.0, 1.0),
         **kwargs,
     ) -> None:
+        stackwise_filters, stackwise_blocks, stackwise_strides, stackwise_dilations = map(
+            _listed, (stackwise_filters, stackwise_blocks, stackwise_strides,
+                      stackwise_dilations))
         arch = {  # checked by backbone_plan below
             "stackwise_filters": stackwise_filters,
             "stackwise_blocks": stackwise_blocks,

@@ -164,7 +164,8 @@ def weights_path(preset: str, weights_file: str | os.PathLike | None = None) -> 
         raise UserError(
             f"could not download the weights of {preset} ({type(exc).__name__}: {exc})",
             hint=f"download {spec['url']} on a machine with network access and put it at "
-                 f"{target} (or set KERAS_HOME), then run again",
+                 f"{target} (or set KERAS_HOME, or in Python pass its path as "
+                 f"from_preset(..., weights_file=...)), then run again",
         ) from None
 
 

@@ -128,6 +128,7 @@ def load_donor_weights(model, path: str | os.PathLike) -> None:
     of a classifier (any class count) or of a backbone. The backbone always comes over, the
     head too when its shapes and class names match this model's."""
     path = Path(path)
+    before = model.get_weights()
     with warnings.catch_warnings():
         # Keras warns of every layer it skips while a layout is tried: 77 lines saying layers
         # "will retain their freshly-initialized weights" before a backbone file loaded whole.
@@ -138,6 +139,7 @@ def load_donor_weights(model, path: str | os.PathLike) -> None:
             else:
                 _load_weights_file(model, path)
         except (ValueError, TypeError, OSError, KeyError) as exc:
+            model.set_weights(before)  # Keras assigns what fits before it raises
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
             raise UserError(f"model.weights {path} does not fit this model ({reason[:300]})",
                             hint="the file must come from a network with the same backbone "
@@ -163,13 +165,16 @@ def _same_head(donor, model) -> bool:
 
 def _load_weights_file(model, path: Path) -> None:
     """A classifier's file of this model's shape, a backbone's file, then the backbone
-    inside a classifier's file of another class count or head."""
+    inside a classifier's file of another class count or head. Keras' ``load_weights``
+    assigns every layer that fits before it raises, which loaded half a head of another
+    class count: each failed try is undone."""
+    before = model.get_weights()
     for target in (model, model.backbone):
         try:
             target.load_weights(path)
             return
         except ValueError:
-            pass
+            model.set_weights(before)
     import h5py
 
     with h5py.File(path, "r") as stored, tempfile.TemporaryDirectory() as scratch:
