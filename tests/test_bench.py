@@ -26,7 +26,7 @@ def test_bench_json_has_every_field():
     report = json.loads(result.output.strip().splitlines()[-1])
     assert set(report) >= FIELDS
     assert all(report[k] > 0 for k in FIELDS)
-    assert report["mixed_precision"] == "off"
+    assert report["mixed_precision"] == "off" and report["loop_steps_per_call"] == 1  # a CPU
     assert report["onednn"] is onednn_in_force()
     expected = 6 * report["macs_per_image"] * report["train_images_per_second"] / 1e9
     assert abs(report["train_gflops"] - expected) <= 0.01 + 1e-3 * expected

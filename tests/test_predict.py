@@ -408,3 +408,19 @@ def test_collect_skips_a_named_pipe_in_a_folder(tmp_path):
     found, skipped = collect_images([str(tmp_path / "src" / "*.png")])
     assert [s.path for s in found] == ["a.png", "dangling.png"]
     assert sorted(s.path for s in skipped) == ["link.png", "pipe.png"]
+
+
+@pytest.mark.parametrize("short", [45, 85, 165])
+def test_cam_crop_window_is_the_models_to_the_pixel(short):
+    """Worked out in float64 the window was a pixel off fit_image's float32 at these sizes."""
+    import tensorflow as tf
+
+    from resnet_builder.data.resizing import centre_window
+    from resnet_builder.inference.drawing import _placed_heat
+
+    how = Resize(16, "crop", 0.7)
+    _, seen = _placed_heat(np.ones((4, 4), np.float32), how, (short, 300), (short, 300))
+    start, extent = (t.numpy() for t in centre_window(tf.constant([short, 300]), how))
+    rows, cols = np.nonzero(seen)
+    assert (rows.min(), cols.min()) == tuple(start)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == tuple(extent)

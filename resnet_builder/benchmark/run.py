@@ -35,6 +35,7 @@ from resnet_builder.model.architecture import Architecture
 from resnet_builder.model.summary import model_summary
 from resnet_builder.runtime import onednn_in_force
 from resnet_builder.training.batchnorm import fuse_batch_norm
+from resnet_builder.training.setup import resolve_steps_per_call
 from resnet_builder.training.step import make_loss, make_train_function
 
 BENCH_JPEGS = 256  # photo-size JPEGs the pipeline comparison decodes per pass
@@ -174,6 +175,9 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, head: str = "gap
         "train_images_per_second": round(train, 1),
         "trainer_loop_images_per_second": round(loop, 1),
         "loop_vs_step": round(loop_ratio, 3),
+        # the loop's steps per compiled call (hardware.steps_per_call auto: 8 with a GPU, else
+        # 1); the bare step runs 1, so on a GPU the ratio compares the user's default with it
+        "loop_steps_per_call": resolve_steps_per_call("auto"),
         "baseline_fit_images_per_second": round(fit, 1),
         "train_vs_fit": round(fit_ratio, 3),
         "predict_images_per_second": round(ours_predict, 1),

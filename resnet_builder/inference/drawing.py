@@ -108,13 +108,14 @@ def _placed_heat(heatmap: np.ndarray, how: Resize | None, source: tuple[int, int
         return _stretched(heatmap, h, w), seen
     heat = _stretched(heatmap, how.size, how.size)
     src_h, src_w = source
+    f32 = np.float32  # fit_image's arithmetic is float32: float64 was a pixel off at some sizes
     if how.mode == "pad":
-        scale = how.size / max(src_h, src_w)
-        out_h = min(max(round(src_h * scale), 1), how.size)
-        out_w = min(max(round(src_w * scale), 1), how.size)
+        scale = f32(how.size) / f32(max(src_h, src_w))
+        out_h = min(max(int(np.round(f32(src_h) * scale)), 1), how.size)
+        out_w = min(max(int(np.round(f32(src_w) * scale)), 1), how.size)
         top, left = (how.size - out_h) // 2, (how.size - out_w) // 2
         return _stretched(heat[top:top + out_h, left:left + out_w], h, w), seen
-    side = max(round(min(src_h, src_w) * how.crop_pct), 1)
+    side = max(int(np.round(f32(min(src_h, src_w)) * f32(how.crop_pct))), 1)
     top, left = (src_h - side) // 2, (src_w - side) // 2
     y0, y1 = round(top * h / src_h), round((top + side) * h / src_h)
     x0, x1 = round(left * w / src_w), round((left + side) * w / src_w)
