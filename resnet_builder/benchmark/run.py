@@ -167,17 +167,14 @@ def run_benchmark(arch: Architecture, *, num_classes: int = 10, head: str = "gap
     matmul = matmul_gflops(seconds=2.0)
     train_gflops = 3 * 2 * macs * train / 1e9
     result: dict[str, Any] = {
-        "input_shape": [h, w, c],
-        "batch_size": batch_size,
+        "input_shape": [h, w, c], "batch_size": batch_size,
         "block_type": arch.backbone["block_type"], "num_classes": num_classes, "head": head,
         "macs_per_image": macs,
         "mixed_precision": mixed_precision,
         "train_images_per_second": round(train, 1),
         "trainer_loop_images_per_second": round(loop, 1),
         "loop_vs_step": round(loop_ratio, 3),
-        # the loop's steps per compiled call (hardware.steps_per_call auto: 8 with a GPU, else
-        # 1); the bare step runs 1, so on a GPU the ratio compares the user's default with it
-        "loop_steps_per_call": resolve_steps_per_call("auto"),
+        "loop_steps_per_call": resolve_steps_per_call("auto"),  # 8 on a GPU; the step runs 1
         "baseline_fit_images_per_second": round(fit, 1),
         "train_vs_fit": round(fit_ratio, 3),
         "predict_images_per_second": round(ours_predict, 1),
