@@ -81,15 +81,22 @@ def fit_image(image: tf.Tensor, how: Resize) -> tf.Tensor:
                                  tf.concat([extent, [-1]], 0)), size, size)
     if how.mode == "stretch":
         return resample(image, size, size)
+    out_h, out_w, top, left = pad_box(height, width, how)
+    inner = tf.cast(resample(image, out_h, out_w), tf.int32) - PAD_VALUE
+    padded = tf.pad(inner, [[top, size - out_h - top], [left, size - out_w - left], [0, 0]])
+    return tf.cast(padded + PAD_VALUE, tf.uint8)
+
+
+def pad_box(height: tf.Tensor | int, width: tf.Tensor | int, how: Resize) -> tuple:
+    """(out_h, out_w, top, left), int32 scalars: where ``resize: pad`` puts an image of
+    ``height`` x ``width`` inside the ``how.size`` square (the rest is padding)."""
+    size = how.size
     scale = size / tf.cast(tf.maximum(height, width), tf.float32)
     out_h = tf.clip_by_value(tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32),
                              1, size)
     out_w = tf.clip_by_value(tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32),
                              1, size)
-    inner = tf.cast(resample(image, out_h, out_w), tf.int32) - PAD_VALUE
-    top, left = (size - out_h) // 2, (size - out_w) // 2
-    padded = tf.pad(inner, [[top, size - out_h - top], [left, size - out_w - left], [0, 0]])
-    return tf.cast(padded + PAD_VALUE, tf.uint8)
+    return out_h, out_w, (size - out_h) // 2, (size - out_w) // 2
 
 
 def centre_window(dims: tf.Tensor, how: Resize) -> tuple[tf.Tensor, tf.Tensor]:

@@ -101,22 +101,22 @@ def _stretched(values: np.ndarray, height: int, width: int) -> np.ndarray:
 def _placed_heat(heatmap: np.ndarray, how: Resize | None, source: tuple[int, int],
                  shown: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(heat [h, w], seen [h, w] bool) over the shown image, by the model's resize rule
-    (``resizing.fit_image``'s arithmetic on the source image's height and width)."""
+    (``resizing``'s ``pad_box`` and ``centre_window``, on the source's height and width)."""
     h, w = shown
     seen = np.ones((h, w), bool)
     if how is None or how.mode == "stretch":
         return _stretched(heatmap, h, w), seen
+    import tensorflow as tf  # the rule itself (resizing), not a copy of its arithmetic
+
+    from resnet_builder.data.resizing import centre_window, pad_box
+
     heat = _stretched(heatmap, how.size, how.size)
     src_h, src_w = source
-    f32 = np.float32  # fit_image's arithmetic is float32: float64 was a pixel off at some sizes
     if how.mode == "pad":
-        scale = f32(how.size) / f32(max(src_h, src_w))
-        out_h = min(max(int(np.round(f32(src_h) * scale)), 1), how.size)
-        out_w = min(max(int(np.round(f32(src_w) * scale)), 1), how.size)
-        top, left = (how.size - out_h) // 2, (how.size - out_w) // 2
+        out_h, out_w, top, left = (int(v) for v in pad_box(src_h, src_w, how))
         return _stretched(heat[top:top + out_h, left:left + out_w], h, w), seen
-    side = max(int(np.round(f32(min(src_h, src_w)) * f32(how.crop_pct))), 1)
-    top, left = (src_h - side) // 2, (src_w - side) // 2
+    start, extent = centre_window(tf.constant([src_h, src_w]), how)
+    (top, left), side = (int(v) for v in start), int(extent[0])
     y0, y1 = round(top * h / src_h), round((top + side) * h / src_h)
     x0, x1 = round(left * w / src_w), round((left + side) * w / src_w)
     placed = np.zeros((h, w), np.float32)
