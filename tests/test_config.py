@@ -20,6 +20,7 @@ from resnet_builder.config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    config_yaml,
     default_config_yaml,
     describe_keys,
     dump_config,
@@ -120,8 +121,15 @@ def test_string_keys_take_set_text_as_written_but_null_is_null(tmp_path: Path) -
     cfg = load_config(None, ["run.name=2024", "run.project=a: b"])
     assert cfg.run.name == "2024"
     assert cfg.run.project == "a: b"
-    path = write(tmp_path, "model:\n  weights: w.keras\n  preset: p\n")
+    path = write(tmp_path, "model:\n  weights: w.keras\n  preset: resnet18_v2\n")
     assert load_config(path, ["model.weights=null"]).model.weights is None
+    # YAML would read a comment, an anchor or an empty value there: the text is kept
+    for text in ("/data/set #1", "&x", "#1", "a: b"):
+        assert load_config(None, [f"data.path={text}"]).data.path == text
+    for null in ("null", "~", "NULL", ""):
+        assert load_config(None, [f"data.path={null}"]).data.path is None
+    assert load_config(None, ["data.path='a b'"]).data.path == "a b"  # quoted YAML's way
+    assert load_config(None, ["data.path='null'"]).data.path == "null"
 
 
 def test_int_is_accepted_for_float_and_converted(tmp_path: Path) -> None:
@@ -434,7 +442,7 @@ def test_valid_depths(depth: int, block: str | None) -> None:
 def test_depth_null_needs_preset_or_stackwise() -> None:
     assert "model.depth is null and neither model.preset nor model.stackwise_* is set" in \
         error(None, ["model.depth=null"]).message
-    assert load_config(None, ["model.depth=null", "model.preset=p"]).model.depth is None
+    assert load_config(None, ["model.depth=null", "model.preset=resnet18_v2"]).model.depth is None
 
 
 def test_block_types_are_the_spellings_depth_py_accepts() -> None:
@@ -861,3 +869,59 @@ def test_run_name_is_one_folder_name(name: str) -> None:
     err = error(None, [f"run.name={name}"])
     assert "is not a folder name" in err.message and "run.project" in err.hint
     assert load_config(None, ["run.name=cifar-56"]).run.name == "cifar-56"
+
+
+# ----------------------------------------------------------------------------- review, stop 33
+
+
+@pytest.mark.parametrize("overrides, said, hint", [
+    (["model.preset=resnet_nope"], "--set model.preset=resnet_nope: Unknown preset 'resnet_nope'",
+     "resnet-builder presets"),
+    (["model.preset=resnet50_v2", "data.image_size=16"],
+     "--set data.image_size=16: `input_shape` (16, 16, 3) is too small", "raise data.image_size"),
+    (["model.stackwise_filters=[8, 8, 8, 8, 8, 8]", "model.stackwise_blocks=[1, 1, 1, 1, 1, 1]",
+      "model.stackwise_strides=[2, 2, 2, 2, 2, 2]", "data.image_size=64"],
+     "downsamples by 256", "raise data.image_size"),
+    (["model.weights=resnet18_v2"],
+     "--set model.weights=resnet18_v2: model.weights 'resnet18_v2' is a preset without "
+     "pretrained weights", "resnet50_v2_imagenet"),
+])
+def test_a_network_that_cannot_be_built_is_a_config_error(overrides, said, hint):
+    err = error(None, overrides)
+    assert said in err.message and hint in err.hint
+
+
+def test_what_config_prints_loads_back_as_the_same_config(tmp_path: Path) -> None:
+    for override in ("run.name=0801", "run.name=1e5", "data.class_weight={'0801': 2}",
+                     "data.path=/data/set #1", "run.name=yes"):
+        cfg = load_config(None, [override])
+        again = load_config(write(tmp_path, config_yaml(cfg)))
+        assert config_to_dict(again) == config_to_dict(cfg), override
+    assert load_config(None, ["data.class_weight={'0801': 2}"]).data.class_weight == {"0801": 2}
+    path = tmp_path / "saved.yaml"  # a run's config.yaml (read again by a resume)
+    dump_config(load_config(None, ["data.class_weight={'0801': 2}"]), path)
+    assert load_config(path).data.class_weight == {"0801": 2}
+
+
+def test_tilde_in_run_project_is_the_home_folder(tmp_path: Path) -> None:
+    home = os.path.expanduser("~")
+    assert load_config(write(tmp_path, "run:\n  project: ~/runs\n")).run.project == \
+        os.path.join(home, "runs")
+    assert load_config(None, ["run.project=~"]).run.project == home
+
+
+@pytest.mark.parametrize("text, said, hint", [
+    ("data:\n  cache: \"true\"\n", "got 'true'; write true without quotes", None),
+    ("data:\n  cache: dsk\n", "did you mean 'disk'?", None),
+    ("run:\n  name: 1e5\n", "run.name must be a string", "put it in quotes to give it as text"),
+    ("run:\n  name: 2024\n", "run.name must be a string", "put it in quotes to give it as text"),
+    ("optim:\n  lr: inf\n", "optim.lr must be a number", "optim.lr takes"),
+    ("run:\n  loggers: csv\n", "run.loggers must be a list of strings",
+     "a list, each one of csv, tensorboard"),
+])
+def test_hints_fit_the_mistake(tmp_path: Path, text: str, said: str, hint: str | None) -> None:
+    err = error(write(tmp_path, text))
+    assert said in err.message
+    assert "without the decimal point" not in err.hint and "remove the quotes" not in err.hint
+    if hint:
+        assert hint in err.hint

@@ -17,6 +17,7 @@ from resnet_builder.config.checks import config_from_dict, validate_config
 from resnet_builder.config.loading import apply_overrides, load_config
 from resnet_builder.config.model_args import model_arguments
 from resnet_builder.config.rendering import (
+    config_yaml,
     default_config_yaml,
     describe_keys,
     dump_config,
@@ -53,6 +54,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "config_yaml",
     "default_config_yaml",
     "describe_keys",
     "dump_config",

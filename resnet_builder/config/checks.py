@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+from dataclasses import replace
 from typing import Any, get_args, get_origin
 
 from resnet_builder.config.keys import Part, part_spec
@@ -62,21 +64,23 @@ def _finite(value: float) -> bool:
 
 
 def _looks_numeric(text: str) -> bool:
+    """A finite number in quotes ("8"); float() also reads "inf" and "nan", words here."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _type_error(spec: KeySpec, name: str, value: Any, at: str, wanted: str) -> ConfigError:
     hint = takes(spec)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _finite(value):
         wanted = "a finite number"
-    elif isinstance(value, float) and value.is_integer():
+    elif isinstance(value, float) and value.is_integer() and int in spec.types:
         hint = f"write {int(value)}, without the decimal point; " + hint
     elif isinstance(value, str) and _looks_numeric(value):
         hint = "remove the quotes around the number; " + hint
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and str in spec.types:
+        hint = "put it in quotes to give it as text; " + hint  # run.name: '2024'
     return ConfigError(f"{at}: {name} must be {wanted}, got {show(value)} ({kind_of(value)})",
                        hint=hint)
 
@@ -89,9 +93,11 @@ def _check_scalar(spec: KeySpec, name: str, value: Any, at: str) -> None:
                               hint=f"{spec.dotted}: {spec.help}")
         return
     if spec.choices and value not in spec.choices:
-        close = difflib.get_close_matches(value, [str(c) for c in spec.choices], n=1) \
-            if isinstance(value, str) else []
+        written = [yaml_text(c) for c in spec.choices]  # as a YAML file spells them
+        close = difflib.get_close_matches(value, written, n=1) if isinstance(value, str) else []
         extra = f"; did you mean '{close[0]}'?" if close else ""
+        if isinstance(value, str) and value in written:  # "true" quoted: a string, not true
+            extra = f"; write {value} without quotes"
         wanted = allowed(spec) if spec.parts is not None else f"one of {choices_text(spec)}"
         raise ConfigError(f"{at}: {name} must be {wanted}; got {show(value)}{extra}",
                           hint=f"{spec.dotted}: {spec.help}")
@@ -243,6 +249,9 @@ def build(sections: dict[str, dict[str, Any]], where: Where) -> Config:
             else:
                 values[name] = _copy(spec.default)
         parts[section] = SECTION_CLASSES[section](**values)
+    # ~ in a YAML file reaches no shell: run.project: ~/runs made a folder named "~" here
+    # (data.path and model.weights are expanded where they are opened)
+    parts["run"] = replace(parts["run"], project=os.path.expanduser(parts["run"].project))
     cfg = Config(**parts)
     check_rules(cfg, where)
     return cfg

@@ -154,10 +154,13 @@ _SET_HINT = ("write --set section.key=value, e.g. --set train.epochs=5 "
 
 
 def _override_value(spec: KeySpec, raw: str, at: str) -> Any:
-    """The value of a --set, read as YAML; string keys take the text as written unless null.
+    """The value of a --set, read as YAML; string keys take the text as written.
 
     Shell quoting makes YAML quoting awkward, so ``--set run.name=2024`` means the
-    string "2024" rather than a type error.
+    string "2024" rather than a type error, and ``data.path=/data/set #1`` keeps its
+    ``#1`` (YAML reads a comment). Only text quoted YAML's way (``'a b'``) and, where the key
+    may be null, null (``null``, ``~``, nothing) are read as YAML there: ``run.project=~``
+    is the home folder.
     """
     text_only = all(t is str for t in spec.types)
     try:
@@ -169,9 +172,15 @@ def _override_value(spec: KeySpec, raw: str, at: str) -> Any:
         raise ConfigError(f"{at}: cannot read {raw!r} as a YAML value: {problem}",
                           hint="values are YAML: 5, 0.1, true, null, [3, 4, 6, 3], "
                                "'quoted text'") from None
-    if text_only and value is not None and not isinstance(value, str):
-        return raw.strip()
-    return value
+    if not text_only:
+        return value
+    text = raw.strip()
+    if (text in _NULLS and spec.nullable) or (text[:1] in "'\"" and isinstance(value, str)):
+        return value
+    return text
+
+
+_NULLS = ("", "~", "null", "Null", "NULL")  # YAML's nulls
 
 
 def _apply_override(sections: dict[str, dict[str, Any]], text: str, where: Where) -> None:

@@ -23,16 +23,27 @@ YAML_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F][0-9a-fA-F_]*"
 YAML_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper with our loader's numbers quoted wherever a string sits (a
+    mapping's keys too: data.class_weight {"0801": 2} came back as class 801)."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None
+    if not value.isprintable():
+        style = '"'
+    elif YAML_INT.match(value) or YAML_EXPONENT_FLOAT.match(value):
+        style = "'"
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _string)
+
+
 def yaml_text(value: Any) -> str:
     """One value as one line of flow YAML that reads back as the same value anywhere."""
-    style = None
-    if isinstance(value, str):
-        if not value.isprintable():
-            style = '"'
-        elif YAML_INT.match(value) or YAML_EXPONENT_FLOAT.match(value):
-            style = "'"
-    text = yaml.safe_dump([value], default_flow_style=True, default_style=style,
-                          width=2**30, allow_unicode=True)
+    text = yaml.dump([value], Dumper=_Dumper, default_flow_style=True, width=2**30,
+                     allow_unicode=True)
     return text.strip()[1:-1]
 
 
@@ -85,7 +96,8 @@ def allowed(spec: KeySpec) -> str:
     if spec.parts is not None:
         return _mapping_words(spec) + (", or null" if spec.nullable else "")
     if spec.choices:
-        words = "one of " + choices_text(spec)
+        listed = any(get_origin(t) is list for t in spec.types)  # run.loggers: [csv]
+        words = ("a list, each one of " if listed else "one of ") + choices_text(spec)
     else:
         words = " or ".join(type_words(t) for t in spec.types if not (spec.text and t is str))
         if rng := range_words(spec):

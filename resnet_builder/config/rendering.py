@@ -49,12 +49,15 @@ def default_config_yaml() -> str:
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically so a crash never leaves half a file."""
-    cfg = validate_config(cfg)
+    text = "# Resolved config written by resnet-builder; reload with --config.\n"
     path = Path(path)
-    text = "\n".join(["# Resolved config written by resnet-builder; reload with --config.",
-                      *_render(config_to_dict(cfg), comments=False)]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text + config_yaml(validate_config(cfg)))
+
+
+def config_yaml(cfg: Config) -> str:
+    """A config as YAML that loads back as the same config (``config`` prints it)."""
+    return "\n".join(_render(config_to_dict(cfg), comments=False)) + "\n"
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from resnet_builder.config.messages import Where, num, yaml_text
+from resnet_builder.config.model_args import model_arguments
 from resnet_builder.config.schema import STACKWISE, Config
 from resnet_builder.depth import resolve_depth
 from resnet_builder.errors import ArgumentError, ConfigError
@@ -67,6 +68,40 @@ def _rule_depth(cfg: Config, where: Where) -> None:
         fix = "model.depth" + (" or model.block_type" if m.block_type else "")
         raise ConfigError(f"{at}: model.{exc}", hint=f"change {fix}; `resnet-builder depths` "
                           "lists every valid depth") from None
+
+
+# resolve_architecture's arguments among model_arguments' (the rest are the classifier's)
+_NETWORK_ARGS = ("depth", "preset", "block_type", *STACKWISE, "stem_filters", "input_shape",
+                 "bn_momentum")
+
+
+def _rule_network_builds(cfg: Config, where: Where) -> None:
+    """The network the model keys describe can be built: an unknown preset, stages that
+    downsample an image_size input to nothing, a preset named in model.weights that has no
+    weights. Pure Python (``model.architecture``, ``model.presets``): caught by ``config``
+    and before ``train`` makes its run folder, not after the data has loaded."""
+    from resnet_builder.model.architecture import resolve_architecture
+    from resnet_builder.model.presets import PRESETS, presets_with_weights
+
+    m = cfg.model
+    arguments = {k: v for k, v in model_arguments(cfg).items() if k in _NETWORK_ARGS}
+    try:
+        resolve_architecture(**arguments).plan()  # ~1 ms (ResNet-1001: 14 ms)
+    except ArgumentError as exc:
+        keys = [f"model.{k}" for k in ("preset", *STACKWISE, "depth", "stem_filters")]
+        if "input_shape" in str(exc):  # the input is data.image_size square
+            keys, hint = ["data.image_size", *keys], (
+                "the input is data.image_size x data.image_size x data.channels: raise "
+                "data.image_size, or build a network that downsamples less")
+        else:
+            hint = ("`resnet-builder presets` lists the presets; `resnet-builder build "
+                    "--config FILE` shows the network a config builds")
+        raise ConfigError(f"{where(*keys)}: {exc}", hint=hint) from None
+    if m.weights in PRESETS and m.weights not in presets_with_weights():
+        raise ConfigError(f"{where('model.weights')}: model.weights {m.weights!r} is a preset "
+                          "without pretrained weights",
+                          hint=f"presets with weights: {', '.join(presets_with_weights())}; "
+                               "or give a .keras / .weights.h5 file")
 
 
 # The sources without a built-in location, and what their data.path names.
@@ -214,7 +249,8 @@ def _rule_multilabel(cfg: Config, where: Where) -> None:
 
 
 RULES: tuple[Callable[[Config, Where], None], ...] = (
-    _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth, _rule_data_path,
+    _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth,
+    _rule_network_builds, _rule_data_path,
     _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_run_name_is_a_folder_name,
     _rule_freeze_needs_weights,
     _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
