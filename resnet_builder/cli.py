@@ -20,7 +20,7 @@ import click
 
 from resnet_builder.cli_data import pack
 from resnet_builder.cli_errors import known_failure
-from resnet_builder.cli_inference import evaluate, export_command, predict
+from resnet_builder.cli_inference import evaluate, export_command, plain_folder_name, predict
 from resnet_builder.cli_model import (
     BLOCK_TYPES,
     architecture_from_options,
@@ -31,6 +31,7 @@ from resnet_builder.depth import MAX_DEPTH
 from resnet_builder.errors import ArgumentError, UserError
 from resnet_builder.interrupts import Terminated, remembering_interrupts
 from resnet_builder.runs import TRAIN_PROJECT
+from resnet_builder.runtime import starts_tensorflow
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter off the terminal
 
@@ -44,21 +45,14 @@ class CommandFailed(click.ClickException):
 
 
 class Group(click.Group):
-    """Starts TensorFlow for the commands that need it; turns errors into clean exits.
+    """Turns errors into clean exits (the commands that need TensorFlow start it themselves,
+    ``runtime.starts_tensorflow``, once their arguments are parsed).
 
     A ``UserError`` (or ``ArgumentError``, a bad model argument) is one message and
     its exit code, as is a damaged packed shard (TensorFlow's ``DataLossError`` from the
     record reader). Anything else is a bug: the CLI says so, names the error and
     how to see the traceback (``RESNET_BUILDER_DEBUG=1``), and exits 1.
     """
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        name, command, rest = super().resolve_command(ctx, args)
-        if name in NEEDS_TENSORFLOW:
-            from resnet_builder.runtime import import_tensorflow_quietly
-
-            import_tensorflow_quietly()
-        return name, command, rest
 
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():  # restores Python's own display afterwards
@@ -115,9 +109,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 # Commands that always load TensorFlow; it is started (quietly) before they run.
-NEEDS_TENSORFLOW = {"train", "predict", "evaluate", "export", "bench", "pack"}
-
-
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="resnet-builder")
 def main() -> None:
@@ -221,17 +212,14 @@ def presets(as_json: bool) -> None:
               help="Override a key, e.g. train.epochs=5 (repeatable).")
 def config_command(show: bool, path: str | None, overrides: tuple[str, ...]) -> None:
     """Show the default config, or check PATH and/or --set overrides and print the result."""
-    from resnet_builder.config import config_to_dict, default_config_yaml, load_config
+    from resnet_builder.config import config_yaml, default_config_yaml, load_config
 
     if show and (path or overrides):
         raise click.UsageError("--show prints the defaults; leave it out to check PATH or --set")
     if show or not (path or overrides):
         click.echo(default_config_yaml(), nl=False)
         return
-    import yaml
-
-    cfg = load_config(path, overrides)
-    click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+    click.echo(config_yaml(load_config(path, overrides)), nl=False)
 
 
 # --------------------------------------------------------------------------- train
@@ -254,7 +242,8 @@ def _config_keys_epilog() -> str:
               help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
               help="Continue this run folder after its last completed epoch.")
-@click.option("--name", help=f"Run name ({TRAIN_PROJECT}/<name>, auto-numbered); = run.name.")
+@click.option("--name", callback=plain_folder_name,
+              help=f"Run name ({TRAIN_PROJECT}/<name>, auto-numbered); = run.name.")
 @click.option("--project", help="Parent folder of runs; = run.project.")
 @click.option("--exist-ok", is_flag=True, default=None,
               help="Reuse the run folder if it exists (an earlier run's files there are "
@@ -266,13 +255,14 @@ def _config_keys_epilog() -> str:
 def train(config_path, config_option, overrides, resume_dir, name, project, exist_ok, progress,
           strategy) -> None:
     """Train a model from CONFIG.yaml (every key has a default; see below)."""
-    from resnet_builder.training import api
+    from resnet_builder.config import load_config
+    from resnet_builder.runtime import import_tensorflow_quietly
 
     if config_path and config_option and config_path != config_option:
         raise click.UsageError("give the config once: CONFIG.yaml or --config CONFIG.yaml")
     config_path = config_path or config_option
-    flags = {"run.name": name, "run.project": project, "run.exist_ok": exist_ok,
-             "run.progress": progress, "distribute.strategy": strategy}
+    flags = {"run.name": _quoted(name), "run.project": _quoted(project),
+             "run.exist_ok": exist_ok, "run.progress": progress, "distribute.strategy": strategy}
     overrides = tuple(overrides) + tuple(f"{k}={v}" for k, v in flags.items()
                                          if v is not None)
     if resume_dir:
@@ -282,11 +272,24 @@ def train(config_path, config_option, overrides, resume_dir, name, project, exis
             if value is not None:
                 raise click.UsageError(f"{flag} is for a new run; --resume RUN goes on in RUN's "
                                        "own folder")
+        import_tensorflow_quietly()
+        from resnet_builder.training import api
+
         api.resume(resume_dir, overrides)
         return
     if not config_path:
         raise click.UsageError("give a config file (e.g. configs/digits.yaml) or --resume RUN")
-    api.train(config_path, overrides)
+    cfg = load_config(config_path, overrides)  # checked before TensorFlow's ~10 s start
+    import_tensorflow_quietly()
+    from resnet_builder.training import api
+
+    api.train(cfg)
+
+
+def _quoted(text: str | None) -> str | None:
+    """A flag's text as a YAML string that reads back as typed (``--name null`` is the
+    folder "null", ``--name 'a #2'`` keeps its ``#2``)."""
+    return None if text is None else "'" + text.replace("'", "''") + "'"
 
 
 main.add_command(predict)
@@ -311,6 +314,7 @@ main.add_command(pack)
               default="off", show_default=True,
               help="Compute dtype for our step, the trainer loop and fit alike.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@starts_tensorflow
 def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json,
           **opts) -> None:
     """Measure our training step against model.fit, prediction and the machine (synthetic data)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from resnet_builder.config import key_specs
+from resnet_builder.runtime import starts_tensorflow
 
 _SPLIT = key_specs()["data"]["validation_split"]  # the config owns the range and default
 
@@ -29,6 +30,7 @@ _SPLIT = key_specs()["data"]["validation_split"]  # the config owns the range an
               help="Seeds the validation split, the record order and the mean/std sample.")
 @click.option("--overwrite", is_flag=True,
               help="Pack into a folder that holds an earlier pack (its files are replaced).")
+@starts_tensorflow
 def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> None:
     """Pack FOLDER (FOLDER/<class>/images, or train/ + val/) into TFRecord shards in OUT.
 

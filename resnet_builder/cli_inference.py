@@ -13,6 +13,7 @@ import click
 
 from resnet_builder.errors import UserError
 from resnet_builder.runs import DEFAULT_PROJECTS, TRAIN_PROJECT
+from resnet_builder.runtime import starts_tensorflow
 
 TTA_HELP = ("Test-time augmentation: average the probabilities of each image and its "
             "horizontal flip.")
@@ -25,7 +26,7 @@ def _run_options(default_project: str):
     def decorate(f):
         f = click.option("--exist-ok", is_flag=True,
                          help="Reuse PROJECT/NAME instead of numbering a new folder.")(f)
-        f = click.option("--name", default="exp", show_default=True, callback=_folder_name,
+        f = click.option("--name", default="exp", show_default=True, callback=plain_folder_name,
                          help="Output folder name (one folder, under --project); exp2, exp3, "
                               "... when taken.")(f)
         f = click.option("--project", default=default_project, show_default=True,
@@ -34,12 +35,13 @@ def _run_options(default_project: str):
     return decorate
 
 
-def _folder_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
-    """Checked before the model loads: '.' or '..' put the output (and what --exist-ok
-    clears) in the project folder or above it."""
+def plain_folder_name(ctx: click.Context, param: click.Parameter, name: str | None
+                      ) -> str | None:
+    """A ``--name`` checked before any model or data loads: '.' or '..' put the output (and
+    what --exist-ok clears) in the project folder or above it."""
     from resnet_builder.runs import is_folder_name
 
-    if not is_folder_name(name):
+    if name is not None and not is_folder_name(name):
         raise click.BadParameter(f"{name!r} is not a folder name: give a plain name such as "
                                  "exp; put the folders above it in --project")
     return name
@@ -74,6 +76,7 @@ def show_skipped(rows, shown: int = 50) -> None:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help=THRESHOLD_HELP)
 @_run_options(DEFAULT_PROJECTS["predict"])
+@starts_tensorflow
 def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, tta, threshold,
             project, name, exist_ok) -> None:
     """Predict classes of images: SOURCES are image files, folders (recursive) or globs.
@@ -142,6 +145,7 @@ def predict(sources, model_source, top_k, batch_size, fmt, grid, grid_max, cam, 
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of the table.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help=THRESHOLD_HELP)
+@starts_tensorflow
 def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, tta, output,
              project, name, exist_ok, as_json, threshold) -> None:
     """Accuracy, top-k accuracy, per-class precision/recall/F1 and a confusion matrix.
@@ -188,6 +192,7 @@ def evaluate(run_dir, model_source, data_dir, config_path, batch_size, top_k, tt
 @click.option("--output", "-o", type=click.Path(file_okay=False),
               help="Write here instead of PROJECT/NAME.")
 @_run_options(DEFAULT_PROJECTS["export"])
+@starts_tensorflow
 def export_command(model_source, formats, calibration, samples, output, project, name,
                    exist_ok) -> None:
     """Export MODEL (a .keras file or run folder; default: the newest run) and check it.

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import click
 import pytest
@@ -72,16 +73,35 @@ def test_no_deprecated_click_api_is_used():
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("argv", [["-m", "resnet_builder", "--help"],
-                                  ["-m", "resnet_builder", "depths", "--max", "20"]])
-def test_python_dash_m_does_not_import_tensorflow(argv):
-    out = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert out.returncode == 0, out.stderr[-2000:]
+def imports_of(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
+    """(exit code, modules imported) of ``python -m resnet_builder ARGS``."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "resnet_builder", *args],
+                         capture_output=True, text=True, timeout=120, cwd=cwd,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                              "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "resnet_builder.cli" in imported
-    assert not {"tensorflow", "keras"} & imported
+    assert "resnet_builder.cli" in imported, out.stderr[-2000:]
+    return out.returncode, imported
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["depths", "--max", "20"], ["train", "--help"],
+                                  ["predict", "--help"]])
+def test_python_dash_m_does_not_import_tensorflow(argv):
+    code, imported = imports_of(*argv)
+    assert code == 0 and not {"tensorflow", "keras"} & imported
+
+
+def test_train_checks_its_config_and_predict_its_paths_before_tensorflow_starts(tmp_path):
+    """TensorFlow takes ~10 s to start here: a typo or a wrong path is answered first."""
+    (tmp_path / "bad.yaml").write_text("train:\n  epoch: 5\n")
+    (tmp_path / "small.yaml").write_text("model:\n  preset: resnet50_v2\n"
+                                         "data:\n  image_size: 16\n")
+    for args in (["train", "bad.yaml"], ["train", "small.yaml"],
+                 ["predict", "x", "--model", "no_such.keras"],
+                 ["train", "bad.yaml", "--name", ".."]):
+        code, imported = imports_of(*args, cwd=tmp_path)
+        assert code == 2 and not {"tensorflow", "keras"} & imported, args
 
 
 def test_train_accepts_config_as_an_option(tmp_path):
@@ -168,3 +188,12 @@ def test_resume_refuses_the_flags_of_a_new_run_by_their_name(tmp_path, flag):
     result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path), *flag])
     assert result.exit_code == 2
     assert f"{flag[0]} is for a new run; --resume RUN goes on in RUN's own folder" in result.output
+
+
+def test_train_name_and_project_flags_are_taken_as_typed():
+    from resnet_builder.config import load_config
+
+    for text in ("null", "lr0.1 #2", "it's", "~x", "0801"):
+        cfg = load_config(None, [f"run.name={cli._quoted(text)}",
+                                 f"run.project={cli._quoted('p ' + text)}"])
+        assert (cfg.run.name, cfg.run.project) == (text, "p " + text)
