@@ -145,6 +145,20 @@ def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -
         number += 1
 
 
+UNSTARTED = {"config.yaml", ".lock"}  # what a new run folder holds before it trains
+
+
+def remove_unstarted_run(root: Path) -> None:
+    """Remove a new run's folder when the run failed before training (a weights file that
+    does not fit, say): left behind, it took the name and the next run became ``name2``.
+    Anything else in it (a result, a checkpoint, a user's file) keeps it."""
+    with contextlib.suppress(OSError):
+        if {entry.name for entry in root.iterdir()} <= UNSTARTED:
+            for name in UNSTARTED:
+                (root / name).unlink(missing_ok=True)
+            root.rmdir()
+
+
 def clear_earlier_run(root: Path) -> list[str]:
     """Remove an earlier run's files from a folder a new run reuses (``run.exist_ok``), so
     its checkpoint is never resumed as this run's, nor its best.keras taken for this run's

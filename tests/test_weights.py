@@ -235,3 +235,26 @@ def test_a_failed_whole_model_try_leaves_no_half_loaded_head(tmp_path):
     for layer, before in zip(model.layers[2:], head_before, strict=True):
         for now, then in zip(layer.get_weights(), before, strict=True):
             np.testing.assert_array_equal(now, then)
+
+
+def test_a_run_whose_weights_do_not_fit_leaves_no_run_folder_behind(tmp_path):
+    """It failed after its folder was made: the folder took the name (the next run became
+    exp2) and held only config.yaml. The name is free again; a folder with more is kept."""
+    from resnet_builder import train
+
+    (tmp_path / "junk.weights.h5").write_text("not hdf5")
+    project = tmp_path / "runs"
+    junk = str(tmp_path / "junk.weights.h5")
+    config = {"model": {"depth": 8, "block_type": "basic", "weights": junk},
+              "data": {"source": "digits", "image_size": 8, "channels": 1, "limit": 60},
+              "train": {"epochs": 1}, "run": {"project": str(project), "progress": "none"}}
+    for _ in range(2):
+        with pytest.raises(UserError, match="does not fit this model"):
+            train(config)
+        assert not (project / "exp").exists() and not (project / "exp2").exists()
+    (project / "exp").mkdir()
+    (project / "exp" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="does not fit this model"):
+        train({**config, "run": {**config["run"], "exist_ok": True}})
+    assert sorted(p.name for p in (project / "exp").iterdir()) == [".lock", "config.yaml",
+                                                                    "notes.txt"]

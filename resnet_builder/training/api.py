@@ -205,6 +205,28 @@ def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None
     return cluster_failure(exc, dist, int((meta or {}).get("epochs_completed", 0)))
 
 
+def _model_and_optimizer(s: _Setup, schedule, paths: runs.RunPaths, backup: Path | None
+                         ) -> tuple[keras.Model, keras.optimizers.Optimizer, EmaWeights]:
+    """The run's model (from ``model.weights`` when new, from its checkpoint when resumed),
+    its optimizer and the EMA of its weights, made under the strategy."""
+    cfg, dist = s.cfg, s.dist
+    try:
+        with dist.strategy.scope():
+            model = make_model(cfg, s.data, initial_weights=s.meta is None)
+            optimizer = make_optimizer(cfg, schedule, s.precision)
+            optimizer.build(model.trainable_variables)
+            ema = EmaWeights(optimizer, model.trainable_variables)  # optim.ema, else a no-op
+        if cfg.distribute.sync_batchnorm and dist.replicas > 1:
+            synchronize_batchnorm(model)
+        elif cfg.hardware.fused_batchnorm:
+            fuse_batch_norm(model)  # the same weights; TensorFlow's one-kernel batch norm
+        if s.meta is not None:
+            restore(paths, backup, model, optimizer, dist, s.meta, cfg.run.progress)
+    except tf.errors.OpError as exc:
+        raise _cluster_error(exc, dist, s.meta) from None
+    return model, optimizer, ema
+
+
 def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
          user_callbacks: Sequence[keras.callbacks.Callback]) -> TrainResult:
     with contextlib.ExitStack() as held:  # the run folder's lock, until the run ends
@@ -225,19 +247,11 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     backup = (dist.backup_dir(Path(cfg.run.project) / cfg.run.name) / "checkpoint.npz"
               if dist.name == "multi_worker" and not dist.is_chief else None)
     try:
-        with dist.strategy.scope():
-            model = make_model(cfg, s.data, initial_weights=s.meta is None)
-            optimizer = make_optimizer(cfg, schedule, s.precision)
-            optimizer.build(model.trainable_variables)
-            ema = EmaWeights(optimizer, model.trainable_variables)  # optim.ema, else a no-op
-        if cfg.distribute.sync_batchnorm and dist.replicas > 1:
-            synchronize_batchnorm(model)
-        elif cfg.hardware.fused_batchnorm:
-            fuse_batch_norm(model)  # the same weights; TensorFlow's one-kernel batch norm
-        if s.meta is not None:
-            restore(paths, backup, model, optimizer, dist, s.meta, cfg.run.progress)
-    except tf.errors.OpError as exc:
-        raise _cluster_error(exc, dist, s.meta) from None
+        model, optimizer, ema = _model_and_optimizer(s, schedule, paths, backup)
+    except BaseException:
+        if run_dir is None and dist.name != "multi_worker":  # e.g. a weights file that does
+            runs.remove_unstarted_run(paths.root)  # not fit: its name is free for the next
+        raise
     state = RunState.from_meta(s.meta)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)

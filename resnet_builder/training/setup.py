@@ -74,7 +74,7 @@ def load_initial_weights(model: ResNetV2Classifier, source: str) -> None:
     if source in PRESETS:
         load_preset_weights(model.backbone, source)
         return
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"model.weights {source!r} is neither a preset with weights nor a file",
                         hint="use e.g. resnet50_v2_imagenet, or a path to a .keras or "
