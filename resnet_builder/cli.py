@@ -233,6 +233,15 @@ def _config_keys_epilog() -> str:
     return "\n".join(lines)
 
 
+def _run_folder(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """--resume takes the run folder; its checkpoint.npz (or any file in it) names it."""
+    if path is not None and not os.path.isdir(path):
+        folder = os.path.dirname(path) or "."
+        raise click.BadParameter(f"{path} is a file: give the run folder it is in, e.g. "
+                                 f"--resume {folder}")
+    return path
+
+
 @main.command(epilog=_config_keys_epilog())
 @click.argument("config_path", required=False, metavar="CONFIG.yaml",
                 type=click.Path(exists=True, dir_okay=False))
@@ -240,7 +249,7 @@ def _config_keys_epilog() -> str:
               help="The config file, as an option (same as the CONFIG.yaml argument).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+@click.option("--resume", "resume_dir", type=click.Path(exists=True), callback=_run_folder,
               help="Continue this run folder after its last completed epoch.")
 @click.option("--name", callback=plain_folder_name,
               help=f"Run name ({TRAIN_PROJECT}/<name>, auto-numbered); = run.name.")

@@ -202,7 +202,7 @@ def holding_run(root: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UserError(f"{root} is in use: another training process is writing it",
                             hint="let it finish (or stop it), or train a new run (another "
-                                 "--name)") from None
+                                 "--name)", exit_code=2) from None
         except OSError as exc:  # NFS without a lock daemon (ENOLCK), some FUSE mounts
             warnings.warn(f"cannot lock {root} ({exc.strerror}): nothing stops a second "
                           "process from training into it", UserWarning, stacklevel=3)

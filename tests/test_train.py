@@ -238,6 +238,16 @@ def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_p
     assert "note: the data differs from what this run trained on so far (val images 4 -> 5)" \
         in out
     assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
+    # Renamed class folders relabel the images (b's trained as a): refused, and the failed
+    # resume leaves config.yaml as it was (it was written before the refusal came)
+    shutil.move(tmp_path / "moved" / "a", tmp_path / "moved" / "z")
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(UserError) as err:
+        trainer.resume(run, ("train.epochs=4",))
+    assert err.value.exit_code == 2
+    assert "the data has other classes than this run trained on (gone: a; new: z)" in \
+        err.value.message and "data.path" in err.value.hint
+    assert (run / "config.yaml").read_text() == config_before
 
 
 def test_ctrl_c_keeps_completed_epochs_and_prints_resume_command(tmp_path, monkeypatch):
@@ -452,7 +462,7 @@ def test_cli_train_line_progress_and_resume_messages(tmp_path):
                                         "--set", "train.epoch=3"])
     assert unknown.exit_code == 2 and "did you mean 'epochs'" in unknown.output
     missing = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
-    assert missing.exit_code == 1 and "not a run folder" in missing.output
+    assert missing.exit_code == 2 and "not a run folder" in missing.output
 
 
 def test_sigterm_during_the_set_up_is_said_and_one_python_dropped_stops_at_step_one(

@@ -32,11 +32,13 @@ from resnet_builder.training.loop import TrainingLoop
 from resnet_builder.training.report import end_line, run_summary, start_line
 from resnet_builder.training.resume import (
     check_overrides,
+    check_same_classes,
     data_change,
     data_shape,
     flat_config,
     replace_earlier_run,
     resume_meta,
+    rewrite_config_file,
 )
 from resnet_builder.training.schedules import build_schedule
 from resnet_builder.training.setup import (
@@ -92,8 +94,11 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
     """Continue ``run_dir`` after its last completed epoch (``overrides`` may extend it)."""
     paths = runs.RunPaths(Path(run_dir))
     if not paths.config.exists():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml)",
-                        hint="pass a folder made by resnet-builder train, e.g. runs/train/exp")
+        if not paths.checkpoint.exists():
+            raise UserError(f"{run_dir} is not a run folder (no config.yaml)",
+                            hint="pass a folder made by resnet-builder train, e.g. "
+                                 "runs/train/exp", exit_code=2)
+        rewrite_config_file(paths)  # each checkpoint records the config it trained with
     cfg = load_config(paths.config, overrides)  # first: an unknown key is named as such
     check_overrides(overrides)
     if not paths.checkpoint.exists():
@@ -112,7 +117,7 @@ def _refuse_lost_checkpoint(paths: runs.RunPaths) -> None:
         raise UserError(f"{paths.root} has no checkpoint.npz, but it has trained ("
                         f"{', '.join(trained)}); resuming would start it again over them",
                         hint="put its checkpoint.npz back, or train a new run (another --name, "
-                             "or --exist-ok to replace this one)")
+                             "or --exist-ok to replace this one)", exit_code=2)
 
 
 # Keras callbacks that need a compiled model (``model.optimizer``), and what does their job here.
@@ -190,12 +195,14 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
             run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, meta) from None
+    check_same_classes(meta, data.class_names)  # (a worker's meta is known only here)
     if dist.is_chief:
         if dist.name != "multi_worker":  # start_together took it, before anything else
             lock(Path(run_dir))
         if fresh:
             replace_earlier_run(cfg, run_dir, why="run.exist_ok: ")
-        dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays "auto"
+        if meta is None:  # a resume's new keys are written once its model is restored
+            dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays auto
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
 
 
@@ -252,6 +259,8 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
         if run_dir is None and dist.name != "multi_worker":  # e.g. a weights file that does
             runs.remove_unstarted_run(paths.root)  # not fit: its name is free for the next
         raise
+    if s.meta is not None and dist.is_chief:  # restored: the resume's keys (README)
+        dump_config(cfg, paths.config)
     state = RunState.from_meta(s.meta)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)

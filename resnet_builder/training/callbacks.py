@@ -122,6 +122,7 @@ class RunFolderWriter(keras.callbacks.Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             with self.ema.raw() if self.ema else contextlib.nullcontext():  # optim.ema
                 checkpoint.save_checkpoint(path, self.model, self.optimizer, self.state.to_meta())
+            self.state.saved_epochs = self.state.epochs_completed
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.is_chief:

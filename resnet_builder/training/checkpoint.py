@@ -59,8 +59,14 @@ _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def _unreadable(path: Path, exc: Exception) -> UserError:
-    return UserError(f"checkpoint {path} cannot be read ({exc})",
-                     hint="the file is damaged; start a new run")
+    """numpy's own words for a file that is no archive advise loading it with pickle:
+    not something to pass on, so that case is named plainly."""
+    reason = str(exc) or type(exc).__name__
+    if "pickle" in reason:
+        reason = "not a checkpoint archive"
+    return UserError(f"checkpoint {path} cannot be read ({reason})",
+                     hint="the file is damaged; start a new run (its last.keras, if intact, "
+                          "can be its model.weights)", exit_code=2)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -76,12 +82,13 @@ def _assign(variables, stored: list[np.ndarray], what: str, path: Path) -> None:
     if len(variables) != len(stored):
         raise UserError(f"checkpoint {path} holds {len(stored)} {what} variables but this "
                         f"run has {len(variables)}",
-                        hint="resume with the run's own config.yaml (do not change the model)")
+                        hint="resume with the run's own config.yaml (do not change the model)",
+                        exit_code=2)
     for var, value in zip(variables, stored, strict=True):
         if tuple(var.shape) != value.shape:
             raise UserError(f"checkpoint {path}: {what} variable {var.path} has shape "
                             f"{value.shape}, expected {tuple(var.shape)}",
-                            hint="resume with the run's own config.yaml")
+                            hint="resume with the run's own config.yaml", exit_code=2)
         var.assign(value)
 
 

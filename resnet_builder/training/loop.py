@@ -142,6 +142,7 @@ class TrainingLoop:
                             hint=f"resume with: resnet-builder train --resume {self.paths.root}",
                             exit_code=PREEMPTED_EXIT_CODE) from None
         except KeyboardInterrupt:
+            self.state.forget_unsaved_epochs()
             self._end("interrupted")
             raise UserError(
                 f"interrupted; {self.state.epochs_completed} completed epoch(s) are saved in "

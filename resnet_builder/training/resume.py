@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_builder.config import Config, config_to_dict, key_specs
+from resnet_builder.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    key_specs,
+)
 from resnet_builder.data import DataBundle
 from resnet_builder.errors import UserError
 from resnet_builder.runs import RunPaths, clear_earlier_run
@@ -67,6 +73,23 @@ def check_overrides(overrides: Sequence[str]) -> None:
             raise UserError(f"--set {key} cannot change when resuming",
                             hint=f"a resumed run may change only: {', '.join(RESUMABLE_KEYS)}",
                             exit_code=2)
+
+
+def rewrite_config_file(paths: RunPaths) -> None:
+    """A run folder that lost only its config.yaml: written again from the config its
+    checkpoint records (each checkpoint holds the whole config it trained with)."""
+    flat = checkpoint.read_meta(paths.checkpoint).get("config")
+    if not flat:  # a checkpoint from before configs were recorded
+        raise UserError(f"{paths.root} has a checkpoint.npz but no config.yaml, and the "
+                        "checkpoint is too old to record its config",
+                        hint=f"put the run's config.yaml back into {paths.root}", exit_code=2)
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = value
+    dump_config(config_from_dict(sections, f"{paths.checkpoint}'s config"), paths.config)
+    progress.say("auto", f"note: {paths.config} was missing; written again from the config "
+                         f"{paths.checkpoint.name} records")
 
 
 def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
@@ -121,16 +144,38 @@ def data_shape(data: DataBundle) -> dict[str, Any]:
     return {"classes": list(data.class_names), "train": data.num_train, "val": data.num_val}
 
 
+def check_same_classes(meta: dict[str, Any] | None, class_names: list[str]) -> None:
+    """A resumed run must find the classes it trained on, in their order: the model's
+    outputs are those classes. Renamed or reordered class folders relabelled the images
+    (c1's trained as c0) and the run went on with a note."""
+    before = (meta or {}).get("data") or {}
+    if "classes" not in before or list(before["classes"]) == list(class_names):
+        return
+    old, new = list(before["classes"]), list(class_names)
+    gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+    said = "; ".join(part for part in (
+        f"gone: {', '.join(gone[:5])}" if gone else "",
+        f"new: {', '.join(added[:5])}" if added else "",
+        "the same names in another order" if not gone and not added else "") if part)
+    raise UserError(f"the data has other classes than this run trained on ({said}): its "
+                    f"outputs are {len(old)} classes, {', '.join(old[:5])}"
+                    f"{', ...' if len(old) > 5 else ''}",
+                    hint="point data.path (--set data.path=...) at the data it trained on; "
+                         "to go on with these classes, train a new run that starts from this "
+                         "one (model.weights: <run>/last.keras)", exit_code=2)
+
+
 def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
     """A note when a resumed run's data differs from what it trained on (files added or
-    removed, classes renamed), None when it looks the same (or the checkpoint predates
-    the record): its batches then differ from an uninterrupted run's."""
+    removed; other classes are refused by ``check_same_classes``), None when it looks the
+    same (or the checkpoint predates the record): its batches then differ from an
+    uninterrupted run's."""
     if before is None or before == now:
         return None
     changes = [f"{split} images {before[split]} -> {now[split]}" for split in ("train", "val")
                if before.get(split) != now[split]]
-    if before.get("classes") != now["classes"]:
-        changes.append("class names")
+    if not changes:
+        return None
     return (f"note: the data differs from what this run trained on so far "
             f"({', '.join(changes)}); the resumed run goes on with it, but cannot match an "
             "uninterrupted run")

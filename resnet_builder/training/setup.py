@@ -55,7 +55,8 @@ def make_model(cfg: Config, data: DataBundle,
     num_classes = args.pop("num_classes", data.num_classes)
     if num_classes != data.num_classes:
         raise UserError(f"model.num_classes is {num_classes} but the data has "
-                        f"{data.num_classes} classes", hint="set model.num_classes: null")
+                        f"{data.num_classes} classes", hint="set model.num_classes: null",
+                        exit_code=2)
     normalize = cfg.data.normalize
     args["input_shape"] = (data.image_size, data.image_size, data.channels)
     model = build_model(

@@ -49,6 +49,7 @@ class RunState:
     # what the run trains on: {"classes", "train", "val"} (resume.data_change compares it)
     data_shape: dict[str, Any] | None = None
     config: dict[str, Any] | None = None  # flat config it trains with (resume compares it)
+    saved_epochs: int = 0  # epochs the latest checkpoint.npz holds (the resume point)
     started: float = field(default_factory=time.perf_counter, repr=False)
     ended: float | None = field(default=None, repr=False)  # set as the run ends (end)
 
@@ -67,7 +68,7 @@ class RunState:
                    train_seconds=float(meta.get("train_seconds", 0.0)),
                    epoch_progress=meta.get("epoch_progress"),
                    skipped=dict(meta.get("skipped", {})), data_shape=meta.get("data"),
-                   config=meta.get("config"))
+                   config=meta.get("config"), saved_epochs=len(meta.get("history", [])))
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
@@ -82,6 +83,11 @@ class RunState:
     @property
     def epochs_completed(self) -> int:
         return len(self.history)
+
+    def forget_unsaved_epochs(self) -> None:
+        """Stopped between an epoch's results.csv row and its checkpoint (Ctrl-C while a
+        large last.keras is written): report what a resume starts from, not one more."""
+        del self.history[self.saved_epochs:]
 
     def steps_done(self, steps_per_epoch: int) -> int:
         """The run's global step: its whole epochs and a mid-epoch checkpoint's batches."""
