@@ -496,8 +496,89 @@ def test_npz_errors_name_the_arrays(tmp_path, arrays, expected):
 
 def test_npz_that_is_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_text("nope")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match=r"x\.npz is not an \.npz archive") as caught:
         load_data(_cfg(source="npz", path=str(tmp_path / "x.npz")), seed=0)
+    assert "pickle" not in str(caught.value) and "numpy.savez(" in caught.value.hint
+
+
+@pytest.mark.parametrize("name", ["x.npy", "renamed.npz"])
+def test_npz_source_given_a_single_npy_array_says_so(tmp_path, name):
+    """np.load returns a bare array for .npy: it crashed with a TypeError (a "bug")."""
+    path = tmp_path / name
+    with open(path, "wb") as file:
+        np.save(file, np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(UserError, match=f"{name} holds a single array.*not an .npz") as caught:
+        load_data(_cfg(source="npz", path=str(path)), seed=0)
+    assert "numpy.savez(path, x_train=..., y_train=...)" in caught.value.hint
+
+
+def test_npz_object_arrays_are_refused_without_numpys_pickle_advice(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, x_train=np.array([None] * 2, dtype=object), y_train=np.array([0, 1]))
+    with pytest.raises(UserError, match=r"x_train in .* holds Python objects") as caught:
+        load_data(_cfg(source="npz", path=str(path)), seed=0)
+    assert "allow_pickle" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("labels", "names", "said"), [
+    ([0, 3, 0, 3], None, r"no training images for class\(es\) 1, 2 in .*0\.\.3"),
+    ([0, 1_000_000, 0, 1], None, r"class\(es\) 2, 3, .*, 11 and 999988 more in"),
+    ([0, 1, 0, 1], ["a", "b", "c"], r"no training images for class\(es\) c in"),
+    ([0, 1, 0, 1], ["cat", "cat"], r"class_names in .* holds 'cat' more than once"),
+    ([0, 2, 0, 2], ["a", "b"], r"labels go up to 2 but class_names has 2 entries"),
+])
+def test_npz_labels_must_be_every_class_id_from_zero(tmp_path, labels, names, said):
+    """Gaps or a stray large id made output units no image teaches (1,000,001 of them)."""
+    path = tmp_path / "labels.npz"
+    extra = {} if names is None else {"class_names": np.array(names)}
+    np.savez(path, x_train=np.zeros((4, 4, 4), np.uint8), y_train=np.array(labels), **extra)
+    with pytest.raises(UserError, match=said):
+        load_data(_cfg(source="npz", path=str(path)), seed=0)
+
+
+def test_npz_class_seen_only_in_validation_is_refused(tmp_path):
+    path = tmp_path / "val.npz"
+    x = np.zeros((2, 4, 4), np.uint8)
+    np.savez(path, x_train=x, y_train=np.array([0, 1]), x_val=x, y_val=np.array([2, 2]))
+    with pytest.raises(UserError, match=r"no training images for class\(es\) 2 in") as caught:
+        load_data(_cfg(source="npz", path=str(path)), seed=0)
+    assert "numpy.unique" in caught.value.hint
+
+
+# ------------------------------------------------------------------------------- csv
+
+
+def _csv_case(root: Path, text: bytes) -> Path:
+    _image(root / "img" / "a" / "0.png", COLOURS["ant"])
+    _image(root / "img" / "1.png", COLOURS["bee"])
+    (root / "l.csv").write_bytes(text)
+    return root / "l.csv"
+
+
+def test_a_csv_that_is_not_utf8_says_to_save_it_as_utf8(tmp_path):
+    path = _csv_case(tmp_path, "path,labels\nimg/1.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"l\.csv: it is not UTF-8 text \(byte 0xe9") as caught:
+        load_data(_cfg(source="csv", path=str(path)), seed=0)
+    assert "save the CSV as UTF-8" in caught.value.hint
+
+
+@pytest.mark.parametrize(("header", "row", "but"), [
+    ("path,ant,bee,notes", "img/1.png,0,1,x", "the path"),
+    ("path,split,ant,bee,notes", "img/1.png,train,0,1,x", "the path and split"),
+])
+def test_a_bad_class_column_value_names_its_column(tmp_path, header, row, but):
+    """A stray text column read as a class: the message says which column and why."""
+    path = _csv_case(tmp_path, f"{header}\n{row}\n".encode())
+    with pytest.raises(UserError, match=r"l\.csv:2: class columns hold 0 or 1, got 'x' in "
+                       rf"column 'notes' \(without a 'labels' column, every column but {but} "
+                       "is a class column\\)"):
+        load_data(_cfg(source="csv", path=str(path)), seed=0)
+
+
+def test_a_csv_row_naming_a_folder_says_it_is_a_folder(tmp_path):
+    path = _csv_case(tmp_path, b"path,labels\nimg/1.png,bee\nimg/a,ant\n")
+    with pytest.raises(UserError, match=r"l\.csv:3: .*img/a is a folder, not an image file"):
+        load_data(_cfg(source="csv", path=str(path)), seed=0)
 
 
 # ------------------------------------------------------------------------- synthetic
@@ -684,6 +765,18 @@ def test_a_folder_that_cannot_be_listed_is_named_not_dropped(tmp_path, monkeypat
     assert bundle.num_train == 4
     assert [(Path(p).name, why) for p, why in bundle.skipped] == [
         ("locked", "folder cannot be read (Permission denied); its files are left out")]
+
+
+def test_a_folder_link_up_the_tree_does_not_add_other_classes_images(tmp_path):
+    """`ln -s .. data/ant/loop` made bee's images train as ant too."""
+    _class_tree(tmp_path, 2, ("ant", "bee"))
+    os.symlink("..", tmp_path / "ant" / "loop")
+    with pytest.warns(SkippedFilesWarning, match=r"loop: folder cannot be read \(a link back"):
+        bundle = load_data(_cfg(source="folder", path=str(tmp_path), validation_split=0.0,
+                                image_size=8), seed=0)
+    assert bundle.num_train == 4
+    _labels_match_colours(bundle, bundle.train_dataset(0, 4))
+    assert [Path(p).name for p, _ in bundle.skipped] == ["loop"]
 
 
 def test_a_named_pipe_among_the_images_is_skipped_never_read(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from resnet_builder.data.images import (
     load_image,
     resize_image,
     to_channels,
+    walk_names,
 )
 from resnet_builder.errors import UserError
 
@@ -45,6 +47,26 @@ def test_find_images_recursive_sorted_case_insensitive(tmp_path):
     assert find_images(single) == [single]
     with pytest.raises(UserError, match="no such file or folder"):
         find_images(tmp_path / "missing")
+
+
+def test_folder_links_up_the_tree_are_named_not_followed(tmp_path):
+    """A link in a/ to the data folder (or above it, or to a/ itself) listed b's files as a's;
+    a link to a sibling or outside folder is still followed, once."""
+    for rel in ["data/a/x.png", "data/b/y.png", "outside/z.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    a = tmp_path / "data" / "a"
+    (a / "sub").mkdir()
+    for name, target in [("up", ".."), ("top", "/"), ("self", "."), ("deep", "../a")]:
+        os.symlink(target, a / name)
+    os.symlink("../..", a / "sub" / "back")  # from a/sub to the data folder
+    os.symlink(tmp_path / "outside", a / "out")
+    os.symlink(tmp_path / "outside", a / "sub" / "again")  # the same folder: listed once
+    refused: list[OSError] = []
+    names = sorted(rel for rel, _ in walk_names(a, unreadable=refused.append))
+    assert names == ["out/z.png", "x.png"]
+    assert sorted(Path(e.filename).name for e in refused) == ["back", "deep", "self", "top", "up"]
+    assert all("a link back up the tree, to " in e.strerror for e in refused)
 
 
 def test_rgb_png_round_trips_and_converts_to_luma(tmp_path):

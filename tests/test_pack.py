@@ -89,6 +89,7 @@ def test_pack_writes_shards_counts_and_skipped_csv(packed):
     assert train["count"] + val["count"] == 3 * PER_CLASS  # the broken file left out
     for split in (train, val):
         assert sum(s["count"] for s in split["shards"]) == split["count"]
+        assert all(s["bytes"] == (out / s["file"]).stat().st_size for s in split["shards"])
         assert sum(split["per_class"].values()) == split["count"]
     assert all(train["per_class"][c] + val["per_class"][c] == PER_CLASS for c in CLASSES)
     assert val["count"] == 13  # ceil(0.2 * 61 listed files), stratified
@@ -329,6 +330,7 @@ def test_a_damaged_shard_is_a_user_error_not_a_bug(packed, tmp_path):
     shutil.copytree(out, copy)
     shard = copy / "train-00001-of-00003.tfrecord"
     shard.write_bytes(shard.read_bytes()[:3000])  # as `head -c 3000` would
+    _edit_info(copy, lambda entry: entry.pop("bytes"))  # a pack before sizes: found in training
     config = tmp_path / "x.yaml"
     config.write_text(f"data:\n  source: tfrecord\n  path: {copy}\n  image_size: 16\n"
                       "model:\n  depth: 8\n  block_type: basic\n")
@@ -491,10 +493,11 @@ def test_settings_a_pack_makes_pointless_are_named_not_ignored(packed, folder, t
         bundle(small)
 
 
-def _spoiled_copy(out: Path, tmp_path: Path, shard_name: str, bad: int
-                  ) -> tuple[Path, list[dict]]:
+def _spoiled_copy(out: Path, tmp_path: Path, shard_name: str, bad: int,
+                  label: int | None = None) -> tuple[Path, list[dict]]:
     """A copy of the pack ``out`` whose record ``bad`` of ``shard_name`` holds bytes that
-    start like a JPEG and are none; -> (the copy, that shard's parsed records)."""
+    start like a JPEG and are none (or, given ``label``, its image with that label), its
+    size in dataset.json as if pack wrote it; -> (the copy, that shard's parsed records)."""
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     shard = copy / shard_name
@@ -502,10 +505,64 @@ def _spoiled_copy(out: Path, tmp_path: Path, shard_name: str, bad: int
         str(shard))]
     with tf.io.TFRecordWriter(str(shard)) as writer:
         for k, example in enumerate(records):
-            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == bad else example["image"].numpy()
-            writer.write(tfrecord.example_bytes(image, int(example["label"]),
-                                                example["path"].numpy().decode()))
+            image = example["image"].numpy()
+            image = b"\xff\xd8\xff\xe0 not a jpeg" if k == bad and label is None else image
+            writer.write(tfrecord.example_bytes(
+                image, label if k == bad and label is not None else int(example["label"]),
+                example["path"].numpy().decode()))
+    _edit_info(copy, lambda entry: entry.update(bytes=shard.stat().st_size)
+               if entry["file"] == shard_name else None)
     return copy, records
+
+
+def _edit_info(pack: Path, edit) -> None:
+    """``edit`` each shard entry of ``pack``'s dataset.json."""
+    info = json.loads((pack / "dataset.json").read_text())
+    for split in info["splits"].values():
+        for entry in split["shards"]:
+            edit(entry)
+    (pack / "dataset.json").write_text(json.dumps(info))
+
+
+def test_a_shard_from_another_pack_is_named_before_reading(packed, folder, tmp_path):
+    """A shard copied in from another pack under the same name was read as this pack's:
+    wrong images, wrong labels, and its count cut by take(count) without a word."""
+    _, out = packed
+    other = tmp_path / "other"
+    pack_folder(folder, str(other), shards=3, seed=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    name = "train-00001-of-00003.tfrecord"
+    shutil.copy(other / name, copy / name)
+    assert (copy / name).stat().st_size != (out / name).stat().st_size
+    with pytest.raises(UserError, match=rf"shard {re.escape(str(copy / name))} is [\d,]+ bytes "
+                       r"but this pack wrote [\d,]+: it is not the shard this pack wrote") as err:
+        bundle(copy)
+    assert "put this pack's own shard back" in err.value.hint and "--overwrite" in err.value.hint
+    shutil.copy(out / name, copy / name)  # the pack's own shard back: read as before
+    assert bundle(copy).num_train == packed[0].counts["train"]
+
+
+def test_a_pack_without_shard_sizes_loads_as_before(packed, tmp_path):
+    """Packs written before sizes were recorded are read unchecked, as they were."""
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    _edit_info(copy, lambda entry: entry.pop("bytes"))
+    b = bundle(copy)
+    assert len(epoch(b, 0)[1]) == b.num_train == packed[0].counts["train"]
+
+
+def test_a_record_whose_label_is_not_a_class_is_skipped_and_named(packed, tmp_path):
+    """tf.one_hot of label 7 with 3 classes is an all-zero target: trained on silently."""
+    copy, records = _spoiled_copy(packed[1], tmp_path, "train-00000-of-00003.tfrecord", 2,
+                                  label=7)
+    b = bundle(copy)
+    _, labels = epoch(b, 0)
+    assert (labels == -1).sum() == 1 and labels.max() < len(CLASSES)
+    path = records[2]["path"].numpy().decode()
+    assert b.take_skipped() == [(f"{path} (train-00000-of-00003.tfrecord#2)",
+                                 "label 7 is not a class of this pack (0..2)")]
 
 
 def test_a_record_that_fails_to_decode_is_named_by_its_file(packed, tmp_path):

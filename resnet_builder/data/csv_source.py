@@ -85,7 +85,11 @@ def read_label_csv(path: Path, known: list[str] | None = None) -> LabelTable:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             records = [(reader.line_num, row) for reader in [csv.reader(handle)]
                        for row in reader if any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot read the CSV {path}: it is not UTF-8 text (byte "
+                        f"0x{exc.object[exc.start]:02x}, as in Latin-1 or Windows-1252)",
+                        hint="save the CSV as UTF-8 (in a spreadsheet: CSV UTF-8)") from None
+    except (OSError, csv.Error) as exc:
         raise UserError(f"cannot read the CSV {path}: {exc}", hint=_FORMAT_HINT) from None
     if len(records) < 2:
         raise UserError(f"{path}: the CSV has no rows below its header", hint=_FORMAT_HINT)
@@ -112,7 +116,7 @@ def read_label_csv(path: Path, known: list[str] | None = None) -> LabelTable:
             raise UserError(f"{path}:{records[0][0]}: the header names class column(s) "
                             f"{', '.join(map(repr, twice))} more than once",
                             hint="give every class one column")
-        rows = _zero_one_columns(path, body, columns)
+        rows = _zero_one_columns(path, body, columns, records[0][1], split_col is not None)
         if known is not None:
             rows = _reorder(path, records[0][0], names, rows, known)
             names = list(known)
@@ -143,15 +147,22 @@ def _label_lists(path: Path, body: list, column: int,
     return names, rows
 
 
-def _zero_one_columns(path: Path, body: list, columns: list[int]) -> np.ndarray:
-    """One 0/1 column per class -> int32 [N, K]."""
+def _zero_one_columns(path: Path, body: list, columns: list[int], header: list[str],
+                      has_split: bool) -> np.ndarray:
+    """One 0/1 column per class -> int32 [N, K]. Without a labels column every column but
+    the path (and split) is a class: a bad value names its column, which may be a stray
+    text column (``notes``) rather than a class."""
     rows = np.zeros((len(body), len(columns)), np.int32)
+    but = "the path and split" if has_split else "the path"
     for r, (line, row) in enumerate(body):
         for c, k in enumerate(columns):
             value = row[k].strip()
             if value not in ("0", "1"):
-                raise UserError(f"{path}:{line}: class columns hold 0 or 1, got {value!r}",
-                                hint="or put the labels in one 'labels' column as a;b;c")
+                raise UserError(f"{path}:{line}: class columns hold 0 or 1, got {value!r} in "
+                                f"column {header[k].strip()!r} (without a 'labels' column, "
+                                f"every column but {but} is a class column)",
+                                hint="remove columns that are not classes, or put the labels "
+                                "in one 'labels' column as a;b;c")
             rows[r, c] = value == "1"
     return rows
 
@@ -177,11 +188,15 @@ def _file(source: Path, line: int, cell: str) -> str:
         raise UserError(f"{source}:{line}: empty path", hint=_FORMAT_HINT)
     file = Path(name).expanduser()
     file = file if file.is_absolute() else source.parent / file
-    if not file.is_file():
-        raise UserError(f"{source}:{line}: image file not found: {file}",
-                        hint="paths are read relative to the CSV's folder (absolute ones as "
-                             "they are)")
-    return os.fspath(file)
+    if file.is_file():
+        return os.fspath(file)
+    if file.is_dir():
+        raise UserError(f"{source}:{line}: {file} is a folder, not an image file",
+                        hint="give one image file per row (a folder of class folders is "
+                             "data.source: folder)")
+    raise UserError(f"{source}:{line}: image file not found: {file}",
+                    hint="paths are read relative to the CSV's folder (absolute ones as they "
+                         "are)")
 
 
 def _refuse_repeats(source: Path, files: list[str], cells: list[tuple[int, str]]) -> None:

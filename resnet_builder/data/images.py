@@ -21,6 +21,7 @@ Choices, stated once:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -96,18 +97,21 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
     """(path relative to ``root`` with '/', full path) of ``walk_files``, as plain strings:
     listing 20,000 files as ``Path`` objects took 0.9 s, most of a streamed folder's start.
     ``unreadable`` hears of each folder that cannot be listed (no permission), whose files
-    would otherwise be left out without a word; ``irregular`` of each named pipe, socket or
-    device (its full path), which is never listed: reading a pipe named x.png waited
-    forever. The entry types come with the listing (``os.scandir``), so this costs no
-    ``stat`` per file, which on network storage is a round trip each."""
+    would otherwise be left out without a word, and of each folder link back up the tree
+    (to a folder being walked or above ``root``: followed, a link in class a to the data
+    folder listed class b's images as a's too), which is never followed; ``irregular`` of
+    each named pipe, socket or device (its full path), which is never listed: reading a
+    pipe named x.png waited forever. The entry types come with the listing
+    (``os.scandir``), so this costs no ``stat`` per file, which on network storage is a
+    round trip each; a folder link costs one ``realpath``."""
     seen: set[str] = set()
-    pending = [(os.fspath(root), "")]
+    top = os.path.realpath(root)
+    pending = [(os.fspath(root), "", (top,))]  # (folder, prefix, real paths walked to it)
     while pending:
-        folder, prefix = pending.pop()
-        real = os.path.realpath(folder)
-        if real in seen:  # a folder link back up the tree: listed once
+        folder, prefix, chain = pending.pop()
+        if chain[-1] in seen:  # reached again through a link to a sibling: listed once
             continue
-        seen.add(real)
+        seen.add(chain[-1])
         try:
             with os.scandir(folder) as listing:
                 entries = [e for e in listing if not e.name.startswith(".")]
@@ -119,12 +123,27 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
         for entry in entries:
             kind = _entry_kind(entry)
             if kind == "folder":
-                below.append((entry.path, prefix + entry.name + "/"))
+                real = os.path.join(chain[-1], entry.name)
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if _above_or_in(real, chain):
+                        if unreadable is not None:
+                            unreadable(OSError(errno.ELOOP, "a link back up the tree, to "
+                                               + shown_path(real), entry.path))
+                        continue
+                below.append((entry.path, prefix + entry.name + "/", (*chain, real)))
             elif kind == "file":
                 yield prefix + entry.name, entry.path
             elif irregular is not None:
                 irregular(entry.path)
         pending.extend(reversed(below))
+
+
+def _above_or_in(target: str, chain: tuple[str, ...]) -> bool:
+    """Whether the real folder ``target`` is one of the walked folders ``chain`` (real paths,
+    the root's first) or above one of them: walking it would list them again, or forever."""
+    inside = target.rstrip(os.sep) + os.sep
+    return any(folder == target or folder.startswith(inside) for folder in chain)
 
 
 def _entry_kind(entry: os.DirEntry) -> str:

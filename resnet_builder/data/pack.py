@@ -216,7 +216,8 @@ def _write_split(name: str, items: list[Item], count: int, image_size: int | Non
             file = shard_name(name, k, count)
             written = _write_shard(join(report.out, file), [items[i] for i in part], image_size,
                                    stats, report, pool, per_class, formats)
-            shards.append({"file": file, "count": written})
+            size = tf.io.gfile.stat(join(report.out, file)).length  # the reader checks it
+            shards.append({"file": file, "count": written, "bytes": size})
             _say(report, file, written, on_file)
     report.counts[name] = sum(s["count"] for s in shards)
     return {"count": report.counts[name], "per_class": per_class, "formats": formats,

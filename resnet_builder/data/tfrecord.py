@@ -1,11 +1,13 @@
 """The ``tfrecord`` source: streams the shards ``resnet-builder pack`` wrote.
 
 The folder's format (shard names, records, ``dataset.json``) is ``pack_format.py``'s. Training
-starts without a pass over the data: everything the model needs is in ``dataset.json``.
+starts without a pass over the data: everything the model needs is in ``dataset.json``,
+which also gives each shard's size, checked (one ``stat`` each) before anything is read.
 
 Reading: the train shards are interleaved in parallel (deterministic order), the
 shard order is shuffled per epoch and records pass a shuffle buffer, both seeded
-by (seed, epoch); batched and parsed a batch at a time, then decoded (``batch_decode``: a
+by (seed, epoch); batched and parsed a batch at a time (a label that is no class of the
+pack becomes -1, named like a bad record), then decoded (``batch_decode``: a
 bad record becomes label -1; a pack of JPEGs only without the per-image format check) and
 augmented like every source. tf.data combines the buffer's seed with
 TensorFlow's global seed, which the trainer sets from ``hardware.seed``, so a run and
@@ -190,7 +192,8 @@ class TFRecordBundle(DataBundle):
                 records = records.concatenate(tf.data.Dataset.from_tensors(
                     (tf.constant(-1, tf.int64), tf.constant(_PADDING))).repeat(padding))
             parts.append(records.batch(local).take(steps - start // local))
-        return _joined(parts).map(_parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return _joined(parts).map(batch_parser(len(self.class_names), self._skips),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
 
     def decoder_augment(self) -> DecoderAugment | None:
         """Packed records are always decoded as batches are made: the crop and flip are
@@ -315,8 +318,9 @@ class TFRecordBundle(DataBundle):
         parse, and no unbatching into chunks for the decoder and batching again."""
         decode = batch_decoder(self.resizing, self.channels, self._skips, from_files=False,
                                only_jpeg=only_jpeg)
-        parsed = records.batch(batch_size).map(_parse_batch, deterministic=True,
-                                               num_parallel_calls=tf.data.AUTOTUNE)
+        parsed = records.batch(batch_size).map(
+            batch_parser(len(self.class_names), self._skips), deterministic=True,
+            num_parallel_calls=tf.data.AUTOTUNE)
         return (parsed.map(decode, num_parallel_calls=BATCHES_AT_ONCE, deterministic=True)
                 .with_options(without_autotune()))
 
@@ -330,11 +334,32 @@ def _joined(parts: list[tf.data.Dataset]) -> tf.data.Dataset:
     return _joined(parts[:middle]).concatenate(_joined(parts[middle:]))
 
 
-def _parse_batch(keys: tf.Tensor, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def batch_parser(num_classes: int, skips: SkipLog) -> Callable[..., tuple]:
     """(keys [b], serialized examples [b]) -> (keys, encoded images, int32 labels): one
-    ``parse_example`` a batch, ~40 us of CPU less per record than one at a time."""
-    examples = tf.io.parse_example(records, FEATURES)
-    return keys, examples["image"], tf.cast(examples["label"], tf.int32)
+    ``parse_example`` a batch, ~40 us of CPU less per record than one at a time.
+
+    A label outside 0..num_classes-1 (a record from another pack) would train as an
+    all-zero one-hot target: it becomes -1 (not trained on) and goes to ``skips`` with its
+    key, named like a record that fails to decode. The check is one compare per record
+    and a ``reduce_any`` per batch; Python runs only for a batch that has one."""
+    def note(keys: np.ndarray, labels: np.ndarray) -> np.int64:
+        for key, label in zip(keys.tolist(), labels.tolist(), strict=True):
+            skips.add(key, f"label {label} is not a class of this pack (0..{num_classes - 1})")
+        return np.int64(len(keys))
+
+    @tf.autograph.experimental.do_not_convert  # plain TF ops
+    def parse(keys: tf.Tensor, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        examples = tf.io.parse_example(records, FEATURES)
+        labels = examples["label"]
+        bad = (keys >= 0) & ((labels < 0) | (labels >= num_classes))  # key -1: padding
+        noted = tf.cond(tf.reduce_any(bad), lambda: tf.numpy_function(
+            note, [tf.boolean_mask(keys, bad), tf.boolean_mask(labels, bad)], tf.int64,
+            stateful=True), lambda: tf.constant(0, tf.int64))
+        with tf.control_dependencies([noted]):
+            labels = tf.where(bad, tf.constant(SKIPPED_LABEL, tf.int64), labels)
+        return keys, examples["image"], tf.cast(labels, tf.int32)
+
+    return parse
 
 
 # the record a padding place holds (key -1): no image, label -1
