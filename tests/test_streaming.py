@@ -145,6 +145,31 @@ def test_streaming_skips_bad_files_with_label_minus_one_and_names_them(tmp_path,
     assert bundle.take_skipped() == []  # each failure is named once per epoch
 
 
+def test_a_class_whose_every_file_is_unreadable_is_named_at_the_epoch_end(tmp_path, capsys):
+    """Streaming meets bad files as it goes (data.verify refuses such a folder up front):
+    the run said which files it skipped, but not that class bee had nothing left to learn."""
+    from resnet_builder import train
+
+    _tree(tmp_path / "images", 4, ext="jpg")
+    for path in (tmp_path / "images" / "bee").iterdir():
+        path.write_bytes(os.urandom(300))
+    config = {"model": {"depth": 8, "block_type": "basic"},
+              "data": {"source": "folder", "path": str(tmp_path / "images"), "image_size": 16,
+                       "cache": False, "validation_split": 0.0, "batch_size": 4},
+              "train": {"epochs": 1}, "run": {"project": str(tmp_path / "runs"),
+                                              "progress": "line", "plots": False}}
+    train(config)
+    out = capsys.readouterr().out
+    assert "skipped 4 unreadable file(s)" in out
+    assert "warning: no training image of class(es) bee could be read (all skipped)" in out
+    bundle = load_data(DataConfig(source="folder", path=str(tmp_path / "images"),
+                                  image_size=16, validation_split=0.0, cache=False), AUG, seed=0)
+    files = sorted(str(p) for p in (tmp_path / "images").rglob("*.jpg"))
+    assert bundle.unreadable_classes(set(files[:3])) == []  # ant keeps one file
+    assert bundle.unreadable_classes({f for f in files if "/ant/" in f or "/cat/" in f}) == \
+        ["ant", "cat"]
+
+
 @pytest.mark.parametrize("attempt", [True, False], ids=["attempt", "careful"])
 @pytest.mark.parametrize("from_files", [True, False], ids=["files", "bytes"])
 def test_batch_decoder_keeps_every_file_in_its_place(tmp_path, attempt, from_files):

@@ -29,6 +29,7 @@ from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, fit_image
 from resnet_builder.data.shards import BatchRows, check_sharding, computed_rows, plain, run_rows
+from resnet_builder.data.skips import all_skipped
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images, pillow_places
 from resnet_builder.errors import UserError
 
@@ -260,16 +261,17 @@ class DataBundle:
                              ).prefetch(tf.data.AUTOTUNE)
 
     def take_skipped(self) -> list[tuple[str, str]]:
-        """(file, reason) of streamed files that failed to decode since the last call, once each.
-
-        Such files still fill their place in a batch, as zeros with label -1, so batches
-        keep their size; the trainer names them at each epoch end.
-        """
+        """(file, reason) of streamed files that failed to decode since the last call, once
+        each; they fill their places as zeros, label -1 (the trainer names them per epoch)."""
         found: dict[tuple[str, str], None] = {}
         for split in (self._train, self._val):
             if split is not None and split.files is not None:
                 found.update({(split.files[k], reason): None for k, reason in split.skips.take()})
         return list(found)
+
+    def unreadable_classes(self, skipped: set[str]) -> list[str]:
+        """Classes whose every training file is in ``skipped`` (``skips.all_skipped``)."""
+        return all_skipped(self._train, self.class_names, skipped)
 
     def _batches(self, split: Split, name: str, rows: BatchRows,
                  draws: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None

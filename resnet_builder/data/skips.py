@@ -56,3 +56,18 @@ class SkipLog:
         with self._lock:
             entries, self._entries = self._entries, []
         return entries
+
+
+def all_skipped(split, class_names: list[str], skipped: set[str]) -> list[str]:
+    """Names of the classes whose every file in a streamed ``split`` (``bundle.Split``) is
+    in ``skipped``: the model cannot learn them. Streaming finds bad files as it meets
+    them, where ``data.verify`` refused such a folder up front; this tells the user at the
+    epoch end instead of training on in silence. One pass over the file names, only in an
+    epoch that found new unreadable files."""
+    if split is None or split.files is None or split.labels.ndim != 1 or not skipped:
+        return []
+    labels = np.asarray(split.labels)
+    bad = np.fromiter((name in skipped for name in split.files), bool, len(split.files))
+    total = np.bincount(labels, minlength=len(class_names))
+    readable = np.bincount(labels[~bad], minlength=len(class_names))
+    return [class_names[k] for k in np.flatnonzero((total > 0) & (readable == 0))]

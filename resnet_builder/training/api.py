@@ -276,7 +276,8 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     own = standard_callbacks(cfg=cfg, paths=paths, state=state, optimizer=optimizer,
                              summary=summary, class_names=s.data.class_names,
                              steps_per_epoch=steps_per_epoch, is_chief=dist.is_chief,
-                             backup=backup, ema=ema)
+                             backup=backup, ema=ema,
+                             unreadable_classes=s.data.unreadable_classes)
     callbacks = keras.callbacks.CallbackList([*own, *user_callbacks], model=model)
     loop = TrainingLoop(cfg, dist, model, optimizer, s.data, schedule, state, callbacks, paths,
                         steps_per_call=resolve_steps_per_call(cfg.hardware.steps_per_call),

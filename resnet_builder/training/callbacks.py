@@ -34,9 +34,11 @@ from resnet_builder.training.state import RunState
 class ProgressCallback(keras.callbacks.Callback):
     """A tqdm bar per epoch on a terminal, one line per epoch elsewhere (``run.progress``)."""
 
-    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, state: RunState) -> None:
+    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, state: RunState,
+                 unreadable_classes: Callable[[set[str]], list[str]] | None = None) -> None:
         super().__init__()
         self.mode, self.epochs, self.steps, self.state = mode, epochs, steps_per_epoch, state
+        self.unreadable_classes = unreadable_classes  # DataBundle.unreadable_classes
         self.bar: progress.EpochProgress | None = None
         self.done = 0  # steps of this epoch shown so far
 
@@ -67,6 +69,12 @@ class ProgressCallback(keras.callbacks.Callback):
             progress.say(self.mode, f"skipped {len(self.state.skipped_now)} unreadable "
                          f"file(s): {names}{f' and {more} more' if more > 0 else ''} "
                          "(listed in the run's skipped.csv)")
+            empty = self.unreadable_classes(set(self.state.skipped)) \
+                if self.unreadable_classes else []
+            if empty:
+                progress.say(self.mode, f"warning: no training image of class(es) "
+                             f"{', '.join(empty)} could be read (all skipped): the model "
+                             "cannot learn them; fix or replace their files and train again")
 
 
 class EarlyStopping(keras.callbacks.Callback):
@@ -172,13 +180,15 @@ def remove_backup(folder: Path) -> None:
 
 def standard_callbacks(*, cfg: Any, paths: RunPaths, state: RunState, optimizer,
                        summary: Callable[[], dict], class_names: list[str], steps_per_epoch: int,
-                       is_chief: bool, backup: Path | None, ema: EmaWeights | None = None
+                       is_chief: bool, backup: Path | None, ema: EmaWeights | None = None,
+                       unreadable_classes: Callable[[set[str]], list[str]] | None = None
                        ) -> list[keras.callbacks.Callback]:
     """The callbacks every run has, in order; the chief alone draws and logs (run.loggers)."""
     say = lambda text: progress.say(cfg.run.progress, text)  # noqa: E731
     before, after = make_loggers(cfg, paths, state) if is_chief else ([], [])
     found: list[keras.callbacks.Callback] = [
-        ProgressCallback(cfg.run.progress, cfg.train.epochs, steps_per_epoch, state),
+        ProgressCallback(cfg.run.progress, cfg.train.epochs, steps_per_epoch, state,
+                         unreadable_classes),
         EarlyStopping(cfg.train.early_stopping_patience, state, say, cfg.train.monitor),
         *before,  # results.csv, before the checkpoint that commits the epoch
         RunFolderWriter(paths, state, optimizer, summary, is_chief=is_chief, backup=backup,
