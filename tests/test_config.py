@@ -925,3 +925,11 @@ def test_hints_fit_the_mistake(tmp_path: Path, text: str, said: str, hint: str |
     assert "without the decimal point" not in err.hint and "remove the quotes" not in err.hint
     if hint:
         assert hint in err.hint
+
+
+def test_a_key_given_by_a_yaml_merge_and_written_is_not_given_twice(tmp_path: Path) -> None:
+    """Constructing the document merged the << keys into the tree before the key lines
+    were read, so a key written once was 'given twice'; the written one wins, as in YAML."""
+    cfg = load_config(write(tmp_path, "model:\n  <<: {depth: 8, block_type: basic}\n"
+                                      "  depth: 14\n"))
+    assert (cfg.model.depth, cfg.model.block_type) == (14, "basic")

@@ -138,7 +138,8 @@ def _parse(text: str, source: str) -> tuple[Any, dict[str, int]]:
         root = loader.get_single_node()
         if root is None:
             return None, {}
-        return loader.construct_document(root), _key_lines(root, source)
+        lines = _key_lines(root, source)  # first: constructing merges << keys into the tree
+        return loader.construct_document(root), lines
     except yaml.MarkedYAMLError as e:
         raise _yaml_error(e, source, text) from None
     except yaml.YAMLError as e:
