@@ -169,3 +169,57 @@ def test_confusion_matrix_comes_from_the_evaluated_labels(trained):
     matrix = np.asarray(meta["best_confusion"])
     assert matrix.shape == (10, 10)
     assert np.trace(matrix) / matrix.sum() == pytest.approx(result.best_val_accuracy)
+
+
+def test_keras_callbacks_monitoring_an_accuracy_work_without_a_compiled_model(tmp_path):
+    """In mode auto Keras looks the direction up in a compiled model's metrics: the run
+    failed after its first epoch with EarlyStopping(monitor="val_accuracy")."""
+    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=5)
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), save_best_only=True,
+                                           monitor="val_balanced_accuracy")
+    loss = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5)
+    result = resnet_builder.train(config_file(tmp_path), [f"run.project={tmp_path / 'runs'}"],
+                                  callbacks=[stopper, best, loss])
+    assert result.summary["status"] == "finished" and (tmp_path / "best.keras").exists()
+    assert (stopper.mode, best.mode, loss.mode) == ("max", "max", "min")
+
+
+def test_a_run_leaves_the_dtype_policy_and_op_determinism_as_it_found_them(tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    project = f"run.project={tmp_path / 'runs'}"
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the user's own
+    try:
+        resnet_builder.train(config_file(tmp_path), [project, "train.epochs=1",
+                                                     "hardware.deterministic=true"])
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        assert not tf_config.is_op_determinism_enabled()
+        keras.mixed_precision.set_global_policy("float32")
+        with pytest.raises(UserError):  # fails while it sets up, after the policy was set
+            resnet_builder.train(config_file(tmp_path), [
+                project, "hardware.mixed_precision=bfloat16",
+                f"model.weights={tmp_path / 'missing.keras'}"])
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_arguments_are_taken_as_fit_takes_them_or_named(tmp_path):
+    project = f"run.project={tmp_path / 'runs'}"
+    first = resnet_builder.train(config_file(tmp_path), [project, "train.epochs=1"],
+                                 callbacks=None)
+    again = resnet_builder.resume(first.run_dir, "train.epochs=2",  # one string: one override
+                                  callbacks=keras.callbacks.TerminateOnNaN())
+    assert len(again.history) == 2
+    with pytest.raises(TypeError, match=r"overrides must be .section\.key=value. strings"):
+        resnet_builder.train(config_file(tmp_path), 5)
+
+
+def test_resume_refuses_a_folder_that_only_holds_a_users_config(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("# my notes\ntrain:\n  epochs: 1\n")
+    with pytest.raises(UserError, match=r"is not a run folder: it has a config\.yaml") as err:
+        resnet_builder.resume(folder)
+    assert err.value.exit_code == 2
+    assert (folder / "config.yaml").read_text().startswith("# my notes")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from resnet_builder.training.setup import (
     configure_hardware,
     make_model,
     make_optimizer,
+    process_settings_kept,
     resolve_precision,
     resolve_steps_per_call,
 )
@@ -82,6 +83,7 @@ def train(config: Config | str | os.PathLike | Mapping[str, Any] | None,
     multi_worker`` the run folder is ``run.project/run.name`` exactly, and running
     the same command again continues it (what a restarted worker does).
     """
+    overrides, callbacks = override_list(overrides), callback_list(callbacks)
     if isinstance(config, Config):
         cfg = apply_overrides(config, overrides)
     else:
@@ -89,9 +91,35 @@ def train(config: Config | str | os.PathLike | Mapping[str, Any] | None,
     return _run(cfg, None, None, callbacks)
 
 
+def override_list(overrides: Sequence[str] | str | None) -> tuple[str, ...]:
+    """``--set`` strings as a tuple: one string is one override (not one per letter)."""
+    if overrides is None:
+        return ()
+    if isinstance(overrides, str):
+        return (overrides,)
+    if not isinstance(overrides, Iterable) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides must be 'section.key=value' strings, e.g. "
+                        f"['train.epochs=2'], got {overrides!r}")
+    return tuple(overrides)
+
+
+def callback_list(callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.Callback
+                  | None) -> list[keras.callbacks.Callback]:
+    """Callbacks as a list: None or one callback too, as ``fit`` takes them."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback):
+        return [callbacks]
+    if not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got "
+                        f"{callbacks!r}")
+    return list(callbacks)
+
+
 def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
            callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Continue ``run_dir`` after its last completed epoch (``overrides`` may extend it)."""
+    overrides, callbacks = override_list(overrides), callback_list(callbacks)
     paths = runs.RunPaths(Path(run_dir))
     if not paths.config.exists():
         if not paths.checkpoint.exists():
@@ -103,6 +131,12 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
     check_overrides(overrides)
     if not paths.checkpoint.exists():
         _refuse_lost_checkpoint(paths)
+        if not any(p.exists() for p in (paths.root / ".lock", paths.summary)):
+            raise UserError(f"{run_dir} is not a run folder: it has a config.yaml but nothing "
+                            "a run writes (.lock, summary.json); resuming would train into "
+                            "it and replace that config.yaml",
+                            hint=f"train a new run from it: resnet-builder train "
+                                 f"{paths.config}", exit_code=2)
         progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")
         return _run(cfg, paths.root, None, callbacks)
     meta = resume_meta(paths.root, cfg, load_config(paths.config))
@@ -139,12 +173,27 @@ def check_callbacks(callbacks: Sequence[keras.callbacks.Callback]) -> None:
         if not isinstance(callback, keras.callbacks.Callback):
             raise UserError(f"{callback!r} is not a keras.callbacks.Callback",
                             hint="pass instances of keras.callbacks.Callback subclasses")
+        monitor_direction(callback)
         name = type(callback).__name__
         for base in type(callback).__mro__:
             if base.__module__.startswith("keras") and base.__name__ in NEEDS_COMPILED_MODEL:
                 raise UserError(f"keras.callbacks.{base.__name__} ({name}) needs a compiled "
                                 "model, which the trainer does not use",
                                 hint=NEEDS_COMPILED_MODEL[base.__name__], exit_code=2)
+
+
+def monitor_direction(callback: keras.callbacks.Callback) -> None:
+    """Keras' monitoring callbacks (EarlyStopping, ModelCheckpoint) in mode auto look a
+    metric's direction up in a compiled model's metrics; this loop's model is not compiled,
+    so EarlyStopping(monitor="val_accuracy") failed after the first epoch. Our results.csv
+    columns say it: losses lower, accuracies, F1 and mAP higher."""
+    monitor = getattr(callback, "monitor", None)
+    if getattr(callback, "mode", None) != "auto" or not isinstance(monitor, str):
+        return
+    if monitor.endswith("loss"):
+        callback.mode = "min"
+    elif any(word in monitor for word in ("accuracy", "f1", "map")):
+        callback.mode = "max"
 
 
 @dataclass
@@ -237,6 +286,7 @@ def _model_and_optimizer(s: _Setup, schedule, paths: runs.RunPaths, backup: Path
 def _run(cfg: Config, run_dir: Path | None, meta: dict | None,
          user_callbacks: Sequence[keras.callbacks.Callback]) -> TrainResult:
     with contextlib.ExitStack() as held:  # the run folder's lock, until the run ends
+        held.enter_context(process_settings_kept())  # the dtype policy, op determinism
         return _train(cfg, run_dir, meta, user_callbacks, held)
 
 
@@ -284,10 +334,7 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
                         ema=ema)
     progress.say(cfg.run.progress,
                  start_line(cfg, state, paths.root, s.data, model.count_params(), dist, lr))
-    try:
-        loop.run()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    loop.run()
     result = summary()
     progress.say(cfg.run.progress, end_line(result, writes_run_folder=s.dist.is_chief))
     return TrainResult(paths.root, result, state.history)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -30,6 +32,23 @@ def configure_hardware(cfg: Config, precision: str) -> None:
         tf.config.experimental.enable_op_determinism()
     policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
     keras.mixed_precision.set_global_policy(policy[precision])
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """The Keras dtype policy and TensorFlow's op determinism as they were before a run,
+    afterwards and after a failure: a notebook's next run (and its own Keras code) kept
+    a run's mixed_bfloat16, or op determinism (~1.3x slower), for the rest of the process."""
+    from tensorflow.python.framework import config as tf_config  # no public disable
+
+    policy = keras.mixed_precision.global_policy().name
+    deterministic = tf_config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        if not deterministic and tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
 
 
 def resolve_steps_per_call(setting: int | str) -> int:
