@@ -69,6 +69,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'resnet_builder' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The lazily imported API too, so a notebook's tab completion offers train, predict..."""
+    return sorted({*globals(), *_EXPORTS})
+
+
 def running_cli() -> bool:
     """Whether this process is the ``resnet-builder`` command (console script or ``-m``)."""
     if sys.argv and os.path.basename(sys.argv[0]) == "resnet-builder":

@@ -203,3 +203,40 @@ def test_python_api_evaluate_through_the_package(digits, tmp_path):
     assert result.metrics["images"] == 20 and result.metrics["top_k"] == 3
     assert result.metrics["accuracy"] >= 0.9 and result.skipped == []
     assert result.data.startswith(f"folder {data} (20 images")
+
+
+def test_api_arguments_are_checked_before_anything_loads(tmp_path):
+    import resnet_builder
+    from resnet_builder.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):  # was "a model alone has nothing"
+        resnet_builder.evaluate(tmp_path / "runs" / "typo")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        resnet_builder.evaluate(tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="top_k must be >= 1, got 0"):
+        resnet_builder.evaluate(tmp_path, top_k=0)
+    with pytest.raises(TypeError, match="top_k must be an integer >= 1, got '3'"):
+        resnet_builder.predict(tmp_path, "examples/digits", top_k="3")
+    assert {"train", "predict", "evaluate", "ResNetV2Backbone"} <= set(dir(resnet_builder))
+
+
+def test_predict_refuses_a_keras_model_that_gives_no_class_probabilities(tmp_path):
+    import keras
+
+    import resnet_builder
+    from resnet_builder.errors import UserError
+
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    inputs = keras.Input((8, 8, 3))
+    grid = keras.Model(inputs, keras.layers.Dense(3)(inputs))  # (batch, 8, 8, 3)
+    with pytest.raises(UserError, match=r"outputs of shape \(None, 8, 8, 3\)"):
+        resnet_builder.predict(grid, tmp_path / "images")
+    logits = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    logits.layers[-1].set_weights([np.full((192, 3), 0.5, np.float32), np.zeros(3, np.float32)])
+    with pytest.raises(UserError, match=r"not probabilities \(0\.\.1\)"):
+        resnet_builder.predict(logits, tmp_path / "images")
+    softmax = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.Flatten()(inputs)))
+    assert len(resnet_builder.predict(softmax, tmp_path / "images")) == 2

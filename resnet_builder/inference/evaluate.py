@@ -37,6 +37,7 @@ from resnet_builder.files import write_json
 from resnet_builder.inference.decode import decoded_batches
 from resnet_builder.inference.loading import (
     InferenceModel,
+    check_counts,
     load_inference_model,
     with_threshold,
 )
@@ -199,6 +200,9 @@ def resolve(run: str | os.PathLike | None, model: Any, data: str | os.PathLike |
     if (run is None and isinstance(model, (str, os.PathLike))
             and RunPaths(Path(model)).config.exists()):
         run, model = model, None  # evaluate("runs/train/exp"): a run folder, as on the CLI
+    if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
+        raise UserError(f"{model} does not exist",
+                        hint="pass a run folder (runs/train/exp) or a model file")
     if run is not None and not Path(run).is_dir():
         raise UserError(f"{run} is not a run folder",
                         hint="pass a run folder (runs/train/exp), or --model FILE with --data")
@@ -257,6 +261,7 @@ def evaluate(model: Any = None, *, run: str | os.PathLike | None = None,
     ``metrics["without_tta"]`` holds the overall numbers without it. ``threshold``: a
     multilabel model's F1 threshold (default: the model's own).
     """
+    check_counts(top_k=top_k, batch_size=batch_size)
     source, cfg, where = resolve(run, model, data, config)
     im = with_threshold(load_inference_model(source), threshold)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ horizontal mirror image, both run in one batch.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -107,7 +108,8 @@ class InferenceModel:
             model = self.model
             self._functions["probs"] = tf.function(
                 lambda x: model(x, training=False), input_signature=[self.input_spec()])
-        return np.asarray(self._functions["probs"](_as_float(images)), np.float32)
+        return _checked_probabilities(
+            np.asarray(self._functions["probs"](_as_float(images)), np.float32), self.source)
 
     def gradcam(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [B, K], heatmaps [B, h, w] in 0..1) for the top class of each image."""
@@ -207,7 +209,13 @@ def _describe(model: Any, source: str) -> InferenceModel:
         raise UserError(f"model {source} takes input shape {shape}; prediction needs a fixed "
                         "square size with 1 or 3 channels (H, H, C)",
                         hint="build the model with input_shape like (32, 32, 3)")
-    outputs = model.output_shape[-1]
+    out = model.output_shape
+    if not isinstance(out, tuple) or len(out) != 2 or not out[1]:
+        raise UserError(f"model {source} gives outputs of shape {out}; prediction needs one "
+                        "row of class probabilities per image, (batch, classes)",
+                        hint="end the model with keras.layers.Dense(classes, "
+                             "activation='softmax')")
+    outputs = out[-1]
     labels = model.labels() if hasattr(model, "labels") else [str(i) for i in range(outputs)]
     return InferenceModel(model=model, source=source, image_size=int(shape[0]),
                           channels=int(shape[2]), labels=list(labels),
@@ -215,3 +223,24 @@ def _describe(model: Any, source: str) -> InferenceModel:
                           crop_pct=float(getattr(model, "crop_pct", 0.875)),
                           task=getattr(model, "task", "multiclass"),
                           threshold=float(getattr(model, "threshold", 0.5)))
+
+
+def _checked_probabilities(probs: np.ndarray, source: str) -> np.ndarray:
+    """A Keras model's outputs, refused when they are no probabilities (logits from a
+    model without a softmax were reported as 'probability' 99.7 and -57.9)."""
+    if probs.size and (probs.min() < -0.01 or probs.max() > 1.01):  # float16 rounding
+        raise UserError(f"model {source} gives outputs from {probs.min():.4g} to "
+                        f"{probs.max():.4g}, not probabilities (0..1)",
+                        hint="end the model with a softmax (one label per image) or a "
+                             "sigmoid (multilabel) activation")
+    return probs
+
+
+def check_counts(**counts: Any) -> None:
+    """top_k, batch_size: whole numbers >= 1, named when not (0 failed deep in the pipeline
+    with a ZeroDivisionError, "3" with a TypeError about '<')."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")

@@ -29,6 +29,7 @@ from resnet_builder.inference.drawing import MirroredNames, contact_sheet, write
 from resnet_builder.inference.gradcam import split_classifier
 from resnet_builder.inference.loading import (
     InferenceModel,
+    check_counts,
     load_inference_model,
     with_threshold,
 )
@@ -93,8 +94,7 @@ def iter_predictions(im: InferenceModel, images: Sequence[ImageSource], *, top_k
 
     ``tta``: each image's probabilities are the mean over it and its horizontal flip.
     """
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k}, {batch_size}")
+    check_counts(top_k=top_k, batch_size=batch_size)
     _refuse_cam_with_tta(cam, tta)
     k = min(top_k, im.num_classes)
     files = [s.file for s in images]
@@ -132,6 +132,7 @@ def predict(model: Any, paths: str | os.PathLike | Iterable[str | os.PathLike], 
     probability, top_k; a multilabel model's ``labels`` too, those at or above
     ``threshold``, default the model's); ``result.skipped`` lists unreadable files.
     """
+    check_counts(top_k=top_k, batch_size=batch_size)
     im = with_threshold(load_inference_model(model), threshold)
     images, skipped = collect_images(paths)
     start = time.perf_counter()
