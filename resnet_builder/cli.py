@@ -108,7 +108,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
                    nl=False)
 
 
-# Commands that always load TensorFlow; it is started (quietly) before they run.
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="resnet-builder")
 def main() -> None:

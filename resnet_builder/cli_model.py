@@ -97,5 +97,6 @@ def _model_request(config_path: str | None) -> dict:
         return {}
     from resnet_builder.config import load_config, model_arguments
 
-    request = model_arguments(load_config(config_path))
+    # the network is checked once the command line's options are applied (below)
+    request = model_arguments(load_config(config_path, network=False))
     return request

@@ -178,10 +178,15 @@ def test_keras_callbacks_monitoring_an_accuracy_work_without_a_compiled_model(tm
     best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), save_best_only=True,
                                            monitor="val_balanced_accuracy")
     loss = keras.callbacks.EarlyStopping(monitor="val_loss", patience=5)
+
+    class Mine(keras.callbacks.Callback):  # its own mode and monitor: left alone
+        monitor, mode = "val_loss", "auto"
+
+    mine = Mine()
     result = resnet_builder.train(config_file(tmp_path), [f"run.project={tmp_path / 'runs'}"],
-                                  callbacks=[stopper, best, loss])
+                                  callbacks=[stopper, best, loss, mine])
     assert result.summary["status"] == "finished" and (tmp_path / "best.keras").exists()
-    assert (stopper.mode, best.mode, loss.mode) == ("max", "max", "min")
+    assert (stopper.mode, best.mode, loss.mode, mine.mode) == ("max", "max", "min", "auto")
 
 
 def test_a_run_leaves_the_dtype_policy_and_op_determinism_as_it_found_them(tmp_path):

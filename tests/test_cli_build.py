@@ -204,3 +204,15 @@ def test_bench_refuses_a_non_square_input_before_measuring():
     result = run("bench", "--depth", "8", "--block-type", "basic", "--input-shape", "8,16,1",
                  "--no-pipelines")
     assert result.exit_code == 2 and "bench trains on square images" in result.output
+
+
+def test_build_config_takes_the_command_lines_network_over_the_configs(tmp_path):
+    """The config's own network (16x16 for resnet50_v2) cannot build; the command line's
+    input shape or depth replaces it, so the config check must wait for them."""
+    path = tmp_path / "small.yaml"
+    path.write_text("data:\n  image_size: 16\nmodel:\n  preset: resnet50_v2\n")
+    for extra in (["--input-shape", "224,224,3"], ["--depth", "20"]):
+        result = CliRunner().invoke(main, ["build", "--config", str(path), *extra])
+        assert result.exit_code == 0, result.output
+    alone = CliRunner().invoke(main, ["build", "--config", str(path)])
+    assert alone.exit_code == 2 and "is too small" in alone.output

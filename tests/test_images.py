@@ -203,3 +203,21 @@ def test_resize_and_prepare(tmp_path):
     flat = np.full((4, 4, 3), 77, np.uint8)
     np.testing.assert_array_equal(resize_image(flat, 9), np.full((9, 9, 3), 77))
 
+
+
+def test_a_link_into_another_class_folder_is_named_not_followed(tmp_path):
+    """Walking class a with the data folder as its fence: a link to b (or into b) listed b's
+    images as a's too; a link outside the data folder is still followed."""
+    for rel in ["data/a/x.png", "data/b/deep/y.png", "outside/z.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    a = tmp_path / "data" / "a"
+    os.symlink("../b", a / "b_too")
+    os.symlink(tmp_path / "data" / "b" / "deep", a / "deeper")
+    os.symlink(tmp_path / "outside", a / "out")
+    refused: list[OSError] = []
+    names = sorted(rel for rel, _ in walk_names(a, unreadable=refused.append,
+                                                fence=tmp_path / "data"))
+    assert names == ["out/z.png", "x.png"]
+    assert sorted(Path(e.filename).name for e in refused) == ["b_too", "deeper"]
+    assert all("a link into another class folder, " in e.strerror for e in refused)

@@ -79,7 +79,22 @@ def test_ctrl_c_while_an_epochs_files_are_written_reports_what_the_checkpoint_ho
     assert err.value.exit_code == 130 and "interrupted; 1 completed epoch(s) are saved" in \
         err.value.message
     assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
-    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["epochs_completed"], summary["best_epoch"]) == (1, 1)
+
+
+def test_a_restarted_run_that_fails_to_set_up_leaves_its_config_yaml(trained, tmp_path):
+    """A run killed in its first epoch (config.yaml and .lock) started again with other
+    weights that do not fit: its config.yaml was rewritten before the model was made."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((trained / "config.yaml").read_text())
+    (run / ".lock").touch()
+    (tmp_path / "junk.weights.h5").write_text("not hdf5")
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(UserError, match="does not fit this model"):
+        trainer.resume(run, (f"model.weights={tmp_path / 'junk.weights.h5'}",))
+    assert (run / "config.yaml").read_text() == before
 
 
 def test_resume_given_the_checkpoint_file_names_its_folder(trained):

@@ -237,7 +237,7 @@ def check_sections(data: Any, where: Where) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- building
 
 
-def build(sections: dict[str, dict[str, Any]], where: Where) -> Config:
+def build(sections: dict[str, dict[str, Any]], where: Where, network: bool = True) -> Config:
     """Typed, checked Config from shape-checked sections; missing keys take defaults."""
     parts = {}
     for section, specs in key_specs().items():
@@ -253,7 +253,7 @@ def build(sections: dict[str, dict[str, Any]], where: Where) -> Config:
     # (data.path and model.weights are expanded where they are opened)
     parts["run"] = replace(parts["run"], project=os.path.expanduser(parts["run"].project))
     cfg = Config(**parts)
-    check_rules(cfg, where)
+    check_rules(cfg, where, network)
     return cfg
 
 

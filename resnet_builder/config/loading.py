@@ -208,19 +208,20 @@ def _apply_override(sections: dict[str, dict[str, Any]], text: str, where: Where
 
 
 def _with_overrides(sections: dict[str, dict[str, Any]], overrides: Sequence[str],
-                    where: Where) -> Config:
+                    where: Where, network: bool = True) -> Config:
     """Apply the ``--set`` overrides in order (a later one wins), then check and build."""
     if isinstance(overrides, str):  # one override, not a sequence of one-letter overrides
         overrides = (overrides,)
     for text in overrides:
         _apply_override(sections, text, where)
-    return build(sections, where)
+    return build(sections, where, network)
 
 
 def load_config(path: str | Path | Mapping[str, Any] | None,
-                overrides: Sequence[str] = ()) -> Config:
+                overrides: Sequence[str] = (), *, network: bool = True) -> Config:
     """The config of a YAML file (None: all defaults; a dict: its sections, as the YAML
-    would give them) with ``--set`` overrides, validated.
+    would give them) with ``--set`` overrides, validated (``network`` False: all but
+    whether its network builds, for a caller that replaces the network).
 
     Raises ConfigError, naming file:line or the --set, for anything that cannot be used.
     """
@@ -235,7 +236,7 @@ def load_config(path: str | Path | Mapping[str, Any] | None,
         source = str(path)
         data, lines = _parse(_read(path), source)
         where = Where(source, lines)
-    return _with_overrides(check_sections(data, where), overrides, where)
+    return _with_overrides(check_sections(data, where), overrides, where, network)
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str] = (),

@@ -256,7 +256,10 @@ RULES: tuple[Callable[[Config, Where], None], ...] = (
     _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
 
 
-def check_rules(cfg: Config, where: Where) -> None:
-    """Apply every cross-key rule in order; the first one broken raises."""
+def check_rules(cfg: Config, where: Where, network: bool = True) -> None:
+    """Apply every cross-key rule in order; the first one broken raises. ``network``
+    False leaves out whether the network builds (``build --config`` with a network or
+    input shape on the command line, which replaces the config's)."""
     for rule in RULES:
-        rule(cfg, where)
+        if network or rule is not _rule_network_builds:
+            rule(cfg, where)

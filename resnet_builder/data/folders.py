@@ -63,7 +63,8 @@ def scan_class_folders(root: str | os.PathLike) -> ClassFolders:
             raise UserError(f"class folder {shown_path(entry)}: its name is not valid UTF-8",
                             hint="rename the folder: class names are stored in the model")
         images: list[Path] = []
-        for _, full in sorted(walk_names(entry, found.unreadable_folder, found.not_a_file)):
+        for _, full in sorted(walk_names(entry, found.unreadable_folder, found.not_a_file,
+                                         fence=root)):
             reason = why_not_readable(full)
             if reason is None:
                 images.append(Path(full))

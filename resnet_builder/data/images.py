@@ -93,7 +93,8 @@ def walk_files(root: str | os.PathLike) -> Iterator[Path]:
 
 
 def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | None = None,
-               irregular: Callable[[str], None] | None = None) -> Iterator[tuple[str, str]]:
+               irregular: Callable[[str], None] | None = None,
+               fence: str | os.PathLike | None = None) -> Iterator[tuple[str, str]]:
     """(path relative to ``root`` with '/', full path) of ``walk_files``, as plain strings:
     listing 20,000 files as ``Path`` objects took 0.9 s, most of a streamed folder's start.
     ``unreadable`` hears of each folder that cannot be listed (no permission), whose files
@@ -103,9 +104,12 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
     each named pipe, socket or device (its full path), which is never listed: reading a
     pipe named x.png waited forever. The entry types come with the listing
     (``os.scandir``), so this costs no ``stat`` per file, which on network storage is a
-    round trip each; a folder link costs one ``realpath``."""
+    round trip each; a folder link costs one ``realpath``. ``fence`` (the data folder, when
+    ``root`` is one class folder of it): a link to anywhere else inside it is not followed
+    either (from class a into class b, it listed b's images as a's too)."""
     seen: set[str] = set()
     top = os.path.realpath(root)
+    outside = None if fence is None else _walled_off(os.path.realpath(fence), top)
     pending = [(os.fspath(root), "", (top,))]  # (folder, prefix, real paths walked to it)
     while pending:
         folder, prefix, chain = pending.pop()
@@ -126,10 +130,13 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
                 real = os.path.join(chain[-1], entry.name)
                 if entry.is_symlink():
                     real = os.path.realpath(entry.path)
-                    if _above_or_in(real, chain):
+                    why = ("a link back up the tree, to " if _above_or_in(real, chain) else
+                           "a link into another class folder, " if outside and outside(real)
+                           else None)
+                    if why is not None:
                         if unreadable is not None:
-                            unreadable(OSError(errno.ELOOP, "a link back up the tree, to "
-                                               + shown_path(real), entry.path))
+                            unreadable(OSError(errno.ELOOP, why + shown_path(real),
+                                               entry.path))
                         continue
                 below.append((entry.path, prefix + entry.name + "/", (*chain, real)))
             elif kind == "file":
@@ -137,6 +144,15 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
             elif irregular is not None:
                 irregular(entry.path)
         pending.extend(reversed(below))
+
+
+def _walled_off(fence: str, top: str) -> Callable[[str], bool]:
+    """Whether a real folder is inside ``fence`` but not inside ``top`` (one class folder
+    of the data folder ``fence``): another class's images."""
+    def inside(folder: str, outer: str) -> bool:
+        return folder == outer or folder.startswith(outer.rstrip(os.sep) + os.sep)
+
+    return lambda target: inside(target, fence) and not inside(target, top)
 
 
 def _above_or_in(target: str, chain: tuple[str, ...]) -> bool:

@@ -182,17 +182,23 @@ def check_callbacks(callbacks: Sequence[keras.callbacks.Callback]) -> None:
                                 hint=NEEDS_COMPILED_MODEL[base.__name__], exit_code=2)
 
 
+# Which way is better for each results.csv column (runs.RESULTS_COLUMNS and the multilabel
+# ones), for Keras' monitoring callbacks.
+_HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "map"}
+
+
 def monitor_direction(callback: keras.callbacks.Callback) -> None:
     """Keras' monitoring callbacks (EarlyStopping, ModelCheckpoint) in mode auto look a
     metric's direction up in a compiled model's metrics; this loop's model is not compiled,
     so EarlyStopping(monitor="val_accuracy") failed after the first epoch. Our results.csv
-    columns say it: losses lower, accuracies, F1 and mAP higher."""
-    monitor = getattr(callback, "monitor", None)
-    if getattr(callback, "mode", None) != "auto" or not isinstance(monitor, str):
+    columns say it; other callbacks and other columns are left as they are."""
+    if not isinstance(callback, (keras.callbacks.EarlyStopping,
+                                 keras.callbacks.ModelCheckpoint)) or callback.mode != "auto":
         return
-    if monitor.endswith("loss"):
+    column = str(callback.monitor).removeprefix("val_")
+    if column == "loss":
         callback.mode = "min"
-    elif any(word in monitor for word in ("accuracy", "f1", "map")):
+    elif column in _HIGHER_IS_BETTER:
         callback.mode = "max"
 
 
@@ -233,6 +239,7 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
     fresh = run_dir is None and dist.name != "multi_worker"
+    new_run = run_dir is None  # (a multi-worker run learns here whether it resumes: meta)
 
     def lock(folder: Path) -> None:
         held.enter_context(runs.holding_run(folder))
@@ -250,7 +257,7 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
             lock(Path(run_dir))
         if fresh:
             replace_earlier_run(cfg, run_dir, why="run.exist_ok: ")
-        if meta is None:  # a resume's new keys are written once its model is restored
+        if meta is None and new_run:  # a resume's keys: once its model is made (_train)
             dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays auto
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
 
@@ -309,8 +316,8 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
         if run_dir is None and dist.name != "multi_worker":  # e.g. a weights file that does
             runs.remove_unstarted_run(paths.root)  # not fit: its name is free for the next
         raise
-    if s.meta is not None and dist.is_chief:  # restored: the resume's keys (README)
-        dump_config(cfg, paths.config)
+    if (s.meta is not None or run_dir is not None) and dist.is_chief:  # a resume, its model
+        dump_config(cfg, paths.config)  # made (and restored): now its keys (README)
     state = RunState.from_meta(s.meta)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)

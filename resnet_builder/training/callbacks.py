@@ -14,6 +14,7 @@ them (so they see the epoch's files written) and may stop the run with
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -128,9 +129,10 @@ class RunFolderWriter(keras.callbacks.Callback):
         path = self.paths.checkpoint if self.is_chief else self.backup
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            meta = self.state.to_meta()
             with self.ema.raw() if self.ema else contextlib.nullcontext():  # optim.ema
-                checkpoint.save_checkpoint(path, self.model, self.optimizer, self.state.to_meta())
-            self.state.saved_epochs = self.state.epochs_completed
+                checkpoint.save_checkpoint(path, self.model, self.optimizer, meta)
+            self.state.saved = copy.deepcopy(meta)  # to_meta() holds the live history list
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.is_chief:

@@ -49,7 +49,7 @@ class RunState:
     # what the run trains on: {"classes", "train", "val"} (resume.data_change compares it)
     data_shape: dict[str, Any] | None = None
     config: dict[str, Any] | None = None  # flat config it trains with (resume compares it)
-    saved_epochs: int = 0  # epochs the latest checkpoint.npz holds (the resume point)
+    saved: dict[str, Any] | None = None  # to_meta() of the latest checkpoint.npz (resume point)
     started: float = field(default_factory=time.perf_counter, repr=False)
     ended: float | None = field(default=None, repr=False)  # set as the run ends (end)
 
@@ -68,7 +68,7 @@ class RunState:
                    train_seconds=float(meta.get("train_seconds", 0.0)),
                    epoch_progress=meta.get("epoch_progress"),
                    skipped=dict(meta.get("skipped", {})), data_shape=meta.get("data"),
-                   config=meta.get("config"), saved_epochs=len(meta.get("history", [])))
+                   config=meta.get("config"), saved=meta or None)
 
     def to_meta(self) -> dict[str, Any]:
         return {"epochs_completed": self.epochs_completed, "history": self.history,
@@ -86,8 +86,12 @@ class RunState:
 
     def forget_unsaved_epochs(self) -> None:
         """Stopped between an epoch's results.csv row and its checkpoint (Ctrl-C while a
-        large last.keras is written): report what a resume starts from, not one more."""
-        del self.history[self.saved_epochs:]
+        large last.keras is written): report what a resume starts from, not one more epoch
+        nor its best (summary.json named a best epoch that no checkpoint held)."""
+        saved = RunState.from_meta(self.saved)
+        self.history = saved.history
+        self.best_value, self.best_epoch = saved.best_value, saved.best_epoch
+        self.best_confusion, self.stale_epochs = saved.best_confusion, saved.stale_epochs
 
     def steps_done(self, steps_per_epoch: int) -> int:
         """The run's global step: its whole epochs and a mid-epoch checkpoint's batches."""
