@@ -410,6 +410,16 @@ def test_collect_skips_a_named_pipe_in_a_folder(tmp_path):
     assert sorted(s.path for s in skipped) == ["link.png", "pipe.png"]
 
 
+def test_collect_names_a_folder_it_does_not_list(tmp_path):
+    """A link back up the tree (and a folder without permission) were left out in silence."""
+    _touch(tmp_path / "src" / "sub" / "a.png")
+    os.symlink("..", tmp_path / "src" / "sub" / "loop")
+    found, skipped = collect_images([tmp_path / "src"])
+    assert [s.path for s in found] == ["sub/a.png"]
+    assert [s.path for s in skipped] == ["sub/loop"]
+    assert skipped[0].reason.startswith("folder cannot be read (a link back up the tree, to ")
+
+
 @pytest.mark.parametrize("short", [45, 85, 165])
 def test_cam_crop_window_is_the_models_to_the_pixel(short):
     """Worked out in float64 the window was a pixel off fit_image's float32 at these sizes."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from resnet_builder.data.images import (
     NOT_A_FILE,
+    folder_left_out,
     has_utf8_name,
     shown_path,
     walk_names,
@@ -36,8 +37,7 @@ class ClassFolders:
 
     def unreadable_folder(self, error: OSError) -> None:
         """A folder that cannot be listed: its files are left out, and said so."""
-        self.skipped.append((Path(shown_path(error.filename or "?")),
-                             f"folder cannot be read ({error.strerror}); its files are left out"))
+        self.skipped.append((Path(shown_path(error.filename or "?")), folder_left_out(error)))
 
 
     def not_a_file(self, path: str) -> None:

@@ -146,6 +146,11 @@ def walk_names(root: str | os.PathLike, unreadable: Callable[[OSError], None] | 
         pending.extend(reversed(below))
 
 
+def folder_left_out(error: OSError) -> str:
+    """The reason given for a folder ``walk_names`` did not list (``unreadable``)."""
+    return f"folder cannot be read ({error.strerror}); its files are left out"
+
+
 def _walled_off(fence: str, top: str) -> Callable[[str], bool]:
     """Whether a real folder is inside ``fence`` but not inside ``top`` (one class folder
     of the data folder ``fence``): another class's images."""

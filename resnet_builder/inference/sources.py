@@ -22,6 +22,7 @@ from pathlib import Path
 from resnet_builder.data.images import (
     NAME_NOT_UTF8,
     NOT_A_FILE,
+    folder_left_out,
     has_utf8_name,
     shown_path,
     walk_names,
@@ -71,9 +72,12 @@ def _rel(file: Path, base: Path) -> str:
 def _folder_files(folder: Path, base: Path) -> Iterator[ImageSource | Skipped]:
     """Image files below ``folder`` (sorted); other files as skips."""
     others: list[str] = []  # pipes, sockets, devices: never read (a pipe waited forever)
-    files = sorted(walk_names(folder, irregular=others.append))
+    left_out: list[OSError] = []  # no permission, a link back up the tree: said, not silent
+    files = sorted(walk_names(folder, left_out.append, others.append))
     for full in sorted(others):
         yield Skipped(shown_path(_rel(Path(full), base)), NOT_A_FILE)
+    for error in left_out:
+        yield Skipped(shown_path(_rel(Path(error.filename or "?"), base)), folder_left_out(error))
     for _, full in files:
         file = Path(full)
         rel = _rel(file, base)
