@@ -66,6 +66,7 @@ def model_options(command):
 def architecture_from_options(opts: dict) -> tuple:
     """(Architecture, {num_classes, head, dropout[, resize, crop_pct, task, threshold]}) from
     the model options."""
+    from resnet_builder.config.model_args import CLASSIFIER_ARGS
     from resnet_builder.model.architecture import resolve_architecture
 
     request = _model_request(opts["config_path"])
@@ -86,8 +87,7 @@ def architecture_from_options(opts: dict) -> tuple:
         raise click.BadParameter("expected H,W,C", param_hint="--input-shape")
     model_args = {"num_classes": request.pop("num_classes", 10),
                   "head": request.pop("head", "gap"), "dropout": request.pop("dropout", 0.0),
-                  **{k: request.pop(k) for k in ("resize", "crop_pct", "task", "threshold")
-                     if k in request}}
+                  **{k: request.pop(k) for k in CLASSIFIER_ARGS if k in request}}
     return resolve_architecture(**request), model_args
 
 

@@ -14,7 +14,7 @@ TensorFlow.
 from __future__ import annotations
 
 from resnet_builder.config.checks import config_from_dict, validate_config
-from resnet_builder.config.loading import apply_overrides, load_config
+from resnet_builder.config.loading import apply_overrides, load_config, override_list
 from resnet_builder.config.model_args import model_arguments
 from resnet_builder.config.rendering import (
     config_yaml,
@@ -62,5 +62,6 @@ __all__ = [
     "load_config",
     "markdown_table",
     "model_arguments",
+    "override_list",
     "validate_config",
 ]

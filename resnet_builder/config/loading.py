@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,11 +210,21 @@ def _apply_override(sections: dict[str, dict[str, Any]], text: str, where: Where
 def _with_overrides(sections: dict[str, dict[str, Any]], overrides: Sequence[str],
                     where: Where, network: bool = True) -> Config:
     """Apply the ``--set`` overrides in order (a later one wins), then check and build."""
-    if isinstance(overrides, str):  # one override, not a sequence of one-letter overrides
-        overrides = (overrides,)
-    for text in overrides:
+    for text in override_list(overrides):
         _apply_override(sections, text, where)
     return build(sections, where, network)
+
+
+def override_list(overrides: Sequence[str] | str | None) -> tuple[str, ...]:
+    """``--set`` strings as a tuple: one string is one override (not one per letter)."""
+    if overrides is None:
+        return ()
+    if isinstance(overrides, str):
+        return (overrides,)
+    if not isinstance(overrides, Iterable) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides must be 'section.key=value' strings, e.g. "
+                        f"['train.epochs=2'], got {overrides!r}")
+    return tuple(overrides)
 
 
 def load_config(path: str | Path | Mapping[str, Any] | None,

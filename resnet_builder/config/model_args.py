@@ -22,6 +22,11 @@ def _way(cfg: Config) -> dict[str, Any]:
     return {"depth": m.depth}
 
 
+# model_arguments' keys that are the classifier's, not the backbone's: the rest are
+# ``resolve_architecture``'s (the config's network rule and ``build --config`` split them so)
+CLASSIFIER_ARGS = ("num_classes", "head", "dropout", "resize", "crop_pct", "task", "threshold")
+
+
 def model_arguments(cfg: Config) -> dict[str, Any]:
     """Keyword arguments of ``resnet_builder.model.classifier.build_model`` the config decides.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from resnet_builder.config.messages import Where, num, yaml_text
-from resnet_builder.config.model_args import model_arguments
+from resnet_builder.config.model_args import CLASSIFIER_ARGS, model_arguments
 from resnet_builder.config.schema import STACKWISE, Config
 from resnet_builder.depth import resolve_depth
 from resnet_builder.errors import ArgumentError, ConfigError
@@ -70,11 +70,6 @@ def _rule_depth(cfg: Config, where: Where) -> None:
                           "lists every valid depth") from None
 
 
-# resolve_architecture's arguments among model_arguments' (the rest are the classifier's)
-_NETWORK_ARGS = ("depth", "preset", "block_type", *STACKWISE, "stem_filters", "input_shape",
-                 "bn_momentum")
-
-
 def _rule_network_builds(cfg: Config, where: Where) -> None:
     """The network the model keys describe can be built: an unknown preset, stages that
     downsample an image_size input to nothing, a preset named in model.weights that has no
@@ -84,7 +79,7 @@ def _rule_network_builds(cfg: Config, where: Where) -> None:
     from resnet_builder.model.presets import PRESETS, presets_with_weights
 
     m = cfg.model
-    arguments = {k: v for k, v in model_arguments(cfg).items() if k in _NETWORK_ARGS}
+    arguments = {k: v for k, v in model_arguments(cfg).items() if k not in CLASSIFIER_ARGS}
     try:
         resolve_architecture(**arguments).plan()  # ~1 ms (ResNet-1001: 14 ms)
     except ArgumentError as exc:

@@ -19,7 +19,13 @@ import keras
 import tensorflow as tf
 
 from resnet_builder import runs
-from resnet_builder.config import Config, apply_overrides, dump_config, load_config
+from resnet_builder.config import (
+    Config,
+    apply_overrides,
+    dump_config,
+    load_config,
+    override_list,
+)
 from resnet_builder.data import DataBundle, load_data
 from resnet_builder.data.loading import draw_seed
 from resnet_builder.errors import UserError
@@ -83,24 +89,12 @@ def train(config: Config | str | os.PathLike | Mapping[str, Any] | None,
     multi_worker`` the run folder is ``run.project/run.name`` exactly, and running
     the same command again continues it (what a restarted worker does).
     """
-    overrides, callbacks = override_list(overrides), callback_list(callbacks)
+    callbacks = callback_list(callbacks)  # (load_config takes overrides in any form)
     if isinstance(config, Config):
         cfg = apply_overrides(config, overrides)
     else:
         cfg = load_config(config, overrides)
     return _run(cfg, None, None, callbacks)
-
-
-def override_list(overrides: Sequence[str] | str | None) -> tuple[str, ...]:
-    """``--set`` strings as a tuple: one string is one override (not one per letter)."""
-    if overrides is None:
-        return ()
-    if isinstance(overrides, str):
-        return (overrides,)
-    if not isinstance(overrides, Iterable) or not all(isinstance(o, str) for o in overrides):
-        raise TypeError(f"overrides must be 'section.key=value' strings, e.g. "
-                        f"['train.epochs=2'], got {overrides!r}")
-    return tuple(overrides)
 
 
 def callback_list(callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.Callback
@@ -210,6 +204,7 @@ class _Setup:
     data: DataBundle
     run_dir: Path
     meta: dict | None
+    resumes: bool  # a folder given, or a checkpoint found: config.yaml waits for the model
 
 
 def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
@@ -239,7 +234,7 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
     fresh = run_dir is None and dist.name != "multi_worker"
-    new_run = run_dir is None  # (a multi-worker run learns here whether it resumes: meta)
+    given_folder = run_dir is not None
 
     def lock(folder: Path) -> None:
         held.enter_context(runs.holding_run(folder))
@@ -252,14 +247,15 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     except tf.errors.OpError as exc:
         raise _cluster_error(exc, dist, meta) from None
     check_same_classes(meta, data.class_names)  # (a worker's meta is known only here)
+    resumes = given_folder or meta is not None  # a multi-worker run learns it from meta
     if dist.is_chief:
         if dist.name != "multi_worker":  # start_together took it, before anything else
             lock(Path(run_dir))
         if fresh:
             replace_earlier_run(cfg, run_dir, why="run.exist_ok: ")
-        if meta is None and new_run:  # a resume's keys: once its model is made (_train)
+        if not resumes:  # a resume's keys: once its model is made (_train)
             dump_config(cfg, runs.RunPaths(run_dir).config)  # as given: precision stays auto
-    return _Setup(cfg, precision, dist, data, Path(run_dir), meta)
+    return _Setup(cfg, precision, dist, data, Path(run_dir), meta, resumes)
 
 
 def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:
@@ -316,8 +312,8 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
         if run_dir is None and dist.name != "multi_worker":  # e.g. a weights file that does
             runs.remove_unstarted_run(paths.root)  # not fit: its name is free for the next
         raise
-    if (s.meta is not None or run_dir is not None) and dist.is_chief:  # a resume, its model
-        dump_config(cfg, paths.config)  # made (and restored): now its keys (README)
+    if s.resumes and dist.is_chief:  # its model made (and restored): now its keys (README)
+        dump_config(cfg, paths.config)
     state = RunState.from_meta(s.meta)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
