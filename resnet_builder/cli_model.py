@@ -23,7 +23,7 @@ def int_list(value: str | None, name: str) -> list[int] | None:
     if value is None:
         return None
     try:
-        return [int(v) for v in value.replace(" ", "").split(",") if v]
+        return [int(v) for v in value.replace(" ", "").split(",")]  # "1,,1": refused
     except ValueError:
         raise click.BadParameter(f"expected integers separated by commas, got {value!r}",
                                  param_hint=name) from None
@@ -43,11 +43,13 @@ MODEL_OPTIONS = [
                  help="Block type; default: bottleneck when the depth fits 9n+2, else basic."),
     click.option("--stem-filters", type=click.IntRange(min=1),
                  help="Stem width (depth networks: base width w of stages w/2w/4w; default 16)."),
-    click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10)."),
+    click.option("--num-classes", type=click.IntRange(min=2), help="Classes (default 10)."),
     click.option("--input-shape",
-                 help="H,W,C (default 32,32,3 for depth networks, else 224,224,3)."),
+                 help="H,W,C (default 32,32,3 for depth networks and CIFAR presets, "
+                      "else 224,224,3)."),
     click.option("--head", type=click.Choice(choices_of("model.head")), help="Classifier head."),
-    click.option("--dropout", type=click.FloatRange(0.0, 0.99, max_open=True), help="Dropout."),
+    click.option("--dropout", type=click.FloatRange(0.0, 0.99),
+                 help="Dropout, 0 to 0.99 (as model.dropout)."),
 ]
 WAYS = ("depth", "preset", "stackwise_blocks", "stackwise_filters", "stackwise_strides")
 # A preset or stages given on the command line replace the config's whole network, its shape
@@ -69,7 +71,7 @@ def architecture_from_options(opts: dict) -> tuple:
     from resnet_builder.config.model_args import CLASSIFIER_ARGS
     from resnet_builder.model.architecture import resolve_architecture
 
-    request = _model_request(opts["config_path"])
+    request = _model_request(opts["config_path"], classes_given=opts["num_classes"] is not None)
     given = {"depth": opts["depth"], "preset": opts["preset"], "block_type": opts["block_type"],
              "stackwise_blocks": int_list(opts["blocks"], "--blocks"),
              "stackwise_filters": int_list(opts["filters"], "--filters"),
@@ -91,12 +93,22 @@ def architecture_from_options(opts: dict) -> tuple:
     return resolve_architecture(**request), model_args
 
 
-def _model_request(config_path: str | None) -> dict:
-    """The model keys of a YAML config, as ``resolve_architecture`` arguments."""
+def _model_request(config_path: str | None, classes_given: bool) -> dict:
+    """The model keys of a YAML config, as ``resolve_architecture`` arguments; its
+    ``num_classes: null`` is the data's class count, as ``train`` takes it."""
     if not config_path:
         return {}
     from resnet_builder.config import load_config, model_arguments
+    from resnet_builder.config.model_args import source_class_count
 
     # the network is checked once the command line's options are applied (below)
-    request = model_arguments(load_config(config_path, network=False))
+    cfg = load_config(config_path, network=False)
+    request = model_arguments(cfg)
+    if "num_classes" not in request and not classes_given:
+        request["num_classes"] = source_class_count(cfg.data)
+        if request["num_classes"] is None:
+            raise click.BadParameter(
+                f"{config_path} leaves model.num_classes to its data (data.source: "
+                f"{cfg.data.source}), which build does not read; pass the class count",
+                param_hint="--num-classes")
     return request

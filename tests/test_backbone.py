@@ -120,6 +120,19 @@ def test_dilations_keep_resolution():
     assert out.shape == (1, 8, 8, 64)  # stem /4, second stack dilated instead of strided
 
 
+def test_a_dilated_one_unit_stack_does_not_downsample():
+    """Its one unit is also the strided last one: it was left undilated, so it halved the
+    size while the input-size check assumed it did not."""
+    kwargs = dict(stackwise_filters=[8, 16], stackwise_strides=[1, 2], include_rescaling=False,
+                  input_shape=(64, 64, 3))
+    for blocks in ([1, 1], [2, 2]):
+        plan, _ = backbone_plan(stackwise_blocks=blocks, stackwise_dilations=[1, 2], **kwargs)
+        assert plan.shape(plan.output)[:2] == (16, 16), blocks
+    plan, _ = backbone_plan(stackwise_blocks=[1, 1], stackwise_dilations=[1, 2],
+                            stride_position="first", **kwargs)
+    assert plan.shape(plan.output)[:2] == (8, 8)  # He et al.'s strided first unit: undilated
+
+
 @pytest.mark.parametrize("way", [{"depth": 20}, {"preset": "resnet18_v2"}])
 def test_dilations_apply_to_a_depth_and_a_preset(way):
     """--dilations with --depth or --preset used to be dropped without a word."""
@@ -157,6 +170,42 @@ def test_bad_arguments_raise_before_building(overrides, text):
         backbone_plan(**{**dict(stackwise_filters=[8, 16], stackwise_blocks=[2, 2],
                                 stackwise_strides=[1, 2], include_rescaling=False,
                                 input_shape=(32, 32, 3)), **overrides})
+
+
+def test_misspelled_keywords_are_refused_with_a_suggestion():
+    """keras.Model dropped them silently: input_shap= built an any-size model."""
+    with pytest.raises(ValueError, match=r"'input_shap' \(did you mean 'input_shape'\?\)"):
+        ResNetV2Backbone([8, 16], [1, 1], [1, 2], False, input_shap=(32, 32, 3))
+    with pytest.raises(ValueError, match="did you mean 'include_rescaling'"):
+        ResNetV2Backbone.from_preset("resnet18_v2", include_rescailng=False)
+    backbone = ResNetV2Backbone([8], [1], [1], False, input_shape=(8, 8, 3), name="mine",
+                                trainable=False)
+    assert (backbone.name, backbone.trainable) == ("mine", False)
+
+
+def test_mean_and_std_turn_a_presets_rescaling_off():
+    """The preset's rescaling divided the normalised pixels by 255 again."""
+    model = build_model(preset="resnet18_v2", num_classes=2, mean=[127.5] * 3, std=[64.0] * 3,
+                        input_shape=(32, 32, 3))
+    assert not model.backbone.include_rescaling
+    assert build_model(preset="resnet18_v2", num_classes=2,
+                       input_shape=(32, 32, 3)).backbone.include_rescaling
+    with pytest.raises(ValueError, match="rescale them a second time"):
+        build_model(preset="resnet18_v2", num_classes=2, include_rescaling=True,
+                    mean=[1.0] * 3, std=[1.0] * 3)
+
+
+@pytest.mark.parametrize(("kwargs", "text"), [
+    ({"stem_filters": 0}, "`stem_filters` must be a positive integer"),
+    ({"stem_filters": True}, "`stem_filters` must be a positive integer"),
+    ({"num_classes": 3, "class_names": "abc"}, "`class_names` must be a list"),
+    ({"mean": 120, "std": 60}, "`mean` must be a list of numbers"),
+    ({"mean": [1, 2, 3], "std": ["a", 1, 1]}, "`std` must be a list of numbers"),
+    ({"num_classes": 1}, "a softmax over one class always outputs 1"),
+])
+def test_classifier_arguments_are_named_when_wrong(kwargs, text):
+    with pytest.raises(ValueError, match=text):
+        build_model(20, **kwargs)
 
 
 def test_unknown_preset_suggests_close_names():
@@ -261,7 +310,8 @@ def test_normalize_is_per_channel_mean_and_std(shape):
 @pytest.mark.slow
 def test_saved_model_loads_in_a_fresh_process(tmp_path):
     """Only `keras` and `resnet_builder` imported; no custom_objects."""
-    model = build_model(11, num_classes=3, mean=[1, 2, 3], std=[2, 2, 2], class_names="abc")
+    model = build_model(11, num_classes=3, mean=[1, 2, 3], std=[2, 2, 2],
+                        class_names=["a", "b", "c"])
     x = np.random.RandomState(1).rand(2, 32, 32, 3).astype("float32") * 255
     path = tmp_path / "m.keras"
     model.save(path)

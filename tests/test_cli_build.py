@@ -51,7 +51,7 @@ def test_build_json_has_every_field():
         (["--blocks", "3,4", "--filters", "64,128,256", "--strides", "1,2"], 2, "same length"),
         (["--blocks", "3,x"], 2, "expected integers"),
         (["--depth", "20", "--preset", "resnet18_v2"], 2, "exactly one way"),
-        (["--depth", "20", "--output", "model.h5"], 1, "must end in .keras"),
+        (["--depth", "20", "--output", "model.h5"], 2, "must end in .keras"),
     ],
 )
 def test_build_user_errors(args, code, text):
@@ -99,6 +99,38 @@ def test_plot_without_pydot_says_how_to_install(tmp_path, monkeypatch):
     result = run("build", "--depth", "11", "--plot", str(tmp_path / "m.png"))
     assert result.exit_code == 1
     assert "pip install pydot" in result.output and "graphviz" in result.output
+    # asked before anything is written: --output's file was left behind by a failed command
+    result = run("build", "--depth", "11", "--output", str(tmp_path / "m.keras"),
+                 "--plot", str(tmp_path / "m.png"))
+    assert result.exit_code == 1 and "pip install pydot" in result.output
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_build_config_with_num_classes_null_takes_the_datas_count(tmp_path):
+    """train builds 100 classes for cifar100; build --config printed and wrote 10."""
+    summary = json.loads(run("build", "--config", "configs/cifar100.yaml", "--json").output)
+    assert summary["num_classes"] == 100
+    folder = run("build", "--config", "configs/folder.yaml")
+    assert folder.exit_code == 2 and "--num-classes" in folder.output
+    assert "leaves model.num_classes to its data (data.source: folder)" in folder.output
+    given = json.loads(run("build", "--config", "configs/folder.yaml", "--num-classes", "3",
+                           "--json").output)
+    assert given["num_classes"] == 3
+
+
+@pytest.mark.parametrize("args", [
+    ("--blocks", "1,,1", "--filters", "8,16", "--strides", "1,2"),
+    ("--depth", "20", "--input-shape", "32,,32,3"),
+    ("--depth", "20", "--num-classes", "1"),
+    ("--depth", "20", "--output", "m.h5"),
+    ("--depth", "20", "--output", "no/such/folder/m.keras"),
+])
+def test_build_refuses_bad_arguments_with_exit_code_2(args):
+    """Empty list items were dropped (1,,1 built [1, 1]), one class built a softmax that is
+    always 1, and a bad --output exited 1 where every other bad argument exits 2."""
+    result = run("build", *args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
 
 
 def test_depths_lists_both_rules():

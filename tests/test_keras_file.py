@@ -55,7 +55,7 @@ CASES = {
     "stackwise_dilated": dict(
         stackwise_filters=[8, 16, 24], stackwise_blocks=[2, 1, 2], stackwise_strides=[1, 2, 2],
         stackwise_dilations=[1, 1, 2], block_type="bottleneck", stem_filters=8,
-        input_shape=(48, 40, 1), include_rescaling=True, num_classes=2, mean=[0.5], std=[0.25]),
+        input_shape=(48, 40, 1), include_rescaling=False, num_classes=2, mean=[0.5], std=[0.25]),
     "resnet18_v2_64px_named": dict(preset="resnet18_v2", input_shape=(64, 64, 3), num_classes=5,
                                    head="tutorial", name="pets"),
     "resnet50_v2_imagenet_symmetric_padding": dict(preset="resnet50_v2_imagenet",
@@ -215,6 +215,16 @@ def test_seed_repeats_and_differs(tmp_path):
 def test_bad_arguments_write_nothing(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         write_model_file(tmp_path / "m.keras", resolve_architecture(depth=11), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rescaling_backbone_with_mean_and_std_writes_nothing(tmp_path):
+    """build_model refuses them together (the pixels would be normalised, then divided by
+    255 again); the writer refuses what build_model refuses."""
+    arch = resolve_architecture(preset="resnet18_v2", input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="rescale them a second time"):
+        write_model_file(tmp_path / "m.keras", arch, num_classes=3, mean=[1.0] * 3,
+                         std=[1.0] * 3)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -100,8 +100,20 @@ def test_build_model_with_preset_weights(tiny_preset):
 def test_checksum_mismatch_is_refused(tiny_preset):
     path, _ = tiny_preset
     path.write_bytes(path.read_bytes() + b"tampered")
-    with pytest.raises(UserError, match="does not match the MD5"):
+    with pytest.raises(UserError, match="does not match the MD5") as cached:
         ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3))
+    assert "delete it" in cached.value.hint  # the cache's copy: ours to fetch again
+
+
+def test_checksum_mismatch_of_the_users_own_file_does_not_say_delete_it(tiny_preset, tmp_path):
+    """A file the user named may be another model's weights, not a damaged download."""
+    own = tmp_path / "mine.h5"
+    own.write_bytes(b"another model")
+    with pytest.raises(UserError, match="does not match the MD5") as given:
+        ResNetV2Backbone.from_preset("tiny_imagenet", input_shape=(32, 32, 3),
+                                     weights_file=own)
+    assert "delete" not in given.value.hint and "tiny_notop.h5" in given.value.hint
+    assert own.exists()
 
 
 def test_no_file_and_no_network_says_what_to_put_where(tiny_preset, monkeypatch):

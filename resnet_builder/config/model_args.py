@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnet_builder.config.schema import STACKWISE, Config
+from resnet_builder.config.schema import STACKWISE, Config, DataConfig
 
 
 def _way(cfg: Config) -> dict[str, Any]:
@@ -25,6 +25,19 @@ def _way(cfg: Config) -> dict[str, Any]:
 # model_arguments' keys that are the classifier's, not the backbone's: the rest are
 # ``resolve_architecture``'s (the config's network rule and ``build --config`` split them so)
 CLASSIFIER_ARGS = ("num_classes", "head", "dropout", "resize", "crop_pct", "task", "threshold")
+
+
+# classes of the sources that fix them before any data is read
+_SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
+
+def source_class_count(data: DataConfig) -> int | None:
+    """The class count the data gives ``model.num_classes: null`` when it is known without
+    reading the data (``build --config`` builds what ``train`` would); None for a folder,
+    CSV, npz or pack, whose classes only the data says."""
+    if data.source == "synthetic":
+        return data.synthetic_classes
+    return _SOURCE_CLASSES.get(data.source)
 
 
 def model_arguments(cfg: Config) -> dict[str, Any]:

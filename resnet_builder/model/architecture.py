@@ -108,13 +108,17 @@ def _check_options(stem: str, stride_position: str, stem_filters: int,
     if padding not in blocks.PADDINGS:
         raise ArgumentError(f"`padding` must be one of {blocks.PADDINGS}. "
                             f"Received: padding={padding!r}")
-    if not _is_integer(stem_filters) or stem_filters < 1:
-        raise ArgumentError(f"`stem_filters` must be a positive integer. "
-                            f"Received: stem_filters={stem_filters!r}")
+    _check_stem_filters(stem_filters)
     if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) or not (
             0.0 <= bn_momentum < 1.0):
         raise ArgumentError(f"`bn_momentum` must be in [0, 1). "
                             f"Received: bn_momentum={bn_momentum!r}")
+
+
+def _check_stem_filters(stem_filters: object) -> None:
+    if not _is_integer(stem_filters) or stem_filters < 1:
+        raise ArgumentError(f"`stem_filters` must be a positive integer. "
+                            f"Received: stem_filters={stem_filters!r}")
 
 
 def input_range(rescale_to: object) -> tuple[float, float]:
@@ -260,6 +264,8 @@ def resolve_architecture(
         extra["bn_momentum"] = bn_momentum
     if stackwise_dilations is not None:  # with any way (the plan checks one per stage)
         extra["stackwise_dilations"] = list(stackwise_dilations)
+    if stem_filters is not None:  # a depth multiplies it out into the stage widths
+        _check_stem_filters(stem_filters)
     if ways == ["depth"]:
         rule = resolve_depth(depth, block_type)
         width = 16 if stem_filters is None else stem_filters
@@ -308,10 +314,18 @@ def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
     if not _is_integer(num_classes) or num_classes < 1:
         raise ArgumentError(f"`num_classes` must be a positive integer. "
                             f"Received: num_classes={num_classes!r}")
+    if task == "multiclass" and num_classes < 2:
+        raise ArgumentError("a softmax over one class always outputs 1: a multiclass model "
+                            "needs num_classes >= 2 (one yes/no label: task='multilabel'). "
+                            f"Received: num_classes={num_classes!r}")
     if head not in HEADS:
         raise ArgumentError(f"`head` must be one of {HEADS}. Received: head={head!r}")
     if not 0.0 <= _real(dropout) < 1.0:
         raise ArgumentError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if class_names is not None and (isinstance(class_names, (str, bytes)) or not isinstance(
+            class_names, Iterable)):  # a string would be split into one-letter classes
+        raise ArgumentError(f"`class_names` must be a list of names. "
+                            f"Received: class_names={class_names!r}")
     if class_names is not None and len(class_names) != num_classes:
         raise ArgumentError(f"`class_names` must have num_classes={num_classes} names. "
                             f"Received {len(class_names)}: {list(class_names)!r}")
@@ -325,8 +339,22 @@ def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                                 f"({channels}). Received: mean={list(mean)!r}, std={list(std)!r}")
 
 
+def check_one_rescaling(include_rescaling: bool | None, mean: object, std: object) -> None:
+    """The classifier's mean/std normalise raw pixels; the backbone's rescaling after them
+    would divide the normalised values by 255 again, so the two are never both on."""
+    if include_rescaling and (mean is not None or std is not None):
+        raise ArgumentError("mean/std already normalise the raw pixels, so "
+                            "include_rescaling=True would rescale them a second time. "
+                            "Pass one of the two.")
+
+
 def check_normalize_args(mean: Sequence[float], std: Sequence[float]) -> None:
     """``Normalize``'s statistics: one positive std per mean."""
+    for name, values in (("mean", mean), ("std", std)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or any(
+                math.isnan(_real(v)) for v in values):
+            raise ArgumentError(f"`{name}` must be a list of numbers, one per channel. "
+                                f"Received: {name}={values!r}")
     if len(mean) != len(std) or any(s <= 0 for s in std):
         raise ArgumentError(f"Normalize needs one positive std per mean. Received: "
                             f"mean={list(mean)!r}, std={list(std)!r}")

@@ -10,6 +10,8 @@ which can also be inspected without building anything.
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import os
 import textwrap
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from resnet_builder.depth import BOTTLENECK, normalize_block_type
+from resnet_builder.errors import ArgumentError
 from resnet_builder.model.architecture import backbone_plan, input_range
 from resnet_builder.model.plan import Op, Plan
 from resnet_builder.model.presets import (
@@ -135,23 +138,16 @@ class ResNetV2Backbone(keras.Model):
         rescale_to: Sequence[float] = (0.0, 1.0),
         **kwargs,
     ) -> None:
+        _check_keywords(kwargs)
         stackwise_filters, stackwise_blocks, stackwise_strides, stackwise_dilations = map(
             _listed, (stackwise_filters, stackwise_blocks, stackwise_strides,
                       stackwise_dilations))
-        arch = {  # checked by backbone_plan below
-            "stackwise_filters": stackwise_filters,
-            "stackwise_blocks": stackwise_blocks,
-            "stackwise_strides": stackwise_strides,
-            "include_rescaling": bool(include_rescaling),
-            "stackwise_dilations": stackwise_dilations,
-            "block_type": block_type,
-            "stem": stem,
-            "stem_filters": stem_filters,
-            "stride_position": stride_position,
-            "bn_momentum": bn_momentum,
-            "padding": padding,
-            "rescale_to": rescale_to,
-        }
+        arch = dict(  # checked by backbone_plan below
+            stackwise_filters=stackwise_filters, stackwise_blocks=stackwise_blocks,
+            stackwise_strides=stackwise_strides, include_rescaling=bool(include_rescaling),
+            stackwise_dilations=stackwise_dilations, block_type=block_type, stem=stem,
+            stem_filters=stem_filters, stride_position=stride_position,
+            bn_momentum=bn_momentum, padding=padding, rescale_to=rescale_to)
         if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor, shape=tuple(input_shape))
         if input_tensor is not None:
@@ -246,6 +242,22 @@ class ResNetV2Backbone(keras.Model):
         outputs = {level: self.get_layer(name).output
                    for level, name in self.pyramid_level_inputs.items()}
         return keras.Model(self.input, outputs, name=f"{self.name}_pyramid")
+
+
+# what keras.Model and Keras' loader pass on; any other keyword is a misspelling that
+# keras.Model would drop in silence (keras-cv's does: `input_shap=` built an any-size model)
+_MODEL_KEYWORDS = ("name", "trainable", "dtype")
+
+
+def _check_keywords(kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - set(_MODEL_KEYWORDS))
+    if not unknown:
+        return
+    known = [*inspect.signature(ResNetV2Backbone.__init__).parameters, *_MODEL_KEYWORDS]
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ArgumentError(f"ResNetV2Backbone got an unexpected keyword argument "
+                        f"{unknown[0]!r}{guess}. Received: {unknown}")
 
 
 def _alias(preset: str, layers: int) -> type:

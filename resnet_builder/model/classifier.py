@@ -18,6 +18,7 @@ from resnet_builder.model.architecture import (
     Architecture,
     check_classifier_args,
     check_normalize_args,
+    check_one_rescaling,
     resolve_architecture,
 )
 from resnet_builder.model.backbone import ResNetV2Backbone, make_layer, with_trainable_flag
@@ -186,7 +187,11 @@ def build_model(
     pad; see ``resnet_builder.data.resizing``), stored with the model.
     ``task``: multiclass (softmax) or multilabel (a sigmoid per class; ``threshold`` is the
     probability from which predict and evaluate count a label as present), stored too.
+    ``mean``/``std`` take the place of the backbone's ``include_rescaling`` (off with them).
     """
+    check_one_rescaling(include_rescaling, mean, std)
+    if mean is not None or std is not None:
+        include_rescaling = False  # a preset's default rescaling gives way to them
     arch = resolve_architecture(
         depth, preset, block_type, stackwise_filters=stackwise_filters,
         stackwise_blocks=stackwise_blocks, stackwise_strides=stackwise_strides,

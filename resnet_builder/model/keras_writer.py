@@ -2,12 +2,10 @@
 
 A Keras 3 model file is a zip of three members: ``metadata.json``,
 ``config.json`` (the model's ``serialize_keras_object`` record) and
-``model.weights.h5`` (one HDF5 group per layer holding its variables). Our
-classifier's config is just its constructor arguments, and the plan already
-knows every layer, its weights and their shapes, so all three members can be
-written from the plan directly: no TensorFlow start-up (seconds), no 3,300
-layer objects and variables, no walk over them to save. ResNet-1001 takes
-about a second instead of tens of seconds.
+``model.weights.h5`` (one HDF5 group per layer holding its variables). The config is
+the constructor arguments and the plan knows every layer and weight shape, so all three
+are written from the plan: no TensorFlow start-up, no 3,300 layer objects and variables
+to walk. ResNet-1001 takes about a second instead of tens of seconds.
 
 What must match Keras exactly, and how it is matched:
 
@@ -52,6 +50,7 @@ from resnet_builder.model.architecture import (
     IMAGENET_LAYOUT,
     Architecture,
     check_classifier_args,
+    check_one_rescaling,
     input_range,
 )
 from resnet_builder.model.head import head_layers
@@ -380,6 +379,7 @@ def write_model_file(
         raise ArgumentError(f"Invalid `filepath` argument: expected a `.keras` extension. "
                             f"Received: filepath={path}")
     plan, _ = arch.plan()  # checks the backbone arguments
+    check_one_rescaling(arch.backbone["include_rescaling"], mean, std)
     check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                           plan.input_shape[2], resize, crop_pct, task, threshold)
     installed = keras_version()

@@ -148,9 +148,11 @@ def weights_path(preset: str, weights_file: str | os.PathLike | None = None) -> 
     candidate = Path(weights_file) if weights_file else target
     if candidate.exists():
         if _md5(candidate) != spec["md5"]:
+            # a file the user named may be another model's: not ours to tell them to delete
+            hint = (f"check that it is {spec['file']} from {spec['url']}" if weights_file
+                    else f"delete it and download {spec['url']} again")
             raise UserError(f"weights file {candidate} does not match the MD5 checksum of "
-                            f"{preset} ({spec['md5']})",
-                            hint=f"delete it and download {spec['url']} again")
+                            f"{preset} ({spec['md5']})", hint=hint)
         return candidate
     if weights_file:
         raise UserError(f"weights file {weights_file} does not exist",

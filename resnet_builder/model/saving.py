@@ -25,9 +25,22 @@ from resnet_builder.runtime import import_tensorflow_quietly
 def _check_output(output: str) -> None:
     if not str(output).endswith(".keras"):
         raise UserError(f"--output {output} must end in .keras",
-                        hint="Keras 3 model files use the .keras suffix")
+                        hint="Keras 3 model files use the .keras suffix", exit_code=2)
     if not Path(output).resolve().parent.exists():
-        raise UserError(f"folder {Path(output).parent} does not exist", hint="create it first")
+        raise UserError(f"folder {Path(output).parent} does not exist", hint="create it first",
+                        exit_code=2)
+
+
+def _check_pydot() -> None:
+    """Before anything is built or written: a missing pydot took ~12 s of TensorFlow to
+    report, after ``--output`` had already written its file."""
+    try:
+        import pydot  # noqa: F401
+    except ImportError:
+        raise UserError("drawing the model needs the pydot package",
+                        hint="pip install pydot (or pip install 'resnet-builder[plot]'), and "
+                             "install graphviz: apt-get install graphviz / brew install graphviz"
+                        ) from None
 
 
 def keras_classifier(arch: Architecture, num_classes: int, head: str, dropout: float,
@@ -53,6 +66,8 @@ def save_model_file(arch: Architecture, *, output: str | None, plot: str | None,
     """
     facts: dict[str, Any] = {}
     model = None
+    if plot:
+        _check_pydot()
     if output:
         _check_output(output)
         start = time.perf_counter()
@@ -78,13 +93,7 @@ def draw_model(model, path: str) -> None:
     """``keras.utils.plot_model`` with a clear message when pydot or graphviz is missing."""
     import keras
 
-    try:
-        import pydot  # noqa: F401
-    except ImportError:
-        raise UserError("drawing the model needs the pydot package",
-                        hint="pip install pydot (or pip install 'resnet-builder[plot]'), and "
-                             "install graphviz: apt-get install graphviz / brew install graphviz"
-                        ) from None
+    _check_pydot()
     try:
         keras.utils.plot_model(model, to_file=str(path), show_shapes=True, expand_nested=True,
                                dpi=72)

@@ -80,7 +80,6 @@ def make_model(cfg: Config, data: DataBundle,
     args["input_shape"] = (data.image_size, data.image_size, data.channels)
     model = build_model(
         **args, num_classes=num_classes,
-        include_rescaling=False if normalize else None,
         mean=data.mean if normalize else None, std=data.std if normalize else None,
         class_names=data.class_names,
     )
