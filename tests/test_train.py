@@ -124,6 +124,8 @@ def test_resume_finished_run_says_so_and_extension_continues(tmp_path, finished,
     run = trainer.train(cfg).run_dir
     with pytest.raises(UserError, match="already finished its 2 epochs"):
         trainer.resume(run)
+    with pytest.raises(UserError, match=r"has trained 2 of its 2 epochs; train\.epochs=1 leaves"):
+        trainer.resume(run, ("train.epochs=1",))  # was "already finished", not why
     extended = trainer.resume(run, ("train.epochs=3",))
     assert "schedule is recomputed for 3" in capsys.readouterr().out
     assert [r["epoch"] for r in results(run)] == ["1", "2", "3"]
@@ -301,11 +303,36 @@ def test_nan_loss_stops_with_a_message_and_keeps_last_good_checkpoint(tmp_path, 
         return wrapped
 
     monkeypatch.setattr(loop, "make_train_function", poisoned)
-    with pytest.raises(UserError, match=r"diverged.*epoch 2"):
+    with pytest.raises(UserError, match=r"diverged.*epoch 2.*checkpoint \(epoch 1\)"):
         trainer.train(tiny_config(tmp_path))
     run = tmp_path / "runs" / "exp"
     assert read_meta(run / "checkpoint.npz")["epochs_completed"] == 1
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_nan_loss_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path, monkeypatch):
+    """It named 'the last good checkpoint (epoch 0)', which did not exist."""
+    real = loop.make_train_function
+
+    def poisoned(*args, **kwargs):
+        step = real(*args, **kwargs)
+        return lambda iterator, batches: (float("nan"), *step(iterator, batches)[1:])
+
+    monkeypatch.setattr(loop, "make_train_function", poisoned)
+    with pytest.raises(UserError, match=r"diverged.*epoch 1, by step \d+; no checkpoint was "
+                                        r"written before it"):
+        trainer.train(tiny_config(tmp_path))
+    assert not (tmp_path / "runs" / "exp" / "checkpoint.npz").exists()
+
+
+def test_early_stopping_without_a_validation_split_is_refused(tmp_path):
+    """The patience never ran out (the monitored number is never measured): the run trained
+    every epoch without a word."""
+    with pytest.raises(UserError, match="watches val_accuracy, but the data has no "
+                                        "validation split") as err:
+        trainer.train(tiny_config(tmp_path, "data.validation_split=0",
+                                  "train.early_stopping_patience=1"))
+    assert err.value.exit_code == 2 and not (tmp_path / "runs").exists()
 
 
 def test_weights_made_nan_by_an_epochs_last_update_are_not_saved_as_good(tmp_path,
@@ -367,10 +394,12 @@ def test_patience_running_out_with_the_last_epoch_is_a_finished_run(tmp_path, mo
         trainer.resume(result.run_dir)
 
 
-def test_frozen_backbone_keeps_donor_weights(tmp_path, finished):
-    cfg = tiny_config(tmp_path, "train.epochs=1", "model.freeze_backbone_epochs=1",
+def test_frozen_backbone_keeps_donor_weights(tmp_path, finished, capsys):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "model.freeze_backbone_epochs=3",
                       f"model.weights={finished.run_dir / 'best.keras'}")
     run = trainer.train(cfg).run_dir
+    # it named epochs 1-3 of a 1-epoch run
+    assert "for epochs 1-1 (all of them: only the head trains)" in capsys.readouterr().out
     donor = keras.models.load_model(finished.run_dir / "best.keras")
     trained = keras.models.load_model(run / "last.keras")
     for a, b in zip(donor.backbone.weights, trained.backbone.weights, strict=True):

@@ -231,6 +231,11 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     data = load_data(cfg.data, cfg.augment, cfg.hardware.seed, cfg.model.task)
     if data.num_train == 0:
         raise UserError("the training split is empty", hint="check data.path / data.limit")
+    if data.num_val == 0 and cfg.train.early_stopping_patience:  # it would never stop
+        raise UserError(f"train.early_stopping_patience watches {cfg.train.monitor}, but the "
+                        "data has no validation split", exit_code=2,
+                        hint="set data.validation_split (e.g. 0.1), or "
+                             "train.early_stopping_patience: 0")
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
     fresh = run_dir is None and dist.name != "multi_worker"

@@ -100,7 +100,8 @@ class EarlyStopping(keras.callbacks.Callback):
             self.state.status = "stopped_early"
             self.model.stop_training = True
             best = self.state.best_value
-            self.say(f"early stopping: no better {self.monitor} for {self.patience} epochs"
+            epochs = "epoch" if self.patience == 1 else "epochs"
+            self.say(f"early stopping: no better {self.monitor} for {self.patience} {epochs}"
                      + (f" (best {best:.4f} at epoch {self.state.best_epoch})"
                         if best is not None else ""))
 

@@ -119,10 +119,12 @@ class TrainingLoop:
             self._epochs()
         except Diverged as nan:
             self._end("diverged")
+            point = self.state.saved_point()  # a run that diverged before any has none
+            kept = (f"the last good checkpoint ({point}) is kept in {self.paths.root}" if point
+                    else f"no checkpoint was written before it ({self.paths.root})")
             raise UserError(
                 f"training diverged: the loss or weights became NaN or infinite at epoch "
-                f"{nan.epoch}, by step {nan.step}; the last good checkpoint (epoch "
-                f"{self.state.epochs_completed}) is kept in {self.paths.root}",
+                f"{nan.epoch}, by step {nan.step}; {kept}",
                 hint="lower optim.lr, add warm-up (schedule.warmup), or check the data",
             ) from None
         except tf.errors.OpError as exc:
@@ -232,9 +234,10 @@ class TrainingLoop:
         """A train function over the variables trainable now (the backbone may be frozen)."""
         self.model.backbone.trainable = not frozen
         if frozen:
-            progress.say(self.cfg.run.progress,
-                         f"backbone frozen (batch-norm in inference mode) for epochs "
-                         f"1-{self.cfg.model.freeze_backbone_epochs}")
+            last = min(self.cfg.model.freeze_backbone_epochs, self.cfg.train.epochs)
+            whole = " (all of them: only the head trains)" if last == self.cfg.train.epochs else ""
+            progress.say(self.cfg.run.progress, f"backbone frozen (batch-norm in inference "
+                         f"mode) for epochs 1-{last}{whole}")
         return make_train_function(self.model, self.optimizer, self.loss_fn,
                                    strategy=self.dist.strategy,
                                    steps_per_call=self.steps_per_call,

@@ -104,7 +104,8 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
                         "epochs", hint=f"to train further: resnet-builder train --resume "
                         f"{run_dir} --set train.epochs=N (N > {original.train.epochs}; "
                         "patience starts afresh)", exit_code=2)
-    if original.train.epochs > done >= cfg.train.epochs:  # stopped early, then asked for less
+    if done >= cfg.train.epochs and not done == cfg.train.epochs == original.train.epochs:
+        # asked for fewer than it has trained (or stopped early, then asked for no more)
         raise UserError(f"{run_dir} has trained {done} of its {original.train.epochs} epochs; "
                         f"train.epochs={cfg.train.epochs} leaves none to train",
                         hint=f"resume without --set train.epochs, or with N > {done}",

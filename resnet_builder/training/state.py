@@ -93,6 +93,15 @@ class RunState:
         self.best_value, self.best_epoch = saved.best_value, saved.best_epoch
         self.best_confusion, self.stale_epochs = saved.best_confusion, saved.stale_epochs
 
+    def saved_point(self) -> str | None:
+        """Where the latest checkpoint stands, in words; None before the first one."""
+        if self.saved is None:
+            return None
+        progress = self.saved.get("epoch_progress")
+        if progress:
+            return f"epoch {progress['epoch']}, batch {progress['batches']}"
+        return f"epoch {len(self.saved.get('history', []))}"
+
     def steps_done(self, steps_per_epoch: int) -> int:
         """The run's global step: its whole epochs and a mid-epoch checkpoint's batches."""
         return (self.epochs_completed * steps_per_epoch
