@@ -150,6 +150,71 @@ def test_evaluate_names_what_it_cannot_evaluate_on(digits, tmp_path):
         in result.output
 
 
+def test_evaluate_a_csv_with_a_split_column_scores_its_val_rows(digits, tmp_path):
+    """Its training rows were scored too, inflating the numbers, and the header counted the
+    model's 10 classes for a CSV of 2."""
+    truth = write_images(digits, tmp_path / "imgs", count=12)
+    rows = sorted(truth.items())
+    lines = ["path,label,split"] + [f"{tmp_path / 'imgs' / rel},{label},"
+                                    f"{'val' if k < 4 else 'train'}"
+                                    for k, (rel, label) in enumerate(rows)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    model = ["--model", str(digits.model_file)]
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "l.csv"), *model,
+                                       "--output", str(tmp_path / "o"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["images"] == 4
+    text = CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "l.csv"), *model,
+                                     "--output", str(tmp_path / "o")]).output
+    classes = len({label for _, label in rows[:4]})
+    assert f"its 4 val rows of {len(rows)}, 4 images, {classes} classes" in text
+    (tmp_path / "t.csv").write_text("\n".join(lines).replace(",val", ",train") + "\n")
+    none = CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "t.csv"), *model])
+    assert none.exit_code == 1 and "has a split column but no val rows" in none.output
+
+
+def test_evaluate_into_a_used_folder_leaves_none_of_the_earlier_files(digits, tmp_path):
+    """skipped.csv of an earlier evaluate stayed beside a metrics.json saying 0 skipped."""
+    for i in range(6):
+        save_as(digits.val_images[i], tmp_path / "imgs" / str(digits.val_labels[i]) / f"{i}.png",
+                "L")
+    (tmp_path / "imgs" / "3").mkdir(exist_ok=True)
+    (tmp_path / "imgs" / "3" / "bad.png").write_bytes(b"not a png")
+    out = ["--model", str(digits.model_file), "--output", str(tmp_path / "o")]
+    assert CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "imgs"),
+                                     *out]).exit_code == 0
+    assert (tmp_path / "o" / "skipped.csv").exists()
+    (tmp_path / "imgs" / "3" / "bad.png").unlink()
+    assert CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "imgs"),
+                                     *out]).exit_code == 0
+    assert not (tmp_path / "o" / "skipped.csv").exists()
+
+
+def test_a_runs_relative_data_path_is_explained_from_another_folder(digits, tmp_path,
+                                                                    monkeypatch):
+    """From another folder it was 'data.path not found: held', with no word of why."""
+    from resnet_builder.config import dump_config, load_config
+
+    run = tmp_path / "run"
+    shutil.copytree(digits.run, run)
+    cfg = load_config(run / "config.yaml", ["data.source=folder", "data.path=held"])
+    dump_config(cfg, run / "config.yaml")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["evaluate", str(run)])
+    assert result.exit_code == 1
+    assert "data.path held in" in result.output and "relative to the folder" in result.output
+
+
+def test_an_exported_saved_model_folder_is_taken_where_a_run_folder_goes(tmp_path):
+    from resnet_builder.inference.evaluate import resolve
+
+    (tmp_path / "saved_model").mkdir()
+    (tmp_path / "saved_model" / "saved_model.pb").write_bytes(b"")
+    model, cfg, _ = resolve(tmp_path / "saved_model", None, tmp_path, None)
+    assert model == tmp_path / "saved_model" and cfg is None
+
+
 def test_cli_evaluate_needs_something_to_evaluate_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["evaluate"])

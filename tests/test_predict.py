@@ -280,6 +280,44 @@ def test_cli_exist_ok_replaces_an_earlier_predicts_files(digits, images, tmp_pat
                                                                     "skipped.csv"]
 
 
+def test_a_failed_predict_keeps_the_earlier_results_and_leaves_no_empty_folder(
+        digits, images, tmp_path, monkeypatch):
+    """A failed --exist-ok predict (a typo in the path, a model failing mid-run) emptied the
+    earlier predict's files; any failed predict left an empty or header-only folder."""
+    from resnet_builder.inference import predict as predict_module
+
+    folder, _ = images
+    args = ["--model", str(digits.model_file), "--project", str(tmp_path), "--name", "keep",
+            "--exist-ok"]
+    assert CliRunner().invoke(main, ["predict", str(folder), *args, "--grid"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()}
+    typo = CliRunner().invoke(main, ["predict", str(tmp_path / "no_such"), *args])
+    assert typo.exit_code == 1 and "left as they were" in typo.output
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("the model failed")
+
+    monkeypatch.setattr(predict_module, "iter_predictions", failing)
+    broken = CliRunner().invoke(main, ["predict", str(folder), *args])
+    assert broken.exit_code == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()} == before
+    fresh = CliRunner().invoke(main, ["predict", str(folder), "--model", str(digits.model_file),
+                                      "--project", str(tmp_path / "new")])
+    assert fresh.exit_code == 1 and not list((tmp_path / "new").iterdir())
+
+
+def test_cam_names_never_swap_an_image_named_like_anothers_overlay(tmp_path):
+    """a.jpg's overlay was cam/a.jpg.png, the name of the image a.jpg.png, whose own overlay
+    became a.jpg~2.png."""
+    from resnet_builder.inference.drawing import MirroredNames
+
+    for order in (["a.jpg", "a.jpg.png"], ["a.jpg.png", "a.jpg"]):
+        names = MirroredNames(tmp_path, [ImageSource(tmp_path / o, o) for o in order])
+        got = {o: names(o).name for o in order}
+        assert got == {"a.jpg.png": "a.jpg.png", "a.jpg": "a.jpg~2.png"}, order
+
+
 def test_links_to_one_file_are_each_predicted_under_their_own_names(tmp_path):
     """Two links to one file (and the file) were predicted once, the rest silently gone, and
     a link given alone was named by its target."""

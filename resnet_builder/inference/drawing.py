@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,25 +21,38 @@ from resnet_builder.plots import literal, new_figure, save_figure
 if TYPE_CHECKING:
     from resnet_builder.data.resizing import Resize
     from resnet_builder.inference.predict import Prediction
+    from resnet_builder.inference.sources import ImageSource
 
 
 class MirroredNames:
-    """Output file names mirroring the relative paths, never the same name twice."""
+    """Output file names mirroring the relative paths, never the same name twice.
 
-    def __init__(self, root: Path, suffix: str = ".png") -> None:
+    An image whose name ends in ``suffix`` keeps it (``a.png``); another gets the suffix
+    added (``a.jpg.png``), unless that is the name of one of ``images`` too: then
+    ``a.jpg~2.png``, so ``a.jpg.png`` never holds the picture of ``a.jpg``."""
+
+    def __init__(self, root: Path, images: Iterable[ImageSource] = (),
+                 suffix: str = ".png") -> None:
         self.root = root
         self.suffix = suffix
         self.used: set[str] = set()
+        self.own = {name.lower() for name in map(self._mirrored, (i.path for i in images))
+                    if name.lower().endswith(suffix)}
 
-    def __call__(self, rel: str) -> Path:
+    @staticmethod
+    def _mirrored(rel: str) -> str:
         given = Path(rel)
         parts = [given.name] if given.is_absolute() else [
             p for p in given.parts if p not in ("", ".", "..")]
-        name = "/".join(parts) or "image"
-        if not name.lower().endswith(self.suffix):
+        return "/".join(parts) or "image"
+
+    def __call__(self, rel: str) -> Path:
+        name = self._mirrored(rel)
+        keeps = name.lower().endswith(self.suffix)
+        if not keeps:
             name += self.suffix
         stem, n, candidate = name[:-len(self.suffix)], 2, name
-        while candidate.lower() in self.used:
+        while candidate.lower() in self.used or (not keeps and candidate.lower() in self.own):
             candidate = f"{stem}~{n}{self.suffix}"
             n += 1
         self.used.add(candidate.lower())

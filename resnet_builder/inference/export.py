@@ -56,7 +56,11 @@ from resnet_builder.inference.export_formats import (
     run_export,
     write_export,
 )
-from resnet_builder.inference.loading import InferenceModel, load_inference_model
+from resnet_builder.inference.loading import (
+    InferenceModel,
+    check_run_data_path,
+    load_inference_model,
+)
 from resnet_builder.runs import (
     DEFAULT_PROJECTS,
     RunPaths,
@@ -184,6 +188,7 @@ def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
     if (d.image_size, d.channels) != (im.image_size, im.channels):
         raise UserError(f"{config} prepares {d.image_size}x{d.image_size}x{d.channels} "
                         f"images, the model takes {im.image_size}x{im.image_size}x{im.channels}")
+    check_run_data_path(d, config)
     seed = 0 if cfg.hardware.seed is None else cfg.hardware.seed
     bundle = load_data(d, None, seed, im.task)
     calibration = bundle.sample_images(n)

@@ -69,12 +69,17 @@ def _serving_function(im: InferenceModel) -> Callable:
     def fit(image: tf.Tensor) -> tf.Tensor:
         return fit_image(tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8), how)
 
+    def fit_batch(x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.map_fn(fit, x, fn_output_signature=fitted), tf.float32)
+
     def serve(images):
         x = tf.cast(images, tf.float32)
-        shape = tf.shape(x)
-        same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
-        x = tf.cond(same, lambda: x, lambda: tf.cast(
-            tf.map_fn(fit, x, fn_output_signature=fitted), tf.float32))
+        if how.mode == "crop":  # crops every image, the model's size too, as predict does
+            x = fit_batch(x)
+        else:  # stretching or padding a model-size image leaves it as it is
+            shape = tf.shape(x)
+            same = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
+            x = tf.cond(same, lambda: x, lambda: fit_batch(x))
         x = tf.ensure_shape(x, [None, size, size, channels])
         probs = tf.cast(model(x, training=False), tf.float32)
         if im.task == "multilabel":  # independent sigmoids: every label at the threshold

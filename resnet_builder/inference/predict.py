@@ -13,6 +13,8 @@ import contextlib
 import csv
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -216,7 +218,7 @@ def _write_predictions(report: PredictReport, im: InferenceModel, images: list[I
     Fills the report's counts, skips, shown records and seconds as it goes.
     """
     k = min(top_k, im.num_classes)
-    cam_names = MirroredNames(report.folder / "cam") if cam else None
+    cam_names = MirroredNames(report.output.parent / "cam", images) if cam else None
     for_grid: list[Prediction] = []
     start = time.perf_counter()
     with prediction_writer(report.output, fmt, k, im.multilabel) as write:
@@ -257,6 +259,9 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
                       threshold: float | None = None) -> PredictReport:
     """Predict ``sources`` into a new run folder; raises UserError if nothing was predicted.
 
+    The files are written beside the folder's own in a hidden staging folder and moved in
+    once something was predicted: a reused folder (``exist_ok``) keeps an earlier predict's
+    results when this one fails, and a new folder that would stay empty is removed.
     ``threshold``: a multilabel model's labels at or above it (default: the model's own).
     """
     if fmt not in ("csv", "json"):
@@ -268,17 +273,28 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     if cam:  # fail before any work when Grad-CAM cannot apply
         split_classifier(im.keras_model("Grad-CAM (--cam)"))
     images, skipped = collect_images(sources)
+    reused = exist_ok and (Path(project) / name).is_dir()
     folder = new_run_dir(project, name, exist_ok)
+    earlier = _earlier_predictions(folder, images)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     report = PredictReport(folder=folder, model=im.source, predicted=0, skipped=skipped,
-                           seconds=0.0, output=folder / f"predictions.{fmt}",
-                           replaced=_clear_earlier_predictions(folder, images))
-    for_grid = _write_predictions(report, im, images, fmt=fmt, top_k=top_k,
-                                  batch_size=batch_size, cam=cam, tta=tta,
-                                  grid_max=grid_max if grid else 0, show=show)
-    write_skipped(folder / "skipped.csv", report.skipped)
+                           seconds=0.0, output=staging / f"predictions.{fmt}")
+    try:
+        for_grid = _write_predictions(report, im, images, fmt=fmt, top_k=top_k,
+                                      batch_size=batch_size, cam=cam, tta=tta,
+                                      grid_max=grid_max if grid else 0, show=show)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not reused:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
     if report.predicted == 0:
-        raise UserError(_nothing_message(report.skipped, folder),
-                        hint=f"pass image files, folders or globs ({IMAGE_KINDS})")
+        _nothing_predicted(report, staging, kept=bool(earlier), new=not reused)
+    report.replaced = remove_entries(earlier)
+    _move_into(staging, folder)
+    report.output = folder / report.output.name
+    write_skipped(folder / "skipped.csv", report.skipped)
     if cam:
         report.cam_folder = folder / "cam"
     if grid:
@@ -287,17 +303,49 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     return report
 
 
+def _move_into(source: Path, target: Path) -> None:
+    """Move ``source``'s entries into ``target`` (a folder of the user's own with a cam/ of
+    its own gets ours beside its files), then remove ``source``."""
+    for entry in source.iterdir():
+        dest = target / entry.name
+        if entry.is_dir() and dest.is_dir() and not dest.is_symlink():
+            _move_into(entry, dest)
+        else:
+            os.replace(entry, dest)
+    source.rmdir()
+
+
+def _nothing_predicted(report: PredictReport, staging: Path, kept: bool, new: bool) -> None:
+    """Raise the error for a predict without results, leaving an earlier predict's files as
+    they were; skipped.csv only where nothing is kept, a new folder only if it holds that."""
+    shutil.rmtree(staging, ignore_errors=True)
+    listed = None
+    if report.skipped and not kept:
+        listed = report.folder / "skipped.csv"
+        write_skipped(listed, report.skipped)
+    elif new:
+        with contextlib.suppress(OSError):
+            report.folder.rmdir()
+    message = _nothing_message(report.skipped, listed)
+    if kept:
+        message += f"\nthe earlier predictions in {report.folder} are left as they were"
+    raise UserError(message, hint=f"pass image files, folders or globs ({IMAGE_KINDS})")
+
+
 # what a predict writes in its folder: a reused one (--exist-ok) loses the earlier files,
 # so predictions.csv of one run never sits beside predictions.json of another
 PREDICT_FILES = ("predictions.csv", "predictions.json", "skipped.csv", "grid.png", "cam")
+STAGING_PREFIX = ".predicting-"  # this predict's files until it has results
 
 
-def _clear_earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> list[str]:
-    """An earlier predict's files in a reused folder (--exist-ok). Only a folder that shows
-    one (its predictions file) is cleared, and never over the images being predicted: a
-    folder of the user's own with a cam/ or grid.png in it was emptied."""
+def _earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> list[Path]:
+    """An earlier predict's files in a reused folder (--exist-ok), replaced once this one
+    has results. Only a folder that shows one (its predictions file) is cleared, and never
+    over the images being predicted: a folder of the user's own with a cam/ or grid.png in it
+    was emptied. A killed predict's staging folders go too."""
+    stale = sorted(folder.glob(STAGING_PREFIX + "*"))
     if not any((folder / f"predictions.{fmt}").is_file() for fmt in ("csv", "json")):
-        return []
+        return stale
     entries = [Path(os.path.abspath(folder / name)) for name in PREDICT_FILES]
     for image in images:
         file = Path(os.path.abspath(image.file))
@@ -305,13 +353,13 @@ def _clear_earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> l
         if inside is not None:
             raise UserError(f"{image.file} is in {inside}, which --exist-ok would replace",
                             hint="predict into another --name, or move the images")
-    return remove_entries(entries)
+    return [*entries, *stale]
 
 
-def _nothing_message(skipped: Sequence[Skipped], folder: Path, shown: int = 10) -> str:
+def _nothing_message(skipped: Sequence[Skipped], listed: Path | None, shown: int = 10) -> str:
     if not skipped:
         return "nothing could be predicted: no files were found"
-    lines = [f"nothing could be predicted: all {len(skipped)} file(s) were skipped "
-             f"(listed in {folder / 'skipped.csv'}):"]
+    where = f" (listed in {listed})" if listed else ""
+    lines = [f"nothing could be predicted: all {len(skipped)} file(s) were skipped{where}:"]
     lines += skipped_lines([(s.path, s.reason) for s in skipped], shown)
     return "\n".join(lines)
