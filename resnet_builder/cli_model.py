@@ -43,7 +43,7 @@ MODEL_OPTIONS = [
                  help="Block type; default: bottleneck when the depth fits 9n+2, else basic."),
     click.option("--stem-filters", type=click.IntRange(min=1),
                  help="Stem width (depth networks: base width w of stages w/2w/4w; default 16)."),
-    click.option("--num-classes", type=click.IntRange(min=2), help="Classes (default 10)."),
+    click.option("--num-classes", type=click.IntRange(min=1), help="Classes (default 10)."),
     click.option("--input-shape",
                  help="H,W,C (default 32,32,3 for depth networks and CIFAR presets, "
                       "else 224,224,3)."),
@@ -90,6 +90,10 @@ def architecture_from_options(opts: dict) -> tuple:
     model_args = {"num_classes": request.pop("num_classes", 10),
                   "head": request.pop("head", "gap"), "dropout": request.pop("dropout", 0.0),
                   **{k: request.pop(k) for k in CLASSIFIER_ARGS if k in request}}
+    if model_args["num_classes"] < 2 and model_args.get("task", "multiclass") == "multiclass":
+        raise click.BadParameter("a multiclass model needs at least 2 (a softmax over one class "
+                                 "always outputs 1; one yes/no label is model.task multilabel)",
+                                 param_hint="--num-classes")
     return resolve_architecture(**request), model_args
 
 
