@@ -534,6 +534,13 @@ def test_freezing_a_random_backbone_is_an_error() -> None:
     assert cfg.model.freeze_backbone_epochs == 2
 
 
+def test_deterministic_with_xla_is_an_error() -> None:
+    """XLA has no deterministic max-pool gradient: the pair failed in the first step."""
+    err = error(None, ["hardware.deterministic=true", "hardware.xla=true"])
+    assert "hardware.deterministic cannot be kept with hardware.xla" in err.message
+    assert load_config(None, ["hardware.deterministic=true"]).hardware.deterministic
+
+
 # ----------------------------------------------------------------------------- dicts and dumps
 
 

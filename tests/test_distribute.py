@@ -513,6 +513,8 @@ def test_sigterm_to_one_worker_stops_every_worker_at_one_step_and_a_restart_matc
     for w in (chief, worker):  # the signal came at step 1's read; the next read stops both
         assert "stopped by SIGTERM; saved at epoch 2, step 2" in w.output(), w.output()[-3000:]
         assert "lost contact" not in w.output()
+        # not --resume RUN: that folder is on the chief's machine only
+        assert "restart the same command on every machine" in w.output()
     run = chief.dir / "runs" / "train" / "mw"
     meta = read_meta(run / "checkpoint.npz")
     assert (meta["epochs_completed"], meta["epoch_progress"]["batches"]) == (1, 2)
@@ -592,10 +594,44 @@ def test_a_worker_with_another_config_stops_every_worker(tmp_path):
     chief = Worker(tmp_path, "w0", tf_config(cluster, "worker", 0), [str(cfg)])
     other = Worker(tmp_path, "w1", tf_config(cluster, "worker", 1),
                    [str(cfg), "--set", "data.batch_size=40"])
-    assert wait_all([chief, other], 180) == [1, 1]
+    assert wait_all([chief, other], 180) == [2, 2]  # a config mistake, as everywhere else
     assert ("this worker's config differs from the chief's in data.batch_size (40 here, 50 on "
             "the chief)") in other.output()
     assert "a worker's config or data differs from the chief's" in chief.output()
+    assert not (chief.dir / "runs" / "train" / "mw").exists()  # it held only the chief's .lock
+
+
+def test_what_a_strategy_rules_out_is_refused_before_the_data_loads(tmp_path):
+    """XLA over several replicas failed in the first step (called a lost worker under
+    multi_worker), --exist-ok would replace the run a restart continues, and an odd global
+    batch was refused after the run folder was written."""
+    from resnet_builder.training.api import refuse_what_cannot_run_on
+    from resnet_builder.training.strategy import StrategyInfo
+
+    def refusal(strategy: str, replicas: int, workers: int, *overrides: str) -> str:
+        dist = StrategyInfo(None, strategy, replicas, workers=workers)
+        with pytest.raises(UserError) as err:
+            refuse_what_cannot_run_on(load_config(None, list(overrides)), dist)
+        assert err.value.exit_code == 2
+        return err.value.message
+
+    assert "hardware.xla is not supported with 2 replicas" in refusal(
+        "mirrored", 2, 1, "hardware.xla=true")
+    assert "run.exist_ok (--exist-ok) with multi_worker" in refusal(
+        "multi_worker", 2, 2, "run.exist_ok=true")
+    assert "63 does not split evenly over 2 workers" in refusal(
+        "multi_worker", 2, 2, "data.batch_size=63")
+    refuse_what_cannot_run_on(load_config(None, ["hardware.xla=true"]),
+                              StrategyInfo(None, "none", 1))
+
+
+def test_only_a_peers_failure_is_called_lost_contact():
+    from resnet_builder.training.workers import lost_peer
+
+    assert lost_peer(tf.errors.UnavailableError(None, None, "socket closed"))
+    assert not lost_peer(tf.errors.InvalidArgumentError(None, None, "You must feed a value "
+                                                        "for placeholder tensor"))
+    assert lost_peer(tf.errors.InvalidArgumentError(None, None, "Collective ops is aborted"))
 
 
 def _image_folder(root: Path) -> Path:

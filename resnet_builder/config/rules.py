@@ -181,6 +181,17 @@ def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
                                "trained in) or freeze_backbone_epochs: 0")
 
 
+def _rule_deterministic_without_xla(cfg: Config, where: Where) -> None:
+    """XLA has no deterministic max-pool gradient (the ImageNet stem, narrow projections):
+    the pair failed in the first step as "this is a bug"."""
+    h = cfg.hardware
+    if h.deterministic and h.xla:
+        raise ConfigError(f"{where('hardware.deterministic', 'hardware.xla')}: "
+                          "hardware.deterministic cannot be kept with hardware.xla (XLA has no "
+                          "deterministic max-pool gradient)",
+                          hint="set one of them to false")
+
+
 def _rule_crop_ranges(cfg: Config, where: Where) -> None:
     """random_resized_crop's scale and ratio are [low, high] ranges: low first, no empty box."""
     crop = cfg.augment.random_resized_crop
@@ -247,7 +258,7 @@ RULES: tuple[Callable[[Config, Where], None], ...] = (
     _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth,
     _rule_network_builds, _rule_data_path,
     _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_run_name_is_a_folder_name,
-    _rule_freeze_needs_weights,
+    _rule_freeze_needs_weights, _rule_deterministic_without_xla,
     _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
 
 

@@ -25,10 +25,16 @@ def check_sharding(batch_size: int, shard: int, num_shards: int, first_batch: in
     if num_shards < 1 or not 0 <= shard < num_shards or first_batch < 0:
         raise ValueError(f"need 0 <= shard < num_shards and first_batch >= 0, got shard={shard}, "
                          f"num_shards={num_shards}, first_batch={first_batch}")
-    if batch_size % num_shards:
+    check_batch_split(batch_size, num_shards)
+
+
+def check_batch_split(batch_size: int, workers: int) -> None:
+    """Each worker reads the same share of every global batch (the trainer asks before a
+    multi-worker run makes its folder)."""
+    if batch_size % workers:
         raise UserError(f"the global batch size {batch_size} does not split evenly over "
-                        f"{num_shards} workers", hint=f"use a data.batch_size that is a multiple "
-                        f"of {num_shards}")
+                        f"{workers} workers", hint=f"use a data.batch_size that is a multiple "
+                        f"of {workers}", exit_code=2)
 
 
 def shard_rows(order: np.ndarray, number: int, batch_size: int, offset: int, local: int

@@ -28,6 +28,7 @@ from resnet_builder.config import (
 )
 from resnet_builder.data import DataBundle, load_data
 from resnet_builder.data.loading import draw_seed
+from resnet_builder.data.shards import check_batch_split
 from resnet_builder.errors import UserError
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import fuse_batch_norm, synchronize_batchnorm
@@ -58,7 +59,12 @@ from resnet_builder.training.setup import (
 from resnet_builder.training.state import RunState
 from resnet_builder.training.step import updates_per_epoch
 from resnet_builder.training.strategy import StrategyInfo, make_strategy
-from resnet_builder.training.workers import cluster_failure, restore, start_together
+from resnet_builder.training.workers import (
+    cluster_failure,
+    lost_peer,
+    restore,
+    start_together,
+)
 
 
 @dataclass
@@ -224,6 +230,7 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     dist = make_strategy(cfg.distribute.strategy,
                          connect_timeout=cfg.distribute.connect_timeout,
                          say=lambda text: progress.say(cfg.run.progress, text))
+    refuse_what_cannot_run_on(cfg, dist)
     if os.environ.get("TF_CONFIG") and dist.name != "multi_worker":
         progress.say(cfg.run.progress,
                      f"note: TF_CONFIG is set but the strategy is {dist.name}; training on "
@@ -263,8 +270,27 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     return _Setup(cfg, precision, dist, data, Path(run_dir), meta, resumes)
 
 
-def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:
+def refuse_what_cannot_run_on(cfg: Config, dist: StrategyInfo) -> None:
+    """What the strategy rules out, said before the data loads or a folder is made: XLA
+    over several replicas failed in the first step (under multi_worker as a "lost" peer),
+    an odd global batch after the run folder was written."""
+    if cfg.hardware.xla and dist.replicas > 1:
+        raise UserError(f"hardware.xla is not supported with {dist.replicas} replicas "
+                        f"({dist.name}): TensorFlow cannot run the compiled step's loop per "
+                        "replica", hint="set hardware.xla: false, or train on one device",
+                        exit_code=2)
     if dist.name != "multi_worker":
+        return
+    if cfg.run.exist_ok:
+        raise UserError("run.exist_ok (--exist-ok) with multi_worker: a worker restart re-runs "
+                        "the same command to continue the run, which exist_ok would replace",
+                        hint="drop --exist-ok (delete the old run folder yourself to start "
+                             "afresh)", exit_code=2)
+    check_batch_split(cfg.data.batch_size, dist.workers)
+
+
+def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:
+    if dist.name != "multi_worker" or not lost_peer(exc):
         return exc
     return cluster_failure(exc, dist, int((meta or {}).get("epochs_completed", 0)))
 

@@ -43,6 +43,21 @@ LOCAL_KEYS = ("run.project", "run.exist_ok", "run.progress", "run.plots", "run.t
               "run.loggers", "hardware.threads", "distribute.connect_timeout", "data.path")
 
 
+RESTART_HINT = "restart the same command on every machine"
+# errors of this program's own, not of the cluster, unless their text says a peer went away
+_LOCAL_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                 tf.errors.ResourceExhaustedError)
+
+
+def lost_peer(exc: tf.errors.OpError) -> bool:
+    """Whether a failed op is the cluster's (a peer died, restarted or cannot be reached):
+    an XLA error in the step was reported as "lost contact" with a worker still alive."""
+    if isinstance(exc, _LOCAL_ERRORS):
+        return bool(re.search(r"abort|unhealthy|unavailable|connect|coordination|heartbeat",
+                              exc.message or "", re.I))
+    return True
+
+
 def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> UserError:
     """A collective that TensorFlow aborted (a peer died or restarted), said plainly."""
     text = exc.message or str(exc)
@@ -60,8 +75,7 @@ def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> Us
     who = ", ".join(lost) if lost else "another task of the cluster"
     return UserError(
         f"lost contact with {who} ({detail[:300]}); this task is {dist.task}",
-        hint=f"restart the same command on every machine: each worker resumes from the last "
-             f"completed epoch ({done})")
+        hint=f"{RESTART_HINT}: each worker resumes from the last completed epoch ({done})")
 
 
 def _data_fingerprint(data: DataBundle) -> dict[str, Any]:
@@ -102,10 +116,9 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
     different batches.
     """
     view: dict[str, Any]
-    refusal = None
+    refusal, fresh = None, run_dir is None
     if dist.is_chief:
         try:
-            fresh = run_dir is None
             if fresh:  # no exp2 numbering: every worker must name the same folder
                 run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
             lock(Path(run_dir))  # before anything in it is read or cleared
@@ -117,7 +130,7 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
                     "data": _data_fingerprint(data)}
         except UserError as exc:
             refusal = exc
-            view = {"error": exc.message, "hint": exc.hint}
+            view = {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
     else:
         view = {}
     chief = json_from_chief(dist, view)
@@ -125,7 +138,8 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
         raise refusal
     if "error" in chief:
         raise UserError(f"the chief, {dist.cluster.chief if dist.cluster else 'task 0'}, "
-                        f"refused to start: {chief['error']}", hint=chief.get("hint"))
+                        f"refused to start: {chief['error']}", hint=chief.get("hint"),
+                        exit_code=chief.get("exit_code", 1))
     problem = None
     if not dist.is_chief:
         differ = differing_keys(flat_config(cfg), chief["config"], LOCAL_KEYS)
@@ -138,9 +152,12 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
             problem = (f"this worker's data differs from the chief's (here "
                        f"{_data_fingerprint(data)}, on the chief {chief['data']})")
     if not all_workers(dist, problem is None):
+        if dist.is_chief and fresh:  # the folder it made holds only its .lock
+            runs.remove_unstarted_run(Path(run_dir))
         raise UserError(problem or "a worker's config or data differs from the chief's; its "
                         "output says which", hint="start every worker with the same config "
-                        "(only " + ", ".join(LOCAL_KEYS) + " may differ) and the same data")
+                        "(only " + ", ".join(LOCAL_KEYS) + " may differ) and the same data",
+                        exit_code=2)
     meta = chief["meta"]
     if not dist.is_chief and meta is None:  # a new run: forget an older run's backup
         remove_backup(dist.backup_dir(Path(cfg.run.project) / cfg.run.name))
