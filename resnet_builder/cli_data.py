@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from resnet_builder.cli_errors import path_hint
 from resnet_builder.config import key_specs
 from resnet_builder.runtime import starts_tensorflow
 
@@ -40,7 +41,7 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
     data.source: tfrecord and data.path: OUT.
     """
     from resnet_builder.cli_inference import show_skipped
-    from resnet_builder.data.pack import check_paths, pack_folder
+    from resnet_builder.data.pack import OutputRefused, check_paths, pack_folder
     from resnet_builder.data.pack_format import DATASET_FILE, SKIPPED_FILE
 
     def wrote(name: str, count: int) -> None:
@@ -50,9 +51,13 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
 
     check_paths(folder, out)  # a missing FOLDER or OUT inside it: say so before "packing"
     click.echo(f"packing {folder} into {out}")
-    report = pack_folder(folder, out, shards=shards, image_size=image_size,
-                         validation_split=validation_split, seed=seed, overwrite=overwrite,
-                         on_file=wrote)
+    try:
+        report = pack_folder(folder, out, shards=shards, image_size=image_size,
+                             validation_split=validation_split, seed=seed,
+                             overwrite=overwrite, on_file=wrote)
+    except OutputRefused as exc:  # the hint every refused path gets, by the reason
+        exc.hint = path_hint(exc.errno, argument="OUT")
+        raise
     show_skipped(report.skipped)
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
     click.echo(f"wrote {report.out}: {len(report.files)} files ({counts} images, "

@@ -31,16 +31,22 @@ def machine_problem(exc: Exception) -> UserError | None:
     return None
 
 
-def path_hint(code: int | None) -> str:
-    """What to do about a path the system refused, by why it refused it."""
-    debug = "RESNET_BUILDER_DEBUG=1 shows where the path came from"
+def path_hint(code: int | None, argument: str | None = None) -> str:
+    """What to do about a path the system refused, by why it refused it. ``argument`` names
+    the command-line argument the path was given as (pack's OUT): then where it came from is
+    plain, and the place to change is that argument, not --project or a config key."""
+    debug = "" if argument else "; RESNET_BUILDER_DEBUG=1 shows where the path came from"
     if code in (errno.ENOENT, errno.ENOTDIR):
-        return f"check that the path and its folders exist; {debug}"
+        files = ", as folders (a file stands in the way)" if code == errno.ENOTDIR else ""
+        return f"check that the path and its folders exist{files}{debug}"
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return "free some space on that disk, or write elsewhere (--project, --output, " \
-               "run.project)"
+        elsewhere = f"another {argument}" if argument else "--project, --output, run.project"
+        return f"free some space on that disk, or write elsewhere ({elsewhere})"
+    if argument:
+        return f"write somewhere you may (another {argument})"
     return ("write somewhere you may (--project, --output, run.project, or another current "
-            f"folder); if the path looks wrong, {debug}")
+            "folder); if the path looks wrong, RESNET_BUILDER_DEBUG=1 shows where the path "
+            "came from")
 
 
 def damaged_shard(exc: Exception) -> UserError | None:

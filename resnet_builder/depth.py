@@ -11,7 +11,7 @@ matching keras-cv's default ``block_type="block"`` and the tutorial's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from resnet_builder.errors import ArgumentError
 
@@ -57,6 +57,8 @@ class DepthRule:
     block_type: str
     n: int
     also_fits: str | None  # the other block type when the depth fits both rules
+    # the caller named the block type (build's summary says so); the same network either way
+    asked: bool = field(default=False, compare=False)
 
     @property
     def rule(self) -> str:
@@ -130,7 +132,8 @@ def resolve_depth(depth: object, block_type: str | None = None) -> DepthRule:
     else:
         raise _depth_error(depth, None)
     others = [bt for bt in fits if bt != chosen]
-    return DepthRule(depth, chosen, units_for(depth, chosen), others[0] if others else None)
+    return DepthRule(depth, chosen, units_for(depth, chosen), others[0] if others else None,
+                     asked=wanted is not None)
 
 
 def valid_depths(max_depth: int, block_type: str | None = None) -> list[DepthRule]:

@@ -15,10 +15,12 @@ from resnet_builder import (
     PRESETS,
     ResNet18V2Backbone,
     ResNetV2Backbone,
+    ResNetV2Classifier,
     backbone_plan,
     build_model,
     resolve_architecture,
 )
+from resnet_builder.errors import ArgumentError
 from resnet_builder.model.backbone import KERAS_LAYERS
 from resnet_builder.model.head import head_layers
 from resnet_builder.model.summary import model_summary
@@ -181,6 +183,30 @@ def test_misspelled_keywords_are_refused_with_a_suggestion():
     backbone = ResNetV2Backbone([8], [1], [1], False, input_shape=(8, 8, 3), name="mine",
                                 trainable=False)
     assert (backbone.name, backbone.trainable) == ("mine", False)
+
+
+def test_classifier_and_build_model_refuse_misspelled_keywords(tmp_path):
+    """ResNetV2Classifier dropped them silently (keras.Model does); build_model raised
+    Python's TypeError, which suggests nothing."""
+    backbone = ResNetV2Backbone([8], [1], [1], False, input_shape=(8, 8, 3))
+    with pytest.raises(ArgumentError, match=r"ResNetV2Classifier got an unexpected keyword "
+                       r"argument 'class_nmes' \(did you mean 'class_names'\?\)"):
+        ResNetV2Classifier(backbone, num_classes=3, class_nmes=["a", "b", "c"])
+    with pytest.raises(ArgumentError, match=r"'dropuot' \(did you mean 'dropout'\?\)"):
+        ResNetV2Classifier(backbone, num_classes=3, dropuot=0.5)
+    with pytest.raises(ArgumentError, match=r"build_model got an unexpected keyword argument "
+                       r"'input_shap' \(did you mean 'input_shape'\?\)"):
+        build_model(20, input_shap=(32, 32, 3))
+    with pytest.raises(ArgumentError, match="'trainable'"):  # not a build_model argument
+        build_model(20, trainable=False)
+    # Keras' own keywords still pass, and a saved classifier (its get_config) loads back
+    model = ResNetV2Classifier(backbone, num_classes=3, name="mine", trainable=False,
+                               dtype="float32")
+    assert (model.name, model.trainable) == ("mine", False)
+    model.save(tmp_path / "c.keras")
+    loaded = keras.models.load_model(tmp_path / "c.keras")
+    assert isinstance(loaded, ResNetV2Classifier) and loaded.name == "mine"
+    assert not loaded.trainable and loaded.num_classes == 3
 
 
 def test_mean_and_std_turn_a_presets_rescaling_off():

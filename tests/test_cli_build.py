@@ -219,6 +219,21 @@ def test_format_summary_shows_the_rule_counts_files_and_note():
     assert "pass --block-type bottleneck" in text and "note" not in text
 
 
+def test_a_bottleneck_block_type_asked_for_is_not_called_the_default():
+    """--block-type bottleneck at a depth that fits both rules said "(default block type)"."""
+    result = run("build", "--depth", "56", "--block-type", "bottleneck")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first == "ResNetV2-56: rule 9n+2 (bottleneck units), n=6 (bottleneck block type " \
+                    "asked for)"
+    assert "56 also fits 6n+2 (basic units): pass --block-type basic" in result.output
+    asked = model_summary(resolve_architecture(56, block_type="bottleneck"), 10)
+    assert asked["block_type_asked"] is True
+    default = model_summary(resolve_architecture(56), 10)
+    assert default["block_type_asked"] is False and "(default block type)" in format_summary(
+        {**default, "build_seconds": 0.1})
+
+
 def test_build_output_on_unverified_keras_notes_the_keras_save(tmp_path, monkeypatch):
     monkeypatch.setattr(keras_writer, "keras_version", lambda: "3.16.0")
     path = tmp_path / "m.keras"
@@ -236,6 +251,11 @@ def test_bench_refuses_a_non_square_input_before_measuring():
     result = run("bench", "--depth", "8", "--block-type", "basic", "--input-shape", "8,16,1",
                  "--no-pipelines")
     assert result.exit_code == 2 and "bench trains on square images" in result.output
+    for shape, text in (("16,16,2", "data.channels must be one of 1, 3; got 2"),
+                        ("4,4,1", "data.image_size must be in [8, 4096]; got 4")):
+        # these failed ~20 s into measuring, naming a --set the user never typed
+        result = run("bench", "--depth", "8", "--input-shape", shape, "--no-pipelines")
+        assert result.exit_code == 2 and text in result.output, result.output
 
 
 def test_build_config_takes_the_command_lines_network_over_the_configs(tmp_path):

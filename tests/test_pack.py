@@ -306,6 +306,27 @@ def test_an_output_path_the_system_refuses_is_named_not_a_bug(folder, tmp_path):
     assert "is not a directory" in result.output and "bug" not in result.output
 
 
+@pytest.mark.parametrize(("blocker", "reason", "hint"), [
+    ("file", "is not a directory", "exist, as folders (a file stands in the way)"),
+    ("dangling link", "No such file or directory", "check that the path and its folders exist"),
+])
+def test_pack_hint_follows_why_out_was_refused(folder, tmp_path, blocker, reason, hint):
+    """The hint every other refused path gets (cli_errors.path_hint), not one for all reasons."""
+    stop = tmp_path / "stop"
+    if blocker == "file":
+        stop.write_text("x")
+    else:  # a link to a folder that is not there: making OUT below it finds no such file
+        stop.symlink_to(tmp_path / "gone" / "deeper")
+    out = stop / "out"
+    result = CliRunner().invoke(main, ["pack", str(folder), str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    message, hint_line = result.output.strip().splitlines()[-2:]
+    assert message.startswith(f"Error: cannot write the pack to {out}: ") and reason in message
+    assert hint_line.startswith("  hint: ") and hint in hint_line
+    assert "room for the encoded images" not in result.output  # the old hint for any reason
+    assert "--project" not in hint_line  # pack's OUT is an argument, not an option
+
+
 @pytest.mark.parametrize("inside", ["out", "bee/out", "."])
 def test_pack_refuses_an_output_folder_inside_the_source(tmp_path, inside):
     """A pack inside the source would be read later as a class folder without images."""

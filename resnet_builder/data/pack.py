@@ -17,6 +17,7 @@ because readers trust ``dataset.json`` only.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -123,18 +124,33 @@ def pack_folder(folder: str | os.PathLike, out: str, *, shards: int = 16,
         return report
 
 
+class OutputRefused(UserError):
+    """The system refused to write OUT. ``errno`` says why (None: unknown), so the CLI's
+    hint can follow the reason, as it does for any other path the system refuses."""
+
+    def __init__(self, out: str, reason: str, code: int | None) -> None:
+        super().__init__(f"cannot write the pack to {out}: {reason}")
+        self.errno = code
+
+
+# tf.io.gfile keeps no errno; its error class says why (TensorFlow maps errno to these)
+_REFUSALS: dict[type[tf.errors.OpError], int | None] = {
+    tf.errors.NotFoundError: errno.ENOENT, tf.errors.FailedPreconditionError: None,
+    tf.errors.ResourceExhaustedError: errno.ENOSPC,
+    tf.errors.PermissionDeniedError: errno.EACCES, tf.errors.UnavailableError: None}
+
+
 @contextmanager
 def _writing_to(out: str) -> Iterator[None]:
     """tf.io.gfile's refusals to write OUT (not a folder, missing, read-only, full) are the
     user's to fix: one message naming OUT, not an OpError reported as a bug."""
     try:
         yield
-    except (tf.errors.NotFoundError, tf.errors.FailedPreconditionError,
-            tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
-            tf.errors.UnavailableError) as exc:
-        raise UserError(f"cannot write the pack to {out}: {exc.message}",
-                        hint="give a folder you may write to, on a disk with room for the "
-                             "encoded images") from None
+    except tuple(_REFUSALS) as exc:
+        code = _REFUSALS.get(type(exc))
+        if "not a directory" in exc.message.lower():  # a failed precondition, among others
+            code = errno.ENOTDIR
+        raise OutputRefused(out, exc.message, code) from None
 
 
 def check_paths(folder: str | os.PathLike, out: str) -> Path:

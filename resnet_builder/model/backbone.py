@@ -138,7 +138,7 @@ class ResNetV2Backbone(keras.Model):
         rescale_to: Sequence[float] = (0.0, 1.0),
         **kwargs,
     ) -> None:
-        _check_keywords(kwargs)
+        check_keywords(kwargs, ResNetV2Backbone)
         stackwise_filters, stackwise_blocks, stackwise_strides, stackwise_dilations = map(
             _listed, (stackwise_filters, stackwise_blocks, stackwise_strides,
                       stackwise_dilations))
@@ -249,14 +249,20 @@ class ResNetV2Backbone(keras.Model):
 _MODEL_KEYWORDS = ("name", "trainable", "dtype")
 
 
-def _check_keywords(kwargs: dict) -> None:
-    unknown = sorted(set(kwargs) - set(_MODEL_KEYWORDS))
+def check_keywords(kwargs: dict, owner: Callable,
+                   extra: Sequence[str] = _MODEL_KEYWORDS) -> None:
+    """Refuse a keyword that neither ``owner``'s signature (a class: its ``__init__``) nor
+    ``extra`` names, with the closest known name: keras.Model drops a misspelling in silence,
+    and Python's TypeError for a function suggests nothing."""
+    unknown = sorted(set(kwargs) - set(extra))
     if not unknown:
         return
-    known = [*inspect.signature(ResNetV2Backbone.__init__).parameters, *_MODEL_KEYWORDS]
-    close = difflib.get_close_matches(unknown[0], known, n=1)
+    function = owner.__init__ if isinstance(owner, type) else owner
+    known = [name for name, p in inspect.signature(function).parameters.items()
+             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    close = difflib.get_close_matches(unknown[0], [*known, *extra], n=1)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ArgumentError(f"ResNetV2Backbone got an unexpected keyword argument "
+    raise ArgumentError(f"{owner.__name__} got an unexpected keyword argument "
                         f"{unknown[0]!r}{guess}. Received: {unknown}")
 
 

@@ -21,7 +21,12 @@ from resnet_builder.model.architecture import (
     check_one_rescaling,
     resolve_architecture,
 )
-from resnet_builder.model.backbone import ResNetV2Backbone, make_layer, with_trainable_flag
+from resnet_builder.model.backbone import (
+    ResNetV2Backbone,
+    check_keywords,
+    make_layer,
+    with_trainable_flag,
+)
 from resnet_builder.model.head import head_layers
 from resnet_builder.model.weights import load_preset_weights
 
@@ -91,6 +96,7 @@ class ResNetV2Classifier(keras.Model):
         threshold: float = 0.5,
         **kwargs: Any,
     ) -> None:
+        check_keywords(kwargs, ResNetV2Classifier)  # keras.Model would drop a misspelling
         check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                               channels=backbone.input_shape[-1], resize=resize,
                               crop_pct=crop_pct, task=task, threshold=threshold)
@@ -178,6 +184,7 @@ def build_model(
     load_weights: bool = False,
     weights_file: str | None = None,
     name: str | None = None,
+    **kwargs: Any,
 ) -> ResNetV2Classifier:
     """A classifier from a depth, a preset or stackwise lists (exactly one of them).
 
@@ -188,7 +195,9 @@ def build_model(
     ``task``: multiclass (softmax) or multilabel (a sigmoid per class; ``threshold`` is the
     probability from which predict and evaluate count a label as present), stored too.
     ``mean``/``std`` take the place of the backbone's ``include_rescaling`` (off with them).
+    ``**kwargs`` only catches a misspelled keyword, to refuse it with a suggestion.
     """
+    check_keywords(kwargs, build_model, extra=())
     check_one_rescaling(include_rescaling, mean, std)
     if mean is not None or std is not None:
         include_rescaling = False  # a preset's default rescaling gives way to them
@@ -204,7 +213,7 @@ def build_model(
             raise ArgumentError("load_weights=True needs a preset with weights. "
                                 f"Received: preset={preset!r}")
         load_preset_weights(backbone, arch.preset, weights_file)
-    kwargs = {"name": name} if name else {}
+    named = {"name": name} if name else {}
     return ResNetV2Classifier(backbone, num_classes, head=head, dropout=dropout, mean=mean,
                               std=std, class_names=class_names, resize=resize,
-                              crop_pct=crop_pct, task=task, threshold=threshold, **kwargs)
+                              crop_pct=crop_pct, task=task, threshold=threshold, **named)

@@ -42,6 +42,7 @@ def model_summary(arch: Architecture, num_classes: int, head: str = "gap") -> di
         "n": rule.n if rule else None,
         "also_fits": RULE_NAMES[rule.also_fits] if rule and rule.also_fits else None,
         "block_type": b["block_type"],
+        "block_type_asked": rule.asked if rule else None,
         "stem": b["stem"],
         "stem_filters": b["stem_filters"],
         "stride_position": b["stride_position"],
@@ -70,10 +71,10 @@ def _title(s: dict) -> list[str]:
     if s["source"] == "depth":
         if not s["also_fits"]:
             why = "the only rule that fits"
-        elif s["block_type"] == BOTTLENECK:
+        elif s.get("block_type_asked") or s["block_type"] != BOTTLENECK:
+            why = f"{SHORT_NAMES[s['block_type']]} block type asked for"
+        else:  # the depth fits both rules and bottleneck won by default
             why = "default block type"
-        else:  # the depth fits both rules and basic was asked for
-            why = "basic block type asked for"
         lines = [f"ResNetV2-{s['depth']}: rule {s['rule']}, n={s['n']} ({why})"]
         if s["also_fits"]:
             other = SHORT_NAMES[BASIC if s["block_type"] == BOTTLENECK else BOTTLENECK]
