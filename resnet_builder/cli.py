@@ -353,7 +353,7 @@ def bench(batch_size, steps, warmup, xla, no_pipelines, mixed_precision, as_json
     if (opts.get("num_classes") or 10) < 2:  # build allows 1 (a one-label sigmoid model)
         raise click.BadParameter("bench trains a softmax classifier: at least 2",
                                  param_hint="--num-classes")
-    arch, model_args = architecture_from_options(opts)
+    arch, model_args = architecture_from_options(opts, data_classes=False)
     _check_trainable_shape(arch.input_shape)
     if model_args.get("task") == "multilabel":
         click.echo("note: bench measures the softmax classifier; the config's model.task "

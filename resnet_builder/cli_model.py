@@ -65,13 +65,15 @@ def model_options(command):
     return command
 
 
-def architecture_from_options(opts: dict) -> tuple:
+def architecture_from_options(opts: dict, data_classes: bool = True) -> tuple:
     """(Architecture, {num_classes, head, dropout[, resize, crop_pct, task, threshold]}) from
-    the model options."""
+    the model options. ``data_classes``: a config's ``num_classes: null`` is its data's class
+    count (build); bench, on synthetic images, takes 10 where only the data says."""
     from resnet_builder.config.model_args import CLASSIFIER_ARGS
     from resnet_builder.model.architecture import resolve_architecture
 
-    request = _model_request(opts["config_path"], classes_given=opts["num_classes"] is not None)
+    request = _model_request(opts["config_path"], classes_given=opts["num_classes"] is not None,
+                             data_classes=data_classes)
     given = {"depth": opts["depth"], "preset": opts["preset"], "block_type": opts["block_type"],
              "stackwise_blocks": int_list(opts["blocks"], "--blocks"),
              "stackwise_filters": int_list(opts["filters"], "--filters"),
@@ -97,9 +99,10 @@ def architecture_from_options(opts: dict) -> tuple:
     return resolve_architecture(**request), model_args
 
 
-def _model_request(config_path: str | None, classes_given: bool) -> dict:
+def _model_request(config_path: str | None, classes_given: bool, data_classes: bool) -> dict:
     """The model keys of a YAML config, as ``resolve_architecture`` arguments; its
-    ``num_classes: null`` is the data's class count, as ``train`` takes it."""
+    ``num_classes: null`` is the data's class count, as ``train`` takes it, where the source
+    fixes it (else asked for, with ``data_classes``)."""
     if not config_path:
         return {}
     from resnet_builder.config import load_config, model_arguments
@@ -109,8 +112,10 @@ def _model_request(config_path: str | None, classes_given: bool) -> dict:
     cfg = load_config(config_path, network=False)
     request = model_arguments(cfg)
     if "num_classes" not in request and not classes_given:
-        request["num_classes"] = source_class_count(cfg.data)
-        if request["num_classes"] is None:
+        count = source_class_count(cfg.data)
+        if count is not None:
+            request["num_classes"] = count
+        elif data_classes:
             raise click.BadParameter(
                 f"{config_path} leaves model.num_classes to its data (data.source: "
                 f"{cfg.data.source}), which build does not read; pass the class count",

@@ -122,17 +122,17 @@ def test_dilations_keep_resolution():
     assert out.shape == (1, 8, 8, 64)  # stem /4, second stack dilated instead of strided
 
 
-def test_a_dilated_one_unit_stack_does_not_downsample():
-    """Its one unit is also the strided last one: it was left undilated, so it halved the
-    size while the input-size check assumed it did not."""
+def test_a_dilated_one_unit_stack_strides_and_the_size_check_counts_it():
+    """A one-unit stack's unit is its first, never dilated, so it strides (as saved models
+    were built); the input-size check assumed it did not and let too small an input in."""
     kwargs = dict(stackwise_filters=[8, 16], stackwise_strides=[1, 2], include_rescaling=False,
-                  input_shape=(64, 64, 3))
-    for blocks in ([1, 1], [2, 2]):
-        plan, _ = backbone_plan(stackwise_blocks=blocks, stackwise_dilations=[1, 2], **kwargs)
-        assert plan.shape(plan.output)[:2] == (16, 16), blocks
-    plan, _ = backbone_plan(stackwise_blocks=[1, 1], stackwise_dilations=[1, 2],
-                            stride_position="first", **kwargs)
-    assert plan.shape(plan.output)[:2] == (8, 8)  # He et al.'s strided first unit: undilated
+                  stackwise_dilations=[1, 2])
+    for blocks, size in (([1, 1], 8), ([2, 2], 16)):
+        plan, _ = backbone_plan(stackwise_blocks=blocks, input_shape=(64, 64, 3), **kwargs)
+        assert plan.shape(plan.output)[:2] == (size, size), blocks
+    with pytest.raises(ValueError, match="downsamples by 8"):
+        backbone_plan(stackwise_blocks=[1, 1], input_shape=(4, 4, 3), **kwargs)
+    backbone_plan(stackwise_blocks=[2, 2], input_shape=(4, 4, 3), **kwargs)  # by 4: fits
 
 
 @pytest.mark.parametrize("way", [{"depth": 20}, {"preset": "resnet18_v2"}])

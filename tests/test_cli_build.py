@@ -116,6 +116,16 @@ def test_build_config_with_num_classes_null_takes_the_datas_count(tmp_path):
     given = json.loads(run("build", "--config", "configs/folder.yaml", "--num-classes", "3",
                            "--json").output)
     assert given["num_classes"] == 3
+    from resnet_builder.cli_model import architecture_from_options
+
+    options = {key: None for key in ("depth", "preset", "block_type", "blocks", "filters",
+                                     "strides", "dilations", "stem_filters", "num_classes",
+                                     "head", "dropout", "input_shape")}
+    for config, count in (("configs/folder.yaml", 10), ("configs/cifar100.yaml", 100)):
+        # bench measures on synthetic images: no data to read for the count
+        _, args = architecture_from_options({**options, "config_path": config},
+                                            data_classes=False)
+        assert args["num_classes"] == count
 
 
 @pytest.mark.parametrize("args", [

@@ -617,12 +617,25 @@ def test_what_a_strategy_rules_out_is_refused_before_the_data_loads(tmp_path):
 
     assert "hardware.xla is not supported with 2 replicas" in refusal(
         "mirrored", 2, 1, "hardware.xla=true")
-    assert "run.exist_ok (--exist-ok) with multi_worker" in refusal(
-        "multi_worker", 2, 2, "run.exist_ok=true")
     assert "63 does not split evenly over 2 workers" in refusal(
         "multi_worker", 2, 2, "data.batch_size=63")
     refuse_what_cannot_run_on(load_config(None, ["hardware.xla=true"]),
                               StrategyInfo(None, "none", 1))
+
+
+def test_exist_ok_is_refused_by_the_chief_for_every_worker(tmp_path, monkeypatch):
+    """A restart re-runs the same command to continue; --exist-ok would replace the run. It
+    is the chief's key (workers may differ in it), so the chief's refusal reaches all."""
+    from resnet_builder.training import workers
+    from resnet_builder.training.strategy import StrategyInfo
+
+    sent = {}
+    monkeypatch.setattr(workers, "json_from_chief", lambda dist, view: sent.update(view) or view)
+    cfg = load_config(None, [f"run.project={tmp_path}", "run.exist_ok=true"])
+    with pytest.raises(UserError, match=r"run\.exist_ok \(--exist-ok\) with multi_worker") as err:
+        workers.start_together(cfg, None, None, StrategyInfo(None, "multi_worker", 2, workers=2),
+                               None, lambda folder: None)
+    assert err.value.exit_code == 2 and sent["exit_code"] == 2 and not list(tmp_path.iterdir())
 
 
 def test_only_a_peers_failure_is_called_lost_contact():
@@ -632,6 +645,8 @@ def test_only_a_peers_failure_is_called_lost_contact():
     assert not lost_peer(tf.errors.InvalidArgumentError(None, None, "You must feed a value "
                                                         "for placeholder tensor"))
     assert lost_peer(tf.errors.InvalidArgumentError(None, None, "Collective ops is aborted"))
+    for local in (tf.errors.NotFoundError, tf.errors.InternalError, tf.errors.UnknownError):
+        assert not lost_peer(local(None, None, "JIT compilation failed"))
 
 
 def _image_folder(root: Path) -> Path:

@@ -218,14 +218,13 @@ def test_bad_arguments_write_nothing(tmp_path, kwargs, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_rescaling_backbone_with_mean_and_std_writes_nothing(tmp_path):
-    """build_model refuses them together (the pixels would be normalised, then divided by
-    255 again); the writer refuses what build_model refuses."""
+def test_mean_and_std_turn_a_presets_rescaling_off_as_build_model_does(tmp_path):
+    """The pixels would be normalised, then divided by 255 again: build_model turns the
+    preset's rescaling off for mean/std, and so does the writer."""
     arch = resolve_architecture(preset="resnet18_v2", input_shape=(32, 32, 3))
-    with pytest.raises(ValueError, match="rescale them a second time"):
-        write_model_file(tmp_path / "m.keras", arch, num_classes=3, mean=[1.0] * 3,
-                         std=[1.0] * 3)
-    assert list(tmp_path.iterdir()) == []
+    write_model_file(tmp_path / "m.keras", arch, num_classes=3, mean=[1.0] * 3, std=[1.0] * 3)
+    config = json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json"))
+    assert config["config"]["backbone"]["config"]["include_rescaling"] is False
 
 
 def test_needs_keras_suffix(tmp_path):

@@ -307,6 +307,23 @@ def test_a_failed_predict_keeps_the_earlier_results_and_leaves_no_empty_folder(
     assert fresh.exit_code == 1 and not list((tmp_path / "new").iterdir())
 
 
+def test_a_killed_predicts_staging_folder_is_not_an_earlier_predict(digits, images,
+                                                                     tmp_path):
+    folder, _ = images
+    (tmp_path / "p" / ".predicting-old" / "cam").mkdir(parents=True)
+    (tmp_path / "p" / "cam").write_text("the user's file")
+    args = ["--model", str(digits.model_file), "--project", str(tmp_path), "--name", "p",
+            "--exist-ok"]
+    nothing = CliRunner().invoke(main, ["predict", str(tmp_path / "no_such"), *args])
+    assert nothing.exit_code == 1 and "left as they were" not in nothing.output
+    cam = CliRunner().invoke(main, ["predict", str(folder), *args, "--cam"])
+    assert cam.exit_code == 1 and "p/cam is a file" in cam.output  # it crashed after predicting
+    done = CliRunner().invoke(main, ["predict", str(folder), *args])
+    assert done.exit_code == 0 and "removed" not in done.output
+    assert not list((tmp_path / "p").glob(".predicting-*"))
+    assert (tmp_path / "p" / "cam").read_text() == "the user's file"
+
+
 def test_cam_names_never_swap_an_image_named_like_anothers_overlay(tmp_path):
     """a.jpg's overlay was cam/a.jpg.png, the name of the image a.jpg.png, whose own overlay
     became a.jpg~2.png."""

@@ -81,7 +81,7 @@ def _rule_network_builds(cfg: Config, where: Where) -> None:
     m = cfg.model
     arguments = {k: v for k, v in model_arguments(cfg).items() if k not in CLASSIFIER_ARGS}
     try:
-        resolve_architecture(**arguments).plan()  # ~1 ms (ResNet-1001: 14 ms)
+        plan, _ = resolve_architecture(**arguments).plan()  # ~1 ms (ResNet-1001: 14 ms)
     except ArgumentError as exc:
         keys = [f"model.{k}" for k in ("preset", *STACKWISE, "depth", "stem_filters")]
         if "input_shape" in str(exc):  # the input is data.image_size square
@@ -92,6 +92,12 @@ def _rule_network_builds(cfg: Config, where: Where) -> None:
             hint = ("`resnet-builder presets` lists the presets; `resnet-builder build "
                     "--config FILE` shows the network a config builds")
         raise ConfigError(f"{where(*keys)}: {exc}", hint=hint) from None
+    h = cfg.hardware
+    if h.deterministic and h.xla and any(op.kind == "max_pool" for op in plan.ops):
+        raise ConfigError(f"{where('hardware.deterministic', 'hardware.xla')}: this network's "
+                          "max-pool (the ImageNet stem, or a narrow strided projection) has no "
+                          "deterministic XLA gradient, so hardware.deterministic cannot be kept "
+                          "with hardware.xla", hint="set one of them to false")
     if m.weights in PRESETS and m.weights not in presets_with_weights():
         raise ConfigError(f"{where('model.weights')}: model.weights {m.weights!r} is a preset "
                           "without pretrained weights",
@@ -181,17 +187,6 @@ def _rule_freeze_needs_weights(cfg: Config, where: Where) -> None:
                                "trained in) or freeze_backbone_epochs: 0")
 
 
-def _rule_deterministic_without_xla(cfg: Config, where: Where) -> None:
-    """XLA has no deterministic max-pool gradient (the ImageNet stem, narrow projections):
-    the pair failed in the first step as "this is a bug"."""
-    h = cfg.hardware
-    if h.deterministic and h.xla:
-        raise ConfigError(f"{where('hardware.deterministic', 'hardware.xla')}: "
-                          "hardware.deterministic cannot be kept with hardware.xla (XLA has no "
-                          "deterministic max-pool gradient)",
-                          hint="set one of them to false")
-
-
 def _rule_crop_ranges(cfg: Config, where: Where) -> None:
     """random_resized_crop's scale and ratio are [low, high] ranges: low first, no empty box."""
     crop = cfg.augment.random_resized_crop
@@ -258,7 +253,7 @@ RULES: tuple[Callable[[Config, Where], None], ...] = (
     _rule_one_way_to_say_model, _rule_stackwise_together, _rule_depth,
     _rule_network_builds, _rule_data_path,
     _rule_step_milestones, _rule_warmup_lr, _rule_min_lr, _rule_run_name_is_a_folder_name,
-    _rule_freeze_needs_weights, _rule_deterministic_without_xla,
+    _rule_freeze_needs_weights,
     _rule_crop_ranges, _rule_colour_needs_colour, _rule_multilabel)
 
 

@@ -276,6 +276,11 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
     reused = exist_ok and (Path(project) / name).is_dir()
     folder = new_run_dir(project, name, exist_ok)
     earlier = _earlier_predictions(folder, images)
+    for stale in folder.glob(STAGING_PREFIX + "*"):  # a killed predict's
+        shutil.rmtree(stale, ignore_errors=True)
+    if cam and (folder / "cam").exists() and not (folder / "cam").is_dir() and not earlier:
+        raise UserError(f"{folder / 'cam'} is a file: --cam writes its overlays in a cam/ "
+                        "folder there", hint="predict into another --name, or move the file")
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     report = PredictReport(folder=folder, model=im.source, predicted=0, skipped=skipped,
                            seconds=0.0, output=staging / f"predictions.{fmt}")
@@ -308,7 +313,7 @@ def _move_into(source: Path, target: Path) -> None:
     its own gets ours beside its files), then remove ``source``."""
     for entry in source.iterdir():
         dest = target / entry.name
-        if entry.is_dir() and dest.is_dir() and not dest.is_symlink():
+        if entry.is_dir() and dest.is_dir():  # a link to a folder: written through, as before
             _move_into(entry, dest)
         else:
             os.replace(entry, dest)
@@ -342,10 +347,9 @@ def _earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> list[Pa
     """An earlier predict's files in a reused folder (--exist-ok), replaced once this one
     has results. Only a folder that shows one (its predictions file) is cleared, and never
     over the images being predicted: a folder of the user's own with a cam/ or grid.png in it
-    was emptied. A killed predict's staging folders go too."""
-    stale = sorted(folder.glob(STAGING_PREFIX + "*"))
+    was emptied."""
     if not any((folder / f"predictions.{fmt}").is_file() for fmt in ("csv", "json")):
-        return stale
+        return []
     entries = [Path(os.path.abspath(folder / name)) for name in PREDICT_FILES]
     for image in images:
         file = Path(os.path.abspath(image.file))
@@ -353,7 +357,7 @@ def _earlier_predictions(folder: Path, images: Sequence[ImageSource]) -> list[Pa
         if inside is not None:
             raise UserError(f"{image.file} is in {inside}, which --exist-ok would replace",
                             hint="predict into another --name, or move the images")
-    return [*entries, *stale]
+    return entries
 
 
 def _nothing_message(skipped: Sequence[Skipped], listed: Path | None, shown: int = 10) -> str:

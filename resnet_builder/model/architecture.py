@@ -144,15 +144,15 @@ def _check_depth(n_blocks: list[int], block_type: str) -> None:
 
 
 def _check_size(shape: tuple, stem: str, strides: list[int], dilations: list[int],
-                stride_position: str) -> None:
+                n_blocks: list[int], stride_position: str) -> None:
     """The input must survive the backbone's total downsampling. A dilated stack does not
     downsample when its last unit strides (keras-cv's layout: that unit is dilated, which
-    cancels the stride); when its first unit strides (He et al.'s), that unit is never
-    dilated and still halves the size, which this check once assumed it did not."""
+    cancels the stride); the first unit is never dilated, so it still halves the size when
+    it strides: in He et al.'s layout, and in a one-unit stack, whose unit is both."""
     _, stem_stride, pooled, _ = blocks.STEMS[stem]
     total = stem_stride * (2 if pooled else 1) * math.prod(
-        s for s, d in zip(strides, dilations, strict=True)
-        if d == 1 or stride_position == "first")
+        s for s, d, n in zip(strides, dilations, n_blocks, strict=True)
+        if d == 1 or stride_position == "first" or n == 1)
     for size in shape[:2]:
         if size is not None and size < total:
             raise ArgumentError(
@@ -189,7 +189,7 @@ def backbone_plan(
     _check_depth(n_blocks, block_type)
     _check_options(stem, stride_position, stem_filters, bn_momentum, padding)
     shape = _check_input_shape(input_shape)
-    _check_size(shape, stem, strides, dilations, stride_position)
+    _check_size(shape, stem, strides, dilations, n_blocks, stride_position)
     low, high = input_range(rescale_to)
 
     plan = Plan(shape, bn_momentum=float(bn_momentum))

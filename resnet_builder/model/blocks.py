@@ -131,14 +131,11 @@ def stack(plan: Plan, x: str, filters: int, blocks: int, *, stride: int, dilatio
     first_shortcut = (block_type == BOTTLENECK or stack_index > 0
                       or in_channels != filters * EXPANSION[block_type])
     strided = 1 if stride_position == "first" else blocks
-    # units 2..n are dilated, and so is a one-unit stack's unit when it is the strided last
-    # one: a dilated stack with its stride last does not downsample, whatever its length
-    undilated = 1 if blocks > 1 or stride_position == "first" else 0
     for j in range(1, blocks + 1):
         x = unit(
             plan, x, filters,
             stride=stride if j == strided else 1,
-            dilation=1 if j == undilated else dilation,
+            dilation=1 if j == 1 else dilation,
             conv_shortcut=first_shortcut and j == 1,
             name=f"{name}_block{j}",
             padding=padding,

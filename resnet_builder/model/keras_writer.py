@@ -32,6 +32,7 @@ still writes, with a warning; the tests say whether the layout still matches.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -50,7 +51,6 @@ from resnet_builder.model.architecture import (
     IMAGENET_LAYOUT,
     Architecture,
     check_classifier_args,
-    check_one_rescaling,
     input_range,
 )
 from resnet_builder.model.head import head_layers
@@ -368,18 +368,18 @@ def write_model_file(
 
     The arguments are ``build_model``'s: the architecture (``resolve_architecture``)
     and the classifier's. ``keras.models.load_model(path)`` gives a
-    ``ResNetV2Classifier`` whose config equals the built model's, with freshly
-    initialised weights drawn as Keras draws them (``seed`` makes them
-    repeatable). The file is written to a temporary name in the same folder
-    and renamed, so ``path`` never holds half a file. Raises ``ArgumentError``
-    for arguments ``build_model`` would refuse.
+    ``ResNetV2Classifier`` whose config equals the built model's, with freshly initialised
+    weights drawn as Keras draws them (``seed`` makes them repeatable). Written to a
+    temporary name and renamed, so ``path`` never holds half a file. Raises
+    ``ArgumentError`` for arguments ``build_model`` would refuse.
     """
     path = os.fspath(path)
     if not str(path).endswith(".keras"):
         raise ArgumentError(f"Invalid `filepath` argument: expected a `.keras` extension. "
                             f"Received: filepath={path}")
+    if mean is not None or std is not None:  # as build_model: they replace the rescaling
+        arch = dataclasses.replace(arch, backbone={**arch.backbone, "include_rescaling": False})
     plan, _ = arch.plan()  # checks the backbone arguments
-    check_one_rescaling(arch.backbone["include_rescaling"], mean, std)
     check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                           plan.input_shape[2], resize, crop_pct, task, threshold)
     installed = keras_version()

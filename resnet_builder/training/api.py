@@ -241,8 +241,8 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
     if data.num_val == 0 and cfg.train.early_stopping_patience:  # it would never stop
         raise UserError(f"train.early_stopping_patience watches {cfg.train.monitor}, but the "
                         "data has no validation split", exit_code=2,
-                        hint="set data.validation_split (e.g. 0.1), or "
-                             "train.early_stopping_patience: 0")
+                        hint="set train.early_stopping_patience: 0, or (a new run) give "
+                             "the data a validation split, e.g. data.validation_split: 0.1")
     cfg = replace(cfg, model=replace(cfg.model, num_classes=cfg.model.num_classes
                                      or data.num_classes))
     fresh = run_dir is None and dist.name != "multi_worker"
@@ -272,21 +272,15 @@ def _start(cfg: Config, run_dir: Path | None, meta: dict | None,
 
 def refuse_what_cannot_run_on(cfg: Config, dist: StrategyInfo) -> None:
     """What the strategy rules out, said before the data loads or a folder is made: XLA
-    over several replicas failed in the first step (under multi_worker as a "lost" peer),
-    an odd global batch after the run folder was written."""
-    if cfg.hardware.xla and dist.replicas > 1:
+    over several replicas (a TPU's is its own) failed in the first step (under multi_worker
+    as a "lost" peer), an odd global batch after the run folder was written."""
+    if cfg.hardware.xla and dist.replicas > 1 and dist.name in ("mirrored", "multi_worker"):
         raise UserError(f"hardware.xla is not supported with {dist.replicas} replicas "
                         f"({dist.name}): TensorFlow cannot run the compiled step's loop per "
                         "replica", hint="set hardware.xla: false, or train on one device",
                         exit_code=2)
-    if dist.name != "multi_worker":
-        return
-    if cfg.run.exist_ok:
-        raise UserError("run.exist_ok (--exist-ok) with multi_worker: a worker restart re-runs "
-                        "the same command to continue the run, which exist_ok would replace",
-                        hint="drop --exist-ok (delete the old run folder yourself to start "
-                             "afresh)", exit_code=2)
-    check_batch_split(cfg.data.batch_size, dist.workers)
+    if dist.name == "multi_worker":  # (--exist-ok: the chief's key, refused by the chief)
+        check_batch_split(cfg.data.batch_size, dist.workers)
 
 
 def _cluster_error(exc: tf.errors.OpError, dist: StrategyInfo, meta: dict | None) -> Exception:

@@ -44,18 +44,18 @@ LOCAL_KEYS = ("run.project", "run.exist_ok", "run.progress", "run.plots", "run.t
 
 
 RESTART_HINT = "restart the same command on every machine"
-# errors of this program's own, not of the cluster, unless their text says a peer went away
-_LOCAL_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-                 tf.errors.ResourceExhaustedError)
+# what TensorFlow raises when a peer is gone or cannot be reached; any other error is the
+# cluster's only when its text says so (a collective aborted by a peer's missed heartbeats)
+_NETWORK_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                   tf.errors.DeadlineExceededError)
+_PEER_WORDS = re.compile(r"abort|unhealthy|unavailable|connect|coordination|heartbeat|socket",
+                         re.I)
 
 
 def lost_peer(exc: tf.errors.OpError) -> bool:
     """Whether a failed op is the cluster's (a peer died, restarted or cannot be reached):
     an XLA error in the step was reported as "lost contact" with a worker still alive."""
-    if isinstance(exc, _LOCAL_ERRORS):
-        return bool(re.search(r"abort|unhealthy|unavailable|connect|coordination|heartbeat",
-                              exc.message or "", re.I))
-    return True
+    return isinstance(exc, _NETWORK_ERRORS) or bool(_PEER_WORDS.search(exc.message or ""))
 
 
 def cluster_failure(exc: tf.errors.OpError, dist: StrategyInfo, done: int) -> UserError:
@@ -93,7 +93,7 @@ def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
         return None
     if not paths.config.exists():
         raise UserError(f"{run_dir} has a checkpoint but no config.yaml",
-                        hint="use another run.name (--name) for a new run")
+                        hint="use another run.name (--name) for a new run", exit_code=2)
     original = load_config(paths.config)
     differ = differing_keys(flat_config(cfg), flat_config(original),
                             RESUMABLE_KEYS + LOCAL_KEYS + ("run.name",))
@@ -101,9 +101,20 @@ def _continue_in_place(cfg: Config, run_dir: Path) -> dict | None:
         raise UserError(f"{run_dir} holds a run with another config (differs in "
                         f"{', '.join(differ[:6])})",
                         hint="multi-worker runs continue in place when restarted: use another "
-                             "run.name (--name) for a new run, or the run's own config.yaml")
+                             "run.name (--name) for a new run, or the run's own config.yaml",
+                        exit_code=2)
     progress.say(cfg.run.progress, f"{run_dir} holds this run's checkpoint: continuing it")
     return resume_meta(run_dir, cfg, original)
+
+
+def _refuse_exist_ok(cfg: Config) -> None:
+    """The chief's key (it keeps the folder), so its refusal reaches every worker: a restart
+    re-runs the same command to continue the run, which exist_ok would replace."""
+    if cfg.run.exist_ok:
+        raise UserError("run.exist_ok (--exist-ok) with multi_worker: a restart re-runs the "
+                        "same command to continue the run, which exist_ok would replace",
+                        hint="drop --exist-ok (delete the old run folder yourself to start "
+                             "afresh)", exit_code=2)
 
 
 def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: StrategyInfo,
@@ -119,6 +130,7 @@ def start_together(cfg: Config, run_dir: Path | None, meta: dict | None, dist: S
     refusal, fresh = None, run_dir is None
     if dist.is_chief:
         try:
+            _refuse_exist_ok(cfg)
             if fresh:  # no exp2 numbering: every worker must name the same folder
                 run_dir = runs.new_run_dir(cfg.run.project, cfg.run.name, exist_ok=True)
             lock(Path(run_dir))  # before anything in it is read or cleared
