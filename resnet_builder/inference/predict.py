@@ -289,10 +289,7 @@ def predict_to_folder(sources: Sequence[str], model: Any = None, *, top_k: int =
                                       batch_size=batch_size, cam=cam, tta=tta,
                                       grid_max=grid_max if grid else 0, show=show)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not reused:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
+        _discard(staging, folder, new=not reused)
         raise
     if report.predicted == 0:
         _nothing_predicted(report, staging, kept=bool(earlier), new=not reused)
@@ -320,17 +317,22 @@ def _move_into(source: Path, target: Path) -> None:
     source.rmdir()
 
 
+def _discard(staging: Path, folder: Path, new: bool) -> None:
+    """A predict without results: its staging folder goes, and a folder it made, if empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if new:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
 def _nothing_predicted(report: PredictReport, staging: Path, kept: bool, new: bool) -> None:
     """Raise the error for a predict without results, leaving an earlier predict's files as
     they were; skipped.csv only where nothing is kept, a new folder only if it holds that."""
-    shutil.rmtree(staging, ignore_errors=True)
     listed = None
     if report.skipped and not kept:
         listed = report.folder / "skipped.csv"
         write_skipped(listed, report.skipped)
-    elif new:
-        with contextlib.suppress(OSError):
-            report.folder.rmdir()
+    _discard(staging, report.folder, new)
     message = _nothing_message(report.skipped, listed)
     if kept:
         message += f"\nthe earlier predictions in {report.folder} are left as they were"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from resnet_builder.depth import (
@@ -337,6 +337,14 @@ def check_classifier_args(num_classes, head, dropout, mean, std, class_names,
         if len(mean) not in (1, channels):
             raise ArgumentError(f"Normalize needs one mean and std per input channel "
                                 f"({channels}). Received: mean={list(mean)!r}, std={list(std)!r}")
+
+
+def with_normalization(arch: Architecture, mean: object, std: object) -> Architecture:
+    """The classifier's mean/std normalise raw pixels, so the backbone's rescaling gives way
+    (it would divide the normalised values by 255 again): build_model and the writer."""
+    if mean is None and std is None:
+        return arch
+    return replace(arch, backbone={**arch.backbone, "include_rescaling": False})
 
 
 def check_one_rescaling(include_rescaling: bool | None, mean: object, std: object) -> None:

@@ -20,6 +20,7 @@ from resnet_builder.model.architecture import (
     check_normalize_args,
     check_one_rescaling,
     resolve_architecture,
+    with_normalization,
 )
 from resnet_builder.model.backbone import (
     ResNetV2Backbone,
@@ -199,14 +200,12 @@ def build_model(
     """
     check_keywords(kwargs, build_model, extra=())
     check_one_rescaling(include_rescaling, mean, std)
-    if mean is not None or std is not None:
-        include_rescaling = False  # a preset's default rescaling gives way to them
-    arch = resolve_architecture(
+    arch = with_normalization(resolve_architecture(
         depth, preset, block_type, stackwise_filters=stackwise_filters,
         stackwise_blocks=stackwise_blocks, stackwise_strides=stackwise_strides,
         stackwise_dilations=stackwise_dilations, stem_filters=stem_filters,
         input_shape=input_shape, include_rescaling=include_rescaling, bn_momentum=bn_momentum,
-    )
+    ), mean, std)
     backbone = build_backbone(arch)
     if load_weights:
         if arch.preset is None:

@@ -32,7 +32,6 @@ still writes, with a warning; the tests say whether the layout still matches.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import math
@@ -52,6 +51,7 @@ from resnet_builder.model.architecture import (
     Architecture,
     check_classifier_args,
     input_range,
+    with_normalization,
 )
 from resnet_builder.model.head import head_layers
 from resnet_builder.model.plan import Op, Plan
@@ -377,8 +377,7 @@ def write_model_file(
     if not str(path).endswith(".keras"):
         raise ArgumentError(f"Invalid `filepath` argument: expected a `.keras` extension. "
                             f"Received: filepath={path}")
-    if mean is not None or std is not None:  # as build_model: they replace the rescaling
-        arch = dataclasses.replace(arch, backbone={**arch.backbone, "include_rescaling": False})
+    arch = with_normalization(arch, mean, std)  # as build_model: they replace the rescaling
     plan, _ = arch.plan()  # checks the backbone arguments
     check_classifier_args(num_classes, head, dropout, mean, std, class_names,
                           plan.input_shape[2], resize, crop_pct, task, threshold)
