@@ -51,10 +51,23 @@ def test_keras_cv_weights_load_and_give_the_same_outputs(block_type):
     np.testing.assert_allclose(out, ref[f"{block_type}_output"], rtol=1e-5, atol=1e-5)
 
 
+# keras-cv's own numbers (its ResNetV2Backbone API page lists them rounded: 11.18M, 21.30M,
+# 23.56M, 42.63M, 58.33M) and the papers' stage depths, written here rather than read from
+# presets.py, so an edited preset cannot agree with itself.
+KERAS_CV_PRESETS = {
+    "resnet18_v2": (11_183_488, [2, 2, 2, 2]), "resnet34_v2": (21_299_072, [3, 4, 6, 3]),
+    "resnet50_v2": (23_564_800, [3, 4, 6, 3]), "resnet101_v2": (42_626_560, [3, 4, 23, 3]),
+    "resnet152_v2": (58_331_648, [3, 8, 36, 3]),
+}
+
+
 @pytest.mark.parametrize("name", [p for p in PRESETS if not p.endswith("_cifar")])
 def test_keras_cv_preset_parameter_counts(name):
-    plan, _ = resolve_architecture(preset=name).plan()
-    assert plan.params == PRESETS[name]["params"]
+    params, blocks = KERAS_CV_PRESETS[name.removesuffix("_imagenet")]
+    architecture = resolve_architecture(preset=name)
+    plan, _ = architecture.plan()
+    assert plan.params == PRESETS[name]["params"] == params
+    assert list(architecture.backbone["stackwise_blocks"]) == blocks
 
 
 def test_preset_counts_match_built_models():

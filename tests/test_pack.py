@@ -23,6 +23,7 @@ from resnet_builder.data.pack import pack_folder
 from resnet_builder.data.pack_format import FEATURES
 from resnet_builder.errors import UserError
 from resnet_builder.training import api as trainer
+from resnet_builder.training.checkpoint import read_meta
 
 CLASSES = ("ant", "bee", "cat")
 PER_CLASS = 20
@@ -399,6 +400,13 @@ def test_pack_then_train_round_trip(packed, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+    # Labels came through: validation saw each class as often as pack counted it (a label
+    # bug, e.g. every record read as class 0, would fill one column, not these rows), and
+    # the classes' own strong channel is learned.
+    val = json.loads((out / "dataset.json").read_text())["splits"]["val"]["per_class"]
+    confusion = np.asarray(read_meta(result.run_dir / "checkpoint.npz")["best_confusion"])
+    assert confusion.sum(axis=1).tolist() == [val[c] for c in CLASSES]
+    assert result.best_val_accuracy >= 0.9
 
 
 def test_records_only_pillow_reads_right_decode_like_predict_every_epoch(tmp_path):

@@ -101,3 +101,27 @@ def test_resume_given_the_checkpoint_file_names_its_folder(trained):
     result = CliRunner().invoke(main, ["train", "--resume", str(trained / "checkpoint.npz")])
     assert result.exit_code == 2
     assert f"is a file: give the run folder it is in, e.g. --resume {trained}" in result.output
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Disk full (or a kill) while checkpoint.npz is written: the last complete one stays,
+    whole and readable, and no half-written file is left beside it."""
+    import keras
+
+    from resnet_builder import files
+    from resnet_builder.training.checkpoint import save_checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(model.trainable_variables)
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, model, optimizer, {"epochs_completed": 1})
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, model, optimizer, {"epochs_completed": 2})
+    assert read_meta(path)["epochs_completed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
