@@ -217,6 +217,36 @@ def test_resume_may_change_how_it_reports_checkpoints_and_caches_not_the_data():
             check_overrides([key])
 
 
+def test_a_resume_that_moves_where_random_crops_are_cut_says_so(tmp_path):
+    """data.cache may change on resume, but a random resized crop is cut from each file when
+    streamed and from the resized image when cached: other pixels, so a note."""
+    from PIL import Image
+
+    from resnet_builder.config import AugmentConfig, DataConfig
+    from resnet_builder.data import load_data
+    from resnet_builder.training.resume import data_change, data_shape
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (12, 10), (40 * i, 9, 9)).save(tmp_path / label / f"{i}.png")
+
+    def shape(cache: bool, crop: dict | None = None) -> dict:
+        data = DataConfig(source="folder", path=str(tmp_path), image_size=8, cache=cache)
+        bundle = load_data(data, AugmentConfig(random_resized_crop=crop), seed=0)
+        return data_shape(bundle, random_crop=bool(crop))
+
+    crop = {"scale": [0.08, 1.0], "ratio": [0.75, 1.3333]}
+    streamed, cached = shape(False, crop), shape(True, crop)
+    assert (streamed["crops_from"], cached["crops_from"]) == ("files", "resized images")
+    assert "random resized crops were cut from the files, now from the resized images: " \
+           "data.cache changed" in data_change(streamed, cached)
+    assert data_change(streamed, shape(False, crop)) is None
+    assert data_change(shape(False), shape(True)) is None  # no crop: the same pixels
+    old_checkpoint = {k: v for k, v in streamed.items() if k != "crops_from"}
+    assert data_change(old_checkpoint, cached) is None  # recorded before crops_from
+
+
 def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_path, capsys):
     import shutil
 

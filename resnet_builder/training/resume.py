@@ -30,7 +30,8 @@ from resnet_builder.training import checkpoint, progress
 
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
                   "run.progress", "run.plots", "run.tensorboard", "run.loggers", "run.log_every",
-                  "data.cache",  # where decoded images are kept: the same images either way
+                  "data.cache",  # the same images, but a random resized crop is cut from the
+                  # file when streamed and from the resized image when cached (a note says so)
                   "data.path",  # a moved folder (``data_change`` says if the data differs)
                   "model.weights",  # a moved donor: a resumed run starts from its checkpoint
                   "distribute.strategy",
@@ -140,9 +141,15 @@ def _refuse_edited_config(paths: RunPaths, original: Config, meta: dict) -> None
                              "the new settings", exit_code=2)
 
 
-def data_shape(data: DataBundle) -> dict[str, Any]:
-    """What a checkpoint records of the data: class names and split sizes."""
-    return {"classes": list(data.class_names), "train": data.num_train, "val": data.num_val}
+def data_shape(data: DataBundle, random_crop: bool = False) -> dict[str, Any]:
+    """What a checkpoint records of the data: class names and split sizes, and with a
+    random resized crop where it is cut from (``data.cache`` decides: streamed, from each
+    file; cached, from the image already resized), so a resume that changes it says so."""
+    shape = {"classes": list(data.class_names), "train": data.num_train, "val": data.num_val}
+    if random_crop:
+        taken = data.decoder_augment()
+        shape["crops_from"] = "files" if taken is not None and taken.crop else "resized images"
+    return shape
 
 
 def check_same_classes(meta: dict[str, Any] | None, class_names: list[str]) -> None:
@@ -175,6 +182,9 @@ def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | Non
         return None
     changes = [f"{split} images {before[split]} -> {now[split]}" for split in ("train", "val")
                if before.get(split) != now[split]]
+    if before.get("crops_from", now.get("crops_from")) != now.get("crops_from"):
+        changes.append(f"random resized crops were cut from the {before['crops_from']}, now "
+                       f"from the {now['crops_from']}: data.cache changed")
     if not changes:
         return None
     return (f"note: the data differs from what this run trained on so far "

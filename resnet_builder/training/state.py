@@ -127,9 +127,15 @@ class RunState:
         return self.train_images / max(self.train_seconds, 1e-9)
 
     def note_skipped(self, found: list[tuple[str, str]]) -> None:
-        """Remember unreadable files; ``skipped_now`` holds the ones not seen before."""
-        self.skipped_now = [(path, why) for path, why in found if path not in self.skipped]
-        self.skipped.update(self.skipped_now)
+        """Remember unreadable files; ``skipped_now`` holds the ones not seen before, each
+        once (a file can be found twice in one epoch: mid-epoch checkpoints take the skips
+        while the pipelines decode ahead, and a resume decodes again what was prefetched)."""
+        fresh: dict[str, str] = {}
+        for path, why in found:
+            if path not in self.skipped:
+                fresh.setdefault(path, why)
+        self.skipped_now = list(fresh.items())
+        self.skipped.update(fresh)
 
     def record(self, row: dict[str, Any], confusion: np.ndarray | None, last: bool,
                monitor: str = "val_accuracy") -> None:
