@@ -217,7 +217,8 @@ def test_resume_may_change_how_it_reports_checkpoints_and_caches_not_the_data():
             check_overrides([key])
 
 
-def test_a_resume_that_moves_where_random_crops_are_cut_says_so(tmp_path):
+def test_a_resume_that_moves_where_crops_are_cut_or_changes_epoch_steps_says_so(
+        tmp_path):
     """data.cache may change on resume, but a random resized crop is cut from each file when
     streamed and from the resized image when cached: other pixels, so a note."""
     from PIL import Image
@@ -245,6 +246,11 @@ def test_a_resume_that_moves_where_random_crops_are_cut_says_so(tmp_path):
     assert data_change(shape(False), shape(True)) is None  # no crop: the same pixels
     old_checkpoint = {k: v for k, v in streamed.items() if k != "crops_from"}
     assert data_change(old_checkpoint, cached) is None  # recorded before crops_from
+    # a packed dataset resumed on another number of workers: other steps per epoch
+    before, after = {**streamed, "steps": 16}, {**streamed, "steps": 20}
+    assert "steps per epoch 16 -> 20, the learning-rate schedule recomputed for them" \
+        in data_change(before, after)
+    assert data_change(streamed, after) is None  # recorded before steps
 
 
 def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_path, capsys):

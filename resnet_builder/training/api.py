@@ -342,7 +342,8 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     state = RunState.from_meta(s.meta)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
-    shape = data_shape(s.data, random_crop=bool(cfg.augment.random_resized_crop))
+    shape = data_shape(s.data, random_crop=bool(cfg.augment.random_resized_crop),
+                       steps=steps_per_epoch)
     change = data_change(state.data_shape, shape)
     if change is not None:
         progress.say(cfg.run.progress, change)

@@ -141,11 +141,15 @@ def _refuse_edited_config(paths: RunPaths, original: Config, meta: dict) -> None
                              "the new settings", exit_code=2)
 
 
-def data_shape(data: DataBundle, random_crop: bool = False) -> dict[str, Any]:
-    """What a checkpoint records of the data: class names and split sizes, and with a
+def data_shape(data: DataBundle, random_crop: bool = False, steps: int | None = None
+               ) -> dict[str, Any]:
+    """What a checkpoint records of the data: class names, split sizes and steps per epoch
+    (a packed dataset's depend on the worker count, which a resume may change), and with a
     random resized crop where it is cut from (``data.cache`` decides: streamed, from each
     file; cached, from the image already resized), so a resume that changes it says so."""
     shape = {"classes": list(data.class_names), "train": data.num_train, "val": data.num_val}
+    if steps is not None:
+        shape["steps"] = steps
     if random_crop:
         taken = data.decoder_augment()
         shape["crops_from"] = "files" if taken is not None and taken.crop else "resized images"
@@ -182,6 +186,9 @@ def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | Non
         return None
     changes = [f"{split} images {before[split]} -> {now[split]}" for split in ("train", "val")
                if before.get(split) != now[split]]
+    if before.get("steps", now.get("steps")) != now.get("steps"):
+        changes.append(f"steps per epoch {before['steps']} -> {now['steps']}, the learning-rate "
+                       "schedule recomputed for them")
     if before.get("crops_from", now.get("crops_from")) != now.get("crops_from"):
         changes.append(f"random resized crops were cut from the {before['crops_from']}, now "
                        f"from the {now['crops_from']}: data.cache changed")
