@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import signal
 import sys
 import time
@@ -237,7 +238,7 @@ def _run_folder(ctx: click.Context, param: click.Parameter, path: str | None) ->
     if path is not None and not os.path.isdir(path):
         folder = os.path.dirname(path) or "."
         raise click.BadParameter(f"{path} is a file: give the run folder it is in, e.g. "
-                                 f"--resume {folder}")
+                                 f"--resume {shlex.quote(folder)}")
     return path
 
 

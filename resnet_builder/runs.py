@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import os
+import shlex
 import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -114,6 +115,11 @@ def is_folder_name(name: str) -> bool:
     """One folder under a project: "a/b" failed when made, "" numbered runs 2, 3, ... and
     "." or ".." put a run (and what --exist-ok clears) in the project or above it."""
     return name.strip() not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command that resumes ``run_dir``, quoted so it can be pasted (``my runs/exp``)."""
+    return f"resnet-builder train --resume {shlex.quote(str(run_dir))}"
 
 
 def new_run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False) -> Path:

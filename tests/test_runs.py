@@ -89,3 +89,14 @@ def test_a_folder_that_cannot_be_locked_trains_unlocked_with_a_warning(tmp_path:
     with pytest.warns(UserWarning, match="cannot lock .*No locks available"), \
             runs.holding_run(tmp_path):
         pass
+
+
+def test_the_resume_command_can_be_pasted_when_the_folder_has_a_space():
+    import shlex
+
+    from resnet_builder.runs import resume_command
+
+    command = resume_command(Path("my runs") / "exp")
+    assert command == "resnet-builder train --resume 'my runs/exp'"
+    assert shlex.split(command)[-1] == "my runs/exp"
+    assert resume_command("runs/train/exp") == "resnet-builder train --resume runs/train/exp"

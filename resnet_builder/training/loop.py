@@ -24,7 +24,7 @@ from resnet_builder import scores
 from resnet_builder.data import DataBundle
 from resnet_builder.data.shard_errors import damaged_shard_error
 from resnet_builder.errors import UserError
-from resnet_builder.runs import RunPaths
+from resnet_builder.runs import RunPaths, resume_command
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import make_moving_stats_sync
 from resnet_builder.training.ema import EmaWeights
@@ -157,7 +157,7 @@ class TrainingLoop:
         folder is on the chief's machine only)."""
         if self.dist.name == "multi_worker":
             return f"{RESTART_HINT}: the run continues from this checkpoint"
-        return f"resume with: resnet-builder train --resume {self.paths.root}"
+        return f"resume with: {resume_command(self.paths.root)}"
 
     def _end_failed(self) -> None:
         """An unexpected error: summary.json and the loggers say the run failed; it goes on."""

@@ -12,6 +12,7 @@ resumes on a CPU and back).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from resnet_builder.config import (
     key_specs,
 )
 from resnet_builder.data import DataBundle
+from resnet_builder.data.pack_format import is_url
 from resnet_builder.errors import UserError
-from resnet_builder.runs import RunPaths, clear_earlier_run
+from resnet_builder.runs import RunPaths, clear_earlier_run, resume_command
 from resnet_builder.training import checkpoint, progress
+from resnet_builder.training.state import RunState
 
 RESUMABLE_KEYS = ("train.epochs", "train.early_stopping_patience", "train.checkpoint_every",
                   "run.progress", "run.plots", "run.tensorboard", "run.loggers", "run.log_every",
@@ -102,8 +105,8 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
     extended = cfg.train.epochs != original.train.epochs
     if meta["status"] == "stopped_early" and not extended:
         raise UserError(f"{run_dir} stopped early after {done} of its {original.train.epochs} "
-                        "epochs", hint=f"to train further: resnet-builder train --resume "
-                        f"{run_dir} --set train.epochs=N (N > {original.train.epochs}; "
+                        "epochs", hint=f"to train further: {resume_command(run_dir)} "
+                        f"--set train.epochs=N (N > {original.train.epochs}; "
                         "patience starts afresh)", exit_code=2)
     if done >= cfg.train.epochs and not done == cfg.train.epochs == original.train.epochs:
         # asked for fewer than it has trained (or stopped early, then asked for no more)
@@ -113,7 +116,7 @@ def resume_meta(run_dir: Path, cfg: Config, original: Config) -> dict:
                         exit_code=2)
     if done >= cfg.train.epochs:
         raise UserError(f"{run_dir} already finished its {done} epoch{'' if done == 1 else 's'}",
-                        hint=f"to extend it: resnet-builder train --resume {run_dir} "
+                        hint=f"to extend it: {resume_command(run_dir)} "
                              f"--set train.epochs=N (N > {done})", exit_code=2)
     if extended:
         how = "extending" if cfg.train.epochs > original.train.epochs else "shortening"
@@ -175,6 +178,28 @@ def check_same_classes(meta: dict[str, Any] | None, class_names: list[str]) -> N
                     hint="point data.path (--set data.path=...) at the data it trained on; "
                          "to go on with these classes, train a new run that starts from this "
                          "one (model.weights: <run>/last.keras)", exit_code=2)
+
+
+def rebase_skipped(state: RunState, before: str | None, now: str | None) -> None:
+    """Skipped files recorded under ``data.path`` as the run had it, named under its path now
+    (a moved folder, or the same one spelled otherwise, ``big`` then ``/data/big``): else a
+    resume named them again and skipped.csv listed each twice."""
+    if not before or not now or is_url(str(before)) or is_url(str(now)):
+        return
+    old, new = (os.path.normpath(os.path.expanduser(str(p))) for p in (before, now))
+    if old == new:
+        return
+
+    def moved(path: str) -> str:
+        inside = os.path.relpath(os.path.normpath(path), old)
+        if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+            return path  # not under the folder (a packed shard's record, say)
+        return os.path.normpath(os.path.join(new, inside))
+
+    state.skipped = {moved(path): why for path, why in state.skipped.items()}
+    if state.epoch_progress and state.epoch_progress.get("skipped"):
+        state.epoch_progress["skipped"] = [[moved(path), why]
+                                           for path, why in state.epoch_progress["skipped"]]
 
 
 def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
