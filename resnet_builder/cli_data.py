@@ -59,6 +59,10 @@ def pack(folder, out, shards, image_size, validation_split, seed, overwrite) -> 
         exc.hint = path_hint(exc.errno, argument="OUT")
         raise
     show_skipped(report.skipped)
+    train_shards = sum(name.startswith("train-") for name in report.files)
+    if train_shards < shards:  # a shard holds at least one image
+        click.echo(f"note: --shards {shards} is more than the {train_shards} training "
+                   f"files: {train_shards} train shards written, one file each")
     counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
     click.echo(f"wrote {report.out}: {len(report.files)} files ({counts} images, "
                f"{len(report.class_names)} classes, {len(report.skipped)} skipped) in "

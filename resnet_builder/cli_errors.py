@@ -7,6 +7,7 @@ cut short, a path the system refused, memory that ran out. ``None`` means a bug.
 from __future__ import annotations
 
 import errno
+import re
 import sys
 
 from resnet_builder.errors import UserError
@@ -14,7 +15,7 @@ from resnet_builder.errors import UserError
 
 def known_failure(exc: Exception) -> UserError | None:
     """The message and hint for an exception that is not a bug, else None."""
-    return damaged_shard(exc) or machine_problem(exc)
+    return damaged_shard(exc) or machine_problem(exc) or unknown_file_system(exc)
 
 
 def machine_problem(exc: Exception) -> UserError | None:
@@ -29,6 +30,17 @@ def machine_problem(exc: Exception) -> UserError | None:
         where = exc.message if denied else f"{exc.filename}: {exc.strerror}"
         return UserError(f"cannot use {where}", hint=path_hint(None if denied else exc.errno))
     return None
+
+
+def unknown_file_system(exc: Exception) -> UserError | None:
+    """A URL whose scheme TensorFlow has no file system for (``s3://``, a typo): the path
+    the user gave, not a bug. TensorFlow itself opens local paths and ``gs://``."""
+    found = re.search(r"File system scheme '([^']*)' not implemented", str(exc))
+    if found is None:
+        return None
+    return UserError(f"TensorFlow cannot open {found.group(1)}:// paths here ({exc})",
+                     hint="use a local path or a gs:// URL (copy the data there); other "
+                          "schemes need a TensorFlow file-system plugin", exit_code=2)
 
 
 def path_hint(code: int | None, argument: str | None = None) -> str:

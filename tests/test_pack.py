@@ -625,3 +625,28 @@ def test_batch_parsed_validation_equals_its_records_read_one_at_a_time(packed, t
         assert np.array_equal(images[k], alone), k
     path = records[6]["path"].numpy().decode()
     assert [name for name, _ in b.take_skipped()] == [f"{path} (val-00000-of-00001.tfrecord#6)"]
+
+
+def test_a_url_scheme_tensorflow_cannot_open_is_named_not_a_bug(folder, tmp_path):
+    """s3:// (no file system in TensorFlow itself) or a typo'd scheme: exit 2 and the fix."""
+    result = CliRunner().invoke(main, ["pack", str(folder), "zz://bucket/packed"])
+    assert result.exit_code == 2, result.output
+    assert "TensorFlow cannot open zz:// paths here" in result.output
+    assert "use a local path or a gs:// URL" in result.output and "bug" not in result.output
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data:\n  source: tfrecord\n  path: s3://bucket/packed\n"
+                   f"run:\n  project: {tmp_path / 'runs'}\n")
+    result = CliRunner().invoke(main, ["train", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert "TensorFlow cannot open s3:// paths here" in result.output
+    assert not (tmp_path / "runs" / "exp").exists()  # its name is free for the next try
+
+
+def test_more_shards_than_images_says_how_many_were_written(folder, tmp_path):
+    result = CliRunner().invoke(main, ["pack", str(folder), str(tmp_path / "out"),
+                                       "--shards", "500"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "out").glob("train-*.tfrecord"))
+    assert len(written) < 500 and written[-1].endswith(f"-of-{len(written):05d}.tfrecord")
+    assert (f"note: --shards 500 is more than the {len(written)} training files: "
+            f"{len(written)} train shards written, one file each") in result.output
