@@ -253,6 +253,38 @@ def test_a_resume_that_moves_where_crops_are_cut_or_changes_epoch_steps_says_so(
     assert data_change(streamed, after) is None  # recorded before steps
 
 
+def test_a_run_with_a_relative_data_path_resumes_from_another_folder(tmp_path, monkeypatch,
+                                                                    capsys):
+    """data.path is kept as typed (``images``): resumed from elsewhere, the error says it is
+    relative and how to give it in full; given in full, the files skipped so far are the
+    same files (skipped.csv lists each once, and the resume does not name them again)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+                tmp_path / "images" / label / f"{i}.png")
+    (tmp_path / "images" / "a" / "broken.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    run = trainer.train(tiny_config(tmp_path, "data.source=folder", "data.path=images",
+                                    "data.channels=3", "train.epochs=1")).run_dir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(UserError, match=r"data.path images in .* is relative to the folder "
+                                        r"the run was trained from") as refused:
+        trainer.resume(run, ("train.epochs=2",))
+    assert f"--resume {run} --set data.path=/full/path" in refused.value.hint
+    capsys.readouterr()
+    trainer.resume(run, ("train.epochs=2", f"data.path={tmp_path / 'images'}"))
+    assert "broken.png" not in capsys.readouterr().out  # named in epoch 1 already
+    with open(run / "skipped.csv") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == [
+            str(tmp_path / "images" / "a" / "broken.png")]
+
+
 def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_path, capsys):
     import shutil
 

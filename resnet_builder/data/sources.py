@@ -8,12 +8,15 @@ size), else one by one as the pipeline asks for them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from resnet_builder.config import DataConfig
 from resnet_builder.data.bundle import DataBundle, Split, fits_in_cache
+from resnet_builder.data.pack_format import is_url
 from resnet_builder.data.resizing import Resize, fit_array, resize_rule
 from resnet_builder.data.splits import apply_limit, split_stats, stratified_split
 from resnet_builder.errors import UserError
@@ -28,6 +31,17 @@ def required_path(data: DataConfig, what: str) -> Path:
     if not path.exists():
         raise UserError(f"data.path not found: {path}", hint=f"set data.path to {what}")
     return path
+
+
+def check_run_data_path(data: Any, where: str | os.PathLike, fix: str) -> None:
+    """A run's ``data.path`` is kept as typed, relative to the folder ``train`` ran in: from
+    another folder "data.path not found: held" did not say why. ``fix``: how the command
+    that reads the run (evaluate, export, a resume) takes another path."""
+    path = getattr(data, "path", None)
+    if (path and not is_url(str(path)) and not Path(path).expanduser().is_absolute()
+            and not Path(path).exists()):
+        raise UserError(f"data.path {path} in {where} is relative to the folder the run was "
+                        f"trained from, and is not found from here ({os.getcwd()})", hint=fix)
 
 
 def bundle_from_arrays(data: DataConfig, seed: int, class_names: list[str],

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from resnet_builder.data.images import find_images
+from resnet_builder.data.sources import check_run_data_path
 from resnet_builder.errors import UserError
 from resnet_builder.files import atomic_write_bytes, write_json
 from resnet_builder.inference.decode import decoded_batches
@@ -56,11 +57,7 @@ from resnet_builder.inference.export_formats import (
     run_export,
     write_export,
 )
-from resnet_builder.inference.loading import (
-    InferenceModel,
-    check_run_data_path,
-    load_inference_model,
-)
+from resnet_builder.inference.loading import InferenceModel, load_inference_model
 from resnet_builder.runs import (
     DEFAULT_PROJECTS,
     RunPaths,
@@ -188,7 +185,8 @@ def _config_samples(im: InferenceModel, config: Path, n: int) -> Samples:
     if (d.image_size, d.channels) != (im.image_size, im.channels):
         raise UserError(f"{config} prepares {d.image_size}x{d.image_size}x{d.channels} "
                         f"images, the model takes {im.image_size}x{im.image_size}x{im.channels}")
-    check_run_data_path(d, config)
+    check_run_data_path(d, config, fix="run this from the folder train ran in, or pass "
+                                       "--calibration FOLDER")
     seed = 0 if cfg.hardware.seed is None else cfg.hardware.seed
     bundle = load_data(d, None, seed, im.task)
     calibration = bundle.sample_images(n)

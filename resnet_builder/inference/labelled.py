@@ -23,9 +23,10 @@ import numpy as np
 
 from resnet_builder.data.folders import scan_class_folders
 from resnet_builder.data.images import IMAGE_KINDS
+from resnet_builder.data.sources import check_run_data_path
 from resnet_builder.errors import UserError
 from resnet_builder.inference.decode import decoded_batches
-from resnet_builder.inference.loading import InferenceModel, check_run_data_path
+from resnet_builder.inference.loading import InferenceModel
 from resnet_builder.inference.sources import Skipped
 
 
@@ -123,7 +124,8 @@ def config_data(cfg: Any, im: InferenceModel, batch_size: int, where: str) -> La
         raise UserError(f"{where} prepares {d.image_size}x{d.image_size}x{d.channels} images "
                         f"but the model takes {im.image_size}x{im.image_size}x{im.channels}",
                         hint="evaluate with the config the model was trained with, or --data")
-    check_run_data_path(d, where)
+    check_run_data_path(d, where, fix="run this from the folder train ran in, or pass --data "
+                                       "FOLDER")
     seed = cfg.hardware.seed
     if seed is None and d.source not in ("cifar10", "cifar100"):
         raise UserError(f"{where} has hardware.seed: null, so its validation split cannot be "

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from resnet_builder.data.pack_format import is_url
 from resnet_builder.data.resizing import Resize
 from resnet_builder.errors import UserError
 from resnet_builder.inference.gradcam import gradcam_function
@@ -245,15 +244,3 @@ def check_counts(**counts: Any) -> None:
             raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def check_run_data_path(data: Any, where: str | os.PathLike) -> None:
-    """A run's ``data.path`` is kept as typed, relative to the folder ``train`` ran in: from
-    another folder "data.path not found: held" did not say why."""
-    path = getattr(data, "path", None)
-    if (path and not is_url(str(path)) and not Path(path).expanduser().is_absolute()
-            and not Path(path).exists()):
-        raise UserError(f"data.path {path} in {where} is relative to the folder the run was "
-                        f"trained from, and is not found from here ({os.getcwd()})",
-                        hint="run this from the folder train ran in, or pass --data FOLDER "
-                             "(export: --calibration FOLDER)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from resnet_builder.config import (
 from resnet_builder.data import DataBundle, load_data
 from resnet_builder.data.loading import draw_seed
 from resnet_builder.data.shards import check_batch_split
+from resnet_builder.data.sources import check_run_data_path
 from resnet_builder.errors import UserError
 from resnet_builder.training import progress
 from resnet_builder.training.batchnorm import fuse_batch_norm, synchronize_batchnorm
@@ -43,6 +45,7 @@ from resnet_builder.training.resume import (
     data_change,
     data_shape,
     flat_config,
+    rebase_skipped,
     replace_earlier_run,
     resume_meta,
     rewrite_config_file,
@@ -129,6 +132,9 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
         rewrite_config_file(paths)  # each checkpoint records the config it trained with
     cfg = load_config(paths.config, overrides)  # first: an unknown key is named as such
     check_overrides(overrides)
+    check_run_data_path(cfg.data, paths.config, fix="resume from the folder train ran in, or "
+                        f"give the data's full path: {runs.resume_command(paths.root)} "
+                        "--set data.path=/full/path")
     if not paths.checkpoint.exists():
         _refuse_lost_checkpoint(paths)
         if not any(p.exists() for p in (paths.root / ".lock", paths.summary)):
@@ -136,7 +142,7 @@ def resume(run_dir: str | os.PathLike, overrides: Sequence[str] = (),
                             "a run writes (.lock, summary.json); resuming would train into "
                             "it and replace that config.yaml",
                             hint=f"train a new run from it: resnet-builder train "
-                                 f"{paths.config}", exit_code=2)
+                                 f"{shlex.quote(str(paths.config))}", exit_code=2)
         progress.say(cfg.run.progress, f"{run_dir} has no completed epoch yet; starting it again")
         return _run(cfg, paths.root, None, callbacks)
     meta = resume_meta(paths.root, cfg, load_config(paths.config))
@@ -340,6 +346,7 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     if s.resumes and dist.is_chief:  # its model made (and restored): now its keys (README)
         dump_config(cfg, paths.config)
     state = RunState.from_meta(s.meta)
+    rebase_skipped(state, (state.config or {}).get("data.path"), cfg.data.path)
     state.config = flat_config(cfg)  # what its checkpoints record: a resume compares it
     state.skipped.update(dict(s.data.skipped))  # left out up front (data.verify)
     shape = data_shape(s.data, random_crop=bool(cfg.augment.random_resized_crop),
