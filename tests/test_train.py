@@ -253,19 +253,25 @@ def test_a_resume_that_moves_where_crops_are_cut_or_changes_epoch_steps_says_so(
     assert data_change(streamed, after) is None  # recorded before steps
 
 
+def random_image_folder(root: Path, per_class: int) -> np.random.Generator:
+    """Classes a and b of random 8x8 PNGs -> the generator, to draw more images alike."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
+                root / label / f"{i}.png")
+    return rng
+
+
 def test_a_run_with_a_relative_data_path_resumes_from_another_folder(tmp_path, monkeypatch,
                                                                     capsys):
     """data.path is kept as typed (``images``): resumed from elsewhere, the error says it is
     relative and how to give it in full; given in full, the files skipped so far are the
     same files (skipped.csv lists each once, and the resume does not name them again)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / "images" / label).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
-                tmp_path / "images" / label / f"{i}.png")
+    random_image_folder(tmp_path / "images", 8)
     (tmp_path / "images" / "a" / "broken.png").write_bytes(b"not a png")
     monkeypatch.chdir(tmp_path)
     run = trainer.train(tiny_config(tmp_path, "data.source=folder", "data.path=images",
@@ -290,12 +296,7 @@ def test_resume_from_a_moved_folder_goes_on_and_says_when_the_data_differs(tmp_p
 
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / "images" / label).mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
-                tmp_path / "images" / label / f"{i}.png")
+    rng = random_image_folder(tmp_path / "images", 10)
     cfg = tiny_config(tmp_path, "data.source=folder", f"data.path={tmp_path / 'images'}",
                       "data.channels=3", "train.epochs=1")
     run = trainer.train(cfg).run_dir
