@@ -579,3 +579,19 @@ def test_a_ctrl_c_lost_during_start_up_stops_the_run_at_its_first_step(tmp_path,
     assert "interrupted; 0 completed epoch(s)" in result.output
     summary = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
     assert summary["status"] == "interrupted"
+
+
+def test_the_bar_of_a_resumed_epoch_starts_where_it_stood_with_its_rate(capsys):
+    """Resumed at step 6 of 10: the bar shows 6/10 with the epoch's loss, accuracy and
+    images/s so far (it showed 0 img/s until the next read)."""
+    from resnet_builder.training.callbacks import ProgressCallback
+    from resnet_builder.training.state import RunState
+
+    state = RunState(epoch_progress={"epoch": 2, "batches": 6, "loss_sum": 30.0,
+                                     "correct": 45.0, "count": 60.0, "seconds": 2.0})
+    callback = ProgressCallback("bar", epochs=3, steps_per_epoch=10, state=state)
+    callback.on_epoch_begin(1)
+    callback.bar.bar.refresh()
+    shown = capsys.readouterr().out.replace("\r", "\n").strip().splitlines()[-1]
+    assert "epoch 2/3" in shown and "6/10" in shown
+    assert "acc=0.7500" in shown and "loss=0.5000" in shown and "img_s=30" in shown

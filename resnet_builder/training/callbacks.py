@@ -47,9 +47,11 @@ class ProgressCallback(keras.callbacks.Callback):
         self.bar = progress.EpochProgress(self.mode, epoch + 1, self.epochs, self.steps)
         resumed = self.state.epoch_progress  # a run resumed from the middle of this epoch
         self.done = resumed["batches"] if resumed and resumed["epoch"] == epoch + 1 else 0
-        if self.done:
-            self.bar.update(self.done, resumed["loss_sum"] / max(resumed["count"], 1.0),
-                            resumed["correct"] / max(resumed["count"], 1.0), 0.0)
+        if self.done:  # where the epoch stood, its rate so far too (not 0 img/s)
+            count = max(resumed["count"], 1.0)
+            seconds = resumed.get("seconds", 0.0)
+            self.bar.update(self.done, resumed["loss_sum"] / count, resumed["correct"] / count,
+                            resumed["count"] / seconds if seconds > 0 else 0.0)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """Called at each read of the running totals (every run.log_every steps)."""
