@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     """``open`` for writing, atomically: the file appears whole when the block ends."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
+
+
+def temporary_for(name: str) -> str | None:
+    """The file a temporary ``name`` was to become (``atomic_path``'s ``.stem.tmpPID-HEX.suffix``,
+    or ``name.tmpPID-HEX`` where pack writes a URL), else None: what a writer killed by
+    kill -9 leaves behind, which nothing else would ever remove."""
+    found = re.fullmatch(r"\.(.+)\.tmp\d+-[0-9a-f]{6}(\.\w+)?", name)
+    if found:
+        return found.group(1) + (found.group(2) or "")
+    found = re.fullmatch(r"(.+)\.tmp\d+-[0-9a-f]{6}", name)
+    return found.group(1) if found else None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

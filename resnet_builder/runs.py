@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_builder.errors import UserError
-from resnet_builder.files import atomic_write_text
+from resnet_builder.files import atomic_write_text, temporary_for
 
 # Where each command puts its output folders by default (ultralytics' runs/<task>/exp layout).
 DEFAULT_PROJECTS = {"train": "runs/train", "predict": "runs/predict",
@@ -212,6 +212,10 @@ def holding_run(root: Path) -> Iterator[None]:
         except OSError as exc:  # NFS without a lock daemon (ENOLCK), some FUSE mounts
             warnings.warn(f"cannot lock {root} ({exc.strerror}): nothing stops a second "
                           "process from training into it", UserWarning, stacklevel=3)
+        else:  # the folder is ours alone: what a killed writer left half-written goes
+            for entry in root.iterdir():
+                if temporary_for(entry.name) and entry.is_file():
+                    entry.unlink(missing_ok=True)
         yield
 
 

@@ -99,7 +99,7 @@ def test_pack_writes_shards_counts_and_skipped_csv(packed):
     assert train["formats"]["other"] > 0 and not bundle(out).jpeg_only
     assert len(info["mean"]["rgb"]) == 3 and len(info["std"]["gray"]) == 1
     assert info["stats"]["images"] == train["count"]  # fewer than 2,000: all of them
-    assert sorted(p.name for p in out.iterdir()) == sorted(report.files)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*report.files, ".pack.lock"])
     with open(out / "skipped.csv") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in rows] == ["broken.jpg"]
@@ -650,3 +650,39 @@ def test_more_shards_than_images_says_how_many_were_written(folder, tmp_path):
     assert len(written) < 500 and written[-1].endswith(f"-of-{len(written):05d}.tfrecord")
     assert (f"note: --shards 500 is more than the {len(written)} training files: "
             f"{len(written)} train shards written, one file each") in result.output
+
+
+def test_a_pack_being_read_is_not_rewritten_and_one_being_written_is_not_read(folder, tmp_path):
+    """pack --overwrite into the folder a run trains from replaced its shards under it (other
+    labels from the next epoch, exit 0); two packs into one folder left a mix of both."""
+    from resnet_builder.data.pack_lock import writing_pack
+
+    out = tmp_path / "out"
+    pack_folder(folder, str(out), shards=2)
+    reader = bundle(out)  # a run reading it holds it while its bundle lives
+    with pytest.raises(UserError, match="in use: a training run reads this pack"):
+        pack_folder(folder, str(out), shards=3, overwrite=True)
+    result = CliRunner().invoke(main, ["pack", str(folder), str(out), "--overwrite"])
+    assert result.exit_code == 2 and "is in use" in result.output
+    assert len(list(out.glob("train-*-of-00002.tfrecord"))) == 2  # the pack it reads, intact
+    also = bundle(out)  # other readers still may
+    reader.reading.close()
+    also.reading.close()
+    with writing_pack(str(out)):  # a pack writing it: no run starts reading, nor another pack
+        with pytest.raises(UserError, match="being written by resnet-builder pack"):
+            bundle(out)
+        with pytest.raises(UserError, match="in use"):
+            pack_folder(folder, str(out), shards=3, overwrite=True)
+    pack_folder(folder, str(out), shards=3, overwrite=True)  # alone now: it may
+    assert len(list(out.glob("train-*-of-00003.tfrecord"))) == 3
+
+
+def test_overwrite_removes_what_a_killed_pack_left_half_written(folder, tmp_path):
+    out = tmp_path / "out"
+    pack_folder(folder, str(out), shards=2)
+    (out / ".train-00000-of-00002.tmp1483-262875.tfrecord").write_bytes(b"half")
+    (out / "dataset.json.tmp77-abcdef").write_bytes(b"half")  # the gs:// writer's name
+    (out / "notes.txt").write_text("the user's")
+    pack_folder(folder, str(out), shards=2, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if "tmp" in p.name) == []
+    assert (out / "notes.txt").read_text() == "the user's"

@@ -100,3 +100,14 @@ def test_the_resume_command_can_be_pasted_when_the_folder_has_a_space():
     assert command == "resnet-builder train --resume 'my runs/exp'"
     assert shlex.split(command)[-1] == "my runs/exp"
     assert resume_command("runs/train/exp") == "resnet-builder train --resume runs/train/exp"
+
+
+def test_a_run_folder_taken_over_loses_what_a_killed_writer_left_half_written(tmp_path):
+    """kill -9 while last.keras (or checkpoint.npz) was written leaves its temporary file;
+    the next process to hold the folder removes it, and nothing else."""
+    for name in (".last.tmp23164-2763a4.keras", ".checkpoint.tmp9-abcdef.npz", "last.keras",
+                 "my.tmp-notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    with runs.holding_run(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".lock", "last.keras", "my.tmp-notes.txt"]

@@ -50,9 +50,10 @@ from resnet_builder.data.pack_format import (
     join,
     shard_name,
 )
+from resnet_builder.data.pack_lock import LOCK_FILE, writing_pack
 from resnet_builder.data.splits import STATS_SIZE, ChannelStats
 from resnet_builder.errors import UserError
-from resnet_builder.files import atomic_path
+from resnet_builder.files import atomic_path, temporary_for
 from resnet_builder.runs import skipped_csv_text
 
 JPEG_QUALITY = 95
@@ -103,25 +104,27 @@ def pack_folder(folder: str | os.PathLike, out: str, *, shards: int = 16,
     class_names, splits, skipped = _plan(root, validation_split, seed)
     made_split = folder_layout(root)[1] is None  # no val/: the split is made here
     with _writing_to(out):
-        out = _prepare_out(out, overwrite)
-        report = PackReport(out, class_names, {}, skipped=skipped)
-        train, val = splits
-        _mark_sample(train, seed)
-        val_shards = math.ceil(shards * len(val) / max(len(train) + len(val), 1))
-        stats = {1: ChannelStats(1), 3: ChannelStats(3)}
-        listing = {}
-        for name, items, count in (("train", _pack_order(train, seed), shards),
-                                   ("val", val, val_shards)):
-            listing[name] = _write_split(name, items, count, image_size, stats, report, on_file)
-        _no_empty_class(class_names, listing["train"], root)
-        _write_text(join(out, SKIPPED_FILE), skipped_csv_text(report.skipped))
-        _say(report, SKIPPED_FILE, len(report.skipped), on_file)
-        info = _dataset_info(class_names, listing, stats, image_size, root, seed,
-                             validation_split if made_split else None, len(report.skipped))
-        _write_text(join(out, DATASET_FILE), json.dumps(info, indent=2) + "\n")
-        _say(report, DATASET_FILE, sum(report.counts.values()), on_file)
-        report.seconds = time.perf_counter() - start
-        return report
+        out = _out_folder(out)
+        with writing_pack(out):  # alone: no run reads it, no other pack writes it
+            _clear_out(out, overwrite)
+            report = PackReport(out, class_names, {}, skipped=skipped)
+            train, val = splits
+            _mark_sample(train, seed)
+            val_shards = math.ceil(shards * len(val) / max(len(train) + len(val), 1))
+            stats = {1: ChannelStats(1), 3: ChannelStats(3)}
+            listing = {name: _write_split(name, items, count, image_size, stats, report,
+                                          on_file)
+                       for name, items, count in (("train", _pack_order(train, seed), shards),
+                                                  ("val", val, val_shards))}
+            _no_empty_class(class_names, listing["train"], root)
+            _write_text(join(out, SKIPPED_FILE), skipped_csv_text(report.skipped))
+            _say(report, SKIPPED_FILE, len(report.skipped), on_file)
+            info = _dataset_info(class_names, listing, stats, image_size, root, seed,
+                                 validation_split if made_split else None, len(report.skipped))
+            _write_text(join(out, DATASET_FILE), json.dumps(info, indent=2) + "\n")
+            _say(report, DATASET_FILE, sum(report.counts.values()), on_file)
+            report.seconds = time.perf_counter() - start
+            return report
 
 
 class OutputRefused(UserError):
@@ -185,23 +188,29 @@ def _plan(root: Path, validation_split: float,
     return listing.class_names, (items(*listing.train), items(*listing.val)), listing.skipped
 
 
-def _prepare_out(out: str, overwrite: bool) -> str:
-    """``out`` created (local paths: ``~`` expanded); refused when it holds files, unless
-    ``overwrite``, which removes an earlier pack's files (only those) first."""
+def _out_folder(out: str) -> str:
+    """``out`` created (local paths: ``~`` expanded), unless it is a file."""
     out = out if is_url(out) else str(Path(out).expanduser())
     if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
         raise UserError(f"{out} is a file", hint="give a folder (it is created if missing)")
     tf.io.gfile.makedirs(out)
-    present = [n.rstrip("/") for n in tf.io.gfile.listdir(out)]
+    return out
+
+
+def _clear_out(out: str, overwrite: bool) -> None:
+    """Refused when ``out`` holds files (its lock file aside), unless ``overwrite``, which
+    removes an earlier pack's files (only those, and temporary ones a killed pack left)."""
+    present = [n.rstrip("/") for n in tf.io.gfile.listdir(out) if n != LOCK_FILE]
     if present and not overwrite:
         raise UserError(f"{out} is not empty ({len(present)} entries)",
                         hint="give an empty or new folder, or --overwrite to replace an "
                         "earlier pack there")
-    ours = [n for n in present
-            if n in (DATASET_FILE, SKIPPED_FILE) or re.fullmatch(SHARD_PATTERN, n)]
+    def is_ours(name: str) -> bool:
+        return name in (DATASET_FILE, SKIPPED_FILE) or bool(re.fullmatch(SHARD_PATTERN, name))
+
+    ours = [n for n in present if is_ours(n) or is_ours(temporary_for(n) or "")]
     for name in sorted(ours, key=lambda n: n != DATASET_FILE):  # dataset.json first
         tf.io.gfile.remove(join(out, name))
-    return out
 
 
 def _mark_sample(train: list[Item], seed: int) -> None:

@@ -23,6 +23,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import tensorflow as tf
@@ -41,6 +42,7 @@ from resnet_builder.data.pack_format import (
     join,
     read_dataset_info,
 )
+from resnet_builder.data.pack_lock import reading_pack
 from resnet_builder.data.shards import check_sharding
 from resnet_builder.errors import UserError
 
@@ -54,6 +56,7 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
         raise UserError("data.source 'tfrecord' needs data.path", hint=PACK_HINT)
     folder = data.path if is_url(data.path) else os.path.expanduser(data.path)
     info = read_dataset_info(folder)
+    reading = reading_pack(folder)  # held while the bundle lives: no pack rewrites it
     stats = "rgb" if data.channels == 3 else "gray"
     train = [Shard(k, join(folder, s["file"]), int(s["count"]))
              for k, s in enumerate(info["splits"]["train"]["shards"])]
@@ -69,7 +72,7 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
                           std=list(info["std"][stats]), train_shards=train, val_shards=val,
                           jpeg_only=_jpeg_only(info["splits"]["train"]),
                           val_jpeg_only=_jpeg_only(info["splits"]["val"]),
-                          packed_shards=packed_shards)
+                          packed_shards=packed_shards, reading=reading)
 
 
 def _jpeg_only(split: dict) -> bool:
@@ -121,6 +124,7 @@ class TFRecordBundle(DataBundle):
     jpeg_only: bool = False  # every training record a JPEG: decoded without the format check
     val_jpeg_only: bool = False  # the same for the validation records
     packed_shards: int = 0  # training shard files in the pack, before data.limit
+    reading: IO[bytes] | None = field(default=None, repr=False)  # pack_lock.reading_pack
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
     _names: dict[int, str] = field(default_factory=dict, repr=False)  # skipped key -> its name
 
