@@ -27,7 +27,7 @@ from resnet_builder.data.crops import DecoderAugment
 from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotune
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
-from resnet_builder.data.resizing import Resize, fit_image
+from resnet_builder.data.resizing import Resize, resized_on_demand
 from resnet_builder.data.shards import BatchRows, check_sharding, computed_rows, plain, run_rows
 from resnet_builder.data.skips import all_skipped
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images, pillow_places
@@ -165,7 +165,8 @@ class DataBundle:
                 labels = tf.where(padding, -tf.ones_like(labels), labels)
             if augment is None:
                 return images, labels
-            rows = self._global_rows(in_epoch, batch_size, offset, tf.shape(labels)[0])
+            rows = global_rows(self.num_train, in_epoch, batch_size, offset,
+                               tf.shape(labels)[0])
             return augment(images, labels, in_epoch, rows, offset, epoch)
 
         return dataset.enumerate(start=numbers.start).map(
@@ -229,23 +230,16 @@ class DataBundle:
         """(the run's global batch number, rows) -> each file's crop and flip numbers for
         this shard's rows from ``offset``, drawn from (seed, epoch, batch number in the
         epoch) like the augmenter's own."""
+        seed, total = self._seed, self.num_train  # not self: it runs in guarded's redo, a
+        # numpy_function TensorFlow keeps for the process (see shards.run_rows)
+
         def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             epoch, in_epoch = number // steps, number % steps
-            return decoder_draws(taken, self._seed, epoch, in_epoch,
-                                 self._global_rows(in_epoch, batch_size, offset, count),
+            return decoder_draws(taken, seed, epoch, in_epoch,
+                                 global_rows(total, in_epoch, batch_size, offset, count),
                                  offset, count)
 
         return draws
-
-    def _global_rows(self, number: tf.Tensor, batch_size: int, offset: int = 0,
-                     count: tf.Tensor | None = None) -> tf.Tensor:
-        """Rows of global batch ``number`` (int64): ``batch_size``, fewer in the last; with
-        ``count`` (this shard's rows, from ``offset``) at least ``offset + count``, so a
-        padded shard's draws exist (``shard_rows``: its row is past the real ones)."""
-        rows = tf.minimum(tf.cast(batch_size, tf.int64), self.num_train - number * batch_size)
-        if count is None:
-            return rows
-        return tf.maximum(rows, offset + tf.cast(count, tf.int64))
 
     def val_dataset(self, batch_size: int) -> tf.data.Dataset | None:
         """Validation batches (uint8 images) in a fixed order, not augmented; None without a
@@ -361,7 +355,6 @@ class DataBundle:
     def _make_lookup(self, name: str, split: Split) -> Callable[[tf.Tensor], tuple]:
         """Graph function indices [b] -> (uint8 images, labels), from memory or decoded."""
         labels = tf.constant(split.labels, tf.int32)
-        shape = (self.image_size, self.image_size, self.channels)
         if split.ready is not None:
             if name not in self._tensors:  # convert once; every epoch's pipeline reuses it
                 self._tensors[name] = tf.constant(split.ready)
@@ -374,18 +367,19 @@ class DataBundle:
         if split.files is not None:
             return file_images(split.files, split.labels, self.resizing, self.channels,
                                split.skips, split.store)
-        raw = split.raw
-        assert raw is not None
-        how = self.resizing
+        assert split.raw is not None
+        return resized_on_demand(split.raw, labels, self.resizing, self.channels)
 
-        def on_demand(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            images = tf.numpy_function(lambda i: raw[i], [indices], tf.uint8, stateful=False)
-            images = tf.map_fn(lambda image: fit_image(image, how),
-                               tf.ensure_shape(images, (None, *raw.shape[1:])),
-                               fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-            return images, tf.gather(labels, indices)
 
-        return on_demand
+def global_rows(total: int, number: tf.Tensor, batch_size: int, offset: int = 0,
+                count: tf.Tensor | None = None) -> tf.Tensor:
+    """Rows of global batch ``number`` (int64) of ``total`` images: ``batch_size``, fewer in
+    the last; with ``count`` (this shard's rows, from ``offset``) at least ``offset +
+    count``, so a padded shard's draws exist (``shard_rows``: its row is past the real ones)."""
+    rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
+    if count is None:
+        return rows
+    return tf.maximum(rows, offset + tf.cast(count, tf.int64))
 
 
 def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,
