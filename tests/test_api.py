@@ -189,16 +189,33 @@ def test_keras_callbacks_monitoring_an_accuracy_work_without_a_compiled_model(tm
     assert (stopper.mode, best.mode, loss.mode, mine.mode) == ("max", "max", "min", "auto")
 
 
-def test_a_run_leaves_the_dtype_policy_and_op_determinism_as_it_found_them(tmp_path):
+def test_a_run_leaves_the_dtype_policy_op_determinism_and_seeds_as_it_found_them(tmp_path):
+    """hardware.seed seeded Python, NumPy, TensorFlow and Keras for the rest of the process:
+    a random search drew the same point for every trial after the first."""
+    import random
+
+    import numpy as np
+    import tensorflow as tf
+    from keras.src.backend.common import global_state
     from tensorflow.python.framework import config as tf_config
 
     project = f"run.project={tmp_path / 'runs'}"
     keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the user's own
+    random.seed(7)
+    np.random.seed(7)
+    expected = (random.random(), np.random.uniform())
+    random.seed(7)
+    np.random.seed(7)
+    seeds_before = (tf.compat.v1.get_seed(None)[0],
+                    global_state.get_global_attribute("global_random_seed"))
     try:
         resnet_builder.train(config_file(tmp_path), [project, "train.epochs=1",
                                                      "hardware.deterministic=true"])
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
         assert not tf_config.is_op_determinism_enabled()
+        assert (random.random(), np.random.uniform()) == expected  # the user's own streams
+        assert (tf.compat.v1.get_seed(None)[0],
+                global_state.get_global_attribute("global_random_seed")) == seeds_before
         keras.mixed_precision.set_global_policy("float32")
         with pytest.raises(UserError):  # fails while it sets up, after the policy was set
             resnet_builder.train(config_file(tmp_path), [

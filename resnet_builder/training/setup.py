@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from resnet_builder.config import Config, model_arguments
@@ -36,19 +38,47 @@ def configure_hardware(cfg: Config, precision: str) -> None:
 
 @contextlib.contextmanager
 def process_settings_kept() -> Iterator[None]:
-    """The Keras dtype policy and TensorFlow's op determinism as they were before a run,
-    afterwards and after a failure: a notebook's next run (and its own Keras code) kept
-    a run's mixed_bfloat16, or op determinism (~1.3x slower), for the rest of the process."""
+    """The Keras dtype policy, TensorFlow's op determinism and the random seeds as they were
+    before a run, afterwards and after a failure: a notebook's next run (and its own Keras
+    code) kept a run's mixed_bfloat16, or op determinism (~1.3x slower), for the rest of the
+    process, and ``hardware.seed`` left Python, NumPy, TensorFlow and Keras seeded, so a
+    random search drew the same point for every trial after the first."""
     from tensorflow.python.framework import config as tf_config  # no public disable
 
     policy = keras.mixed_precision.global_policy().name
     deterministic = tf_config.is_op_determinism_enabled()
+    seeds = _random_state()
     try:
         yield
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if not deterministic and tf_config.is_op_determinism_enabled():
             tf_config.disable_op_determinism()
+        _restore_random_state(seeds)
+
+
+_KERAS_SEEDS = ("global_random_seed", "global_seed_generator")  # keras.utils.set_random_seed
+
+
+def _random_state() -> tuple:
+    """What ``keras.utils.set_random_seed`` changes: Python's, NumPy's, TensorFlow's global
+    seed and Keras' own (its seed and seed generator)."""
+    from keras.src.backend.common import global_state
+
+    return (random.getstate(), np.random.get_state(), tf.compat.v1.get_seed(None)[0],
+            [global_state.get_global_attribute(name) for name in _KERAS_SEEDS])
+
+
+def _restore_random_state(state: tuple) -> None:
+    from keras.src.backend.common import global_state
+
+    python, numpy, tensorflow, keras_seeds = state
+    random.setstate(python)
+    np.random.set_state(numpy)
+    if tf.compat.v1.get_seed(None)[0] != tensorflow:
+        tf.random.set_seed(tensorflow)
+    for name, value in zip(_KERAS_SEEDS, keras_seeds, strict=True):
+        global_state.set_global_attribute(name, value)
 
 
 def resolve_steps_per_call(setting: int | str) -> int:
