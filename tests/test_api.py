@@ -245,3 +245,16 @@ def test_resume_refuses_a_folder_that_only_holds_a_users_config(tmp_path):
         resnet_builder.resume(folder)
     assert err.value.exit_code == 2
     assert (folder / "config.yaml").read_text().startswith("# my notes")
+
+
+def test_threads_that_cannot_take_effect_any_more_are_named(tmp_path):
+    """Thread pools are set once per process: a second run asking for other threads ran
+    with the first's, silently."""
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1.0  # TensorFlow has run an op in this process: its pools are set
+    now = tf.config.threading.get_intra_op_parallelism_threads()
+    with pytest.warns(UserWarning, match=rf"hardware.threads={now + 3} is not in force"):
+        resnet_builder.train(config_file(tmp_path), [f"run.project={tmp_path / 'runs'}",
+                                                     "train.epochs=1",
+                                                     f"hardware.threads={now + 3}"])

@@ -273,7 +273,9 @@ class HardwareConfig:
     steps_per_call: int | str = _key("auto", "Training steps per compiled call: auto (1 on a "
                                      "CPU, 8 with a GPU) or a number.", min=1,
                                      text=("auto", "auto"))
-    threads: int = _key(0, "CPU threads for TensorFlow ops; 0 = TensorFlow's choice.", min=0)
+    threads: int = _key(0, "CPU threads for TensorFlow ops, for the whole process: set once, "
+                        "before TensorFlow's first op (a later run in the same process keeps "
+                        "them, with a warning); 0 = TensorFlow's choice.", min=0)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +27,14 @@ def configure_hardware(cfg: Config, precision: str) -> None:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(hw.threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, hw.threads))
-        except RuntimeError:
-            pass  # TensorFlow already started in this process; its thread pools stay
+        except RuntimeError:  # TensorFlow already ran in this process: its pools stay, so
+            now = tf.config.threading.get_intra_op_parallelism_threads()  # say it
+            if now != hw.threads:
+                warnings.warn(f"hardware.threads={hw.threads} is not in force: TensorFlow "
+                              f"already runs in this process with {now or 'its default'} "
+                              "thread(s), set once per process (start a new process, or "
+                              "set the threads before any TensorFlow op)", UserWarning,
+                              stacklevel=2)
     if hw.seed is not None:
         keras.utils.set_random_seed(hw.seed)  # once: re-seeding retraces every tf.function
     if hw.deterministic:
