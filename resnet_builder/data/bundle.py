@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +29,14 @@ from resnet_builder.data.decode import BATCHES_AT_ONCE, SkipLog, without_autotun
 from resnet_builder.data.guarded import guarded_batches
 from resnet_builder.data.mixing import check_pairing
 from resnet_builder.data.resizing import Resize, resized_on_demand
-from resnet_builder.data.shards import BatchRows, check_sharding, computed_rows, plain, run_rows
+from resnet_builder.data.shards import (
+    BatchRows,
+    check_sharding,
+    computed_rows,
+    global_rows,
+    plain,
+    run_rows,
+)
 from resnet_builder.data.skips import all_skipped
 from resnet_builder.data.stream import ImageStore, fast_file_images, file_images, pillow_places
 from resnet_builder.errors import UserError
@@ -145,7 +153,10 @@ class DataBundle:
         local = batch_size // num_shards
         offset = shard * local
         numbers = range(epochs.start * steps + first_batch, epochs.stop * steps)
-        rows = run_rows(self.epoch_order, steps, batch_size, offset, local, numbers)
+        # values, not self: TensorFlow keeps its numpy_function for good (drawn_order)
+        labels = self._train.labels if self._sampler == "balanced" else None
+        order = partial(drawn_order, self._seed, self.num_train, labels)
+        rows = run_rows(order, steps, batch_size, offset, local, numbers)
         taken = self.decoder_augment()
         draws = None if taken is None else self._decoder_draws(taken, batch_size, offset, steps)
         dataset = self._batches(self._train, "train", rows, draws)
@@ -180,10 +191,8 @@ class DataBundle:
         Either way ``num_train`` places, so epochs, shards and resume points keep their size.
         """
         assert self._train is not None
-        rng = seeded_rng(self._seed, ORDER_STREAM, epoch)
-        if self._sampler == "balanced":
-            return balanced_order(self._train.labels, self.num_train, rng)
-        return rng.permutation(self.num_train)
+        labels = self._train.labels if self._sampler == "balanced" else None
+        return drawn_order(self._seed, self.num_train, labels, epoch)
 
     def train_counts(self) -> np.ndarray | None:
         """Training images per class (int64 [num_classes]) as listed before decoding; None
@@ -230,8 +239,7 @@ class DataBundle:
         """(the run's global batch number, rows) -> each file's crop and flip numbers for
         this shard's rows from ``offset``, drawn from (seed, epoch, batch number in the
         epoch) like the augmenter's own."""
-        seed, total = self._seed, self.num_train  # not self: it runs in guarded's redo, a
-        # numpy_function TensorFlow keeps for the process (see shards.run_rows)
+        seed, total = self._seed, self.num_train  # not self: runs in a redo (drawn_order)
 
         def draws(number: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
             epoch, in_epoch = number // steps, number % steps
@@ -371,15 +379,13 @@ class DataBundle:
         return resized_on_demand(split.raw, labels, self.resizing, self.channels)
 
 
-def global_rows(total: int, number: tf.Tensor, batch_size: int, offset: int = 0,
-                count: tf.Tensor | None = None) -> tf.Tensor:
-    """Rows of global batch ``number`` (int64) of ``total`` images: ``batch_size``, fewer in
-    the last; with ``count`` (this shard's rows, from ``offset``) at least ``offset +
-    count``, so a padded shard's draws exist (``shard_rows``: its row is past the real ones)."""
-    rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
-    if count is None:
-        return rows
-    return tf.maximum(rows, offset + tf.cast(count, tf.int64))
+def drawn_order(seed: int, count: int, labels: np.ndarray | None, epoch: int) -> np.ndarray:
+    """``DataBundle.epoch_order`` from values alone: a permutation of ``count``, or with the
+    balanced sampler's ``labels`` a class-balanced draw of as many places (``run_rows``)."""
+    rng = seeded_rng(seed, ORDER_STREAM, epoch)
+    if labels is not None:
+        return balanced_order(labels, count, rng)
+    return rng.permutation(count)
 
 
 def decoded_images(lookup: Callable[[tf.Tensor], tuple], picks: np.ndarray,

@@ -24,7 +24,6 @@ for a full decode + bilinear).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,15 +148,13 @@ def fit_array(images: np.ndarray, how: Resize, chunk: int = 4096) -> np.ndarray:
 def resized_on_demand(raw: np.ndarray, labels: tf.Tensor, how: Resize, channels: int
                       ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """Indices [b] -> (their ``raw`` images fitted by ``how``, labels): arrays too big to
-    resize up front. ``raw`` is held weakly (its split keeps it): TensorFlow keeps every
-    ``numpy_function``'s callable for the life of the process, and with it each run's array."""
-    held, stored = weakref.ref(raw), raw.shape[1:]
+    resize up front."""
     shape = (how.size, how.size, channels)
 
     def on_demand(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images = tf.numpy_function(lambda i: held()[i], [indices], tf.uint8, stateful=False)
+        images = tf.numpy_function(lambda i: raw[i], [indices], tf.uint8, stateful=False)
         images = tf.map_fn(lambda image: fit_image(image, how),
-                           tf.ensure_shape(images, (None, *stored)),
+                           tf.ensure_shape(images, (None, *raw.shape[1:])),
                            fn_output_signature=tf.TensorSpec(shape, tf.uint8))
         return images, tf.gather(labels, indices)
 

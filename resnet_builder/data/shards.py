@@ -3,8 +3,6 @@ padding row that keeps every worker's step count equal, and a run's batches by n
 
 from __future__ import annotations
 
-import inspect
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,12 +84,10 @@ def run_rows(epoch_order: Callable[[int], np.ndarray], steps: int, batch_size: i
     parallel map, where its cost disappears beside the decoding, and fed by ``numbered``
     instead the streamed JPEG pipeline ran ~6% slower (``guarded.guarded_batches``).
     """
-    # A bound method is held weakly: TensorFlow keeps every ``numpy_function``'s callable
-    # for the life of the process (eager: on the global graph), so through it each run's
-    # bundle, its images included, stayed alive (~180 MB a notebook run of 3,000 96x96 images).
-    order_of = (weakref.WeakMethod(epoch_order) if inspect.ismethod(epoch_order)
-                else lambda: epoch_order)
-    orders = lru_cache(maxsize=2)(lambda epoch: np.asarray(order_of()(epoch), np.int64))
+    # ``epoch_order`` must hold no bundle (``bundle.drawn_order``): TensorFlow keeps every
+    # numpy_function's callable for the life of the process, and through a bound method each
+    # run's bundle and images stayed alive (~180 MB a notebook run of 3,000 96x96 images).
+    orders = lru_cache(maxsize=2)(lambda epoch: np.asarray(epoch_order(epoch), np.int64))
 
     def picks(number: np.int64) -> np.ndarray:
         epoch, in_epoch = divmod(int(number), steps)
@@ -122,3 +118,14 @@ def run_rows(epoch_order: Callable[[int], np.ndarray], steps: int, batch_size: i
             tf.data.experimental.assert_cardinality(len(numbers)))  # flat_map hides it (fit)
 
     return BatchRows(numbers, of, numbered)
+
+
+def global_rows(total: int, number: tf.Tensor, batch_size: int, offset: int = 0,
+                count: tf.Tensor | None = None) -> tf.Tensor:
+    """Rows of global batch ``number`` (int64) of ``total`` images: ``batch_size``, fewer in
+    the last; with ``count`` (this shard's rows, from ``offset``) at least ``offset +
+    count``, so a padded shard's draws exist (``shard_rows``: its row is past the real ones)."""
+    rows = tf.minimum(tf.cast(batch_size, tf.int64), total - number * batch_size)
+    if count is None:
+        return rows
+    return tf.maximum(rows, offset + tf.cast(count, tf.int64))
