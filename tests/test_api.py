@@ -206,16 +206,19 @@ def test_a_run_leaves_the_dtype_policy_op_determinism_and_seeds_as_it_found_them
     expected = (random.random(), np.random.uniform())
     random.seed(7)
     np.random.seed(7)
-    seeds_before = (tf.compat.v1.get_seed(None)[0],
-                    global_state.get_global_attribute("global_random_seed"))
+    tf.random.set_seed(11)
+    draws = [float(tf.random.uniform([]))]
+    keras_seed = global_state.get_global_attribute("global_random_seed")
     try:
         resnet_builder.train(config_file(tmp_path), [project, "train.epochs=1",
                                                      "hardware.deterministic=true"])
+        draws.append(float(tf.random.uniform([])))  # TensorFlow's sequence goes on
+        tf.random.set_seed(11)
+        assert draws == [float(tf.random.uniform([])) for _ in range(2)]
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
         assert not tf_config.is_op_determinism_enabled()
         assert (random.random(), np.random.uniform()) == expected  # the user's own streams
-        assert (tf.compat.v1.get_seed(None)[0],
-                global_state.get_global_attribute("global_random_seed")) == seeds_before
+        assert global_state.get_global_attribute("global_random_seed") == keras_seed
         keras.mixed_precision.set_global_policy("float32")
         with pytest.raises(UserError):  # fails while it sets up, after the policy was set
             resnet_builder.train(config_file(tmp_path), [
@@ -224,6 +227,7 @@ def test_a_run_leaves_the_dtype_policy_op_determinism_and_seeds_as_it_found_them
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        tf.random.set_seed(None)
 
 
 def test_arguments_are_taken_as_fit_takes_them_or_named(tmp_path):

@@ -69,21 +69,36 @@ _KERAS_SEEDS = ("global_random_seed", "global_seed_generator")  # keras.utils.se
 
 def _random_state() -> tuple:
     """What ``keras.utils.set_random_seed`` changes: Python's, NumPy's, TensorFlow's global
-    seed and Keras' own (its seed and seed generator)."""
+    seed with its op-seed sequence (read from the eager context: ``get_seed`` would use up an
+    op seed) and Keras' own (its seed and seed generator)."""
     from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
 
-    return (random.getstate(), np.random.get_state(), tf.compat.v1.get_seed(None)[0],
+    ctx = context.context()
+    op_seeds = getattr(ctx, "_rng", None)
+    return (random.getstate(), np.random.get_state(),
+            (ctx._seed, None if op_seeds is None else op_seeds.getstate()),
             [global_state.get_global_attribute(name) for name in _KERAS_SEEDS])
 
 
 def _restore_random_state(state: tuple) -> None:
+    """Put ``_random_state`` back. TensorFlow's seed is restored with its op-seed sequence
+    where it stood: ``tf.random.set_seed`` would restart it, and a user's ``tf.random``
+    draws after the run would repeat those before it."""
     from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
 
-    python, numpy, tensorflow, keras_seeds = state
+    python, numpy, (tf_seed, op_seeds), keras_seeds = state
     random.setstate(python)
     np.random.set_state(numpy)
-    if tf.compat.v1.get_seed(None)[0] != tensorflow:
-        tf.random.set_seed(tensorflow)
+    ctx = context.context()
+    if tf_seed is None or op_seeds is None:
+        if ctx._seed != tf_seed:
+            tf.random.set_seed(tf_seed)
+    else:
+        ctx._seed = tf_seed
+        ctx._rng = random.Random()
+        ctx._rng.setstate(op_seeds)
     for name, value in zip(_KERAS_SEEDS, keras_seeds, strict=True):
         global_state.set_global_attribute(name, value)
 
