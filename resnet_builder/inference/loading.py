@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,11 +103,10 @@ class InferenceModel:
                                 hint="that export.json belongs to another export: export "
                                      "the model again")
             return probs
-        # Keras' own predict step, which it traces once per model and keeps on it: a
-        # tf.function of ours per InferenceModel was traced again by every predict() call
-        # (0.4-0.7 s for a ResNet-20 in a loop, and TensorFlow's retracing warning)
+        if "probs" not in self._functions:
+            self._functions["probs"] = _forward(self.model, self.input_spec())
         return _checked_probabilities(
-            np.asarray(self.model.predict_on_batch(_as_float(images)), np.float32), self.source)
+            np.asarray(self._functions["probs"](_as_float(images)), np.float32), self.source)
 
     def gradcam(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [B, K], heatmaps [B, h, w] in 0..1) for the top class of each image."""
@@ -115,6 +115,26 @@ class InferenceModel:
             self._functions["cam"] = gradcam_function(model, self.input_spec())
         probs, heat = self._functions["cam"](_as_float(images))
         return np.asarray(probs, np.float32), np.asarray(heat, np.float32)
+
+
+# model -> {input spec: traced forward pass}. A tf.function per InferenceModel was traced
+# again by every predict() call (0.4-0.7 s a call for a ResNet-20 in a loop, and TensorFlow's
+# retracing warning); Keras' predict_on_batch would cache it too, but turns XLA on by itself
+# on a GPU (compiling anew for each batch size) and drops the input-shape check. The
+# function holds the model weakly, so the entry goes with the model.
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(model: Any, spec: Any) -> Callable[[Any], Any]:
+    """``model(x, training=False)`` traced once per model and input spec."""
+    import tensorflow as tf
+
+    traced = _FORWARD.setdefault(model, {})
+    key = (tuple(spec.shape), spec.dtype.name)
+    if key not in traced:
+        held = weakref.ref(model)
+        traced[key] = tf.function(lambda x: held()(x, training=False), input_signature=[spec])
+    return traced[key]
 
 
 def with_threshold(im: InferenceModel, threshold: float | None) -> InferenceModel:
