@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ from resnet_builder.config import AugmentConfig, DataConfig, load_config
 from resnet_builder.data import load_data, shard_errors, tfrecord
 from resnet_builder.data.pack import pack_folder
 from resnet_builder.data.pack_format import FEATURES
+from resnet_builder.data.pack_lock import writing_pack
 from resnet_builder.errors import UserError
 from resnet_builder.training import api as trainer
 from resnet_builder.training.checkpoint import read_meta
@@ -395,7 +397,13 @@ def test_pack_then_train_round_trip(packed, tmp_path):
         "model.depth=8", "model.block_type=basic", "data.source=tfrecord", f"data.path={out}",
         "data.image_size=16", "data.batch_size=16", "train.epochs=2", "run.progress=none",
         "run.plots=false", "run.tensorboard=false", f"run.project={tmp_path / 'runs'}"])
-    result = trainer.train(cfg)
+    gc.disable()  # the run itself lets go of the pack's read lock, not the collector
+    try:
+        result = trainer.train(cfg)
+        with writing_pack(str(out)):  # a pack may write it again now
+            pass
+    finally:
+        gc.enable()
     with open(result.run_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -655,8 +663,6 @@ def test_more_shards_than_images_says_how_many_were_written(folder, tmp_path):
 def test_a_pack_being_read_is_not_rewritten_and_one_being_written_is_not_read(folder, tmp_path):
     """pack --overwrite into the folder a run trains from replaced its shards under it (other
     labels from the next epoch, exit 0); two packs into one folder left a mix of both."""
-    from resnet_builder.data.pack_lock import writing_pack
-
     out = tmp_path / "out"
     pack_folder(folder, str(out), shards=2)
     reader = bundle(out)  # a run reading it holds it while its bundle lives
@@ -666,9 +672,12 @@ def test_a_pack_being_read_is_not_rewritten_and_one_being_written_is_not_read(fo
     assert result.exit_code == 2 and "is in use" in result.output
     assert len(list(out.glob("train-*-of-00002.tfrecord"))) == 2  # the pack it reads, intact
     also = bundle(out)  # other readers still may
-    reader.reading.close()
-    also.reading.close()
+    reader.close()  # a run closes its bundle as it ends (api._train)
+    also.close()
     with writing_pack(str(out)):  # a pack writing it: no run starts reading, nor another pack
+        with pytest.raises(UserError, match="being written by resnet-builder pack"):
+            bundle(out)
+        (out / "dataset.json").unlink()  # what a pack removes first and writes last
         with pytest.raises(UserError, match="being written by resnet-builder pack"):
             bundle(out)
         with pytest.raises(UserError, match="in use"):
@@ -686,3 +695,11 @@ def test_overwrite_removes_what_a_killed_pack_left_half_written(folder, tmp_path
     pack_folder(folder, str(out), shards=2, overwrite=True)
     assert sorted(p.name for p in out.iterdir() if "tmp" in p.name) == []
     assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_a_refused_pack_leaves_no_lock_file_in_the_users_folder(folder, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="is not empty"):
+        pack_folder(folder, str(tmp_path / "mine"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

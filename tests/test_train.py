@@ -241,7 +241,7 @@ def test_a_resume_that_moves_where_crops_are_cut_or_changes_epoch_steps_says_so(
     streamed, cached = shape(False, crop), shape(True, crop)
     assert (streamed["crops_from"], cached["crops_from"]) == ("files", "resized images")
     assert "random resized crops were cut from the files, now from the resized images: " \
-           "data.cache changed" in data_change(streamed, cached)
+           "data.cache decides, with the cache budget" in data_change(streamed, cached)
     assert data_change(streamed, shape(False, crop)) is None
     assert data_change(shape(False), shape(True)) is None  # no crop: the same pixels
     old_checkpoint = {k: v for k, v in streamed.items() if k != "crops_from"}

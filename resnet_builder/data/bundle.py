@@ -64,8 +64,7 @@ class Split:
     """One split's labels and its images: in memory (``ready``), per index, or streamed files.
 
     A streamed split (``files``) is decoded in tf.data; a file that fails there comes out
-    with label -1 and is recorded in ``skips``; ``store`` keeps decoded images (stream.py).
-    """
+    with label -1 and is recorded in ``skips``; ``store`` keeps decoded images (stream.py)."""
 
     labels: np.ndarray  # int32 [N]; multilabel (csv source): int32 [N, K] multi-hot rows
     ready: np.ndarray | None = None  # uint8 [N, S, S, C]
@@ -104,6 +103,9 @@ class DataBundle:
     _tensors: dict[str, tf.Tensor] = field(default_factory=dict, repr=False)
     _lookups: dict[str, Callable] = field(default_factory=dict, repr=False)  # per split
     _augment_run: tuple[Callable | None] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Let go of what the bundle holds outside the process (a pack's read lock)."""
 
     @property
     def num_classes(self) -> int:
@@ -188,8 +190,7 @@ class DataBundle:
 
         ``data.sampler: uniform``: a permutation (each image once). ``balanced``: as many
         places per class, images repeated or left out to fill them (``balanced_order``).
-        Either way ``num_train`` places, so epochs, shards and resume points keep their size.
-        """
+        Either way ``num_train`` places, so epochs, shards and resume points keep their size."""
         assert self._train is not None
         labels = self._train.labels if self._sampler == "balanced" else None
         return drawn_order(self._seed, self.num_train, labels, epoch)
@@ -319,8 +320,7 @@ class DataBundle:
         """Up to ``n`` prepared training images (uint8, not augmented), e.g. for int8 calibration.
 
         The choice is seeded, so an export repeats exactly. Streamed files that cannot be
-        decoded are left out of the sample.
-        """
+        decoded are left out of the sample."""
         assert self._train is not None
         n = min(n, self.num_train)
         rng = seeded_rng(self._seed, SAMPLE_STREAM)

@@ -23,11 +23,11 @@ from resnet_builder.errors import UserError
 LOCK_FILE = ".pack.lock"
 
 
-def _open_lock(folder: str, create: bool) -> IO[bytes] | None:
-    """The folder's lock file, opened (made if missing, where allowed); None when it cannot
-    be, e.g. a pack on a read-only disk, where nobody can write either."""
+def _open_lock(folder: str, create: bool, shared: bool = False) -> IO[bytes] | None:
+    """The folder's lock file, opened (with ``create`` made if missing, where allowed); None
+    when it cannot be, e.g. a pack on a read-only disk, where nobody can write either."""
     path = os.path.join(folder, LOCK_FILE)
-    for mode in ("ab",) if create else ("rb", "ab"):
+    for mode in (("rb",) if shared else ()) + (("ab",) if create else ()):
         try:
             return open(path, mode)
         except OSError:
@@ -37,7 +37,9 @@ def _open_lock(folder: str, create: bool) -> IO[bytes] | None:
 
 @contextlib.contextmanager
 def writing_pack(out: str) -> Iterator[None]:
-    """Hold ``out`` for ``pack`` alone, or refuse: a run reads it, or another pack writes it."""
+    """Hold ``out`` for ``pack`` alone, or refuse: a run reads it, or another pack writes it.
+    A pack that fails removes the lock file it made (a refused pack left it in the folder)."""
+    made = not is_url(out) and not os.path.exists(os.path.join(out, LOCK_FILE))
     lock = None if is_url(out) else _open_lock(out, create=True)
     try:
         if lock is not None:
@@ -48,15 +50,20 @@ def writing_pack(out: str) -> Iterator[None]:
                                 "pack is writing it", hint="wait for it to end, or pack into "
                                 "another folder", exit_code=2) from None
         yield
+    except BaseException:
+        if made and lock is not None:
+            os.remove(os.path.join(out, LOCK_FILE))
+        raise
     finally:
         if lock is not None:
             lock.close()
 
 
-def reading_pack(folder: str) -> IO[bytes] | None:
-    """A shared hold on ``folder`` for a run reading it (kept open by its data bundle), or a
-    refusal while ``pack`` writes it. None for URLs and folders no lock file can be made in."""
-    lock = None if is_url(folder) else _open_lock(folder, create=False)
+def reading_pack(folder: str, create: bool) -> IO[bytes] | None:
+    """A shared hold on ``folder`` for a run reading it (kept open by its data bundle until
+    the run closes it), or a refusal while ``pack`` writes it. None for URLs, for folders
+    no lock file can be made in, and without ``create`` where there is none yet."""
+    lock = None if is_url(folder) else _open_lock(folder, create=create, shared=True)
     if lock is None:
         return None
     try:

@@ -55,8 +55,16 @@ def tfrecord_bundle(data: DataConfig, seed: int) -> DataBundle:
     if not data.path:
         raise UserError("data.source 'tfrecord' needs data.path", hint=PACK_HINT)
     folder = data.path if is_url(data.path) else os.path.expanduser(data.path)
-    info = read_dataset_info(folder)
-    reading = reading_pack(folder)  # held while the bundle lives: no pack rewrites it
+    # held until the run closes the bundle: no pack rewrites the folder meanwhile; taken
+    # before dataset.json is read, which a pack in progress has removed
+    reading = reading_pack(folder, create=False)
+    try:
+        info = read_dataset_info(folder)
+        reading = reading or reading_pack(folder, create=True)
+    except BaseException:
+        if reading is not None:
+            reading.close()
+        raise
     stats = "rgb" if data.channels == 3 else "gray"
     train = [Shard(k, join(folder, s["file"]), int(s["count"]))
              for k, s in enumerate(info["splits"]["train"]["shards"])]
@@ -125,6 +133,10 @@ class TFRecordBundle(DataBundle):
     val_jpeg_only: bool = False  # the same for the validation records
     packed_shards: int = 0  # training shard files in the pack, before data.limit
     reading: IO[bytes] | None = field(default=None, repr=False)  # pack_lock.reading_pack
+
+    def close(self) -> None:
+        if self.reading is not None:
+            self.reading.close()
     _skips: SkipLog = field(default_factory=SkipLog, repr=False)
     _names: dict[int, str] = field(default_factory=dict, repr=False)  # skipped key -> its name
 

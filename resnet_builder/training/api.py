@@ -330,6 +330,7 @@ def _train(cfg: Config, run_dir: Path | None, meta: dict | None,
     check_callbacks(user_callbacks)
     check_loggers(cfg.run)  # a missing optional package, before any data or model
     s = _start(cfg, run_dir, meta, held)
+    held.callback(s.data.close)  # a pack's read lock ends with the run, not at collection
     cfg, dist, paths = s.cfg, s.dist, runs.RunPaths(s.run_dir)
     steps_per_epoch = s.data.batches_per_epoch(cfg.data.batch_size, dist.workers)
     lr = cfg.optim.lr * (dist.replicas if cfg.optim.scale_lr_with_replicas else 1)

@@ -216,7 +216,7 @@ def data_change(before: dict[str, Any] | None, now: dict[str, Any]) -> str | Non
                        "schedule recomputed for them")
     if before.get("crops_from", now.get("crops_from")) != now.get("crops_from"):
         changes.append(f"random resized crops were cut from the {before['crops_from']}, now "
-                       f"from the {now['crops_from']}: data.cache changed")
+                       f"from the {now['crops_from']}: data.cache decides, with the cache budget")
     if not changes:
         return None
     return (f"note: the data differs from what this run trained on so far "
