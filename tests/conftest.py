@@ -15,18 +15,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", os.path.join(os.path.dirname(__file__), ".keras_home_unused"))
 
 # Seconds per file in a run of the README's test command (3 workers, `--durations=0`, 2-core
-# AVX512 machine, 2026-12-02, 11:34 in all), plus this stop's new tests; every file over 15 s
-# is named (unnamed files run last, where one of ~45 s could finish alone at the end).
+# AVX512 machine, 2026-12-02, 11:58 in all); every file over 15 s is named (unnamed files
+# run last, where one of ~45 s could finish alone at the end).
 HEAVIEST_FILES = {
-    "test_distribute.py": 353, "test_loop.py": 243, "test_train.py": 215,
-    "test_optim_recipes.py": 132, "test_recipes_inference.py": 96,
-    "test_augment_policies.py": 91, "test_export.py": 85, "test_bench.py": 78,
-    "test_api.py": 75, "test_step.py": 60, "test_evaluate.py": 52, "test_backends.py": 53,
-    "test_backbone.py": 47, "test_data.py": 47, "test_predict.py": 45,
-    "test_streaming.py": 42, "test_decode_crops.py": 40, "test_multilabel.py": 39,
-    "test_loggers.py": 38, "test_guarded.py": 36, "test_resume_damage.py": 30,
-    "test_pack.py": 28, "test_keras_file.py": 27, "test_imbalance.py": 27,
-    "test_weights.py": 19,
+    "test_distribute.py": 392, "test_train.py": 292, "test_loop.py": 212,
+    "test_augment_policies.py": 110, "test_recipes_inference.py": 109,
+    "test_optim_recipes.py": 102, "test_bench.py": 77, "test_api.py": 74, "test_export.py": 73,
+    "test_predict.py": 59, "test_guarded.py": 53, "test_backbone.py": 51, "test_step.py": 50,
+    "test_data.py": 49, "test_multilabel.py": 49, "test_streaming.py": 45,
+    "test_decode_crops.py": 42, "test_pack.py": 42, "test_backends.py": 39,
+    "test_loggers.py": 32, "test_evaluate.py": 27, "test_keras_file.py": 25,
+    "test_imbalance.py": 20,
 }
 
 
