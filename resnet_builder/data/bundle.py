@@ -155,10 +155,7 @@ class DataBundle:
         local = batch_size // num_shards
         offset = shard * local
         numbers = range(epochs.start * steps + first_batch, epochs.stop * steps)
-        # values, not self: TensorFlow keeps its numpy_function for good (drawn_order)
-        labels = self._train.labels if self._sampler == "balanced" else None
-        order = partial(drawn_order, self._seed, self.num_train, labels)
-        rows = run_rows(order, steps, batch_size, offset, local, numbers)
+        rows = run_rows(self.epoch_order, steps, batch_size, offset, local, numbers)
         taken = self.decoder_augment()
         draws = None if taken is None else self._decoder_draws(taken, batch_size, offset, steps)
         dataset = self._batches(self._train, "train", rows, draws)
@@ -185,15 +182,18 @@ class DataBundle:
         return dataset.enumerate(start=numbers.start).map(
             prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """Training-split indices of epoch ``epoch``, drawn from (seed, epoch) alone.
+    @property
+    def epoch_order(self) -> Callable[[int], np.ndarray]:
+        """Epoch -> training-split indices, drawn from (seed, epoch) alone.
 
         ``data.sampler: uniform``: a permutation (each image once). ``balanced``: as many
         places per class, images repeated or left out to fill them (``balanced_order``).
-        Either way ``num_train`` places, so epochs, shards and resume points keep their size."""
+        Either way ``num_train`` places, so epochs, shards and resume points keep their size.
+        A function of values, not of the bundle (``drawn_order``): the pipelines' numpy_function
+        calls it, and TensorFlow keeps that for the life of the process."""
         assert self._train is not None
         labels = self._train.labels if self._sampler == "balanced" else None
-        return drawn_order(self._seed, self.num_train, labels, epoch)
+        return partial(drawn_order, self._seed, self.num_train, labels)
 
     def train_counts(self) -> np.ndarray | None:
         """Training images per class (int64 [num_classes]) as listed before decoding; None
