@@ -316,10 +316,6 @@ def test_sigterm_saves_mid_epoch_exits_143_and_resumes_exactly(tmp_path, referen
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
     meta = read_meta(run / "checkpoint.npz")
     assert meta["epochs_completed"] < 2
-    # The kill may land on any step; what it can lose is bounded by checkpoints falling every
-    # 2 steps (this run's epochs have an even number of steps, so within an epoch too).
-    progress = meta["epoch_progress"]
-    assert progress["batches"] > 0 and progress["batches"] % 2 == 0, progress
     resumed = _resume(run)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert results(run) == results(reference)
